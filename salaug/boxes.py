@@ -1,0 +1,306 @@
+"""Batched box primitives: saliency -> boxes, grid cells, masks, and saliency mass.
+
+Conventions, used everywhere in salaug:
+
+* A box is ``(x1, y1, x2, y2)`` in integer pixels, **half-open**: it covers columns
+  ``x1 <= x < x2`` and rows ``y1 <= y < y2``. Boxes are ``(B, 4)`` (or ``(B, N, 4)``) ``int64``.
+* Sizes are ``(w, h)`` pairs, image sizes ``(H, W)`` as in ``tensor.shape[-2:]``.
+* The *mass* of a box is the fraction of the image's total saliency inside it. A map with no mass
+  (all zero) is treated as uniform, so its mass is the box's area fraction: never NaN.
+
+Everything here is batched over the first dimension and stays on the input's device (no host
+syncs), so it can run inside a training step on a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "box_area",
+    "box_around",
+    "box_mask",
+    "box_mass",
+    "box_size",
+    "boxes_to_corners",
+    "cells_mask",
+    "grid_cells",
+    "integral_image",
+    "least_salient_box",
+    "peak",
+    "top_k_cells",
+]
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area in pixels of ``(..., 4)`` half-open boxes, as float32 ``(...)``.
+
+    Example:
+        >>> box_area(torch.tensor([[0, 0, 4, 2], [1, 1, 1, 5]])).tolist()
+        [8.0, 0.0]
+    """
+    wh = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).float()
+    return wh[..., 0] * wh[..., 1]
+
+
+def box_mask(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Boolean masks of ``(B, 4)`` boxes, ``(B, 1, H, W)``, from row/column comparisons.
+
+    Example:
+        >>> box_mask(torch.tensor([[1, 0, 3, 1]]), (2, 4)).int().squeeze().tolist()
+        [[0, 1, 1, 0], [0, 0, 0, 0]]
+    """
+    h, w = size
+    ys = torch.arange(h, device=boxes.device)
+    xs = torch.arange(w, device=boxes.device)
+    rows = (ys >= boxes[:, 1, None]) & (ys < boxes[:, 3, None])  # (B, H)
+    cols = (xs >= boxes[:, 0, None]) & (xs < boxes[:, 2, None])  # (B, W)
+    return (rows[:, :, None] & cols[:, None, :]).unsqueeze(1)
+
+
+def integral_image(saliency: Tensor) -> Tensor:
+    """Summed-area table of ``(B, 1, H, W)`` maps: ``(B, H + 1, W + 1)`` float64, zero-padded.
+
+    ``I[b, y, x]`` is the sum of ``saliency[b, 0, :y, :x]``; float64 keeps box sums exact enough
+    for mass thresholds on large images.
+    """
+    s = saliency[:, 0].to(torch.float64)
+    table = s.cumsum(1).cumsum(2)
+    return torch.nn.functional.pad(table, (1, 0, 1, 0))
+
+
+def _box_sums(table: Tensor, boxes: Tensor) -> Tensor:
+    b = table.shape[0]
+    w1 = table.shape[2]
+    flat = table.flatten(1)
+    idx = boxes.reshape(b, -1, 4).long()
+    x1, y1, x2, y2 = idx.unbind(-1)
+
+    def at(y: Tensor, x: Tensor) -> Tensor:
+        return flat.gather(1, y * w1 + x)
+
+    sums = at(y2, x2) - at(y1, x2) - at(y2, x1) + at(y1, x1)
+    return sums.view(boxes.shape[:-1])
+
+
+def box_mass(saliency: Tensor, boxes: Tensor, table: Tensor | None = None) -> Tensor:
+    """Fraction of each map's saliency mass inside boxes, float32.
+
+    Args:
+        saliency: ``(B, 1, H, W)``, non-negative.
+        boxes: ``(B, 4)`` or ``(B, N, 4)`` half-open pixel boxes inside the image.
+        table: the ``integral_image`` of ``saliency`` when already computed.
+
+    Returns:
+        ``(B,)`` or ``(B, N)`` in ``[0, 1]``. All-zero maps count as uniform (mass = area fraction).
+
+    Example:
+        >>> s = torch.zeros(1, 1, 4, 4); s[0, 0, 1, 1] = 1.0
+        >>> box_mass(s, torch.tensor([[0, 0, 2, 2], [2, 2, 4, 4]]).unsqueeze(0)).tolist()
+        [[1.0, 0.0]]
+        >>> box_mass(torch.zeros(1, 1, 4, 4), torch.tensor([[0, 0, 2, 2]])).tolist()
+        [0.25]
+    """
+    h, w = saliency.shape[-2:]
+    table = integral_image(saliency) if table is None else table
+    sums = _box_sums(table, boxes)
+    total = table[:, h, w].view(-1, *([1] * (boxes.ndim - 2)))
+    area = box_area(boxes).to(torch.float64) / (h * w)
+    has_mass = total > 0
+    mass = torch.where(has_mass, sums / torch.where(has_mass, total, torch.ones_like(total)), area)
+    return mass.clamp(0, 1).float()
+
+
+def peak(saliency: Tensor, fallback: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+    """``(x, y)`` of each map's maximum, ``(B, 2)`` int64.
+
+    Args:
+        saliency: ``(B, 1, H, W)``.
+        fallback: ``(B, 2)`` points used where a map is flat (max - min <= ``eps``), e.g. random
+            centres; the image centre when not given.
+
+    Example:
+        >>> s = torch.zeros(2, 1, 5, 6); s[0, 0, 1, 4] = 1.0
+        >>> peak(s).tolist()
+        [[4, 1], [3, 2]]
+    """
+    b, _, h, w = saliency.shape
+    flat = saliency.reshape(b, -1)
+    idx = flat.argmax(1)
+    xy = torch.stack((idx % w, idx // w), 1)
+    flat_map = (flat.amax(1) - flat.amin(1)) <= eps
+    if fallback is None:
+        fallback = torch.tensor([w // 2, h // 2], device=saliency.device).expand(b, 2)
+    return torch.where(flat_map[:, None], fallback.to(xy), xy)
+
+
+def box_size(area: Tensor, size: tuple[int, int], ratio: Tensor | None = None) -> Tensor:
+    """``(w, h)`` of boxes covering ``area`` of an ``(H, W)`` image, ``(B, 2)`` int64.
+
+    Args:
+        area: ``(B,)`` fraction of the image area in ``[0, 1]``.
+        size: ``(H, W)``.
+        ratio: ``(B,)`` aspect ratios ``w / h`` relative to the image's (1 = same shape as the
+            image, as in CutMix).
+
+    Sides are rounded and kept within ``[1, W]`` and ``[1, H]``, so the realised area can differ
+    slightly from ``area``: label rules use the realised box.
+
+    Example:
+        >>> box_size(torch.tensor([0.25, 1.0]), (8, 16)).tolist()
+        [[8, 4], [16, 8]]
+    """
+    h, w = size
+    r = torch.ones_like(area) if ratio is None else ratio
+    bw = (w * torch.sqrt(area * r)).round().long().clamp(1, w)
+    bh = (h * torch.sqrt(area / r)).round().long().clamp(1, h)
+    return torch.stack((bw, bh), 1)
+
+
+def box_around(centers: Tensor, sizes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Boxes of ``sizes`` centred on ``centers``, shifted (not clipped) to lie inside the image.
+
+    Shifting keeps the sampled area exact; the centre stays inside the box.
+
+    Args:
+        centers: ``(B, 2)`` ``(x, y)`` pixels.
+        sizes: ``(B, 2)`` ``(w, h)``, at most the image size.
+        size: ``(H, W)``.
+
+    Returns:
+        ``(B, 4)`` int64 half-open boxes.
+
+    Example:
+        >>> box_around(torch.tensor([[0, 0], [5, 5]]), torch.tensor([[4, 2], [4, 4]]), (10, 10)).tolist()
+        [[0, 0, 4, 2], [3, 3, 7, 7]]
+    """
+    h, w = size
+    sizes = sizes.long()
+    limit = torch.tensor([w, h], device=sizes.device)
+    start = (centers.long() - sizes // 2).clamp(min=0)
+    start = torch.minimum(start, limit - sizes)
+    return torch.cat((start, start + sizes), 1)
+
+
+def grid_cells(size: tuple[int, int], grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
+    """The ``gh * gw`` cells of a grid over an ``(H, W)`` image, ``(gh * gw, 4)`` row-major.
+
+    Cell edges are ``floor(i * H / gh)``, so cells tile the image exactly even when ``H`` is not
+    a multiple of ``gh``.
+
+    Example:
+        >>> grid_cells((4, 5), (2, 2)).tolist()
+        [[0, 0, 2, 2], [2, 0, 5, 2], [0, 2, 2, 4], [2, 2, 5, 4]]
+    """
+    h, w = size
+    gh, gw = grid
+    ye = torch.arange(gh + 1, device=device) * h // gh
+    xe = torch.arange(gw + 1, device=device) * w // gw
+    y1, x1 = torch.meshgrid(ye[:-1], xe[:-1], indexing="ij")
+    y2, x2 = torch.meshgrid(ye[1:], xe[1:], indexing="ij")
+    return torch.stack((x1, y1, x2, y2), -1).reshape(-1, 4)
+
+
+def top_k_cells(saliency: Tensor, grid: tuple[int, int], k: int, tie_break: Tensor | None = None) -> Tensor:
+    """Select each map's ``k`` grid cells of highest saliency mass.
+
+    Args:
+        saliency: ``(B, 1, H, W)``.
+        grid: ``(gh, gw)`` cells.
+        k: cells to select, ``1 <= k <= gh * gw``.
+        tie_break: ``(B, gh * gw)`` values in ``[0, 1)`` that order cells of equal mass (e.g.
+            random numbers, so a flat map selects random cells); first cells win when not given.
+
+    Returns:
+        ``(B, gh * gw)`` bool, exactly ``k`` True per row.
+
+    Example:
+        >>> s = torch.zeros(1, 1, 4, 4); s[0, 0, 3, 0] = 1.0
+        >>> top_k_cells(s, (2, 2), 1).tolist()
+        [[False, False, True, False]]
+    """
+    cells = grid_cells(saliency.shape[-2:], grid, saliency.device)
+    mass = box_mass(saliency, cells.expand(saliency.shape[0], -1, -1))
+    if tie_break is not None:
+        mass = mass + 1e-4 * tie_break.to(mass)  # below any real mass difference we care about
+    top = mass.topk(k, dim=1).indices
+    return torch.zeros_like(mass, dtype=torch.bool).scatter_(1, top, True)
+
+
+def cells_mask(selected: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
+    """Pixel masks of selected grid cells: ``(B, gh * gw)`` bool -> ``(B, 1, H, W)`` bool.
+
+    Example:
+        >>> cells_mask(torch.tensor([[False, True, False, False]]), (2, 2), (2, 4)).int().squeeze().tolist()
+        [[0, 0, 1, 1], [0, 0, 0, 0]]
+    """
+    h, w = size
+    gh, gw = grid
+    dev = selected.device
+    row = torch.bucketize(torch.arange(h, device=dev), torch.arange(1, gh, device=dev) * h // gh, right=True)
+    col = torch.bucketize(torch.arange(w, device=dev), torch.arange(1, gw, device=dev) * w // gw, right=True)
+    cell = (row[:, None] * gw + col[None, :]).flatten()
+    return selected.gather(1, cell.expand(selected.shape[0], -1)).view(-1, 1, h, w)
+
+
+def least_salient_box(saliency: Tensor, sizes: Tensor, tie_break: Tensor | None = None,
+                      table: Tensor | None = None) -> Tensor:
+    """For each map, the box of the given size that holds the least saliency mass.
+
+    Every position is scored in one batched gather over the summed-area table.
+
+    Args:
+        saliency: ``(B, 1, H, W)``.
+        sizes: ``(B, 2)`` ``(w, h)`` per sample, at most the image size.
+        tie_break: ``(B, H, W)`` values in ``[0, 1)`` ranking positions of equal mass (random
+            numbers place boxes randomly on flat maps); the top-left position wins otherwise.
+        table: the ``integral_image`` of ``saliency`` when already computed.
+
+    Returns:
+        ``(B, 4)`` int64 boxes.
+
+    Example:
+        >>> s = torch.ones(1, 1, 4, 4); s[0, 0, 2:, 2:] = 0.0
+        >>> least_salient_box(s, torch.tensor([[2, 2]])).tolist()
+        [[2, 2, 4, 4]]
+    """
+    b, _, h, w = saliency.shape
+    table = integral_image(saliency) if table is None else table
+    dev = saliency.device
+    ys, xs = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
+    sizes = sizes.long()
+    bw = sizes[:, 0, None, None]
+    bh = sizes[:, 1, None, None]
+    x1, y1 = xs.expand(b, h, w), ys.expand(b, h, w)
+    valid = (x1 + bw <= w) & (y1 + bh <= h)
+    x2 = (x1 + bw).clamp(max=w)
+    y2 = (y1 + bh).clamp(max=h)
+    boxes = torch.stack((x1, y1, x2, y2), -1).reshape(b, -1, 4)
+    sums = _box_sums(table, boxes).view(b, h, w)
+    total = table[:, h, w].view(b, 1, 1).clamp(min=1e-12)
+    score = sums / total
+    if tie_break is not None:
+        score = score + 1e-6 * tie_break.to(score)
+    score = score.masked_fill(~valid, float("inf"))
+    idx = score.flatten(1).argmin(1)
+    start = torch.stack((idx % w, idx // w), 1)
+    return torch.cat((start, start + sizes), 1)
+
+
+def boxes_to_corners(boxes: Tensor) -> Tensor:
+    """Half-open ``(B, 4)`` boxes to kornia's ``(B, 4, 2)`` corner format (inclusive pixels).
+
+    kornia orders corners top-left, top-right, bottom-right, bottom-left, and its right/bottom
+    coordinates are the last pixel inside the box (``x2 - 1``), as ``crop_and_resize`` expects.
+
+    Example:
+        >>> boxes_to_corners(torch.tensor([[0, 0, 4, 2]])).tolist()
+        [[[0.0, 0.0], [3.0, 0.0], [3.0, 1.0], [0.0, 1.0]]]
+    """
+    x1, y1, x2, y2 = boxes.float().unbind(-1)
+    x2, y2 = x2 - 1, y2 - 1
+    return torch.stack(
+        (torch.stack((x1, y1), -1), torch.stack((x2, y1), -1), torch.stack((x2, y2), -1), torch.stack((x1, y2), -1)),
+        -2,
+    )
