@@ -1,0 +1,182 @@
+"""Throughput of a DataLoader with saliency-guided augmentation in its collate_fn.
+
+A realistic per-sample pipeline (PNG bytes decoded with PIL → ``v2.RandomResizedCrop(128)`` →
+``RandomHorizontalFlip`` → float tensor) in a DataLoader with 2 workers and batch 64, collated by
+
+* ``default_collate`` (the baseline),
+* ``SaliencyCollate(SaliencyMix, SpectralResidual())`` (model-free saliency in the workers; also
+  with ``size=32``, a coarser working resolution, enough to find the peak SaliencyMix needs),
+* ``SaliencyCollate(SaliencyMix, CAMSaliency(small CNN))`` (a frozen CNN + GradCAM on the CPU
+  workers, one forward/backward per batch),
+* stored masks: ``MaskedDataset`` (masks precomputed once with the same CNN, read with memmap,
+  upsampled and cropped/flipped with the image) + ``SaliencyCollate(SaliencyMix, "mask")``;
+  also the same dataset with ``default_collate``, to separate the mask cost from the mix.
+
+Rounds are interleaved (each configuration once per round, persistent workers, one warm-up
+epoch each) and the median images/second per configuration is reported as a ratio to the plain
+loader measured in the same run. Target: SpectralResidual + SaliencyMix keeps >= 70 % of the
+plain throughput.
+
+Run::
+
+    python benchmarks/dataloader_throughput.py            # about a minute on 2 CPU cores
+    python benchmarks/dataloader_throughput.py --quick    # a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+try:
+    import salaug  # noqa: F401
+except ModuleNotFoundError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from PIL import Image
+from torchvision.transforms import v2
+
+from salaug.data import CAMSaliency, MaskedDataset, SaliencyCollate, precompute_masks
+from salaug.datasets import ClutteredObjects
+from salaug.saliency import SpectralResidual
+from salaug.transforms.mix import SaliencyMix
+
+NUM_CLASSES = 10
+
+
+def make_pngs(n: int, size: int) -> tuple[list[bytes], list[int]]:
+    """``n`` ClutteredObjects images of ``size``² encoded as PNG bytes (what a disk dataset holds)."""
+    batch = ClutteredObjects("train", size=size, length=n, num_classes=NUM_CLASSES).render(range(n))
+    pngs = []
+    for img in (batch["image"] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy():
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    return pngs, batch["label"].tolist()
+
+
+class PNGDataset(Dataset):
+    """``(image, label)`` from PNG bytes, decoded with PIL, then ``transform``."""
+
+    def __init__(self, pngs: list[bytes], labels: list[int], transform=None) -> None:
+        self.pngs, self.labels, self.transform = pngs, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.pngs)
+
+    def __getitem__(self, i: int):
+        image = Image.open(io.BytesIO(self.pngs[i])).convert("RGB")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[i]
+
+
+def pipeline(crop: int) -> v2.Compose:
+    return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(crop, antialias=True), v2.RandomHorizontalFlip(),
+                       v2.ToDtype(torch.float32, scale=True)])
+
+
+def small_cnn() -> nn.Module:
+    """A frozen 3-block CNN (16/32/64 channels); random weights are enough to time the CAM."""
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                             nn.MaxPool2d(2))
+
+    torch.manual_seed(0)
+    return nn.Sequential(block(3, 16), block(16, 32), block(32, 64),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, NUM_CLASSES)).eval()
+
+
+def epoch_rate(loader: DataLoader) -> float:
+    """Images per second over one full epoch of ``loader``."""
+    n = 0
+    start = time.perf_counter()
+    for batch in loader:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch["image"]
+        n += images.shape[0]
+    return n / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=1024, help="images per epoch (one measurement)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--source-size", type=int, default=160, help="side of the stored PNGs")
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--quick", action="store_true", help="256 images, 1 round")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.images, args.rounds = 256, 1
+
+    pngs, labels = make_pngs(args.images, args.source_size)
+    png_kib = sum(map(len, pngs)) / len(pngs) / 1024
+    cnn = small_cnn()
+    tmp = tempfile.TemporaryDirectory()
+    full = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    t0 = time.perf_counter()
+    mask_file = precompute_masks(cnn, PNGDataset(pngs, labels, full), Path(tmp.name) / "masks.salm",
+                                 batch_size=64, targets="label")
+    precompute_s = time.perf_counter() - t0
+
+    def mix() -> SaliencyMix:
+        return SaliencyMix(alpha=1.0, num_classes=NUM_CLASSES)
+
+    plain_ds = PNGDataset(pngs, labels, pipeline(args.crop))
+    masked_ds = MaskedDataset(PNGDataset(pngs, labels), mask_file, transforms=pipeline(args.crop))
+    configs = {
+        "plain default_collate": (plain_ds, default_collate),
+        "SaliencyMix + SpectralResidual": (plain_ds, SaliencyCollate(mix(), SpectralResidual(), seed=0)),
+        "SaliencyMix + SpectralResidual(32)": (plain_ds, SaliencyCollate(mix(), SpectralResidual(size=32),
+                                                                          seed=0)),
+        "SaliencyMix + frozen CNN GradCAM": (
+            plain_ds, SaliencyCollate(mix(), CAMSaliency(cnn, "gradcam", targets="label", output_size="feature"),
+                                      seed=0)),
+        "stored masks, default_collate": (masked_ds, default_collate),
+        "SaliencyMix + stored masks": (masked_ds, SaliencyCollate(mix(), "mask", seed=0)),
+    }
+    loaders = {
+        name: DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers,
+                         collate_fn=collate, persistent_workers=args.workers > 0,
+                         generator=torch.Generator().manual_seed(0))
+        for name, (ds, collate) in configs.items()
+    }
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
+    for name, loader in loaders.items():  # warm-up: start the workers, first epoch
+        epoch_rate(loader)
+    for _ in range(args.rounds):
+        for name, loader in loaders.items():
+            rates[name].append(epoch_rate(loader))
+
+    base = statistics.median(rates["plain default_collate"])
+    print(f"DataLoader throughput: {args.workers} workers, batch {args.batch_size}, PNG {args.source_size}² "
+          f"({png_kib:.0f} KiB avg) -> RandomResizedCrop({args.crop}) + flip; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads in the main process; median of {args.rounds} interleaved rounds "
+          f"of {args.images} images")
+    print(f"(masks precomputed once with GradCAM at feature resolution: {args.images} images in "
+          f"{precompute_s:.1f} s)")
+    print()
+    print(f"| {'collate_fn':<34} | {'images/s':>8} | {'ratio to plain':>14} |")
+    print(f"|{'-' * 36}|{'-' * 10}:|{'-' * 15}:|")
+    for name, values in rates.items():
+        r = statistics.median(values)
+        print(f"| {name:<34} | {r:8.0f} | {r / base:14.2f} |")
+    sr = statistics.median(rates["SaliencyMix + SpectralResidual"]) / base
+    print()
+    print(f"SpectralResidual + SaliencyMix keeps {sr:.0%} of plain throughput (target >= 70%): "
+          f"{'OK' if sr >= 0.7 else 'BELOW TARGET'}")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Speed of the seven saliency transforms: batched vs a per-sample loop vs torchvision's CutMix.
+
+For each transform, three things are timed side by side in one run, on the same batch, in
+interleaved rounds (median over rounds): the batched salaug transform, a straightforward
+per-sample Python loop implementing the same algorithm (written here, as a reference a user might
+write), and ``torchvision.transforms.v2.CutMix(num_classes=K)``. Prints a markdown table.
+
+    python benchmarks/transform_speed.py --batch 128 --size 224 --rounds 7
+
+Targets on CPU: the box-paste transforms (SaliencyMix, AttentiveCutMix, SalientPaste, KeepCutout)
+within 1.5x of ``v2.CutMix``; the others are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
+from torchvision.transforms import v2
+
+from salaug.transforms.crop import SalientCrop
+from salaug.transforms.erase import KeepCutout
+from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, SaliencyMix, SnapMix, greedy_pairing
+from salaug.transforms.paste import SalientPaste
+
+# -- per-sample loop references (the same algorithms, one sample at a time) ----------------------------------
+
+
+def _mass(s: torch.Tensor, box) -> float:
+    x1, y1, x2, y2 = box
+    total = float(s.sum())
+    return float(s[..., y1:y2, x1:x2].sum()) / total if total > 0 else (x2 - x1) * (y2 - y1) / s[0].numel()
+
+
+def _rrc_box(h, w, scale, ratio):
+    area = (scale[0] + (scale[1] - scale[0]) * torch.rand(()).item()) * h * w
+    r = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * torch.rand(()).item())
+    bw = min(max(round(math.sqrt(area * r)), 1), w)
+    bh = min(max(round(math.sqrt(area / r)), 1), h)
+    x1 = int(torch.randint(0, w - bw + 1, ()).item())
+    y1 = int(torch.randint(0, h - bh + 1, ()).item())
+    return x1, y1, x1 + bw, y1 + bh
+
+
+def _peak_box(s, bw, bh):
+    h, w = s.shape[-2:]
+    idx = int(s.flatten().argmax())
+    cx, cy = idx % w, idx // w
+    x1 = min(max(cx - bw // 2, 0), w - bw)
+    y1 = min(max(cy - bh // 2, 0), h - bh)
+    return x1, y1, x1 + bw, y1 + bh
+
+
+def loop_salient_crop(x, s, y, k, keep=0.8, num=16):
+    b, _, h, w = x.shape
+    out, sal = torch.empty_like(x), torch.empty_like(s)
+    for i in range(b):
+        box = (0, 0, w, h)
+        for _ in range(num):
+            cand = _rrc_box(h, w, (0.08, 1.0), (3 / 4, 4 / 3))
+            if _mass(s[i], cand) >= keep:
+                box = cand
+                break
+        x1, y1, x2, y2 = box
+        out[i] = F.interpolate(x[i:i + 1, :, y1:y2, x1:x2], size=(h, w), mode="bilinear", align_corners=True)[0]
+        sal[i] = F.interpolate(s[i:i + 1, :, y1:y2, x1:x2], size=(h, w), mode="bilinear", align_corners=True)[0]
+    return out, sal, F.one_hot(y, k).float()
+
+
+def loop_saliency_mix(x, s, y, k):
+    b, _, h, w = x.shape
+    perm = torch.randperm(b)
+    out, sal, lab = x.clone(), s.clone(), F.one_hot(y, k).float()
+    for i in range(b):
+        j = int(perm[i])
+        lam = float(torch.distributions.Beta(1.0, 1.0).sample())
+        bw, bh = max(round(w * math.sqrt(lam)), 1), max(round(h * math.sqrt(lam)), 1)
+        x1, y1, x2, y2 = _peak_box(s[j], bw, bh)
+        out[i, :, y1:y2, x1:x2] = x[j, :, y1:y2, x1:x2]
+        sal[i, :, y1:y2, x1:x2] = s[j, :, y1:y2, x1:x2]
+        a = (x2 - x1) * (y2 - y1) / (h * w)
+        lab[i] = (1 - a) * lab[i] + a * F.one_hot(y[j], k).float()
+    return out, sal, lab
+
+
+def loop_attentive_cutmix(x, s, y, k, grid=7, top=6):
+    b, _, h, w = x.shape
+    perm = torch.randperm(b)
+    out, sal, lab = x.clone(), s.clone(), F.one_hot(y, k).float()
+    ye = [i * h // grid for i in range(grid + 1)]
+    xe = [i * w // grid for i in range(grid + 1)]
+    cells = [(xe[c], ye[r], xe[c + 1], ye[r + 1]) for r in range(grid) for c in range(grid)]
+    for i in range(b):
+        j = int(perm[i])
+        mass = torch.tensor([float(s[j, :, y1:y2, x1:x2].sum()) for x1, y1, x2, y2 in cells])
+        area = 0.0
+        for c in mass.topk(top).indices.tolist():
+            x1, y1, x2, y2 = cells[c]
+            out[i, :, y1:y2, x1:x2] = x[j, :, y1:y2, x1:x2]
+            sal[i, :, y1:y2, x1:x2] = s[j, :, y1:y2, x1:x2]
+            area += (x2 - x1) * (y2 - y1) / (h * w)
+        lab[i] = (1 - area) * lab[i] + area * F.one_hot(y[j], k).float()
+    return out, sal, lab
+
+
+def loop_snapmix(x, s, y, k, alpha=5.0):
+    b, _, h, w = x.shape
+    perm = torch.randperm(b)
+    out, sal, lab = x.clone(), s.clone(), F.one_hot(y, k).float()
+    beta = torch.distributions.Beta(alpha, alpha)
+    for i in range(b):
+        j = int(perm[i])
+        boxes = []
+        for _ in range(2):
+            lam = float(beta.sample())
+            bw, bh = max(round(w * math.sqrt(1 - lam)), 1), max(round(h * math.sqrt(1 - lam)), 1)
+            x1 = int(torch.randint(0, w - bw + 1, ()))
+            y1 = int(torch.randint(0, h - bh + 1, ()))
+            boxes.append((x1, y1, x1 + bw, y1 + bh))
+        (tx1, ty1, tx2, ty2), (px1, py1, px2, py2) = boxes
+        out[i, :, ty1:ty2, tx1:tx2] = F.interpolate(x[j:j + 1, :, py1:py2, px1:px2], size=(ty2 - ty1, tx2 - tx1),
+                                                    mode="bilinear", align_corners=False)[0]
+        sal[i, :, ty1:ty2, tx1:tx2] = F.interpolate(s[j:j + 1, :, py1:py2, px1:px2], size=(ty2 - ty1, tx2 - tx1),
+                                                    mode="bilinear", align_corners=False)[0]
+        removed = _mass(s[i], (tx1, ty1, tx2, ty2))
+        added = _mass(s[j], (px1, py1, px2, py2))
+        lab[i] = (1 - removed) * lab[i] + added * F.one_hot(y[j], k).float()
+        lab[i] /= lab[i].sum()
+    return out, sal, lab
+
+
+def loop_guided_mixup(x, s, y, k, sigma=3.0):
+    b, _, h, w = x.shape
+    half = math.ceil(3 * sigma)
+    smooth = []
+    for i in range(b):
+        m = gaussian_blur2d(s[i:i + 1], (2 * half + 1, 2 * half + 1), (sigma, sigma), border_type="reflect")
+        smooth.append(m / m.sum().clamp(min=1e-30))
+    pooled = torch.cat([F.adaptive_avg_pool2d(m, 16).flatten(1) for m in smooth])
+    unit = pooled / pooled.norm(dim=1, keepdim=True).clamp(min=1e-30)
+    perm = greedy_pairing(unit @ unit.T)
+    out, sal, lab = torch.empty_like(x), torch.empty_like(s), F.one_hot(y, k).float()
+    for i in range(b):
+        j = int(perm[i])
+        wa = (smooth[i] + 1e-8) / (smooth[i] + smooth[j] + 2e-8)
+        out[i] = wa[0] * x[i] + (1 - wa[0]) * x[j]
+        sal[i] = wa[0] * s[i] + (1 - wa[0]) * s[j]
+        share = float(1 - wa.mean())
+        lab[i] = (1 - share) * lab[i] + share * F.one_hot(y[j], k).float()
+    return out, sal, lab
+
+
+def loop_salient_paste(x, s, y, k, scale=(0.1, 0.4)):
+    b, _, h, w = x.shape
+    perm = torch.randperm(b)
+    out, sal, lab = x.clone(), s.clone(), F.one_hot(y, k).float()
+    for i in range(b):
+        j = int(perm[i])
+        a = scale[0] + (scale[1] - scale[0]) * torch.rand(()).item()
+        z = 0.75 + 0.58 * torch.rand(()).item()
+        dw, dh = max(round(w * math.sqrt(a)), 1), max(round(h * math.sqrt(a)), 1)
+        sw, sh = min(max(round(dw / z), 1), w), min(max(round(dh / z), 1), h)
+        px1, py1, px2, py2 = _peak_box(s[j], sw, sh)
+        sums = F.avg_pool2d(s[i:i + 1], (dh, dw), stride=1)  # every position of the target
+        idx = int(sums.flatten().argmin())
+        tx1, ty1 = idx % sums.shape[-1], idx // sums.shape[-1]
+        out[i, :, ty1:ty1 + dh, tx1:tx1 + dw] = F.interpolate(x[j:j + 1, :, py1:py2, px1:px2], size=(dh, dw),
+                                                              mode="bilinear", align_corners=False)[0]
+        sal[i, :, ty1:ty1 + dh, tx1:tx1 + dw] = F.interpolate(s[j:j + 1, :, py1:py2, px1:px2], size=(dh, dw),
+                                                              mode="bilinear", align_corners=False)[0]
+        share = dw * dh / (h * w)
+        lab[i] = (1 - share) * lab[i] + share * F.one_hot(y[j], k).float()
+    return out, sal, lab
+
+
+def loop_keep_cutout(x, s, y, k, threshold=0.1, num=16):
+    b, _, h, w = x.shape
+    out, sal = x.clone(), s.clone()
+    for i in range(b):
+        for _ in range(num):
+            x1, y1, x2, y2 = _rrc_box(h, w, (0.02, 0.25), (0.3, 3.3))
+            if _mass(s[i], (x1, y1, x2, y2)) < threshold:
+                out[i, :, y1:y2, x1:x2] = 0.0
+                sal[i, :, y1:y2, x1:x2] = 0.0
+                break
+    return out, sal, F.one_hot(y, k).float()
+
+
+# -- the run -------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    ap.add_argument("--only", nargs="*", default=None, help="names of the transforms to time")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    b, k, n = args.batch, args.classes, args.size
+    x = torch.randn(b, 3, n, n)
+    # CAM-like saliency: a blurred blob per image, min-max normalised
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, n), torch.linspace(0, 1, n), indexing="ij")
+    c = torch.rand(b, 2, 1, 1) * 0.6 + 0.2
+    s = torch.exp(-((xx - c[:, 0:1]) ** 2 + (yy - c[:, 1:2]) ** 2) / 0.02)
+    s = s / s.amax((2, 3), keepdim=True)
+    y = torch.randint(0, k, (b,))
+    cutmix = v2.CutMix(num_classes=k)
+
+    cases = {
+        "SalientCrop": (SalientCrop(num_classes=k), loop_salient_crop, "report"),
+        "SaliencyMix": (SaliencyMix(num_classes=k), loop_saliency_mix, "<= 1.5"),
+        "AttentiveCutMix": (AttentiveCutMix(num_classes=k), loop_attentive_cutmix, "<= 1.5"),
+        "SnapMix": (SnapMix(num_classes=k), loop_snapmix, "report"),
+        "GuidedMixup": (GuidedMixup(num_classes=k), loop_guided_mixup, "report"),
+        "SalientPaste": (SalientPaste(num_classes=k), loop_salient_paste, "<= 1.5"),
+        "KeepCutout": (KeepCutout(num_classes=k), loop_keep_cutout, "<= 1.5"),
+        "SalientPaste nearest": (SalientPaste(num_classes=k, interpolation="nearest"), loop_salient_paste, "<= 1.5"),
+    }
+    if args.only:
+        cases = {name: v for name, v in cases.items() if name in args.only}
+    fns = {"v2.CutMix": lambda: cutmix(x, y)}
+    for name, (t, loop, _) in cases.items():
+        fns[name] = (lambda t=t: t(x, s, y))
+        fns[name + " loop"] = (lambda loop=loop: loop(x, s, y, k))
+    for f in fns.values():  # warm up
+        f()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(args.rounds):
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    base = med["v2.CutMix"]
+    print(f"B={b}, {n}x{n}, K={k}, {args.rounds} interleaved rounds, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; v2.CutMix median {base * 1e3:.1f} ms\n")
+    print("| transform | batched (ms) | per-sample loop (ms) | batched / loop | batched / v2.CutMix | target |")
+    print("|---|---|---|---|---|---|")
+    for name, (_, _, target) in cases.items():
+        bt, lt = med[name], med[name + " loop"]
+        print(f"| {name} | {bt * 1e3:.1f} | {lt * 1e3:.1f} | {bt / lt:.2f} | {bt / base:.2f} | {target} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from salaug.cli import main
+
+raise SystemExit(main())

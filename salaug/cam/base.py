@@ -1,0 +1,596 @@
+"""The CAM engine: hooks, the batched forward/backward, normalisation and resizing.
+
+How a gradient CAM is computed (one forward, no ``.backward()``):
+
+1. every submodule is put in eval mode (BatchNorm uses and keeps its running statistics, dropout
+   is off); each module's own ``training`` flag is restored afterwards, mixed modes included;
+2. the model runs under ``torch.no_grad()``: the trunk before the target layer builds no autograd
+   graph. A forward hook on the target layer switches gradients on and hands the rest of the
+   network a copy of ``A = output.detach().requires_grad_()``, so only the head is recorded;
+3. ``torch.autograd.grad(score, A)`` with ``score = sum_i score_i(logits_i)``: each image gets the
+   gradient of its own target, no parameter ``.grad`` is read or written;
+4. the per-method weights combine ``A`` and ``dS/dA`` in float32 (autocast is disabled there), then
+   ``ReLU`` at feature resolution, per-image min-max (``(x - min) / (max - min + 1e-7)``, the
+   pytorch-grad-cam rule, so an all-zero map stays zero), bilinear resize
+   (``align_corners=False``) and a second per-image min-max at the output size, exactly like
+   pytorch-grad-cam's ``scale_cam_image`` applied per layer and after aggregation.
+
+The caller's grad mode, inference mode, module modes and hooks are restored on exit, also when
+the call raises. Inside ``torch.inference_mode()`` the engine locally leaves inference mode (the
+backward needs ordinary tensors) and works on a copy of inference-tensor images.
+
+A ``torch.compile``'d model (``OptimizedModule``) is run through its eager ``_orig_mod``: hooks
+added after compilation are ignored by compiled code, and the parameters are shared, so the maps
+are those of the same network. ``record()`` (fused mode) cannot observe a compiled forward and
+raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from salaug._checks import check_images, value_checks_on
+from salaug.cam.layers import (
+    _POOLING_HEADS,
+    is_compiled,
+    probe_target_layer,
+    resolve_target_layer,
+    unwrap_model,
+)
+
+__all__ = ["BaseCAM", "eval_mode", "finalize_cam", "weighted_sum"]
+
+_EPS = 1e-7
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward once the target activations are captured."""
+
+
+# --------------------------------------------------------------------------------------------- #
+# context helpers
+# --------------------------------------------------------------------------------------------- #
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule of ``model`` in eval mode; restore each one's own flag on exit.
+
+    The ``training`` attribute is set directly (overridden ``train()`` methods are not called), so
+    nothing but the flags changes and mixed train/eval states come back exactly.
+
+    Example:
+        >>> net = nn.Sequential(nn.Dropout(), nn.BatchNorm1d(2).eval())
+        >>> with eval_mode(net):
+        ...     print([m.training for m in net.modules()])
+        [False, False, False]
+        >>> [m.training for m in net.modules()]
+        [True, True, False]
+    """
+    was_training = [m for m in model.modules() if m.training]
+    for m in was_training:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in was_training:
+            m.training = True
+
+
+@contextlib.contextmanager
+def _isolated(model: nn.Module) -> Iterator[None]:
+    """Eval mode for ``model`` and (if needed) a local exit from inference mode."""
+    with contextlib.ExitStack() as stack:
+        if torch.is_inference_mode_enabled():
+            stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(eval_mode(model))
+        yield
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):  # pragma: no cover - exotic device types
+        return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------------------- #
+# validation
+# --------------------------------------------------------------------------------------------- #
+def _check_output_size(output_size: object, images_hw: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``None`` -> images' size, ``"feature"`` -> ``None`` (feature resolution), int / pair -> pair."""
+    if output_size is None:
+        if images_hw is None:
+            raise ValueError(
+                "output_size is needed: the recorded forward had no (B, C, H, W) image input; "
+                "pass output_size=(H, W) or 'feature'"
+            )
+        return images_hw
+    if isinstance(output_size, str):
+        if output_size == "feature":
+            return None
+        raise ValueError(f"output_size must be None, (H, W), an int or 'feature', got {output_size!r}")
+    if isinstance(output_size, int) and not isinstance(output_size, bool):
+        output_size = (output_size, output_size)
+    if (
+        isinstance(output_size, (tuple, list, torch.Size))
+        and len(output_size) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in output_size)
+    ):
+        return (int(output_size[0]), int(output_size[1]))
+    raise ValueError(f"output_size must be None, (H, W) with positive ints, an int or 'feature', got {output_size!r}")
+
+
+def _check_targets(targets: object, batch: int) -> Tensor | None:
+    """Shape and dtype checks of ``targets`` that need no model output."""
+    if targets is None:
+        return None
+    if isinstance(targets, bool):
+        raise TypeError("targets must be None, (B,) integer class indices or (B, K) float weights, got a bool")
+    if isinstance(targets, int):
+        return torch.full((batch,), targets, dtype=torch.long)
+    if not isinstance(targets, Tensor):
+        try:
+            targets = torch.as_tensor(targets)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(
+                f"targets must be None, (B,) integer class indices or (B, K) float weights, got {type(targets).__name__}"
+            ) from exc
+    if targets.ndim == 1:
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise TypeError(
+                f"(B,) targets must be integer class indices, got dtype {targets.dtype}; use targets.long() for "
+                "indices, or pass (B, K) float weights (e.g. soft labels)"
+            )
+    elif targets.ndim == 2:
+        if not targets.is_floating_point():
+            raise TypeError(
+                f"(B, K) targets must be floating-point class weights, got dtype {targets.dtype}; pass (B,) "
+                "integer indices for single classes"
+            )
+    else:
+        raise ValueError(
+            f"targets must have shape (B,) (class indices) or (B, K) (class weights), got {tuple(targets.shape)}"
+        )
+    if targets.shape[0] != batch:
+        raise ValueError(f"targets have batch size {targets.shape[0]} but the images have {batch}")
+    return targets
+
+
+def _check_logits(output: object, batch: int) -> Tensor:
+    if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[0] != batch or not output.is_floating_point():
+        got = f"shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
+        raise TypeError(
+            f"the model must return logits of shape (B, K) = ({batch}, K) as one float tensor, got {got}; wrap the "
+            "model so that it does, e.g. nn.Sequential(model, SelectLogits()) or a small nn.Module whose forward "
+            "returns model(x)['logits'] / model(x)[0]"
+        )
+    return output
+
+
+def _check_layer_output(output: object, name: str, has_reshape: bool) -> Tensor:
+    if not isinstance(output, Tensor):
+        raise ValueError(
+            f"target layer {name!r} returns {type(output).__name__}, not a tensor; choose a layer whose output is "
+            "a (B, C, h, w) tensor"
+        )
+    if not has_reshape and output.ndim != 4:
+        hint = (
+            " (token output: pass reshape=salaug.cam.vit_reshape or your own (B, N, D) -> (B, D, h, w) function)"
+            if output.ndim == 3
+            else ""
+        )
+        raise ValueError(
+            f"target layer {name!r} outputs shape {tuple(output.shape)}, but CAMs need a (B, C, h, w) feature "
+            f"map{hint}; choose a convolutional layer (e.g. ResNet 'layer4') or pass reshape="
+        )
+    return output
+
+
+class _Targets:
+    """Resolved targets: ``index`` ``(B,)`` long or ``weight`` ``(B, K)`` float32, on the logits' device."""
+
+    def __init__(self, index: Tensor | None, weight: Tensor | None) -> None:
+        self.index = index
+        self.weight = weight
+
+    @classmethod
+    def resolve(cls, targets: Tensor | None, logits: Tensor) -> "_Targets":
+        k = logits.shape[1]
+        if targets is None:
+            return cls(logits.detach().argmax(dim=1), None)
+        if targets.ndim == 1:
+            if value_checks_on(targets):
+                lo, hi = torch.aminmax(targets)
+                if lo < 0 or hi >= k:
+                    raise ValueError(
+                        f"target class indices must lie in [0, {k - 1}] for a model with {k} outputs, "
+                        f"got min {int(lo)}, max {int(hi)}"
+                    )
+            return cls(targets.to(device=logits.device, dtype=torch.long), None)
+        if targets.shape[1] != k:
+            raise ValueError(f"(B, K) targets have K={targets.shape[1]} but the model has {k} outputs")
+        return cls(None, targets.to(device=logits.device, dtype=torch.float32))
+
+    def score(self, logits: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Per-row target score ``(n,)`` in float32; ``rows`` maps each logits row to its image."""
+        logits = logits.float()
+        if self.weight is not None:
+            w = self.weight if rows is None else self.weight.index_select(0, rows)
+            return (logits * w).sum(dim=1)
+        assert self.index is not None
+        idx = self.index if rows is None else self.index.index_select(0, rows)
+        return logits.gather(1, idx.unsqueeze(1)).squeeze(1)
+
+
+# --------------------------------------------------------------------------------------------- #
+# normalisation
+# --------------------------------------------------------------------------------------------- #
+def _minmax(cam: Tensor) -> Tensor:
+    """Per-image ``(x - min) / (max - min + 1e-7)`` over all but the batch dimension."""
+    lo, hi = torch.aminmax(cam.flatten(1), dim=1)
+    shape = (-1,) + (1,) * (cam.ndim - 1)
+    return (cam - lo.view(shape)) / ((hi - lo).view(shape) + _EPS)
+
+
+def finalize_cam(raw: Tensor, output_size: tuple[int, int] | None) -> Tensor:
+    """ReLU, per-image min-max, bilinear resize, min-max again (pytorch-grad-cam's pipeline).
+
+    Args:
+        raw: ``(B, h, w)`` raw CAM at feature resolution.
+        output_size: ``(H, W)``, or ``None`` to stay at ``(h, w)``.
+
+    Returns:
+        ``(B, 1, H, W)`` float32 in ``[0, 1]``; an all-zero (or constant) map gives zeros.
+
+    Example:
+        >>> raw = torch.tensor([[[-1.0, 1.0], [2.0, 3.0]]])
+        >>> [round(v, 4) for v in finalize_cam(raw, None).flatten().tolist()]
+        [0.0, 0.3333, 0.6667, 1.0]
+        >>> finalize_cam(torch.zeros(1, 2, 2), (4, 4)).abs().max().item()
+        0.0
+    """
+    with _no_autocast(raw.device):
+        cam = _minmax(raw.float().clamp_min(0)).unsqueeze(1)
+        if output_size is not None:
+            cam = F.interpolate(cam, size=output_size, mode="bilinear", align_corners=False)
+            cam = _minmax(cam)
+    return cam
+
+
+# --------------------------------------------------------------------------------------------- #
+# the base class
+# --------------------------------------------------------------------------------------------- #
+class BaseCAM:
+    """Batched, side-effect-free class activation maps from one target layer.
+
+    Args:
+        model: a classifier returning logits ``(B, K)``. ``torch.compile`` / ``DataParallel`` /
+            ``DistributedDataParallel`` wrappers are unwrapped for the CAM forward (see the
+            module docstring).
+        target_layer: dotted name (``"layer4"``, ``"features.-1"``), a module inside ``model``, or
+            ``None`` for the last module with a ``(B, C, h, w)`` output (found by a one-image probe
+            forward on the first call; see :mod:`salaug.cam.layers`).
+        reshape: callable turning the layer's output into ``(B, C, h, w)``, e.g.
+            :func:`salaug.cam.vit_reshape` for ``(B, N, D)`` tokens; requires ``target_layer``.
+
+    Calling ``cam(images, targets=None, *, output_size=None)`` returns ``(B, 1, H, W)`` float32
+    maps in ``[0, 1]`` on ``images.device``:
+
+    * ``images``: ``(B, C, H, W)`` float tensor.
+    * ``targets``: ``None`` (the predicted class, argmax of the logits), ``(B,)`` integer class
+      indices (an ``int`` is broadcast), or ``(B, K)`` float weights (the CAM of
+      ``sum_k w_k * logit_k``, e.g. soft labels).
+    * ``output_size``: ``None`` (the images' ``(H, W)``), an ``(H, W)`` pair (or an int), or
+      ``"feature"`` (the target layer's own ``(h, w)``).
+
+    Fused mode (training loop)::
+
+        with cam.record():
+            logits = model(x)               # the caller's own forward: train mode, grad on
+        sal = cam.from_logits(logits, y)    # autograd.grad(..., retain_graph=True)
+        loss.backward()                     # unchanged parameter gradients
+    """
+
+    #: registry name (``salaug.cam.CAM_METHODS`` key)
+    name: ClassVar[str] = ""
+    #: whether the method needs ``dS/dA``
+    uses_gradients: ClassVar[bool] = True
+    #: whether ``record()`` / ``from_logits()`` are available
+    supports_record: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: str | nn.Module | None = None,
+        *,
+        reshape: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if reshape is not None and not callable(reshape):
+            raise TypeError(f"reshape must be callable (B, N, D) -> (B, D, h, w), got {type(reshape).__name__}")
+        if reshape is not None and target_layer is None:
+            raise ValueError(
+                "reshape= needs an explicit target_layer (token models have no automatic choice); for torchvision "
+                "ViTs use e.g. target_layer='encoder.layers.encoder_layer_11.ln_1'"
+            )
+        self._wrapper = model
+        self._model = unwrap_model(model)
+        self._compiled = self._model is not model and _has_compiled_wrapper(model)
+        self.reshape = reshape
+        self._layer: nn.Module | None = None
+        self._layer_name: str | None = None
+        if target_layer is not None:
+            self._layer_name, self._layer = resolve_target_layer(self._model, target_layer, wrapper=model)
+        self._recording: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def model(self) -> nn.Module:
+        """The eager module the CAM runs (the unwrapped model)."""
+        return self._model
+
+    @property
+    def target_layer(self) -> nn.Module | None:
+        """The target module (``None`` until an automatic choice is made on the first call)."""
+        return self._layer
+
+    @property
+    def target_layer_name(self) -> str | None:
+        """Dotted name of the target module inside :attr:`model` (``None`` until resolved)."""
+        return self._layer_name
+
+    def __repr__(self) -> str:
+        layer = self._layer_name if self._layer_name is not None else "auto"
+        return f"{type(self).__name__}(model={type(self._model).__name__}, target_layer={layer!r})"
+
+    # ------------------------------------------------------------------ public calls
+    def __call__(
+        self,
+        images: Tensor,
+        targets: Tensor | int | Sequence[int] | None = None,
+        *,
+        output_size: tuple[int, int] | int | str | None = None,
+    ) -> Tensor:
+        """Compute the CAMs of a batch.
+
+        Args:
+            images: ``(B, C, H, W)`` floating-point tensor.
+            targets: ``None``, ``(B,)`` integer indices or ``(B, K)`` float weights.
+            output_size: ``None`` (``(H, W)``), ``(h, w)``, an int, or ``"feature"``.
+
+        Returns:
+            ``(B, 1, H', W')`` float32 in ``[0, 1]`` on ``images.device``.
+
+        Raises:
+            TypeError: images not a float tensor, wrong targets dtype, model output not ``(B, K)``.
+            ValueError: bad shapes, target indices out of range, unusable target layer.
+        """
+        images = check_images(images)
+        size = _check_output_size(output_size, (int(images.shape[-2]), int(images.shape[-1])))
+        checked = _check_targets(targets, images.shape[0])
+        with _isolated(self._model):
+            if images.is_inference():
+                images = images.clone()
+            layer = self._resolve_layer(images)
+            raw = self._compute(images, checked, layer)
+        return finalize_cam(raw, size)
+
+    @contextlib.contextmanager
+    def record(self) -> Iterator["BaseCAM"]:
+        """Capture the target activations of the forward run inside the block (fused mode).
+
+        The block's forward runs exactly as the caller set it up (train mode, grad enabled,
+        autocast); nothing is changed but a temporary forward hook. Use :meth:`from_logits`
+        afterwards. With ``target_layer=None`` the layer is chosen from this forward.
+
+        Raises:
+            TypeError: for methods without a fused mode (ScoreCAM, AblationCAM).
+            RuntimeError: for a ``torch.compile``'d model (its compiled forward ignores hooks).
+        """
+        if not self.supports_record:
+            raise TypeError(
+                f"{type(self).__name__} has no fused mode: it needs extra perturbed forwards; call the CAM "
+                "directly (cam(images, targets)) or use a gradient method or EigenCAM with record()"
+            )
+        if self._compiled:
+            raise RuntimeError(
+                "record() cannot capture activations of a torch.compile'd model (hooks added after compilation are "
+                "ignored); call the CAM directly (it runs model._orig_mod eagerly), or build the CAM on the eager "
+                "model and run the eager model inside record()"
+            )
+        rec: dict[str, Any] = {"acts": None, "size": None, "spatial": None, "any": None}
+        model = self._model
+        has_reshape = self.reshape is not None
+
+        def size_hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            if rec["size"] is None and args and isinstance(args[0], Tensor) and args[0].ndim == 4:
+                rec["size"] = (int(args[0].shape[-2]), int(args[0].shape[-1]))
+
+        handles = [model.register_forward_pre_hook(size_hook)]
+        try:
+            if self._layer is not None:
+                name = self._layer_name or type(self._layer).__name__
+
+                def layer_hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+                    rec["acts"] = _check_layer_output(output, name, has_reshape)
+
+                handles.append(self._layer.register_forward_hook(layer_hook))
+            else:
+
+                def any_hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+                    if isinstance(output, Tensor) and output.ndim == 4 and not isinstance(module, _POOLING_HEADS):
+                        rec["any"] = (module, output)
+                        if output.shape[-1] * output.shape[-2] > 1:
+                            rec["spatial"] = (module, output)
+
+                handles.extend(m.register_forward_hook(any_hook) for m in model.modules() if m is not model)
+            self._recording = None
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+        if self._layer is None:
+            chosen = rec["spatial"] or rec["any"]
+            if chosen is not None:
+                self._layer = chosen[0]
+                self._layer_name = next(n for n, m in model.named_modules() if m is chosen[0])
+                rec["acts"] = chosen[1]
+        self._recording = {"acts": rec["acts"], "size": rec["size"]}
+
+    def from_logits(
+        self,
+        logits: Tensor,
+        targets: Tensor | int | Sequence[int] | None = None,
+        *,
+        output_size: tuple[int, int] | int | str | None = None,
+    ) -> Tensor:
+        """CAMs from the forward captured by :meth:`record` (consumes the recording).
+
+        Gradients come from ``torch.autograd.grad(score, A, retain_graph=True)``: the graph stays
+        usable for the caller's ``loss.backward()`` and no parameter ``.grad`` is touched. The maps
+        reflect the recorded forward's own mode (train-mode BatchNorm / dropout when training).
+
+        Args:
+            logits: ``(B, K)`` output of the recorded forward.
+            targets: as for ``__call__``.
+            output_size: as for ``__call__``; ``None`` means the recorded input's ``(H, W)``.
+
+        Returns:
+            ``(B, 1, H, W)`` float32 in ``[0, 1]``, detached.
+
+        Raises:
+            RuntimeError: nothing recorded, or the recorded forward ran without gradients.
+        """
+        rec = self._recording
+        if rec is None or rec["acts"] is None:
+            raise RuntimeError(
+                "from_logits() needs a recorded forward: run `with cam.record(): logits = model(x)` first (the target "
+                "layer must run inside the block; a torch.compile'd model ignores the hook)"
+            )
+        self._recording = None
+        acts: Tensor = rec["acts"]
+        batch = acts.shape[0]
+        size = _check_output_size(output_size, rec["size"])
+        checked = _check_targets(targets, batch)
+        grads = None
+        with _no_autocast(acts.device):
+            if self.uses_gradients:
+                logits = _check_logits(logits, batch)
+                if not acts.requires_grad:
+                    raise RuntimeError(
+                        "the recorded forward ran without gradients (torch.no_grad / inference_mode / frozen trunk); "
+                        "record a forward with grad enabled, or call the CAM directly"
+                    )
+                with torch.enable_grad():
+                    score = _Targets.resolve(checked, logits).score(logits).sum()
+                (grads,) = torch.autograd.grad(score, acts, retain_graph=True, allow_unused=True)
+                if grads is None:
+                    raise RuntimeError(f"the logits do not depend on target layer {self._layer_name!r}")
+            a, g = self._feature_maps(acts.detach(), grads)
+            raw = self._combine(a, g)
+        return finalize_cam(raw, size)
+
+    # ------------------------------------------------------------------ machinery
+    def _resolve_layer(self, images: Tensor) -> nn.Module:
+        if self._layer is None:
+            self._layer_name, self._layer = probe_target_layer(self._model, images)
+        return self._layer
+
+    def _feature_maps(self, acts: Tensor, grads: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Apply ``reshape`` and cast to float32: ``(B, C, h, w)`` activations (and gradients)."""
+        if self.reshape is not None:
+            acts = self.reshape(acts)
+            grads = self.reshape(grads) if grads is not None else None
+            if not isinstance(acts, Tensor) or acts.ndim != 4:
+                got = tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__
+                raise ValueError(f"reshape must return a (B, C, h, w) tensor, got {got}")
+        return acts.float(), (grads.float() if grads is not None else None)
+
+    def _forward_with_grad(self, images: Tensor, layer: nn.Module) -> tuple[Tensor, Tensor]:
+        """No-grad trunk, grad-enabled head. Returns the activation leaf and the logits."""
+        store: dict[str, Tensor] = {}
+        name = self._layer_name or type(layer).__name__
+        has_reshape = self.reshape is not None
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
+            _check_layer_output(output, name, has_reshape)
+            torch.set_grad_enabled(True)  # restored by the enclosing no_grad() on exit
+            leaf = output.detach().requires_grad_(True)
+            store["acts"] = leaf
+            return leaf.clone()  # a non-leaf, so in-place consumers (ReLU(inplace=True)) are fine
+
+        handle = layer.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                logits = self._model(images)
+        finally:
+            handle.remove()
+        if "acts" not in store:
+            raise RuntimeError(f"target layer {name!r} did not run during the model's forward")
+        return store["acts"], _check_logits(logits, images.shape[0])
+
+    def _forward_capture(self, images: Tensor, layer: nn.Module, *, stop: bool = False) -> tuple[Tensor, Tensor | None]:
+        """No-grad forward capturing the target output; ``stop`` ends the forward right there."""
+        store: dict[str, Tensor] = {}
+        name = self._layer_name or type(layer).__name__
+        has_reshape = self.reshape is not None
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            store["acts"] = _check_layer_output(output, name, has_reshape).detach()
+            if stop:
+                raise _StopForward
+
+        handle = layer.register_forward_hook(hook)
+        logits = None
+        try:
+            with torch.no_grad():
+                logits = self._model(images)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if "acts" not in store:
+            raise RuntimeError(f"target layer {name!r} did not run during the model's forward")
+        if not stop:
+            logits = _check_logits(logits, images.shape[0])
+        return store["acts"], logits
+
+    def _compute(self, images: Tensor, targets: Tensor | None, layer: nn.Module) -> Tensor:
+        """Raw CAM ``(B, h, w)`` (float32, before ReLU) for a batch; gradient methods by default."""
+        leaf, logits = self._forward_with_grad(images, layer)
+        with _no_autocast(images.device), torch.enable_grad():
+            score = _Targets.resolve(targets, logits).score(logits).sum()
+            if not score.requires_grad:
+                raise RuntimeError(f"the logits do not depend on target layer {self._layer_name!r}")
+            (grads,) = torch.autograd.grad(score, leaf, allow_unused=True)
+            if grads is None:
+                raise RuntimeError(f"the logits do not depend on target layer {self._layer_name!r}")
+            acts, g = self._feature_maps(leaf.detach(), grads)
+            return self._combine(acts, g)
+
+    def _combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+        """Method-specific: ``(B, C, h, w)`` float32 activations (+ gradients) -> ``(B, h, w)``."""
+        raise NotImplementedError
+
+
+def _has_compiled_wrapper(model: nn.Module) -> bool:
+    m = model
+    for _ in range(8):
+        if is_compiled(m):
+            return True
+        inner = getattr(m, "module", None)
+        if not isinstance(inner, nn.Module):
+            return False
+        m = inner
+    return False
+
+
+def weighted_sum(weights: Tensor, acts: Tensor) -> Tensor:
+    """``sum_c w[b, c] * A[b, c]``: ``(B, C)`` x ``(B, C, h, w)`` -> ``(B, h, w)`` (one batched matmul)."""
+    b, c, h, w = acts.shape
+    return torch.bmm(weights.unsqueeze(1), acts.reshape(b, c, h * w)).view(b, h, w)

@@ -1,0 +1,173 @@
+"""Perturbation CAMs: ScoreCAM and AblationCAM, batched across images *and* channels.
+
+Both need ``B * C`` extra forwards (one per image and channel of the target layer). They run in
+chunks of ``batch_size`` rows, each row being one (image, channel) pair, so a chunk mixes images
+and no Python loop runs per image or per channel. Everything stays on the images' device; scores
+are gathered in float32 without host syncs. Like every CAM here the forwards run in eval mode
+without gradients and leave the model as they found it. No fused mode: ``record()`` raises.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+    ...                     nn.Flatten(), nn.Linear(4, 2))
+    >>> ScoreCAM(net, "1", batch_size=8)(torch.rand(2, 3, 8, 8)).shape
+    torch.Size([2, 1, 8, 8])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from salaug.cam.base import BaseCAM, _no_autocast, _Targets, weighted_sum
+
+__all__ = ["ScoreCAM", "AblationCAM"]
+
+
+class _PerturbationCAM(BaseCAM):
+    uses_gradients = False
+    supports_record = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: str | nn.Module | None = None,
+        *,
+        reshape: Callable[[Tensor], Tensor] | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        super().__init__(model, target_layer, reshape=reshape)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int (forwards per chunk), got {batch_size!r}")
+        self.batch_size = batch_size
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", batch_size={self.batch_size})"
+
+    def _chunks(self, total: int, device: torch.device) -> list[Tensor]:
+        rows = torch.arange(total, device=device)
+        return list(rows.split(self.batch_size))
+
+
+class ScoreCAM(_PerturbationCAM):
+    """Score-CAM (Wang et al. 2020), matching pytorch-grad-cam 1.5.7.
+
+    For every image ``b`` and channel ``c``: upsample ``A_bc`` to the input size (bilinear,
+    ``align_corners=True``, like pytorch-grad-cam's ``UpsamplingBilinear2d``), min-max it
+    (``+1e-8``), forward ``images_b * mask``, read the target score ``s_bc``. Weights are
+    ``softmax_c(s_b)``; ``cam = ReLU(sum_c w_c A_c)`` at feature resolution, then the usual
+    normalisation and resize (so the maps agree with pytorch-grad-cam to float rounding).
+
+    Args:
+        model, target_layer, reshape: see :class:`~salaug.cam.base.BaseCAM`.
+        batch_size: masked forwards per chunk (bounds memory: one chunk holds
+            ``batch_size`` masked copies of an image).
+
+    Call: ``(B, C, H, W)`` images -> ``(B, 1, H, W)`` float32 in ``[0, 1]``.
+    """
+
+    name = "scorecam"
+
+    def _compute(self, images: Tensor, targets: Tensor | None, layer: nn.Module) -> Tensor:
+        acts, logits = self._forward_capture(images, layer)
+        assert logits is not None
+        with _no_autocast(images.device):
+            tgt = _Targets.resolve(targets, logits)
+            a, _ = self._feature_maps(acts, None)
+        b, c, h, w = a.shape
+        size = images.shape[-2:]
+        flat = a.reshape(b * c, 1, h, w)
+        scores = torch.empty(b * c, device=a.device, dtype=torch.float32)
+        with torch.no_grad():
+            for rows in self._chunks(b * c, a.device):
+                img = torch.div(rows, c, rounding_mode="floor")
+                with _no_autocast(images.device):
+                    mask = F.interpolate(flat.index_select(0, rows), size=size, mode="bilinear", align_corners=True)
+                    lo, hi = torch.aminmax(mask.flatten(1), dim=1)
+                    mask = (mask - lo.view(-1, 1, 1, 1)) / (hi - lo + 1e-8).view(-1, 1, 1, 1)
+                out = self._model(images.index_select(0, img) * mask.to(images.dtype))
+                scores[rows] = tgt.score(out, img)
+        with _no_autocast(images.device):
+            weights = torch.softmax(scores.view(b, c), dim=1)
+            return weighted_sum(weights, a)
+
+
+class AblationCAM(_PerturbationCAM):
+    """Ablation-CAM (Desai & Ramaswamy 2020), matching pytorch-grad-cam 1.5.7.
+
+    For every image ``b`` and channel ``c``, the target layer's output is replaced (by a forward
+    hook) with image ``b``'s activations where channel ``c`` is set to the *ablation value*, and the
+    rest of the network re-runs; ``w_c = (s - s_c) / s`` with ``s`` the original target score.
+    ``cam = ReLU(sum_c w_c A_c)``, then the usual normalisation.
+
+    Ablation value: ``0`` when the image's activations have minimum exactly 0 (post-ReLU layers,
+    the common case, identical to pytorch-grad-cam), otherwise ``min - 1e7`` like
+    pytorch-grad-cam. Deviation: pytorch-grad-cam re-reads the minimum after each in-place
+    ablation, so in that second case its value drifts by another ``-1e7`` per channel of a chunk;
+    here every channel gets the same ``min - 1e7``.
+
+    The layers before the target still run for every chunk (the model's forward is arbitrary
+    code), as in pytorch-grad-cam; the chunk's input rows are the matching images.
+
+    Args:
+        model, target_layer: see :class:`~salaug.cam.base.BaseCAM`. ``reshape`` is not supported
+            (ablating token outputs needs the inverse reshape): passing it raises ``ValueError``.
+        batch_size: ablated forwards per chunk.
+
+    Call: ``(B, C, H, W)`` images -> ``(B, 1, H, W)`` float32 in ``[0, 1]``.
+    """
+
+    name = "ablationcam"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: str | nn.Module | None = None,
+        *,
+        reshape: Callable[[Tensor], Tensor] | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        if reshape is not None:
+            raise ValueError(
+                "AblationCAM does not support reshape= (token outputs); use ScoreCAM or a gradient CAM for ViTs"
+            )
+        super().__init__(model, target_layer, reshape=reshape, batch_size=batch_size)
+
+    def _compute(self, images: Tensor, targets: Tensor | None, layer: nn.Module) -> Tensor:
+        acts, logits = self._forward_capture(images, layer)
+        assert logits is not None
+        with _no_autocast(images.device):
+            tgt = _Targets.resolve(targets, logits)
+            original = tgt.score(logits)  # (B,)
+        b, c = acts.shape[:2]
+        low = acts.flatten(1).amin(dim=1)
+        value = torch.where(low == 0, torch.zeros_like(low), low - 1e7)  # (B,), acts.dtype
+        ablated = torch.empty(b * c, device=acts.device, dtype=torch.float32)
+        pending: dict[str, Tensor] = {}
+
+        def replace(_module: nn.Module, _inputs: Any, _output: Any) -> Tensor:
+            return pending["acts"]
+
+        handle = layer.register_forward_hook(replace)
+        try:
+            with torch.no_grad():
+                for rows in self._chunks(b * c, acts.device):
+                    img = torch.div(rows, c, rounding_mode="floor")
+                    chan = rows - img * c
+                    rep = acts.index_select(0, img)  # a copy
+                    n = rows.shape[0]
+                    rep[torch.arange(n, device=rep.device), chan] = value.index_select(0, img).view(n, 1, 1)
+                    pending["acts"] = rep
+                    out = self._model(images.index_select(0, img))
+                    ablated[rows] = tgt.score(out, img)
+        finally:
+            handle.remove()
+            pending.clear()
+        with _no_autocast(images.device):
+            weights = (original.unsqueeze(1) - ablated.view(b, c)) / original.unsqueeze(1)
+            a, _ = self._feature_maps(acts, None)
+            return weighted_sum(weights, a)

@@ -1,0 +1,330 @@
+"""The "pad" family: paste a partner's salient region where it hides nothing of the target."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from salaug.boxes import box_around, box_size, least_salient_box, peak
+from salaug.transforms.base import Params, SalientBatch, SaliencyTransform, sample_uniform
+from salaug.transforms.crop import (
+    _check_boxes_param, _check_range, _fast_box_mass, _flat, _patch_index, _resample, _restore_first, _row_prefix,
+    _scatter,
+)
+from salaug.transforms.labels import mix_soft_labels
+
+__all__ = ["SalientPaste"]
+
+_BACKGROUNDS = ("image", "constant", "reflect")
+_COARSE = 32  # box searches run on saliency average-pooled to at most this many cells a side
+
+
+def _coarse(saliency: Tensor, pad_value: float) -> tuple[Tensor, int]:
+    """Average-pool ``(B, 1, H, W)`` saliency by an integer factor ``f`` so each side is <= 32 cells.
+
+    The map is first padded (bottom / right) to a multiple of ``f`` with ``pad_value``. Returns the
+    pooled map and ``f``. Box searches on it cost O(B * 32^2) instead of O(B * H * W).
+    """
+    h, w = saliency.shape[-2:]
+    f = max(1, math.ceil(max(h, w) / _COARSE))
+    if f == 1:
+        return saliency, 1
+    ph, pw = -h % f, -w % f
+    if ph or pw:
+        saliency = F.pad(saliency, (0, pw, 0, ph), value=pad_value)
+    return F.avg_pool2d(saliency, f), f
+
+
+def _from_coarse(cbox: Tensor, sizes: Tensor, f: int, size: tuple[int, int]) -> Tensor:
+    """Full-resolution boxes of ``sizes (w, h)`` centred in coarse boxes, shifted inside the image."""
+    h, w = size
+    limit = torch.tensor([w, h], device=sizes.device)
+    span = (cbox[:, 2:] - cbox[:, :2]) * f
+    start = cbox[:, :2] * f + (span - sizes).clamp(min=0) // 2
+    start = torch.minimum(start, limit - sizes).clamp(min=0)
+    return torch.cat((start, start + sizes), 1)
+
+
+def _search(saliency: Tensor, sizes: Tensor, tie: Tensor, least: bool) -> Tensor:
+    """Least (or most) salient box of ``sizes`` per map, searched on a pooled map; ``(B, 4)``."""
+    h, w = saliency.shape[-2:]
+    coarse, f = _coarse(saliency, 1.0 if least else 0.0)
+    if not least:  # the box of most mass is the box of least (1 - s) mass at a fixed size
+        coarse = 1.0 - coarse
+    hc, wc = coarse.shape[-2:]
+    climit = torch.tensor([wc, hc], device=sizes.device)
+    csizes = torch.minimum((sizes + f - 1) // f, climit).clamp(min=1)
+    cbox = least_salient_box(coarse, csizes, tie_break=tie[:, :hc, :wc])
+    return _from_coarse(cbox, sizes, f, (h, w))
+
+
+def _axis_pixels(d1: Tensor, d2: Tensor, s1: Tensor, s2: Tensor, idx: Tensor) -> Tensor:
+    """Source pixel coordinates ``(B, L)`` of destination pixels ``d1 + idx`` when the span
+    ``[d1, d2)`` is resampled from ``[s1, s2)`` (pixel-area aligned, clamped into the source span).
+    Equal spans map pixel to pixel exactly."""
+    dn = (d2 - d1).clamp(min=1).float()[:, None]
+    sn = (s2 - s1).clamp(min=1).float()[:, None]
+    s1f = s1.float()[:, None]
+    u = s1f + (idx.float() + 0.5) * (sn / dn) - 0.5
+    return torch.minimum(torch.maximum(u, s1f), s1f + sn - 1)
+
+
+def _reflect(u: Tensor, n: int) -> Tensor:
+    """Reflect pixel coordinates about the first and last pixel centres into ``[0, n - 1]``."""
+    if n == 1:
+        return torch.zeros_like(u)
+    period = 2 * (n - 1)
+    u = torch.remainder(u, period)
+    return torch.where(u > n - 1, period - u, u)
+
+
+def _area(boxes: Tensor) -> Tensor:
+    return ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).float()
+
+
+class SalientPaste(SaliencyTransform):
+    r"""Paste each partner's salient region, rescaled, where it hides least of the target ("pad").
+
+    Partners are a random permutation of the batch. For each sample a destination area fraction
+    ``a ~ U(scale)`` and a zoom ``z ~ U(zoom)`` are drawn; the source box, of the destination's
+    size divided by ``z`` (clamped to the image), is centred on the partner's saliency peak
+    (``source="peak"``; a random point for a flat map) or is the box of that size holding the most
+    partner saliency (``source="mass"``). It is resampled (bilinear or nearest) into the destination:
+
+    * ``background="image"``: the destination is an image-shaped box of area ``a`` placed on the
+      target's **least-salient** region of that size (searched with
+      :func:`salaug.boxes.least_salient_box` over the saliency average-pooled to at most 32 cells a
+      side, ties broken at random so flat maps get random positions). The destination box is
+      centred in the chosen coarse box, whose mass bounds its own.
+    * ``background="constant"`` / ``"reflect"`` (padded canvas): a strip of width ``a * W`` (or
+      height ``a * H``) along a random side (left / right / top / bottom) receives the partner's
+      region; the target is shrunk by ``1 - a``, keeping its aspect ratio, into the rest of the
+      canvas (flush against the strip, centred along it), and the space left around it is filled
+      with ``fill`` or with the target's reflection.
+
+    Label weight of the partner, ``label_rule="area"``: the destination's share of the image for
+    ``"image"``; for a padded canvas the strip's share of the canvas, normalised over the parts that
+    show an image (``"constant"``: strip / (strip + shrunk target); ``"reflect"``: the reflected
+    padding shows the target, so strip / canvas). ``label_rule="mass"``: the partner's saliency mass
+    inside its source box over that plus the target's mass left visible (outside the destination for
+    ``"image"``, all of it for a padded canvas); the area weight where both are zero. The output
+    saliency is transformed with the images. Samples not transformed are returned unchanged.
+
+    Args:
+        scale: range of the pasted area as a fraction of the image, in ``(0, 1)``.
+        zoom: range of the magnification from the source box to the destination (> 0).
+        background: ``"image"``, ``"constant"`` or ``"reflect"``.
+        label_rule: ``"area"`` or ``"mass"``.
+        source: ``"peak"`` or ``"mass"``: how the partner's salient box is found.
+        interpolation: ``"bilinear"`` or ``"nearest"`` resampling of the pasted region.
+        fill: the padding value for ``background="constant"``.
+        num_classes: number of classes K, needed for ``(B,)`` integer labels.
+        p: probability that each sample receives a paste.
+        generator: optional ``torch.Generator`` for reproducible sampling.
+
+    Shape:
+        - images: :math:`(B, C, H, W)` floating point.
+        - saliency: :math:`(B, 1, H, W)` (or :math:`(B, 1, h, w)`, resized) in ``[0, 1]``.
+        - labels: :math:`(B,)` int64 or :math:`(B, K)` float.
+        - output: ``SalientBatch`` of :math:`(B, C, H, W)`, :math:`(B, 1, H, W)`, :math:`(B, K)`.
+
+    Parameters returned with ``return_params=True``: ``applied`` ``(B,)`` bool, ``partners`` ``(B,)``
+    long (a permutation), ``src_boxes`` / ``dst_boxes`` ``(B, 4)`` int64 (in the partner's / the
+    output's pixels; empty where not applied), and for a padded canvas ``target_boxes`` ``(B, 4)``
+    (where the shrunk target lies; the full image where not applied).
+
+    Returns:
+        ``SalientBatch(images, saliency, labels)``; images keep dtype and device (float16 / bfloat16
+        are resampled in float32).
+
+    Raises:
+        ValueError: for unknown options or out-of-range arguments, and (at call time) malformed
+            inputs or params.
+
+    Example:
+        >>> import torch
+        >>> x = torch.cat((torch.zeros(1, 3, 16, 16), torch.ones(1, 3, 16, 16)))
+        >>> s = torch.zeros(2, 1, 16, 16); s[:, :, :8] = 1.0   # salient top half
+        >>> paste = SalientPaste(scale=(0.25, 0.25), zoom=(1.0, 1.0), num_classes=2,
+        ...                      generator=torch.Generator().manual_seed(0))
+        >>> out, params = paste(x, s, torch.tensor([0, 1]), return_params=True)
+        >>> params["dst_boxes"][:, 1].ge(8).tolist()           # pasted in the bottom half
+        [True, True]
+        >>> out.labels.tolist()
+        [[0.75, 0.25], [0.25, 0.75]]
+    """
+
+    def __init__(self, scale: tuple[float, float] = (0.1, 0.4), zoom: tuple[float, float] = (0.75, 1.33),
+                 background: str = "image", label_rule: str = "area", source: str = "peak",
+                 interpolation: str = "bilinear", fill: float = 0.0, num_classes: int | None = None,
+                 p: float = 1.0, generator: torch.Generator | None = None) -> None:
+        super().__init__(num_classes=num_classes, p=p, generator=generator)
+        self.scale = _check_range("scale", scale, 0.0, 1.0, open_low=True)
+        self.zoom = _check_range("zoom", zoom, 0.0, None, open_low=True)
+        for name, val, allowed in (("background", background, _BACKGROUNDS), ("label_rule", label_rule, ("area", "mass")),
+                                   ("source", source, ("peak", "mass")),
+                                   ("interpolation", interpolation, ("bilinear", "nearest"))):
+            if val not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {val!r}")
+        if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
+            raise ValueError(f"fill must be a finite number, got {fill!r}")
+        self.background, self.label_rule, self.source = background, label_rule, source
+        self.interpolation, self.fill = interpolation, float(fill)
+
+    # -- parameters ---------------------------------------------------------------------------------
+    def generate_parameters(self, images: Tensor, saliency: Tensor) -> Params:
+        b, _, h, w = images.shape
+        dev = images.device
+        applied = self.sample_applied(b, dev)
+        perm = self.sample_partners(b, dev)
+        u = sample_uniform((b, 5), dev, self.generator)
+        tie = sample_uniform((b, _COARSE, _COARSE), dev, self.generator)
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
+        zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * u[:, 1]
+        limit = torch.tensor([w, h], device=dev)
+        params: Params = {"applied": applied, "partners": perm}
+        if self.background == "image":
+            dst_size = box_size(area, (h, w))
+            dst = _search(saliency, dst_size, tie, least=True)
+        else:
+            dst, target = self._canvas_layout(area, u[:, 2], (h, w))
+            dst_size = dst[:, 2:] - dst[:, :2]
+            full = torch.tensor([0, 0, w, h], device=dev).expand(b, 4)
+            params["target_boxes"] = torch.where(applied[:, None], target, full)
+        src_size = torch.minimum((dst_size.float() / zoom[:, None]).round().long(), limit).clamp(min=1)
+        if self.source == "peak":
+            random_xy = (u[:, 3:5] * limit).long().clamp(max=limit - 1)
+            centre = peak(saliency, fallback=random_xy)[perm]
+            src = box_around(centre, src_size, (h, w))
+        else:
+            src = _search(saliency[perm], src_size, tie.flip(1), least=False)
+        params["src_boxes"] = src.masked_fill(~applied[:, None], 0)
+        params["dst_boxes"] = dst.masked_fill(~applied[:, None], 0)
+        return params
+
+    @staticmethod
+    def _canvas_layout(area: Tensor, u_side: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        """Strip (partner) and shrunk-target boxes of a padded canvas, ``(B, 4)`` each."""
+        h, w = size
+        side = (u_side * 4).long().clamp(max=3)  # 0 left, 1 right, 2 top, 3 bottom
+        across = side < 2  # the strip spans the full height
+        sw = (area * w).round().long().clamp(1, max(w - 1, 1))
+        sh = (area * h).round().long().clamp(1, max(h - 1, 1))
+        # target: the rest along the strip's axis, the other side scaled by the same factor
+        tw = torch.where(across, (w - sw).clamp(min=1), ((1 - sh.float() / h) * w).round().long().clamp(1, w))
+        th = torch.where(across, ((1 - sw.float() / w) * h).round().long().clamp(1, h), (h - sh).clamp(min=1))
+        zero = torch.zeros_like(sw)
+        strip_x1 = torch.where(side == 1, w - sw, zero)
+        strip_y1 = torch.where(side == 3, h - sh, zero)
+        strip = torch.stack((strip_x1, strip_y1,
+                             torch.where(across, strip_x1 + sw, torch.full_like(sw, w)),
+                             torch.where(across, torch.full_like(sh, h), strip_y1 + sh)), 1)
+        tx1 = torch.where(side == 0, sw, torch.where(across, zero, (w - tw) // 2))
+        ty1 = torch.where(side == 2, sh, torch.where(across, (h - th) // 2, zero))
+        target = torch.stack((tx1, ty1, tx1 + tw, ty1 + th), 1)
+        return strip, target
+
+    # -- application --------------------------------------------------------------------------------
+    def _check(self, params: Params, b: int) -> None:
+        owner = type(self).__name__
+        perm = params.get("partners")
+        if not isinstance(perm, Tensor) or perm.shape != (b,) or perm.is_floating_point():
+            raise ValueError(f"{owner} params need integer 'partners' of shape ({b},)")
+        _check_boxes_param(params, "src_boxes", b, owner)
+        _check_boxes_param(params, "dst_boxes", b, owner)
+        if self.background != "image":
+            _check_boxes_param(params, "target_boxes", b, owner)
+
+    def _patch_size(self, h: int, w: int) -> tuple[int, int]:
+        if self.background != "image":
+            return h, w
+        side = math.sqrt(self.scale[1]) * (1 + 1e-6)
+        return min(h, math.ceil(h * side) + 1), min(w, math.ceil(w * side) + 1)
+
+    def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
+        b, c, h, w = images.shape
+        dev = images.device
+        self._check(params, b)
+        applied = params["applied"].to(dev)
+        perm = params["partners"].to(dev).long()
+        src = params["src_boxes"].to(dev)
+        dst = params["dst_boxes"].to(dev)
+        inv = torch.empty_like(perm).scatter_(0, perm, torch.arange(b, device=dev))
+
+        if self.background == "image":
+            out, sal = images.clone(), saliency.clone()
+        else:
+            out, sal = self._canvas(images, saliency, params["target_boxes"].to(dev))
+
+        # destination pixels (target order) and where they come from in the partner's image
+        rows, cols, ri, ci = _patch_index(dst, self._patch_size(h, w), (h, w))
+        idx = _flat(rows, cols, w)
+        uy = _axis_pixels(dst[:, 1], dst[:, 3], src[:, 1], src[:, 3], ri)
+        ux = _axis_pixels(dst[:, 0], dst[:, 2], src[:, 0], src[:, 2], ci)
+        empty = (dst[:, 2] <= dst[:, 0]) | (dst[:, 3] <= dst[:, 1])
+        for canvas, x in ((out, images), (sal, saliency)):
+            # gathers read sample j, the partner of target inv[j]; then back to target order
+            patch = _resample(x, uy[inv], ux[inv], self.interpolation)[perm]
+            _scatter(canvas, patch, idx)
+            if self.background == "image":
+                _restore_first(canvas, x, idx, empty)  # an empty destination collapsed onto one pixel
+        if self.background != "image":
+            a4 = applied[:, None, None, None]
+            out, sal = torch.where(a4, out, images), torch.where(a4, sal, saliency)
+
+        weight = self._weight(saliency, params, perm, inv, src, dst, (h, w))
+        return SalientBatch(out, sal.clamp_(0, 1), mix_soft_labels(labels, perm, weight * applied))
+
+    def _canvas(self, images: Tensor, saliency: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """The shrunk target on a ``fill`` / reflect-padded canvas, images and saliency."""
+        b, _, h, w = images.shape
+        dev = images.device
+        xs = torch.arange(w, device=dev)[None, :].expand(b, w)
+        ys = torch.arange(h, device=dev)[None, :].expand(b, h)
+        # canvas pixel -> target pixel (pixel-area aligned); outside the target box the coordinates
+        # leave the image and are reflected back (reflect) or clamped and then filled (constant)
+        dn_x = (target[:, 2] - target[:, 0]).clamp(min=1).float()[:, None]
+        dn_y = (target[:, 3] - target[:, 1]).clamp(min=1).float()[:, None]
+        ux = (xs - target[:, :1]).float().add(0.5).mul(w / dn_x).sub(0.5)
+        uy = (ys - target[:, 1:2]).float().add(0.5).mul(h / dn_y).sub(0.5)
+        if self.background == "reflect":
+            ux, uy = _reflect(ux, w), _reflect(uy, h)
+        else:
+            ux, uy = ux.clamp(0, w - 1), uy.clamp(0, h - 1)
+        out = _resample(images, uy, ux, "bilinear").view(images.shape)
+        sal = _resample(saliency, uy, ux, "bilinear").view(saliency.shape)
+        if self.background == "constant":
+            inside = ((xs >= target[:, :1]) & (xs < target[:, 2:3]))[:, None, :] & \
+                     ((ys >= target[:, 1:2]) & (ys < target[:, 3:4]))[:, :, None]
+            outside = ~inside[:, None]
+            out.masked_fill_(outside, self.fill)
+            sal.masked_fill_(outside, 0.0)
+        return out, sal
+
+    def _weight(self, saliency: Tensor, params: Params, perm: Tensor, inv: Tensor, src: Tensor, dst: Tensor,
+                size: tuple[int, int]) -> Tensor:
+        h, w = size
+        a_p = _area(dst) / (h * w)
+        if self.background in ("image", "reflect"):
+            area_w = a_p
+        else:
+            a_t = _area(params["target_boxes"].to(dst.device)) / (h * w)
+            area_w = a_p / (a_p + a_t).clamp(min=1e-12)
+        if self.label_rule == "area":
+            return area_w
+        prefix = _row_prefix(saliency)
+        m_p = _fast_box_mass(saliency, src[inv][:, None], prefix)[:, 0][perm]  # partner's mass, target order
+        if self.background == "image":
+            m_t = 1.0 - _fast_box_mass(saliency, dst[:, None], prefix)[:, 0]
+        else:
+            m_t = torch.ones_like(m_p)
+        total = m_p + m_t
+        return torch.where(total > 0, m_p / total.clamp(min=1e-12), area_w)
+
+    def extra_repr(self) -> str:
+        return (f"scale={self.scale}, zoom={self.zoom}, background={self.background!r}, "
+                f"label_rule={self.label_rule!r}, source={self.source!r}, interpolation={self.interpolation!r}, "
+                f"{super().extra_repr()}")

@@ -1,0 +1,33 @@
+"""Run by test_callback.py in a subprocess: a 2-process DDP fit on CPU (gloo) with the callback.
+
+Lightning's "ddp" strategy re-launches this script once per extra rank, which is why it is a
+script and not a test function. Each rank saves the labels its training_step received.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+
+from salaug.callback import SaliencyAugmentation  # noqa: E402
+from test_callback import Net, Squares, loader, mix  # noqa: E402
+
+
+class ShardNet(Net):
+    def on_train_end(self) -> None:
+        labels = torch.stack([y for _, y in self.seen])
+        torch.save(labels, os.path.join(sys.argv[1], f"rank{self.global_rank}.pt"))
+
+
+if __name__ == "__main__":
+    pl.seed_everything(0)
+    # Both ranks see the same batches in the same order (no distributed sampler) and hold the same
+    # weights, so any difference in their augmented labels comes from their random streams.
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         use_distributed_sampler=False, default_root_dir=sys.argv[1],
+                         callbacks=[SaliencyAugmentation(mix(), target_layer="net.5", seed=1)])
+    trainer.fit(ShardNet(), loader(Squares(n=16)))

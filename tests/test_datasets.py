@@ -1,0 +1,194 @@
+"""The embedded ClutteredObjects dataset: determinism, splits, labels, boxes, masks, classes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from salaug.datasets import CLASS_NAMES, ClutteredObjects, draw_shapes
+
+
+@pytest.fixture(scope="module")
+def val_batch() -> dict[str, torch.Tensor]:
+    return ClutteredObjects("val", size=48, length=200, return_mask=True).render(range(200))
+
+
+def test_item_types_shapes_and_ranges() -> None:
+    ds = ClutteredObjects("train", size=40, length=7, return_mask=True)
+    assert len(ds) == 7 and "ClutteredObjects(split='train'" in repr(ds)
+    image, label, box, mask = ds[5]
+    assert image.shape == (3, 40, 40) and image.dtype == torch.float32
+    assert 0 <= float(image.min()) and float(image.max()) <= 1
+    torch.testing.assert_close(image * 255, (image * 255).round(), rtol=0, atol=1e-4)  # 8-bit levels
+    assert isinstance(label, int) and 0 <= label < 10
+    assert box.shape == (4,) and box.dtype == torch.float32
+    assert mask.shape == (1, 40, 40) and mask.dtype == torch.bool
+    assert len(ClutteredObjects("train", size=40, length=3)[0]) == 3  # no mask by default
+    assert torch.equal(ds[-1][0], ds[6][0])
+    with pytest.raises(IndexError):
+        ds[7]
+
+
+def test_default_lengths_and_classes() -> None:
+    assert [len(ClutteredObjects(s)) for s in ("train", "val", "test")] == [5000, 1000, 1000]
+    assert ClutteredObjects(num_classes=12).classes == CLASS_NAMES
+    assert len(set(CLASS_NAMES)) == len(CLASS_NAMES) >= 12
+
+
+def test_deterministic_per_seed_split_index_whatever_the_batch() -> None:
+    a = ClutteredObjects("train", size=32, length=50, return_mask=True)
+    b = ClutteredObjects("train", size=32, length=50, return_mask=True)
+    batch = a.render([3, 17, 42])
+    for j, i in enumerate([3, 17, 42]):
+        image, label, box, mask = b[i]
+        assert torch.equal(batch["image"][j], image)
+        assert int(batch["label"][j]) == label
+        assert torch.equal(batch["box"][j], box) and torch.equal(batch["mask"][j], mask)
+    other_seed = ClutteredObjects("train", size=32, length=50, seed=1)
+    assert not torch.equal(other_seed[3][0], b[3][0])
+
+
+def test_splits_are_disjoint_streams() -> None:
+    n = 120
+    images = {s: ClutteredObjects(s, size=32, length=n).render(range(n))["image"] for s in ("train", "val", "test")}
+    for s1, s2 in (("train", "val"), ("train", "test"), ("val", "test")):
+        dist = torch.cdist(images[s1].flatten(1), images[s2].flatten(1))
+        assert float(dist.min()) > 1.0, (s1, s2)  # no image repeats across splits
+    within = torch.cdist(images["train"].flatten(1), images["train"].flatten(1))
+    assert float((within + torch.eye(n) * 1e9).min()) > 1.0  # nor within one
+
+
+def test_labels_balanced_and_cheap_to_query() -> None:
+    ds = ClutteredObjects("train", length=1000, num_classes=10)
+    labels = ds.labels()
+    assert torch.equal(torch.bincount(labels, minlength=10), torch.full((10,), 100))
+    assert torch.equal(labels[:30], ds.render(range(30))["label"])
+    assert not torch.equal(labels[:10], labels[10:20])  # the order within blocks is random
+    eight = ClutteredObjects("val", length=64, num_classes=8).labels()
+    assert int(eight.max()) == 7 and torch.bincount(eight).min() == 8
+
+
+def test_box_is_tight_around_mask_and_inside_image(val_batch: dict[str, torch.Tensor]) -> None:
+    mask, box = val_batch["mask"], val_batch["box"]
+    n, _, h, w = mask.shape
+    assert bool(mask.flatten(1).any(1).all())
+    ys = torch.arange(h).view(1, 1, h, 1)
+    xs = torch.arange(w).view(1, 1, 1, w)
+    x1, y1, x2, y2 = (box[:, i].view(n, 1, 1, 1) for i in range(4))
+    inside = (xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)
+    assert not bool((mask & ~inside).any())  # box contains the mask
+    # Tight: every edge row/column of the box holds a mask pixel.
+    idx = torch.arange(n)
+    assert bool(mask[idx, 0, :, box[:, 0].long()].any(1).all())
+    assert bool(mask[idx, 0, :, box[:, 2].long() - 1].any(1).all())
+    assert bool(mask[idx, 0, box[:, 1].long(), :].any(1).all())
+    assert bool(mask[idx, 0, box[:, 3].long() - 1, :].any(1).all())
+    assert float(box.min()) >= 0 and float(box[:, 2].max()) <= w and float(box[:, 3].max()) <= h
+    # Objects are whole (never touch the border) and sizeable.
+    assert float(box[:, :2].min()) >= 1 and float(box[:, 2:].max()) <= w - 1
+    side = torch.minimum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1])
+    assert float(side.min()) >= 0.1 * w
+
+
+def test_object_is_visible_against_its_surroundings(val_batch: dict[str, torch.Tensor]) -> None:
+    image, mask = val_batch["image"], val_batch["mask"]
+    luma = (image * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    inside = (luma * mask).sum((1, 2, 3)) / mask.sum((1, 2, 3))
+    ring = torch.nn.functional.max_pool2d(mask.float(), 7, 1, 3).bool() & ~mask
+    around = (luma * ring).sum((1, 2, 3)) / ring.sum((1, 2, 3))
+    assert float((inside - around).abs().median()) > 0.2
+
+
+def test_clutter_adds_fragments_and_texture_but_not_to_clean_images() -> None:
+    clean = ClutteredObjects("train", size=48, length=32, clutter=0.0, return_mask=True).render(range(32))
+    busy = ClutteredObjects("train", size=48, length=32, clutter=1.0, return_mask=True).render(range(32))
+    assert torch.equal(clean["mask"], busy["mask"]) and torch.equal(clean["label"], busy["label"])
+
+    def background_roughness(batch: dict[str, torch.Tensor]) -> float:
+        img, bg = batch["image"], ~batch["mask"]
+        dx = (img[..., 1:] - img[..., :-1]).abs() * bg[..., 1:] * bg[..., :-1]
+        return float(dx.sum() / (bg[..., 1:] & bg[..., :-1]).sum())
+
+    assert background_roughness(busy) > 4 * background_roughness(clean)
+    with pytest.raises(ValueError, match="clutter"):
+        ClutteredObjects(clutter=-1.0)
+
+
+def test_classes_are_visually_distinct_shapes() -> None:
+    # Every pair of classes differs a lot at the same pose, even after any allowed rotation.
+    k, size = len(CLASS_NAMES), 48
+    angles = torch.tensor([-20.0, 0.0, 20.0]) * math.pi / 180
+    ids = torch.arange(k).repeat_interleave(len(angles))
+    ang = angles.repeat(k)
+    cov = draw_shapes(ids, torch.full((len(ids), 2), 24.0), torch.full((len(ids),), 20.0), ang, size)
+    m = (cov >= 0.5).flatten(1).float()
+    inter = m @ m.T
+    iou = inter / (m.sum(1, keepdim=True) + m.sum(1) - inter)
+    same = ids.view(-1, 1) == ids.view(1, -1)
+    assert float(iou[~same].max()) < 0.8
+    assert float(m.sum(1).min()) > 100  # no degenerate shape
+
+
+def test_label_conditional_images_differ_and_nearest_template_classifies() -> None:
+    # Nearest template on clean renders: a bank of templates over the allowed rotations and a few
+    # scales per class recognises random poses, so the shapes alone identify the class.
+    k, size = 10, 48
+    scales = torch.tensor([16.0, 18.0, 20.0])
+    rots = torch.linspace(-20, 20, 5) * math.pi / 180
+    bank_ids = torch.arange(k).repeat_interleave(len(scales) * len(rots))
+    bank_r = scales.repeat_interleave(len(rots)).repeat(k)
+    bank_a = rots.repeat(k * len(scales))
+    templates = draw_shapes(bank_ids, torch.full((len(bank_ids), 2), 24.0), bank_r, bank_a, size)
+    g = torch.Generator().manual_seed(0)
+    n = 200
+    labels = torch.randint(0, k, (n,), generator=g)
+    radii = 16.0 + 4.0 * torch.rand(n, generator=g)
+    angles = (torch.rand(n, generator=g) * 2 - 1) * 20 * math.pi / 180
+    shifted = 24.0 + (torch.rand(n, 2, generator=g) - 0.5)
+    renders = draw_shapes(labels, shifted, radii, angles, size)
+    dist = torch.cdist(renders.flatten(1), templates.flatten(1))
+    assert float((bank_ids[dist.argmin(1)] == labels).float().mean()) > 0.95
+
+    # Label-conditional mean masks of the dataset itself differ between classes.
+    batch = ClutteredObjects("train", size=32, length=400, return_mask=True).render(range(400))
+    obj = batch["mask"].float()
+    fill = obj.sum((1, 2, 3)) / ((batch["box"][:, 2] - batch["box"][:, 0]) * (batch["box"][:, 3] - batch["box"][:, 1]))
+    per_class = torch.stack([fill[batch["label"] == c].mean() for c in range(k)])
+    assert float(per_class.max() - per_class.min()) > 0.3  # e.g. square ~1 vs ring/cross much less
+
+
+def test_cache_returns_identical_samples() -> None:
+    lazy = ClutteredObjects("test", size=32, length=40, return_mask=True)
+    cached = ClutteredObjects("test", size=32, length=40, return_mask=True, cache=True)
+    for i in (0, 13, 39):
+        for a, b in zip(lazy[i], cached[i]):
+            assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    ra, rb = lazy.render([5, 1]), cached.render([5, 1])
+    assert all(torch.equal(ra[key], rb[key]) for key in ra)
+    assert ClutteredObjects("val", size=32, length=0, cache=True).render([])["image"].shape == (0, 3, 32, 32)
+
+
+def test_dataloader_uses_batched_getitems() -> None:
+    ds = ClutteredObjects("val", size=32, length=20)
+    images, labels, boxes = next(iter(DataLoader(ds, batch_size=8)))
+    assert images.shape == (8, 3, 32, 32) and labels.dtype == torch.int64 and boxes.shape == (8, 4)
+    expected = ds.render(range(8))
+    assert torch.equal(images, expected["image"]) and torch.equal(labels, expected["label"])
+
+
+def test_bad_arguments_raise_clear_errors() -> None:
+    with pytest.raises(ValueError, match="split"):
+        ClutteredObjects("training")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_classes"):
+        ClutteredObjects(num_classes=13)
+    with pytest.raises(ValueError, match="size"):
+        ClutteredObjects(size=8)
+    with pytest.raises(ValueError, match="seed"):
+        ClutteredObjects(seed=-1)
+    with pytest.raises(IndexError):
+        ClutteredObjects(length=5).render([0, 5])
+    with pytest.raises(ValueError, match="draw_shapes"):
+        draw_shapes(torch.tensor([0]), torch.zeros(2), torch.ones(1), torch.zeros(1), 8)

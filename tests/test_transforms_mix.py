@@ -1,0 +1,434 @@
+"""The maths of the mixing transforms: labels must describe what the mixed images contain.
+
+References are brute-force per-sample loops written here, independent of the batched code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from hypothesis import given, settings, strategies as st
+
+from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, SaliencyMix, SnapMix, greedy_pairing
+
+ALL = [SaliencyMix, AttentiveCutMix, SnapMix, GuidedMixup]
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def make(cls, seed: int = 0, **kw):
+    if cls is AttentiveCutMix:
+        kw.setdefault("grid", (4, 4))
+        kw.setdefault("k", 5)
+    if cls is GuidedMixup:
+        kw.setdefault("sigma", 1.0)
+    return cls(generator=gen(seed), **kw)
+
+
+def constant_batch(b: int, c: int = 3, h: int = 32, w: int = 32):
+    """Sample i is the constant ``v_i`` (all distinct, 0 and 1 included), of class i."""
+    v = torch.linspace(0, 1, b)
+    return v.view(b, 1, 1, 1).expand(b, c, h, w).clone(), v, torch.arange(b)
+
+
+def blob_saliency(b: int, h: int, w: int, seed: int = 0, size: int = 4):
+    """One bright square per map at a random place (peak at its top-left pixel), a weak ramp elsewhere."""
+    g = gen(seed)
+    s = torch.rand(b, 1, h, w, generator=g) * 0.1
+    xy = torch.stack((torch.randint(0, w - size, (b,), generator=g), torch.randint(0, h - size, (b,), generator=g)), 1)
+    for i, (x, y) in enumerate(xy.tolist()):
+        s[i, 0, y:y + size, x:x + size] = 0.8
+        s[i, 0, y, x] = 1.0
+    return s, xy
+
+
+# --- labels are true: the label weight of each class equals its share of the pixels ---------------
+
+@pytest.mark.parametrize("cls", [SaliencyMix, AttentiveCutMix, GuidedMixup])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_label_equals_pixel_content(cls, seed):
+    x, v, y = constant_batch(8)
+    s = torch.rand(8, 1, 32, 32, generator=gen(100 + seed))
+    out, params = make(cls, seed, num_classes=8, p=0.75)(x, s, y, return_params=True)
+    # mean pixel of sample i = sum_k label_ik * v_k: the soft label is the pixel composition.
+    assert torch.allclose(out.images.mean((1, 2, 3)), out.labels @ v, atol=1e-5)
+    assert params["applied"].any() and (params["perm"] != torch.arange(8)).any()
+
+
+def test_label_equals_pixel_content_zeros_ones():
+    # the literal check: zeros mixed with ones, the partner's label weight is the mean pixel.
+    x = torch.zeros(6, 3, 24, 24)
+    x[3:] = 1.0
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    for cls in (SaliencyMix, AttentiveCutMix, GuidedMixup):
+        out = make(cls, 3, num_classes=2)(x, torch.rand(6, 1, 24, 24, generator=gen(9)), y)
+        assert torch.allclose(out.images.mean((1, 2, 3)), out.labels[:, 1], atol=1e-5), cls.__name__
+
+
+def test_snapmix_pixel_content_is_target_box_area():
+    x, v, y = constant_batch(8)
+    out, params = make(SnapMix, 0, num_classes=8)(x, torch.rand(8, 1, 32, 32), y, return_params=True)
+    b = params["boxes"]
+    area = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).float() / (32 * 32)
+    expected = v + (v[params["perm"]] - v) * area
+    assert torch.allclose(out.images.mean((1, 2, 3)), expected, atol=1e-5)
+
+
+# --- SaliencyMix ---------------------------------------------------------------------------------
+
+def test_saliencymix_box_on_partner_peak_and_paste():
+    b, h, w = 8, 32, 40
+    s, peaks = blob_saliency(b, h, w, seed=1)
+    x = torch.randn(b, 3, h, w, generator=gen(2))
+    out, params = make(SaliencyMix, 4, num_classes=b)(x, s, torch.arange(b), return_params=True)
+    perm, boxes = params["perm"], params["boxes"]
+    assert sorted(perm.tolist()) == list(range(b))
+    expected_img, expected_sal = x.clone(), s.clone()
+    for i in range(b):
+        x1, y1, x2, y2 = boxes[i].tolist()
+        px, py = peaks[perm[i]].tolist()
+        assert x1 <= px < x2 and y1 <= py < y2, "box must contain the partner's peak"
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+        expected_img[i, :, y1:y2, x1:x2] = x[perm[i], :, y1:y2, x1:x2]
+        expected_sal[i, :, y1:y2, x1:x2] = s[perm[i], :, y1:y2, x1:x2]
+        share = (x2 - x1) * (y2 - y1) / (h * w)
+        want = torch.zeros(b)
+        want[i] += 1 - share
+        want[perm[i]] += share
+        assert torch.allclose(out.labels[i], want, atol=1e-6)
+    assert torch.equal(out.images, expected_img)
+    assert torch.equal(out.saliency, expected_sal)
+
+
+def test_saliencymix_boxes_differ_per_sample_and_flat_maps_are_cutmix():
+    b = 16
+    t = make(SaliencyMix, 0, num_classes=b)
+    x = torch.rand(b, 3, 32, 32)
+    for s in (torch.zeros(b, 1, 32, 32), torch.full((b, 1, 32, 32), 0.3)):
+        out, params = t(x, s, torch.arange(b), return_params=True)
+        boxes = params["boxes"]
+        assert len({tuple(r) for r in boxes.tolist()}) > b // 2
+        centres = (boxes[:, :2] + boxes[:, 2:]) // 2
+        assert len({tuple(r) for r in centres.tolist()}) > b // 2, "flat maps must get random centres"
+        assert torch.isfinite(out.labels).all() and torch.allclose(out.labels.sum(1), torch.ones(b))
+
+
+# --- AttentiveCutMix -----------------------------------------------------------------------------
+
+def test_attentive_cutmix_pastes_partners_top_k_cells():
+    b, h, w, grid, k = 6, 24, 30, (3, 5), 4  # cells 8 x 6 pixels
+    g = gen(5)
+    cell_vals = torch.rand(b, *grid, generator=g)  # distinct per cell -> unambiguous top-k
+    s = cell_vals.repeat_interleave(8, 1).repeat_interleave(6, 2).unsqueeze(1)
+    x = torch.randn(b, 3, h, w, generator=g)
+    out, params = make(AttentiveCutMix, 2, grid=grid, k=k, num_classes=b)(x, s, torch.arange(b), return_params=True)
+    perm = params["perm"]
+    expected = x.clone()
+    for i in range(b):
+        j = int(perm[i])
+        top = sorted(range(15), key=lambda c: -float(cell_vals[j].flatten()[c]))[:k]
+        assert sorted(params["cells"][i].nonzero().flatten().tolist()) == sorted(top)
+        for c in top:
+            r, q = divmod(c, grid[1])
+            expected[i, :, r * 8:(r + 1) * 8, q * 6:(q + 1) * 6] = x[j, :, r * 8:(r + 1) * 8, q * 6:(q + 1) * 6]
+    assert torch.equal(out.images, expected)
+    share = k / 15
+    for i in range(b):
+        want = torch.zeros(b)
+        want[i] += 1 - share
+        want[perm[i]] += share
+        assert torch.allclose(out.labels[i], want, atol=1e-6)
+
+
+def test_attentive_cutmix_uneven_grid_label_is_pixel_area():
+    x, v, y = constant_batch(5, h=10, w=13)
+    out = make(AttentiveCutMix, 1, grid=(3, 4), k=5, num_classes=5)(x, torch.rand(5, 1, 10, 13), y)
+    assert torch.allclose(out.images.mean((1, 2, 3)), out.labels @ v, atol=1e-5)
+
+
+def test_attentive_cutmix_flat_map_random_cells():
+    t = make(AttentiveCutMix, 0, grid=(4, 4), k=3, num_classes=8)
+    _, params = t(torch.rand(8, 3, 16, 16), torch.zeros(8, 1, 16, 16), torch.arange(8), return_params=True)
+    assert (params["cells"].sum(1) == 3).all()
+    assert len({tuple(r) for r in params["cells"].int().tolist()}) > 4
+
+
+# --- SnapMix -------------------------------------------------------------------------------------
+
+def _mass(sal: torch.Tensor, box) -> float:
+    x1, y1, x2, y2 = box
+    total = float(sal.sum())
+    if total == 0:
+        return (x2 - x1) * (y2 - y1) / sal.numel()
+    return float(sal[..., y1:y2, x1:x2].sum()) / total
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_snapmix_weights_are_saliency_masses(normalize):
+    b, h, w = 8, 20, 28
+    s, _ = blob_saliency(b, h, w, seed=3, size=6)
+    s[5] = 0.0  # an all-zero CAM counts as uniform
+    x = torch.randn(b, 3, h, w, generator=gen(1))
+    t = make(SnapMix, 6, alpha=1.0, normalize=normalize, num_classes=b, p=0.8)
+    out, params = t(x, s, torch.arange(b), return_params=True)
+    perm, applied = params["perm"], params["applied"]
+    assert not applied.all() and applied.any()
+    for i in range(b):
+        j = int(perm[i])
+        tb, sb = params["boxes"][i].tolist(), params["src_boxes"][i].tolist()
+        if not applied[i]:
+            assert params["weights"][i].tolist() == [1.0, 0.0]
+            assert torch.equal(out.images[i], x[i]) and torch.equal(out.labels[i], F.one_hot(torch.tensor(i), b).float())
+            continue
+        wt, wp = 1 - _mass(s[i], tb), _mass(s[j], sb)
+        assert params["weights"][i].tolist() == pytest.approx([wt, wp], abs=1e-5)
+        share = (wp / (wt + wp) if wt + wp > 1e-6 else (tb[2] - tb[0]) * (tb[3] - tb[1]) / (h * w)) if normalize else wp
+        want = torch.zeros(b)
+        want[i] += 1 - share
+        want[j] += share
+        assert torch.allclose(out.labels[i], want, atol=1e-5)
+        # the pasted content is the bilinear resize of the partner's source box
+        crop = x[j:j + 1, :, sb[1]:sb[3], sb[0]:sb[2]]
+        resized = F.interpolate(crop, size=(tb[3] - tb[1], tb[2] - tb[0]), mode="bilinear", align_corners=False)
+        assert torch.allclose(out.images[i, :, tb[1]:tb[3], tb[0]:tb[2]], resized[0], atol=1e-4)
+        outside = torch.ones(h, w, dtype=torch.bool)
+        outside[tb[1]:tb[3], tb[0]:tb[2]] = False
+        assert torch.equal(out.images[i][:, outside], x[i][:, outside])
+
+
+def test_snapmix_paste_is_bilinear_resize_of_source_box():
+    # hand-set boxes: upsampling, downsampling, 1-pixel source, same size, whole image
+    b, h, w = 5, 12, 16
+    x, s = torch.randn(b, 3, h, w, generator=gen(4)), torch.rand(b, 1, h, w, generator=gen(5))
+    boxes = torch.tensor([[2, 1, 14, 11], [5, 4, 8, 6], [0, 0, 3, 2], [3, 3, 9, 9], [0, 0, 16, 12]])
+    src = torch.tensor([[6, 5, 10, 8], [1, 1, 15, 12], [7, 7, 8, 8], [9, 2, 15, 8], [4, 3, 9, 7]])
+    params = {"applied": torch.ones(b, dtype=torch.bool), "perm": torch.tensor([1, 2, 3, 4, 0]), "boxes": boxes,
+              "src_boxes": src, "weights": torch.tensor([[0.5, 0.5]] * b)}
+    out = SnapMix(num_classes=b)(x, s, torch.arange(b), params=params)
+    for i in range(b):
+        j = int(params["perm"][i])
+        (x1, y1, x2, y2), (a1, b1, a2, b2) = boxes[i].tolist(), src[i].tolist()
+        for got, full in ((out.images, x), (out.saliency, s)):
+            want = F.interpolate(full[j:j + 1, :, b1:b2, a1:a2], size=(y2 - y1, x2 - x1), mode="bilinear",
+                                 align_corners=False)[0]
+            assert torch.allclose(got[i, :, y1:y2, x1:x2], want, atol=1e-5), i
+
+
+def test_snapmix_both_zero_falls_back_to_area_and_paper_loss():
+    b, h, w = 2, 16, 16
+    x, s = torch.rand(b, 3, h, w), torch.rand(b, 1, h, w)
+    params = {"applied": torch.tensor([True, True]), "perm": torch.tensor([1, 0]),
+              "boxes": torch.tensor([[0, 0, 8, 8], [0, 0, 16, 4]]), "src_boxes": torch.tensor([[0, 0, 4, 4]] * 2),
+              "weights": torch.tensor([[0.0, 0.0], [0.6, 0.2]])}
+    out = SnapMix(num_classes=2)(x, s, torch.tensor([0, 1]), params=params)
+    assert torch.allclose(out.labels, torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
+    raw = SnapMix(normalize=False, num_classes=2)(x, s, torch.tensor([0, 1]), params=params)
+    assert torch.allclose(raw.labels, torch.tensor([[1.0, 0.0], [0.2, 0.8]]))
+    logits = torch.randn(2, 2)
+    logp = logits.log_softmax(1)
+    want = (-(0.0 * logp[0, 0] + 0.0 * logp[0, 1]) - (0.6 * logp[1, 1] + 0.2 * logp[1, 0])) / 2
+    assert SnapMix.paper_loss(logits, torch.tensor([0, 1]), params).item() == pytest.approx(float(want), abs=1e-6)
+
+
+# --- GuidedMixup ---------------------------------------------------------------------------------
+
+def test_guided_mixup_pixel_weights_are_saliency_ratio():
+    b, h, w, sigma = 6, 20, 24, 1.5
+    s = torch.rand(b, 1, h, w, generator=gen(7)) ** 4
+    s[2] = 0.0
+    x = torch.randn(b, 3, h, w, generator=gen(8))
+    out, params = GuidedMixup(sigma=sigma, pairing="random", num_classes=b, generator=gen(1))(
+        x, s, torch.arange(b), return_params=True)
+    k = 2 * math.ceil(3 * sigma) + 1
+    sm = TF.gaussian_blur(s, [k, k], [sigma, sigma])  # torchvision: an independent blur
+    sm = sm / sm.sum((2, 3), keepdim=True)
+    sm[2] = 1.0 / (h * w)  # the zero map counts as uniform
+    perm = params["perm"]
+    wa = sm / (sm + sm[perm])
+    assert torch.allclose(params["mask"], wa, atol=1e-4)
+    assert torch.allclose(out.images, wa * x + (1 - wa) * x[perm], atol=1e-4)
+    share = (1 - wa).mean((1, 2, 3))
+    want = torch.eye(b) * (1 - share)[:, None]
+    want[torch.arange(b), perm] += share
+    assert torch.allclose(out.labels, want, atol=1e-4)
+    assert torch.allclose(out.saliency, wa * s + (1 - wa) * s[perm], atol=1e-5)
+
+
+def test_guided_mixup_zero_pair_is_half():
+    x = torch.rand(2, 3, 8, 8)
+    out, params = GuidedMixup(num_classes=2, sigma=1.0)(x, torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]),
+                                                         return_params=True)
+    assert torch.allclose(params["mask"], torch.full_like(params["mask"], 0.5))
+    assert torch.allclose(out.labels, torch.full((2, 2), 0.5))
+
+
+def test_guided_mixup_pairs_disjoint_blobs():
+    b, h, w = 8, 32, 32
+    s = torch.zeros(b, 1, h, w)
+    quadrant = torch.arange(b) % 4  # two samples per quadrant, interleaved
+    for i, q in enumerate(quadrant.tolist()):
+        r, c = divmod(q, 2)
+        s[i, 0, r * 16 + 4:r * 16 + 12, c * 16 + 4:c * 16 + 12] = 1.0
+    for seed in range(3):
+        _, params = GuidedMixup(sigma=1.0, num_classes=b, generator=gen(seed))(
+            torch.rand(b, 3, h, w), s, torch.arange(b), return_params=True)
+        perm = params["perm"]
+        assert (quadrant[perm] != quadrant).all(), "partners must have non-overlapping salient regions"
+        assert sorted(perm.tolist()) == list(range(b))
+        assert (perm[perm] != torch.arange(b)).all(), "no 2-cycles: pairwise mixes would be duplicates"
+    # random pairing does not care about overlap
+    _, params = GuidedMixup(sigma=1.0, pairing="random", num_classes=b, generator=gen(0))(
+        torch.rand(b, 3, h, w), s, torch.arange(b), return_params=True)
+    assert sorted(params["perm"].tolist()) == list(range(b))
+
+
+def _walk(sim: torch.Tensor, crowding: float = 0.05) -> list[int]:
+    """The greedy walk, written out sample by sample in plain Python."""
+    b = sim.shape[0]
+    s = sim.tolist()
+    crowd = [sum(s[c][u] for u in range(b) if u != c) for c in range(b)]
+    first = max(range(b), key=lambda c: (crowd[c], -c))
+    perm, used, row = [-1] * b, {first}, first
+    for _ in range(b - 1):
+        col = min((c for c in range(b) if c not in used), key=lambda c: (s[row][c] - crowding / b * crowd[c], c))
+        perm[row], row = col, col
+        used.add(col)
+        crowd = [crowd[c] - (s[c][col] if c != col else 0.0) for c in range(b)]
+    perm[row] = first
+    return perm
+
+
+@pytest.mark.parametrize("b", [1, 2, 3, 7, 16])
+def test_greedy_pairing_matches_sequential_walk(b):
+    sim = torch.rand(b, b, generator=gen(b), dtype=torch.float64)
+    sim = sim + sim.T
+    perm = greedy_pairing(sim)
+    assert sorted(perm.tolist()) == list(range(b))
+    if b > 1:
+        assert perm.tolist() == _walk(sim)
+        cycle, i = 1, int(perm[0])
+        while i != 0:
+            cycle, i = cycle + 1, int(perm[i])
+        assert cycle == b, "one cycle through the whole batch"
+
+
+def test_greedy_pairing_avoids_same_kind_whenever_possible():
+    g = gen(0)
+    checked = 0
+    for _ in range(150):
+        b = int(torch.randint(3, 25, (1,), generator=g))
+        kinds = torch.randint(0, int(torch.randint(2, 7, (1,), generator=g)), (b,), generator=g)
+        if torch.bincount(kinds).max() > b // 2:
+            continue  # no cycle without same-kind neighbours exists
+        sim = (kinds[:, None] == kinds[None, :]).float() + 1e-5 * torch.rand(b, b, generator=g)
+        perm = greedy_pairing(sim)
+        assert (kinds[perm] != kinds).all(), (kinds.tolist(), perm.tolist())
+        checked += 1
+    assert checked > 50
+
+
+# --- shared behaviour, checked for every mix -------------------------------------------------------
+
+@pytest.mark.parametrize("cls", ALL)
+def test_replay_seed_and_partial_application(cls):
+    b = 8
+    x, s = torch.rand(b, 3, 16, 16, generator=gen(1)), torch.rand(b, 1, 16, 16, generator=gen(2))
+    y = torch.arange(b)
+    out, params = make(cls, 11, num_classes=b, p=0.5)(x, s, y, return_params=True)
+    again = make(cls, 11, num_classes=b, p=0.5)(x, s, y)
+    for a, c in zip(out, again):
+        assert torch.equal(a, c), "same generator seed -> same output"
+    other = make(cls, 12, num_classes=b, p=0.5)(x, s, y)
+    assert not torch.equal(other.images, out.images)
+    replay = make(cls, 99, num_classes=b, p=0.5)(x, s, y, params=params)
+    for a, c in zip(out, replay):
+        assert torch.equal(a, c), "replaying params reproduces the output"
+    applied = params["applied"]
+    assert applied.any() and not applied.all()
+    assert torch.equal(out.images[~applied], x[~applied])
+    assert torch.equal(out.saliency[~applied], s[~applied])
+    assert torch.equal(out.labels[~applied], F.one_hot(y, b).float()[~applied])
+    assert sorted(params["perm"].tolist()) == list(range(b))
+    # replay on a mask-like second input (sample i is the constant i + 1) moves it the same way
+    v = torch.arange(b, dtype=torch.float32) + 1
+    moved = make(cls, 0, num_classes=b)(v.view(b, 1, 1, 1).expand(b, 1, 16, 16), s, y, params=params).images
+    if cls is SnapMix:  # labels follow saliency mass; pixels follow the target box area
+        bx = params["boxes"]
+        area = ((bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1])).float() / 256 * applied
+        expected = v + (v[params["perm"]] - v) * area
+    else:
+        expected = out.labels @ v
+    assert torch.allclose(moved.mean((1, 2, 3)), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_p0_identity_and_degenerate_inputs(cls):
+    x, s = torch.rand(4, 3, 8, 8), torch.rand(4, 1, 8, 8)
+    out = make(cls, num_classes=4, p=0.0)(x, s, torch.arange(4))
+    assert torch.equal(out.images, x) and torch.equal(out.saliency, s)
+    assert torch.equal(out.labels, torch.eye(4))
+    for s_bad in (torch.zeros(4, 1, 8, 8), torch.ones(4, 1, 8, 8), torch.full((4, 1, 2, 2), 0.5)):
+        out = make(cls, num_classes=4)(x, s_bad, torch.arange(4))
+        assert torch.isfinite(out.images).all() and torch.isfinite(out.saliency).all()
+        assert torch.isfinite(out.labels).all() and torch.allclose(out.labels.sum(1), torch.ones(4))
+    one = make(cls, num_classes=3)(x[:1], s[:1], torch.tensor([2]))  # B=1: the partner is itself
+    assert one.labels.tolist() == [[0.0, 0.0, 1.0]] and torch.isfinite(one.images).all()
+    if cls is not SnapMix:  # SnapMix resizes another box of itself in; the others are the identity
+        assert torch.allclose(one.images, x[:1], atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", ALL)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_dtype_kept_and_soft_labels_in(cls, dtype):
+    x = torch.rand(4, 3, 12, 12).to(dtype)
+    y = torch.softmax(torch.randn(4, 5), 1)
+    out = make(cls, num_classes=5)(x, torch.rand(4, 1, 6, 6), y)
+    assert out.images.dtype == dtype and out.images.shape == x.shape and out.saliency.shape == (4, 1, 12, 12)
+    assert out.labels.shape == (4, 5) and torch.allclose(out.labels.sum(1), torch.ones(4), atol=1e-5)
+
+
+def test_constructor_errors():
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="alpha"):
+            SaliencyMix(alpha=bad)
+        with pytest.raises(ValueError, match="alpha"):
+            SnapMix(alpha=bad)
+    with pytest.raises(ValueError, match="grid"):
+        AttentiveCutMix(grid=(0, 7))
+    with pytest.raises(ValueError, match="k must"):
+        AttentiveCutMix(grid=(2, 2), k=5)
+    with pytest.raises(ValueError, match="k must"):
+        AttentiveCutMix(k=0)
+    with pytest.raises(ValueError, match="grid needs"):
+        AttentiveCutMix(grid=(7, 7), num_classes=2)(torch.rand(2, 3, 5, 5), torch.rand(2, 1, 5, 5), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="sigma"):
+        GuidedMixup(sigma=-1)
+    with pytest.raises(ValueError, match="pairing"):
+        GuidedMixup(pairing="hungarian")
+    with pytest.raises(ValueError, match="p must"):
+        SaliencyMix(p=1.5)
+    with pytest.raises(ValueError, match="missing"):
+        SaliencyMix(num_classes=2)(torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8), torch.tensor([0, 1]),
+                                   params={"applied": torch.tensor([True, True])})
+
+
+@settings(max_examples=25, deadline=None)
+@given(cls=st.sampled_from(ALL), b=st.integers(1, 6), h=st.integers(7, 20), w=st.integers(7, 20),
+       p=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**31 - 1), flat=st.booleans())
+def test_property_rows_sum_to_one(cls, b, h, w, p, seed, flat):
+    g = gen(seed)
+    x = torch.rand(b, 2, h, w, generator=g)
+    s = torch.zeros(b, 1, h, w) if flat else torch.rand(b, 1, h, w, generator=g)
+    y = torch.randint(0, 3, (b,), generator=g)
+    out, params = make(cls, seed, num_classes=3, p=p)(x, s, y, return_params=True)
+    assert out.images.shape == x.shape and out.saliency.shape == s.shape
+    assert torch.isfinite(out.labels).all() and (out.labels >= 0).all()
+    assert torch.allclose(out.labels.sum(1), torch.ones(b), atol=1e-5)
+    assert ((out.saliency >= 0) & (out.saliency <= 1)).all()
+    assert sorted(params["perm"].tolist()) == list(range(b))
