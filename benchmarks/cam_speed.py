@@ -1,8 +1,8 @@
 """CAM speed: salaug.cam versus a plain no-grad forward, pytorch-grad-cam and torchcam.
 
 Every job of a model is run once per round, rounds are interleaved (job order rotates each
-round) and the median over rounds is reported, so all numbers of a table come from the same run
-under the same machine load. Random weights (no downloads); the same images, targets and output
+round); times are medians over rounds and ratios are medians of per-round ratios, so all numbers
+of a table come from the same run and each ratio compares jobs that ran next to each other. Random weights (no downloads); the same images, targets and output
 size for every library. torchcam returns low-resolution ``(B, h, w)`` maps (no upsampling), so its
 times exclude a resize; pytorch-grad-cam and salaug return full-size maps.
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import statistics
 import time
 from typing import Callable
@@ -97,7 +98,9 @@ def torchcam_job(model, name, images, targets) -> Callable[[], object] | None:
     return run
 
 
-def measure(jobs: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
+def measure(jobs: dict[str, Callable[[], object]], rounds: int, warmup: int, clock: str) -> dict[str, list[float]]:
+    """Run every job once per round (rotating order); return the per-round times."""
+    tick = time.process_time if clock == "cpu" else time.perf_counter
     names = list(jobs)
     for _ in range(warmup):
         for n in names:
@@ -106,17 +109,23 @@ def measure(jobs: dict[str, Callable[[], object]], rounds: int, warmup: int) -> 
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
-            t0 = time.perf_counter()
+            t0 = tick()
             jobs[n]()
-            times[n].append(time.perf_counter() - t0)
-    return {n: statistics.median(v) for n, v in times.items()}
+            times[n].append(tick() - t0)
+    return times
 
 
-def table(title: str, methods: list[str], t: dict[str, float]) -> str:
+def _ratio(num: list[float], den: list[float]) -> float:
+    """Median of per-round ratios: jobs of one round ran close together, under the same load."""
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
+def table(title: str, methods: list[str], t: dict[str, list[float]]) -> str:
     fwd = t["forward"]
+    med = statistics.median
     lines = [
         title,
-        f"  no-grad eval forward: {fwd * 1e3:9.1f} ms",
+        f"  no-grad eval forward: {med(fwd) * 1e3:9.1f} ms",
         f"  {'method':<12} {'salaug ms':>10} {'x fwd':>7} {'pgc ms':>10} {'pgc/salaug':>11} {'torchcam ms':>12} {'tc/salaug':>10}",
     ]
     for m in methods:
@@ -124,9 +133,9 @@ def table(title: str, methods: list[str], t: dict[str, float]) -> str:
         p = t.get(f"pgc:{m}")
         c = t.get(f"torchcam:{m}")
         lines.append(
-            f"  {m:<12} {ours * 1e3:10.1f} {ours / fwd:7.2f} "
-            + (f"{p * 1e3:10.1f} {p / ours:11.2f} " if p is not None else f"{'-':>10} {'-':>11} ")
-            + (f"{c * 1e3:12.1f} {c / ours:10.2f}" if c is not None else f"{'-':>12} {'-':>10}")
+            f"  {m:<12} {med(ours) * 1e3:10.1f} {_ratio(ours, fwd):7.2f} "
+            + (f"{med(p) * 1e3:10.1f} {_ratio(p, ours):11.2f} " if p is not None else f"{'-':>10} {'-':>11} ")
+            + (f"{med(c) * 1e3:12.1f} {_ratio(c, ours):10.2f}" if c is not None else f"{'-':>12} {'-':>10}")
         )
     return "\n".join(lines)
 
@@ -149,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--perturb-size", type=int, default=64)
     ap.add_argument("--perturb-rounds", type=int, default=3)
     ap.add_argument("--no-torchcam", action="store_true")
+    ap.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall", help="wall time, or process CPU time (robust to a busy machine)"
+    )
     args = ap.parse_args(argv)
     global tcm
     if args.no_torchcam:
@@ -156,8 +168,9 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"grad-cam {'yes' if pgc else 'no'}, torchcam {'yes' if tcm else 'no'}; median of rounds (ms); "
-        "torchcam maps are low-res (B, h, w), no resize"
+        f"grad-cam {'yes' if pgc else 'no'}, torchcam {'yes' if tcm else 'no'}; {args.clock} clock; ms = median "
+        "of rounds, ratios = median of per-round ratios; torchcam maps are low-res (B, h, w), no resize; "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     gen = torch.Generator().manual_seed(0)
     for arch in [m for m in args.models.split(",") if m]:
@@ -178,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                 job = make(model, m, images, targets)
                 if job is not None:
                     jobs[f"{lib}:{m}"] = job
-        t = measure(jobs, args.rounds, args.warmup)
+        t = measure(jobs, args.rounds, args.warmup, args.clock)
         print()
         print(table(f"{arch}, B={args.batch}, {args.size}x{args.size}, target layer4, {args.rounds} rounds", methods, t))
 
@@ -199,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
                 job = make(model, m, images, targets)
                 if job is not None:
                     jobs[f"{lib}:{m}"] = job
-        t = measure(jobs, args.perturb_rounds, 0)
+        t = measure(jobs, args.perturb_rounds, 0, args.clock)
         print()
         print(
             table(

@@ -166,7 +166,8 @@ def loop_salient_paste(x, s, y, k, scale=(0.1, 0.4)):
         dw, dh = max(round(w * math.sqrt(a)), 1), max(round(h * math.sqrt(a)), 1)
         sw, sh = min(max(round(dw / z), 1), w), min(max(round(dh / z), 1), h)
         px1, py1, px2, py2 = _peak_box(s[j], sw, sh)
-        sums = F.avg_pool2d(s[i:i + 1], (dh, dw), stride=1)  # every position of the target
+        t = F.pad(s[i, 0].double().cumsum(0).cumsum(1), (1, 0, 1, 0))  # summed-area table
+        sums = t[dh:, dw:] - t[:-dh, dw:] - t[dh:, :-dw] + t[:-dh, :-dw]  # every position of the target
         idx = int(sums.flatten().argmin())
         tx1, ty1 = idx % sums.shape[-1], idx // sums.shape[-1]
         out[i, :, ty1:ty1 + dh, tx1:tx1 + dw] = F.interpolate(x[j:j + 1, :, py1:py2, px1:px2], size=(dh, dw),

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from salaug._checks import to_soft_labels
 from salaug.cam import create_cam
+from salaug.cam.base import eval_mode
 from salaug.transforms.base import SaliencyTransform
 
 __all__ = ["SaliencyAugmentation", "callback_bases"]
@@ -40,18 +41,6 @@ def callback_bases() -> tuple[type, ...]:
 
         bases.append(LightningCallback)
     return tuple(bases)
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode and restore each one's own flag afterwards."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @contextlib.contextmanager
@@ -326,8 +315,8 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
                 experiment.add_image("salaug/cam_and_augmented", grid, step)
                 logged = True
         if not logged and self._picture_dir is not None:
-            save_grid(rows, os.path.join(self._picture_dir, f"step{step:07d}.png"), nrow=k,
-                      captions=["" for _ in range(2 * k)] + captions)
+            named = {"batch": rows[0], "CAM": rows[1], "augmented": rows[2]}
+            save_grid(named, os.path.join(self._picture_dir, f"step{step:07d}.png"), nrow=k, captions=captions)
 
 
 def _to_unit(images: Tensor) -> Tensor:

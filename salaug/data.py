@@ -236,7 +236,8 @@ class SaliencyCollate:
         transform: a :class:`salaug.transforms.SaliencyTransform` (or any callable with its
             signature ``t(images, saliency, labels, num_classes=...) -> SalientBatch``).
         saliency: a source ``source(images) -> (B, 1, H, W)`` in ``[0, 1]``
-            (e.g. ``SpectralResidual()`` or :class:`CAMSaliency`), or ``"mask"``: the samples
+            (e.g. ``SpectralResidual()`` or :class:`CAMSaliency`; a source with the attribute
+            ``uses_labels = True`` is called ``source(images, labels)``), or ``"mask"``: the samples
             carry their mask (see :class:`MaskedDataset`), any resolution; a low-resolution mask
             is resized bilinearly by the transform.
         image_key, label_key: position (tuple/list samples) or key (dict samples) of the image
@@ -341,6 +342,13 @@ class SaliencyCollate:
         mask_key = self._mask_key(first) if use_mask else None
         if use_mask:
             _get(first, mask_key, "mask (saliency='mask')", "mask_key")
+            if isinstance(first, (tuple, list)) and _position(mask_key, len(first)) in {  # type: ignore[arg-type]
+                    _position(image_key, len(first)), _position(label_key, len(first))}:  # type: ignore[arg-type]
+                raise ValueError(
+                    f"saliency='mask' but the samples have only {len(first)} fields and mask_key={mask_key!r} "
+                    "points at the image or the label; wrap the dataset with MaskedDataset (which appends "
+                    "the mask) or pass mask_key=<position of the mask>"
+                )
 
         batch = default_collate(samples)
         images = check_images(_get(batch, image_key, "image", "image_key"))

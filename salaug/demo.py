@@ -254,7 +254,8 @@ def write_pictures(result: RunResult, others: list[RunResult], out: str, size: i
     ds = ClutteredObjects(split="val", size=size, length=16, seed=seed)
     x, y, boxes = (torch.stack([torch.as_tensor(ds[i][j]) for i in range(16)]) for j in range(3))
     maps = GradCAM(model, TARGET_LAYER)(x, y)
-    paths = [save_grid([draw_boxes(x, boxes), overlay(x, maps)], os.path.join(out, "cam_overlays.png"), nrow=16)]
+    rows = {"validation images, true boxes": draw_boxes(x, boxes), "GradCAM of the true class": overlay(x, maps)}
+    paths = [save_grid(rows, os.path.join(out, "cam_overlays.png"), nrow=16)]
     transform = build_transform(result.method, 10)
     if transform is not None:
         transform.generator = torch.Generator().manual_seed(seed)
@@ -263,8 +264,8 @@ def write_pictures(result: RunResult, others: list[RunResult], out: str, size: i
         mixed = transform(x, maps, y)
         captions = [" ".join(f"{int(i)}:{float(v):.2f}" for v, i in zip(*row.topk(2)) if float(v) > 0)
                     for row in mixed.labels]
-        paths.append(save_grid([x, overlay(x, maps), mixed.images], os.path.join(out, "augmented.png"), nrow=16,
-                               captions=[""] * 32 + captions))
+        rows = {"images": x, "GradCAM of the true class": overlay(x, maps), f"{result.method} (soft labels below)": mixed.images}
+        paths.append(save_grid(rows, os.path.join(out, "augmented.png"), nrow=16, captions=captions))
     try:
         import matplotlib
 

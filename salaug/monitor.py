@@ -65,7 +65,6 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._cam = create_cam(self.cam, pl_module, self.target_layer)
-        self._eigen = create_cam("eigencam", pl_module, self._cam.target_layer)
         self._picture_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "salaug_monitor")
 
     def _enabled(self, trainer: pl.Trainer) -> bool:
@@ -86,6 +85,8 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
                 k = self.num_images
                 self._fixed = (images[:k], None if labels is None else labels[:k])
             grad_maps = self._cam(images, labels)
+            if self._eigen is None:  # the same layer, known once the first call resolved an automatic choice
+                self._eigen = create_cam("eigencam", pl_module, self._cam.target_layer)
             eigen_maps = self._eigen(images, labels)
             stats = {"eigen_agreement": _cosine(grad_maps, eigen_maps)}
             if self.box_key is not None:

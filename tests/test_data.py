@@ -123,6 +123,8 @@ def test_collate_clear_errors():
             [(torch.zeros(3, 8, 8, dtype=torch.uint8), 0)])
     with pytest.raises(IndexError, match="mask_key"):  # saliency="mask" but the samples carry none
         SaliencyCollate(Identity(), "mask", mask_key=2, num_classes=2)(samples)
+    with pytest.raises(ValueError, match="MaskedDataset"):  # default mask_key -1 would hit the label
+        SaliencyCollate(Identity(), "mask", num_classes=2)(samples)
 
 
 def test_collate_seed_reproducible_in_main_process_and_generator_restored():

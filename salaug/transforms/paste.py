@@ -113,13 +113,18 @@ class SalientPaste(SaliencyTransform):
     ``"image"``, all of it for a padded canvas); the area weight where both are zero. The output
     saliency is transformed with the images. Samples not transformed are returned unchanged.
 
+    The paste is a flat gather from the partners plus one ``scatter_`` into a copy of the batch, at
+    the size of the largest possible box: no full-size masks or temporaries in ``"image"`` mode. A
+    padded canvas resamples every pixel of the target, so it costs about as much as a resize.
+
     Args:
         scale: range of the pasted area as a fraction of the image, in ``(0, 1)``.
         zoom: range of the magnification from the source box to the destination (> 0).
         background: ``"image"``, ``"constant"`` or ``"reflect"``.
         label_rule: ``"area"`` or ``"mass"``.
         source: ``"peak"`` or ``"mass"``: how the partner's salient box is found.
-        interpolation: ``"bilinear"`` or ``"nearest"`` resampling of the pasted region.
+        interpolation: ``"bilinear"`` or ``"nearest"`` resampling of the pasted region (gathers and
+            lerps at patch size; ``"nearest"`` costs about half as much on CPU).
         fill: the padding value for ``background="constant"``.
         num_classes: number of classes K, needed for ``(B,)`` integer labels.
         p: probability that each sample receives a paste.
@@ -137,8 +142,7 @@ class SalientPaste(SaliencyTransform):
     (where the shrunk target lies; the full image where not applied).
 
     Returns:
-        ``SalientBatch(images, saliency, labels)``; images keep dtype and device (float16 / bfloat16
-        are resampled in float32).
+        ``SalientBatch(images, saliency, labels)``; images keep dtype and device.
 
     Raises:
         ValueError: for unknown options or out-of-range arguments, and (at call time) malformed
@@ -268,6 +272,8 @@ class SalientPaste(SaliencyTransform):
         for canvas, x in ((out, images), (sal, saliency)):
             # gathers read sample j, the partner of target inv[j]; then back to target order
             patch = _resample(x, uy[inv], ux[inv], self.interpolation)[perm]
+            if x is saliency:
+                patch = patch.clamp_(0, 1)  # guard against rounding in the lerps
             _scatter(canvas, patch, idx)
             if self.background == "image":
                 _restore_first(canvas, x, idx, empty)  # an empty destination collapsed onto one pixel
@@ -276,7 +282,7 @@ class SalientPaste(SaliencyTransform):
             out, sal = torch.where(a4, out, images), torch.where(a4, sal, saliency)
 
         weight = self._weight(saliency, params, perm, inv, src, dst, (h, w))
-        return SalientBatch(out, sal.clamp_(0, 1), mix_soft_labels(labels, perm, weight * applied))
+        return SalientBatch(out, sal, mix_soft_labels(labels, perm, weight * applied))
 
     def _canvas(self, images: Tensor, saliency: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """The shrunk target on a ``fill`` / reflect-padded canvas, images and saliency."""
@@ -295,7 +301,7 @@ class SalientPaste(SaliencyTransform):
         else:
             ux, uy = ux.clamp(0, w - 1), uy.clamp(0, h - 1)
         out = _resample(images, uy, ux, "bilinear").view(images.shape)
-        sal = _resample(saliency, uy, ux, "bilinear").view(saliency.shape)
+        sal = _resample(saliency, uy, ux, "bilinear").view(saliency.shape).clamp_(0, 1)
         if self.background == "constant":
             inside = ((xs >= target[:, :1]) & (xs < target[:, 2:3]))[:, None, :] & \
                      ((ys >= target[:, 1:2]) & (ys < target[:, 3:4]))[:, :, None]

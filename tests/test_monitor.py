@@ -1,0 +1,94 @@
+"""SaliencyMonitor in real fits: metrics logged from validation batches with true boxes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import CSVLogger
+from torch.utils.data import DataLoader, Dataset
+
+from salaug import SaliencyMonitor
+from test_callback import Net, Squares
+
+
+class SquaresWithBoxes(Dataset):
+    def __init__(self, n: int = 16) -> None:
+        self.base = Squares(n)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        r, c = divmod(int(y), 2)
+        return x, y, torch.tensor([c * 8 + 2, r * 8 + 2, c * 8 + 6, r * 8 + 6])
+
+
+class ValNet(Net):
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+
+def brightness_net() -> ValNet:
+    """Hand-set weights whose CAM is blurred brightness: it must point at the bright square."""
+    model = ValNet()
+    with torch.no_grad():
+        for conv in (model.net[0], model.net[3]):
+            conv.weight.fill_(1.0 / conv.weight[0].numel())
+            conv.bias.zero_()
+        model.head[3].weight.fill_(1.0)
+    return model
+
+
+def fit(tmp_path, model, monitor, epochs=1, **kw):
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=CSVLogger(str(tmp_path)),
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[monitor], limit_train_batches=0 if epochs == 0 else 1.0, **kw)
+    val = DataLoader(SquaresWithBoxes(), batch_size=8)
+    if epochs == 0:
+        trainer.validate(model, val)
+    else:
+        trainer.fit(model, DataLoader(Squares(16), batch_size=8), val)
+    return trainer
+
+
+def test_metrics_from_true_boxes_and_a_picture(tmp_path):
+    monitor = SaliencyMonitor(target_layer="net.5", box_key=2, num_images=4)
+    model = brightness_net()
+    trainer = fit(tmp_path, model, monitor, epochs=0)
+    metrics = trainer.callback_metrics
+    assert float(metrics["salaug_monitor/pointing_game"]) == 1.0  # the CAM peaks on every square
+    assert float(metrics["salaug_monitor/box_iou"]) > 0.2
+    assert 0.0 <= float(metrics["salaug_monitor/eigen_agreement"]) <= 1.0
+    pngs = [f for _, _, fs in os.walk(tmp_path) for f in fs if f.endswith(".png")]
+    assert len(pngs) == 1
+
+
+def test_runs_each_epoch_in_fit_and_leaves_the_model_alone(tmp_path):
+    monitor = SaliencyMonitor(target_layer="net.5", box_key=2, max_batches=1)
+    model = ValNet()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    fit(tmp_path, model, monitor, epochs=2, num_sanity_val_steps=0, limit_val_batches=1)
+    assert [h["epoch"] for h in monitor.history] == [0.0, 1.0]
+    assert all(0 <= h["salaug_monitor/pointing_game"] <= 1 for h in monitor.history)
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # training did run
+
+
+def test_without_boxes_only_agreement(tmp_path):
+    monitor = SaliencyMonitor(target_layer="net.5", label_key=None)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[monitor], default_root_dir=str(tmp_path))
+    trainer.validate(ValNet(), DataLoader(Squares(16), batch_size=8))
+    assert "salaug_monitor/eigen_agreement" in trainer.callback_metrics
+    assert "salaug_monitor/pointing_game" not in trainer.callback_metrics
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_images"):
+        SaliencyMonitor(num_images=0)
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        SaliencyMonitor(every_n_epochs=0)
