@@ -55,6 +55,10 @@ def build_model(arch: str, weights: str | None, size: int) -> nn.Module:
     if weights is not None:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    elif arch.startswith("vit_"):
+        # torchvision zero-initialises the ViT classifier: every logit is 0 and every gradient CAM
+        # of a random ViT is all zero. Random head weights make the demo show something.
+        nn.init.normal_(model.heads.head.weight, std=0.02)
     return model.eval()
 
 

@@ -65,8 +65,7 @@ def integral_image(saliency: Tensor) -> Tensor:
     ``I[b, y, x]`` is the sum of ``saliency[b, 0, :y, :x]``; float64 keeps box sums exact enough
     for mass thresholds on large images.
     """
-    s = saliency[:, 0].to(torch.float64)
-    table = s.cumsum(1).cumsum(2)
+    table = saliency[:, 0].to(torch.float64).cumsum(1).cumsum(2)
     return torch.nn.functional.pad(table, (1, 0, 1, 0))
 
 
@@ -177,10 +176,10 @@ def box_around(centers: Tensor, sizes: Tensor, size: tuple[int, int]) -> Tensor:
     """
     h, w = size
     sizes = sizes.long()
-    limit = torch.tensor([w, h], device=sizes.device)
     start = (centers.long() - sizes // 2).clamp(min=0)
-    start = torch.minimum(start, limit - sizes)
-    return torch.cat((start, start + sizes), 1)
+    x1 = torch.minimum(start[:, 0], w - sizes[:, 0])
+    y1 = torch.minimum(start[:, 1], h - sizes[:, 1])
+    return torch.stack((x1, y1, x1 + sizes[:, 0], y1 + sizes[:, 1]), 1)
 
 
 def grid_cells(size: tuple[int, int], grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
@@ -210,7 +209,8 @@ def top_k_cells(saliency: Tensor, grid: tuple[int, int], k: int, tie_break: Tens
         grid: ``(gh, gw)`` cells.
         k: cells to select, ``1 <= k <= gh * gw``.
         tie_break: ``(B, gh * gw)`` values in ``[0, 1)`` that order cells of equal mass (e.g.
-            random numbers, so a flat map selects random cells); first cells win when not given.
+            random numbers, so a flat map selects random cells); without it the first cells (in
+            row-major order) win ties.
 
     Returns:
         ``(B, gh * gw)`` bool, exactly ``k`` True per row.
@@ -224,7 +224,7 @@ def top_k_cells(saliency: Tensor, grid: tuple[int, int], k: int, tie_break: Tens
     mass = box_mass(saliency, cells.expand(saliency.shape[0], -1, -1))
     if tie_break is not None:
         mass = mass + 1e-4 * tie_break.to(mass)  # below any real mass difference we care about
-    top = mass.topk(k, dim=1).indices
+    top = mass.sort(dim=1, descending=True, stable=True).indices[:, :k]  # stable: first cells win ties
     return torch.zeros_like(mass, dtype=torch.bool).scatter_(1, top, True)
 
 
@@ -268,20 +268,21 @@ def least_salient_box(saliency: Tensor, sizes: Tensor, tie_break: Tensor | None 
     b, _, h, w = saliency.shape
     table = integral_image(saliency) if table is None else table
     dev = saliency.device
-    ys, xs = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
     sizes = sizes.long()
-    bw = sizes[:, 0, None, None]
-    bh = sizes[:, 1, None, None]
-    x1, y1 = xs.expand(b, h, w), ys.expand(b, h, w)
-    valid = (x1 + bw <= w) & (y1 + bh <= h)
-    x2 = (x1 + bw).clamp(max=w)
-    y2 = (y1 + bh).clamp(max=h)
-    boxes = torch.stack((x1, y1, x2, y2), -1).reshape(b, -1, 4)
-    sums = _box_sums(table, boxes).view(b, h, w)
+    bw, bh = sizes[:, 0], sizes[:, 1]
+    # Window sums for every top-left corner at once: T[y+bh, x+bw] - T[y, x+bw] - T[y+bh, x] + T[y, x],
+    # with the table's rows and columns shifted per sample by gathers (no per-position boxes).
+    top = table[:, :h]  # rows y
+    bottom = table.gather(1, (torch.arange(h, device=dev) + bh[:, None]).clamp(max=h)[:, :, None].expand(b, h, w + 1))
+    shift = (torch.arange(w, device=dev) + bw[:, None]).clamp(max=w)[:, None, :].expand(b, h, w)
+    sums = (bottom.gather(2, shift) - top.gather(2, shift)) - (bottom[:, :, :w] - top[:, :, :w])
     total = table[:, h, w].view(b, 1, 1).clamp(min=1e-12)
     score = sums / total
     if tie_break is not None:
         score = score + 1e-6 * tie_break.to(score)
+    ys = torch.arange(h, device=dev)[None, :, None]
+    xs = torch.arange(w, device=dev)[None, None, :]
+    valid = (xs + bw[:, None, None] <= w) & (ys + bh[:, None, None] <= h)
     score = score.masked_fill(~valid, float("inf"))
     idx = score.flatten(1).argmin(1)
     start = torch.stack((idx % w, idx // w), 1)

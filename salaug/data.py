@@ -205,6 +205,14 @@ def _derive_seed(*entropy: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
+def _reuse_shared(buffer: Tensor, result: Tensor) -> Tensor:
+    """Write ``result`` into ``buffer`` when that is a shared-memory tensor of the same layout."""
+    if (buffer is result or not buffer.is_shared() or buffer.shape != result.shape
+            or buffer.dtype != result.dtype or buffer.device != result.device or not buffer.is_contiguous()):
+        return result
+    return buffer.copy_(result)
+
+
 class SaliencyCollate:
     """A ``collate_fn`` that collates with ``default_collate`` and applies a salaug transform.
 
@@ -355,7 +363,7 @@ class SaliencyCollate:
         labels = _get(batch, label_key, "label", "label_key")
 
         if use_mask:
-            saliency = _get(batch, mask_key, "mask", "mask_key")
+            saliency = stored = _get(batch, mask_key, "mask", "mask_key")
             if not isinstance(saliency, Tensor):
                 raise TypeError(f"the mask must be a tensor (1, h, w) per sample, got {type(saliency).__name__}")
             saliency = saliency.to(torch.float32)
@@ -378,6 +386,13 @@ class SaliencyCollate:
             if swap:
                 self.transform.generator = saved
         new_images, new_saliency, soft = out[0], out[1], out[2]
+        if get_worker_info() is not None:
+            # default_collate built the batch in shared memory; a fresh tensor would be copied into
+            # shared memory again when it is sent to the main process (~20 ms for 64 x 3 x 128 x 128)
+            new_images = _reuse_shared(images, new_images)
+            if use_mask and self.return_saliency:
+                new_saliency = _reuse_shared(stored.view_as(new_saliency) if stored.numel() == new_saliency.numel()
+                                             else stored, new_saliency)
 
         if isinstance(batch, Mapping):
             result = dict(batch)

@@ -140,10 +140,16 @@ class RunResult:
 
 
 def make_data(size: int, train_size: int, val_size: int, test_size: int, seed: int, batch_size: int,
-              workers: int) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Loaders over the three ClutteredObjects splits, each batch ``[images, labels, boxes]``."""
+              workers: int, make_dataset: Any = None) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Loaders over the three splits, each batch ``[images, labels, boxes]``.
+
+    ``make_dataset(split, size, length, seed)`` builds a split; ClutteredObjects by default.
+    """
+    make_dataset = make_dataset or (lambda split, size, n, seed: ClutteredObjects(
+        split=split, size=size, length=n, seed=seed, cache=True))
+
     def loader(split: str, n: int, shuffle: bool) -> DataLoader:
-        ds = ClutteredObjects(split=split, size=size, length=n, seed=seed, cache=True)
+        ds = make_dataset(split, size, n, seed)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                           persistent_workers=workers > 0)
     return loader("train", train_size, True), loader("val", val_size, False), loader("test", test_size, False)
@@ -174,7 +180,7 @@ def localisation(model: nn.Module, loader: DataLoader, max_batches: int = 4) -> 
 
 
 def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size: int, seed: int,
-                           num_classes: int, n: int = 128) -> float:
+                           num_classes: int, n: int = 128, flat_saliency: bool = False) -> float:
     """Mean label fidelity of ``transform`` on ``n`` training images with true object masks.
 
     The transform's sampled parameters are replayed on a two-channel "image" holding each
@@ -185,8 +191,11 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
     or SalientPaste's rescaled paste) is scored as if the lost area were hidden.
     """
     ds = ClutteredObjects(split="train", size=size, length=n, seed=seed, return_mask=True)
-    x, y, _, masks = (torch.stack([torch.as_tensor(s[i]) for s in (ds[j] for j in range(n))]) for i in range(4))
+    batch = ds.render(range(n))
+    x, y, masks = batch["image"], batch["label"], batch["mask"]
     saliency = GradCAM(model, TARGET_LAYER)(x, y)
+    if flat_saliency:  # plain CutMix: SaliencyMix on a flat map
+        saliency = torch.zeros_like(saliency)
     out, params = transform(x, saliency, y, num_classes=num_classes, return_params=True)
     partner = params.get("perm", torch.arange(n))
     if isinstance(transform, GuidedMixup):
@@ -208,7 +217,7 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
 def run(method: str = "saliencymix", *, epochs: int = 8, size: int = 64, train_size: int = 4000,
         val_size: int = 500, test_size: int = 1000, batch_size: int = 64, seed: int = 0,
         device: str = "cpu", out: str | None = None, progress: bool = True, workers: int = 0,
-        cam_scale: float = 1.0) -> RunResult:
+        cam_scale: float = 1.0, make_dataset: Any = None, fidelity: bool = True) -> RunResult:
     """Train :class:`DemoNet` with one augmentation method and measure it.
 
     Raises:
@@ -217,7 +226,7 @@ def run(method: str = "saliencymix", *, epochs: int = 8, size: int = 64, train_s
     pl.seed_everything(seed, workers=True, verbose=False)
     num_classes = 10
     transform = build_transform(method, num_classes)
-    train, val, test = make_data(size, train_size, val_size, test_size, seed, batch_size, workers)
+    train, val, test = make_data(size, train_size, val_size, test_size, seed, batch_size, workers, make_dataset)
     model = DemoNet(num_classes=num_classes, epochs=epochs)
     callbacks: list[Any] = [SaliencyMonitor(target_layer=TARGET_LAYER, box_key=2, max_batches=2)]
     augmentation = None
@@ -238,10 +247,10 @@ def run(method: str = "saliencymix", *, epochs: int = 8, size: int = 64, train_s
     model = model.cpu().eval()
     acc = _accuracy(model, test)
     pg, iou = localisation(model, test)
-    fidelity = None
-    if transform is not None and method != "cutmix":
-        fidelity = measure_label_fidelity(transform, model, size, seed, num_classes)
-    return RunResult(method, acc, pg, iou, fidelity, seconds, list(model.curve), model, augmentation)
+    score = None
+    if fidelity and transform is not None:
+        score = measure_label_fidelity(transform, model, size, seed, num_classes, flat_saliency=method == "cutmix")
+    return RunResult(method, acc, pg, iou, score, seconds, list(model.curve), model, augmentation)
 
 
 def write_pictures(result: RunResult, others: list[RunResult], out: str, size: int, seed: int) -> list[str]:

@@ -224,8 +224,6 @@ def test_top_k_cells_tie_break_random_on_flat_maps():
     assert len({tuple(r) for r in sel.int().tolist()}) > 10  # not the same cells for every sample
 
 
-@pytest.mark.xfail(strict=True, reason="boxes.top_k_cells uses Tensor.topk, whose order among equal masses is "
-                   "unspecified, so its documented 'first cells win' does not hold (reported to the lead)")
 def test_top_k_cells_first_cells_win_without_tie_break():
     s = torch.zeros(1, 1, 8, 8)
     assert torch.nonzero(top_k_cells(s, (4, 4), 2)[0]).flatten().tolist() == [0, 1]

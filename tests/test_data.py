@@ -166,6 +166,11 @@ def test_workers_get_different_streams_and_runs_are_reproducible():
         return _outputs(loader)[:, 0, 0, 0].view(4, 4)  # (batch, sample) offsets
 
     out = run(0)
+    images = _outputs(DataLoader(ds, batch_size=4, num_workers=2, collate_fn=SaliencyCollate(
+        AddNoise(num_classes=2), mean_source, seed=5), generator=torch.Generator().manual_seed(0)))
+    flat = images.flatten(1)
+    torch.testing.assert_close(flat, flat[:, :1].expand_as(flat))  # zeros + one offset per sample
+    torch.testing.assert_close(flat[:, 0].view(4, 4), out)
     # batches 0 and 1 are identical inputs handled by workers 0 and 1: different parameters
     assert not torch.allclose(out[0], out[1])
     # batches 0 and 2 come from the same worker: its stream advances

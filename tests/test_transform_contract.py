@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from salaug.transforms.base import SalientBatch, SaliencyTransform
+from salaug.transforms.base import SalientBatch
 from salaug.transforms.crop import SalientCrop
 from salaug.transforms.erase import KeepCutout
 from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, SaliencyMix, SnapMix

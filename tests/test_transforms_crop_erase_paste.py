@@ -213,7 +213,7 @@ def test_salient_paste_pastes_the_partner_source_box():
     for interpolation in ("bilinear", "nearest"):
         t = SalientPaste(zoom=(1.0, 1.0), interpolation=interpolation, num_classes=2, generator=gen(23))
         out, params = t(x, s, torch.zeros(12, dtype=torch.long), return_params=True)
-        perm = params["partners"]
+        perm = params["perm"]
         assert sorted(perm.tolist()) == list(range(12))
         for i in range(12):
             sx1, sy1, sx2, sy2 = params["src_boxes"][i].tolist()
@@ -239,12 +239,12 @@ def test_salient_paste_source_box_holds_partner_peak_or_mass():
     x = torch.rand(16, 3, 24, 24, generator=g)
     _, params = SalientPaste(num_classes=2, generator=gen(25))(x, s, torch.zeros(16, dtype=torch.long),
                                                                return_params=True)
-    for i, j in enumerate(params["partners"].tolist()):
+    for i, j in enumerate(params["perm"].tolist()):
         x1, y1, x2, y2 = params["src_boxes"][i].tolist()
         assert x1 <= peaks[j, 0] < x2 and y1 <= peaks[j, 1] < y2
     _, params = SalientPaste(source="mass", num_classes=2, generator=gen(26))(
         x, s, torch.zeros(16, dtype=torch.long), return_params=True)
-    for i, j in enumerate(params["partners"].tolist()):
+    for i, j in enumerate(params["perm"].tolist()):
         x1, y1, x2, y2 = params["src_boxes"][i].tolist()
         bw, bh = x2 - x1, y2 - y1
         best = max(ref_mass(s[j], (a, c, a + bw, c + bh)) for c in range(24 - bh + 1) for a in range(24 - bw + 1))
@@ -289,7 +289,7 @@ def test_salient_paste_mass_rule():
     for background in ("image", "constant"):
         t = SalientPaste(label_rule="mass", background=background, num_classes=16, generator=gen(32))
         out, params = t(x, s, torch.arange(16), return_params=True)
-        for i, j in enumerate(params["partners"].tolist()):
+        for i, j in enumerate(params["perm"].tolist()):
             m_p = ref_mass(s[j], params["src_boxes"][i])
             m_t = 1.0 - ref_mass(s[i], params["dst_boxes"][i]) if background == "image" else 1.0
             want = m_p / (m_p + m_t) if i != j else 0.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from kornia.geometry.transform import crop_and_resize
 from torch import Tensor
 

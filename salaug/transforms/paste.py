@@ -189,7 +189,7 @@ class SalientPaste(SaliencyTransform):
         area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
         zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * u[:, 1]
         limit = torch.tensor([w, h], device=dev)
-        params: Params = {"applied": applied, "partners": perm}
+        params: Params = {"applied": applied, "perm": perm}
         if self.background == "image":
             dst_size = box_size(area, (h, w))
             dst = _search(saliency, dst_size, tie, least=True)
@@ -234,7 +234,7 @@ class SalientPaste(SaliencyTransform):
     # -- application --------------------------------------------------------------------------------
     def _check(self, params: Params, b: int) -> None:
         owner = type(self).__name__
-        perm = params.get("partners")
+        perm = params.get("perm")
         if not isinstance(perm, Tensor) or perm.shape != (b,) or perm.is_floating_point():
             raise ValueError(f"{owner} params need integer 'partners' of shape ({b},)")
         _check_boxes_param(params, "src_boxes", b, owner)
@@ -253,7 +253,7 @@ class SalientPaste(SaliencyTransform):
         dev = images.device
         self._check(params, b)
         applied = params["applied"].to(dev)
-        perm = params["partners"].to(dev).long()
+        perm = params["perm"].to(dev).long()
         src = params["src_boxes"].to(dev)
         dst = params["dst_boxes"].to(dev)
         inv = torch.empty_like(perm).scatter_(0, perm, torch.arange(b, device=dev))
