@@ -16,13 +16,13 @@ Rounds are interleaved (each configuration once per round, one warm-up epoch eac
 per configuration is reported as a ratio to the plain loader measured in the same run, twice:
 wall-clock images/second, and the worker processes' CPU time per image (read from
 ``RUSAGE_CHILDREN`` when the workers exit at the end of each epoch), which is what bounds the
-throughput of CPU-bound workers and is far less disturbed by other jobs on a shared machine. Target: SpectralResidual + SaliencyMix keeps >= 70 % of the
-plain throughput.
+throughput of CPU-bound workers and is far less disturbed by other jobs on a shared machine.
+Target: SpectralResidual + SaliencyMix keeps >= 70 % of the plain throughput.
 
 Run::
 
-    python benchmarks/dataloader_throughput.py            # about a minute on 2 CPU cores
-    python benchmarks/dataloader_throughput.py --quick    # a few seconds
+    python benchmarks/dataloader_throughput.py            # 2-4 minutes on 2 CPU cores
+    python benchmarks/dataloader_throughput.py --quick    # under a minute
 """
 
 from __future__ import annotations

@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     model = small_cnn(args.num_classes)
     steps_per_epoch = len(train_loader) if args.steps is None else min(args.steps, len(train_loader))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(1, args.epochs * steps_per_epoch))
+    total_steps = max(1, args.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=total_steps)
 
     for epoch in range(args.epochs):
         model.train()

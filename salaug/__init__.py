@@ -8,7 +8,6 @@ a DataLoader path (``salaug.SaliencyCollate``).
 
 from salaug import boxes
 from salaug._checks import normalize_saliency, set_value_checks
-from salaug.callback import SaliencyAugmentation
 from salaug.cam import (
     CAM_METHODS,
     AblationCAM,
@@ -26,7 +25,6 @@ from salaug.cam import (
 from salaug.data import CAMSaliency, MaskBank, MaskedDataset, SaliencyCollate, precompute_masks
 from salaug.datasets import ClutteredObjects
 from salaug.metrics import box_iou, cam_box_iou, label_fidelity, pointing_game
-from salaug.monitor import SaliencyMonitor
 from salaug.saliency import SpectralResidual
 from salaug.transforms import (
     AttentiveCutMix,
@@ -41,6 +39,24 @@ from salaug.transforms import (
 )
 
 __version__ = "0.1.0"
+
+# The Lightning callbacks are imported on first use: importing Lightning costs seconds, which every
+# DataLoader worker started with spawn and every transform-only user would otherwise pay.
+_LAZY = {"SaliencyAugmentation": "salaug.callback", "SaliencyMonitor": "salaug.monitor"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'salaug' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 __all__ = [
     "CAM_METHODS",
@@ -70,7 +86,6 @@ __all__ = [
     "SnapMix",
     "SpectralResidual",
     "XGradCAM",
-    "AblationCAM",
     "box_iou",
     "boxes",
     "cam_box_iou",

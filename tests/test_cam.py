@@ -168,6 +168,36 @@ def test_all_zero_cam_stays_zero_not_nan(net, images):
         assert bool(torch.isfinite(out).all()) and float(out.abs().max()) == 0.0
 
 
+class Residual(nn.Module):
+    """A skip connection around the target layer, and (optionally) a channel concat after it."""
+
+    def __init__(self, concat: bool) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.conv1 = nn.Conv2d(6, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.concat = concat
+        self.fc = nn.Linear(12 if concat else 6, 4)
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = self.conv2(torch.relu(self.conv1(s))) + s
+        if self.concat:  # a batch-1 trunk tensor cannot be concatenated with n rows: fallback
+            y = torch.cat([y, s], dim=1)
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("concat", [False, True])
+def test_ablation_trunk_once_equals_full_forwards(concat, images):
+    torch.manual_seed(3)
+    model = Residual(concat).eval()
+    targets = torch.tensor([0, 1, 2, 3])
+    fast = sc.AblationCAM(model, "conv1", batch_size=4)(images, targets, output_size="feature")
+    full = sc.AblationCAM(model, "conv1", batch_size=4, trunk_once=False)(images, targets, output_size="feature")
+    torch.testing.assert_close(fast, full, atol=1e-4, rtol=0)
+    assert float(full.max()) > 0.5
+
+
 # ---------------------------------------------------------------------------- target layers
 def test_target_layer_forms_agree(net, images):
     ref = sc.GradCAM(net, "features")(images)

@@ -137,7 +137,8 @@ def _check_targets(targets: object, batch: int) -> Tensor | None:
             targets = torch.as_tensor(targets)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise TypeError(
-                f"targets must be None, (B,) integer class indices or (B, K) float weights, got {type(targets).__name__}"
+                "targets must be None, (B,) integer class indices or (B, K) float weights, "
+                f"got {type(targets).__name__}"
             ) from exc
     if targets.ndim == 1:
         if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:

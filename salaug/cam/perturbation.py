@@ -108,15 +108,23 @@ class AblationCAM(_PerturbationCAM):
     the common case, identical to pytorch-grad-cam), otherwise ``min - 1e7`` like
     pytorch-grad-cam. Deviation: pytorch-grad-cam re-reads the minimum after each in-place
     ablation, so in that second case its value drifts by another ``-1e7`` per channel of a chunk;
-    here every channel gets the same ``min - 1e7``.
+    here every channel gets the same ``min - 1e7`` (its result with ``batch_size=1``).
 
-    The layers before the target still run for every chunk (the model's forward is arbitrary
-    code), as in pytorch-grad-cam; the chunk's input rows are the matching images.
+    **Trunk once** (``trunk_once=True``, default): a chunk holds up to ``batch_size`` channels of
+    *one* image; the layers before the target run on that single image and the hook expands the
+    target output to the chunk's ``n`` ablated copies, so only the rest of the network runs ``n``
+    times (pytorch-grad-cam re-runs the whole model for every ablated copy). Tensors the model
+    carries from before the target layer (e.g. a residual shortcut) have batch 1 and broadcast
+    against the ``n`` rows, which is exactly the per-row result because in eval mode every row
+    would have computed the same values. If the model's code does not broadcast (an error, or
+    logits whose batch is not ``n``), the engine falls back, for that call, to running the whole
+    model on the ``n`` repeated images. ``trunk_once=False`` always does the latter.
 
     Args:
         model, target_layer: see :class:`~salaug.cam.base.BaseCAM`. ``reshape`` is not supported
             (ablating token outputs needs the inverse reshape): passing it raises ``ValueError``.
         batch_size: ablated forwards per chunk.
+        trunk_once: run the layers before the target once per chunk (see above).
 
     Call: ``(B, C, H, W)`` images -> ``(B, 1, H, W)`` float32 in ``[0, 1]``.
     """
@@ -130,12 +138,14 @@ class AblationCAM(_PerturbationCAM):
         *,
         reshape: Callable[[Tensor], Tensor] | None = None,
         batch_size: int = 64,
+        trunk_once: bool = True,
     ) -> None:
         if reshape is not None:
             raise ValueError(
                 "AblationCAM does not support reshape= (token outputs); use ScoreCAM or a gradient CAM for ViTs"
             )
         super().__init__(model, target_layer, reshape=reshape, batch_size=batch_size)
+        self.trunk_once = bool(trunk_once)
 
     def _compute(self, images: Tensor, targets: Tensor | None, layer: nn.Module) -> Tensor:
         acts, logits = self._forward_capture(images, layer)
@@ -146,7 +156,6 @@ class AblationCAM(_PerturbationCAM):
         b, c = acts.shape[:2]
         low = acts.flatten(1).amin(dim=1)
         value = torch.where(low == 0, torch.zeros_like(low), low - 1e7)  # (B,), acts.dtype
-        ablated = torch.empty(b * c, device=acts.device, dtype=torch.float32)
         pending: dict[str, Tensor] = {}
 
         def replace(_module: nn.Module, _inputs: Any, _output: Any) -> Tensor:
@@ -155,15 +164,11 @@ class AblationCAM(_PerturbationCAM):
         handle = layer.register_forward_hook(replace)
         try:
             with torch.no_grad():
-                for rows in self._chunks(b * c, acts.device):
-                    img = torch.div(rows, c, rounding_mode="floor")
-                    chan = rows - img * c
-                    rep = acts.index_select(0, img)  # a copy
-                    n = rows.shape[0]
-                    rep[torch.arange(n, device=rep.device), chan] = value.index_select(0, img).view(n, 1, 1)
-                    pending["acts"] = rep
-                    out = self._model(images.index_select(0, img))
-                    ablated[rows] = tgt.score(out, img)
+                ablated = None
+                if self.trunk_once:
+                    ablated = self._ablate_trunk_once(images, acts, value, tgt, pending)
+                if ablated is None:
+                    ablated = self._ablate_full(images, acts, value, tgt, pending)
         finally:
             handle.remove()
             pending.clear()
@@ -171,3 +176,46 @@ class AblationCAM(_PerturbationCAM):
             weights = (original.unsqueeze(1) - ablated.view(b, c)) / original.unsqueeze(1)
             a, _ = self._feature_maps(acts, None)
             return weighted_sum(weights, a)
+
+    def _ablate_full(
+        self, images: Tensor, acts: Tensor, value: Tensor, tgt: _Targets, pending: dict[str, Tensor]
+    ) -> Tensor:
+        """Chunks of ``batch_size`` (image, channel) rows across images; the whole model per row."""
+        b, c = acts.shape[:2]
+        ablated = torch.empty(b * c, device=acts.device, dtype=torch.float32)
+        for rows in self._chunks(b * c, acts.device):
+            img = torch.div(rows, c, rounding_mode="floor")
+            chan = rows - img * c
+            rep = acts.index_select(0, img)  # a copy
+            n = rows.shape[0]
+            rep[torch.arange(n, device=rep.device), chan] = value.index_select(0, img).view(n, 1, 1)
+            pending["acts"] = rep
+            out = self._model(images.index_select(0, img))
+            ablated[rows] = tgt.score(out, img)
+        return ablated
+
+    def _ablate_trunk_once(
+        self, images: Tensor, acts: Tensor, value: Tensor, tgt: _Targets, pending: dict[str, Tensor]
+    ) -> Tensor | None:
+        """Chunks of up to ``batch_size`` channels of one image; the trunk runs on that image once.
+
+        Returns ``None`` when the model does not broadcast a batch-1 trunk against the chunk.
+        """
+        b, c = acts.shape[:2]
+        ablated = torch.empty(b * c, device=acts.device, dtype=torch.float32)
+        for i in range(b):
+            img = torch.full((1,), i, device=acts.device, dtype=torch.long)
+            for c0 in range(0, c, self.batch_size):
+                n = min(self.batch_size, c - c0)
+                chan = torch.arange(c0, c0 + n, device=acts.device)
+                rep = acts[i : i + 1].expand(n, *acts.shape[1:]).clone()
+                rep[torch.arange(n, device=rep.device), chan] = value[i : i + 1].view(1, 1, 1)
+                pending["acts"] = rep
+                try:
+                    out = self._model(images[i : i + 1])
+                except RuntimeError:
+                    return None
+                if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != n:
+                    return None
+                ablated[i * c + c0 : i * c + c0 + n] = tgt.score(out, img.expand(n))
+        return ablated
