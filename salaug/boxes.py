@@ -24,6 +24,7 @@ __all__ = [
     "box_mass",
     "box_size",
     "boxes_to_corners",
+    "cell_mass",
     "cells_mask",
     "grid_cells",
     "integral_image",
@@ -220,12 +221,39 @@ def top_k_cells(saliency: Tensor, grid: tuple[int, int], k: int, tie_break: Tens
         >>> top_k_cells(s, (2, 2), 1).tolist()
         [[False, False, True, False]]
     """
-    cells = grid_cells(saliency.shape[-2:], grid, saliency.device)
-    mass = box_mass(saliency, cells.expand(saliency.shape[0], -1, -1))
+    mass = cell_mass(saliency, grid)
     if tie_break is not None:
         mass = mass + 1e-4 * tie_break.to(mass)  # below any real mass difference we care about
     top = mass.sort(dim=1, descending=True, stable=True).indices[:, :k]  # stable: first cells win ties
     return torch.zeros_like(mass, dtype=torch.bool).scatter_(1, top, True)
+
+
+def _cell_index(n: int, cells: int, device: torch.device) -> Tensor:
+    """Cell number of each of ``n`` pixels along one axis, for edges ``floor(i * n / cells)``."""
+    return torch.bucketize(torch.arange(n, device=device), torch.arange(1, cells, device=device) * n // cells,
+                           right=True)
+
+
+def cell_mass(saliency: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Fraction of each map's saliency mass in each grid cell, ``(B, gh * gw)`` float32, row-major.
+
+    Two segment sums (rows into bands, then columns into cells), one pass over the map each; an
+    all-zero map counts as uniform (mass = cell area fraction).
+
+    Example:
+        >>> s = torch.zeros(1, 1, 4, 4); s[0, 0, 3, 0] = 1.0
+        >>> cell_mass(s, (2, 2)).tolist()
+        [[0.0, 0.0, 1.0, 0.0]]
+    """
+    b, _, h, w = saliency.shape
+    gh, gw = grid
+    dev = saliency.device
+    s = saliency[:, 0].float()
+    bands = torch.zeros(b, gh, w, device=dev).index_add_(1, _cell_index(h, gh, dev), s)
+    cells = torch.zeros(b, gh, gw, device=dev).index_add_(2, _cell_index(w, gw, dev), bands).flatten(1)
+    total = cells.sum(1, keepdim=True)
+    area = box_area(grid_cells((h, w), grid, dev)) / (h * w)
+    return torch.where(total > 0, cells / total.clamp(min=1e-12), area.expand(b, -1))
 
 
 def cells_mask(selected: Tensor, grid: tuple[int, int], size: tuple[int, int]) -> Tensor:
@@ -238,9 +266,7 @@ def cells_mask(selected: Tensor, grid: tuple[int, int], size: tuple[int, int]) -
     h, w = size
     gh, gw = grid
     dev = selected.device
-    row = torch.bucketize(torch.arange(h, device=dev), torch.arange(1, gh, device=dev) * h // gh, right=True)
-    col = torch.bucketize(torch.arange(w, device=dev), torch.arange(1, gw, device=dev) * w // gw, right=True)
-    cell = (row[:, None] * gw + col[None, :]).flatten()
+    cell = (_cell_index(h, gh, dev)[:, None] * gw + _cell_index(w, gw, dev)[None, :]).flatten()
     return selected.gather(1, cell.expand(selected.shape[0], -1)).view(-1, 1, h, w)
 
 

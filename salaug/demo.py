@@ -319,12 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs="*", default=None, choices=["none", "cutmix"],
                         help="also train these baselines on the same schedule (default with the flag: none)")
     parser.add_argument("--train-size", type=int, default=4000)
+    parser.add_argument("--val-size", type=int, default=500)
+    parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cam-scale", type=float, default=1.0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    common = dict(epochs=args.epochs, size=args.size, train_size=args.train_size, batch_size=args.batch_size,
+    common = dict(epochs=args.epochs, size=args.size, train_size=args.train_size, val_size=args.val_size,
+                  test_size=args.test_size, batch_size=args.batch_size,
                   seed=args.seed, device=args.device, out=args.out, progress=not args.no_progress,
                   cam_scale=args.cam_scale)
     main_run = run(args.method, **common)

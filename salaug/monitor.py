@@ -124,7 +124,8 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
                 experiment.add_image("salaug_monitor/gradcam_eigencam", grid, trainer.global_step)
                 return
         if self._picture_dir is not None:
-            save_grid(rows, os.path.join(self._picture_dir, f"epoch{trainer.current_epoch:04d}.png"),
+            named = {"validation images": rows[0], "GradCAM": rows[1], "EigenCAM": rows[2]}
+            save_grid(named, os.path.join(self._picture_dir, f"epoch{trainer.current_epoch:04d}.png"),
                       nrow=images.shape[0])
 
 

@@ -122,8 +122,9 @@ def test_dataloader_collate(tmp_path: Path) -> None:
 
 def test_demo(tmp_path: Path) -> None:
     out = run(["-m", "salaug", "demo", "--epochs", "1", "--train-size", "128", "--size", "32", "--batch-size", "32",
-               "--no-progress", "--out", "demo"], tmp_path)
+               "--val-size", "64", "--test-size", "64", "--compare", "--no-progress", "--out", "demo"], tmp_path)
     assert re.search(r"\| saliencymix \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \|", out), out[-3000:]
+    assert re.search(r"\| none \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| n/a \| \d+ s \(1\.00x\) \|", out), out[-3000:]
     demo = tmp_path / "demo"
     assert (demo / "results.md").is_file() and (demo / "results.json").is_file()
-    assert is_png(demo / "cam_overlays.png") and is_png(demo / "augmented.png")
+    assert is_png(demo / "cam_overlays.png") and is_png(demo / "augmented.png") and is_png(demo / "accuracy.png")
