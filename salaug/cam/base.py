@@ -387,7 +387,11 @@ class BaseCAM:
 
         The block's forward runs exactly as the caller set it up (train mode, grad enabled,
         autocast); nothing is changed but a temporary forward hook. Use :meth:`from_logits`
-        afterwards. With ``target_layer=None`` the layer is chosen from this forward.
+        afterwards. With ``target_layer=None`` the layer is chosen from this forward. The captured
+        tensor is the layer's output object itself: if the model later modifies it in place (a
+        conv followed by ``ReLU(inplace=True)``), the fused CAM sees the modified values, whereas a
+        direct call sees the layer's output as produced; pick a layer whose output is not modified
+        in place (a block or stage output such as ResNet ``layer4``) when both must agree.
 
         Raises:
             TypeError: for methods without a fused mode (ScoreCAM, AblationCAM).
