@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,7 +181,7 @@ def localisation(model: nn.Module, loader: DataLoader, max_batches: int = 4) -> 
 
 
 def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size: int, seed: int,
-                           num_classes: int, n: int = 128, flat_saliency: bool = False) -> float:
+                           num_classes: int, n: int = 128, flat_saliency: bool = False) -> float | None:
     """Mean label fidelity of ``transform`` on ``n`` training images with true object masks.
 
     The transform's sampled parameters are replayed on a two-channel "image" holding each
@@ -188,7 +189,8 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
     visible; :func:`salaug.metrics.label_fidelity` compares that with the mixed label. For the
     pixel-wise GuidedMixup the visible fractions are the mask-weighted mixing weights. Fractions
     are relative to each object's original area, so a transform that shrinks an object (SnapMix's
-    or SalientPaste's rescaled paste) is scored as if the lost area were hidden.
+    or SalientPaste's rescaled paste) is scored as if the lost area were hidden. Transforms that
+    do not mix keep one class per image, where fidelity is 1 by construction: ``None``.
     """
     ds = ClutteredObjects(split="train", size=size, length=n, seed=seed, return_mask=True)
     batch = ds.render(range(n))
@@ -197,7 +199,9 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
     if flat_saliency:  # plain CutMix: SaliencyMix on a flat map
         saliency = torch.zeros_like(saliency)
     out, params = transform(x, saliency, y, num_classes=num_classes, return_params=True)
-    partner = params.get("perm", torch.arange(n))
+    if "perm" not in params:  # label-preserving (crop, cutout): fidelity is 1 by construction
+        return None
+    partner = params["perm"]
     if isinstance(transform, GuidedMixup):
         visible = mix_visibility(masks, partner, 1.0 - params["mask"])
     else:
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compare", nargs="*", default=None, choices=["none", "cutmix"],
                         help="also train these baselines on the same schedule (default with the flag: none)")
-    parser.add_argument("--train-size", type=int, default=4000)
+    parser.add_argument("--train-size", type=int, default=3000)
     parser.add_argument("--val-size", type=int, default=500)
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
@@ -326,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cam-scale", type=float, default=1.0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation noise
     common = dict(epochs=args.epochs, size=args.size, train_size=args.train_size, val_size=args.val_size,
                   test_size=args.test_size, batch_size=args.batch_size,
                   seed=args.seed, device=args.device, out=args.out, progress=not args.no_progress,
