@@ -298,11 +298,11 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
             self._log_picture(trainer, images, saliency, out)
 
     def _log_picture(self, trainer: pl.Trainer, images: Tensor, saliency: Tensor, out: Any) -> None:
-        from salaug.viz import overlay, save_grid
+        from salaug.viz import overlay, save_grid, to_display
 
         k = min(8, images.shape[0])
-        shown = _to_unit(images[:k].detach().float())
-        rows = [shown, overlay(shown, saliency[:k].float()), _to_unit(out.images[:k].detach().float())]
+        shown = to_display(images[:k])
+        rows = [shown, overlay(shown, saliency[:k].float()), to_display(out.images[:k])]
         captions = [_caption(row) for row in out.labels[:k]]
         step = trainer.global_step
         logged = False
@@ -317,15 +317,6 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         if not logged and self._picture_dir is not None:
             named = {"batch": rows[0], "CAM": rows[1], "augmented": rows[2]}
             save_grid(named, os.path.join(self._picture_dir, f"step{step:07d}.png"), nrow=k, captions=captions)
-
-
-def _to_unit(images: Tensor) -> Tensor:
-    """Min-max each image to [0, 1] for display (training images are usually normalised)."""
-    flat = images.flatten(1)
-    lo = flat.amin(1).view(-1, 1, 1, 1)
-    hi = flat.amax(1).view(-1, 1, 1, 1)
-    x = (images - lo) / (hi - lo).clamp(min=1e-6)
-    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
 
 
 def _caption(label: Tensor) -> str:

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from salaug.callback import _to_unit, callback_bases
+from salaug.callback import callback_bases
 from salaug.cam import create_cam
 from salaug.metrics import cam_box_iou, pointing_game
 
@@ -108,11 +108,11 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
             self._log_picture(trainer)
 
     def _log_picture(self, trainer: pl.Trainer) -> None:
-        from salaug.viz import overlay, save_grid
+        from salaug.viz import overlay, save_grid, to_display
 
         images, labels = self._fixed  # type: ignore[misc]
         with torch.inference_mode(False), torch.enable_grad():
-            shown = _to_unit(images.float())
+            shown = to_display(images)
             rows = [shown, overlay(shown, self._cam(images, labels).float()),
                     overlay(shown, self._eigen(images, labels).float())]
         for logger in trainer.loggers:

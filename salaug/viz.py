@@ -17,7 +17,7 @@ from torch import Tensor
 
 from salaug._checks import check_images
 
-__all__ = ["colorize", "draw_boxes", "overlay", "save_grid"]
+__all__ = ["colorize", "draw_boxes", "overlay", "save_grid", "to_display"]
 
 
 def _check_map(saliency: object) -> Tensor:
@@ -62,6 +62,26 @@ def _as_rgb(images: Tensor) -> Tensor:
     if c == 4:
         return images[:, :3]
     raise ValueError(f"images must have 1 (grayscale), 3 (RGB) or 4 (RGBA) channels, got {c}")
+
+
+def to_display(images: Tensor) -> Tensor:
+    """Min-max each image to ``[0, 1]`` RGB for display: training images are usually normalised.
+
+    Args:
+        images: ``(B, C, H, W)`` float, any range, ``C`` in {1, 3, 4}.
+
+    Returns:
+        ``(B, 3, H, W)`` float32 in ``[0, 1]``; a constant image becomes zeros.
+
+    Example:
+        >>> to_display(torch.tensor([[[[-2.0, 2.0]]]])).flatten().tolist()
+        [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    """
+    rgb = _as_rgb(images).detach().to(torch.float32)
+    flat = rgb.flatten(1)
+    lo = flat.amin(1).view(-1, 1, 1, 1)
+    hi = flat.amax(1).view(-1, 1, 1, 1)
+    return (rgb - lo) / (hi - lo).clamp(min=1e-6)
 
 
 def overlay(images: Tensor, saliency: Tensor, alpha: float = 0.5) -> Tensor:
