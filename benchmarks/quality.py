@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=["objects", "digits"], default="objects")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--name", default=None, help="output file stem suffix (default: the dataset)")
     args = parser.parse_args()
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -127,10 +128,12 @@ def write(rows: dict[str, list[Any]], args: argparse.Namespace) -> None:
     table = "\n".join(lines)
     print("\n" + table)
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"quality_{args.dataset}")
+    stem = os.path.join(args.out, f"quality_{getattr(args, 'name', None) or args.dataset}")
     with open(stem + ".md", "w") as f:
-        f.write(f"Command: `python benchmarks/quality.py --dataset {args.dataset} --seeds {args.seeds} "
-                f"--epochs {args.epochs} --size {args.size} --train-size {args.train_size}`\n\n{table}\n")
+        methods = ",".join(rows)
+        f.write(f"Command: `python benchmarks/quality.py --dataset {args.dataset} --methods {methods} "
+                f"--seeds {args.seeds} --epochs {args.epochs} --size {args.size} --train-size {args.train_size}`"
+                f"\n\n{table}\n")
     with open(stem + ".json", "w") as f:
         json.dump({m: [{k: v for k, v in vars(r).items() if k not in ("model", "callback")} for r in rs]
                    for m, rs in rows.items()}, f, indent=1)
