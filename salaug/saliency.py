@@ -7,14 +7,13 @@ on the images' device (one ``torch.fft.fft2`` for the whole batch).
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
-import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from salaug._filters import gaussian_blur
 from salaug._checks import check_images, normalize_saliency
 
 __all__ = ["SpectralResidual"]
@@ -127,14 +126,14 @@ class SpectralResidual(nn.Module):
         images = check_images(images)
         height, width = images.shape[-2:]
         gray = self._gray(images)
-        span = gray.flatten(1).amax(dim=1) - gray.flatten(1).amin(dim=1)
-        not_constant = (span > 1e-6).view(-1, 1, 1, 1)
-
         h, w = self.working_size(height, width)
         if (h, w) != (height, width):
             mode = "area" if h <= height and w <= width else "bilinear"
             kwargs = {} if mode == "area" else {"align_corners": False}
             gray = F.interpolate(gray, size=(h, w), mode=mode, **kwargs)
+        # flat at the working size (a constant image, or detail finer than it): no saliency
+        lo, hi = torch.aminmax(gray.flatten(1), dim=1)
+        not_constant = (hi - lo > 1e-6).view(-1, 1, 1, 1)
 
         spectrum = torch.fft.fft2(gray)
         amplitude = spectrum.abs()
@@ -145,14 +144,13 @@ class SpectralResidual(nn.Module):
             residual = log_amp - F.avg_pool2d(padded, kernel_size=k, stride=1)
         else:
             residual = torch.zeros_like(log_amp)
-        saliency = torch.fft.ifft2(torch.polar(torch.exp(residual), torch.angle(spectrum))).abs().square()
+        # keep the phase, replace the amplitude: spectrum / |spectrum| * exp(residual) (a zero
+        # coefficient has no phase and stays zero)
+        gain = torch.exp(residual) / amplitude.clamp(min=1e-30)
+        saliency = torch.fft.ifft2(spectrum * gain).abs().square()
 
         sigma = 2.5 * max(h, w) / 64 if self.sigma is None else float(self.sigma)
-        radius = min(math.ceil(3 * sigma), min(h, w) - 1)  # reflect padding needs radius < side
-        if sigma > 0 and radius > 0:
-            saliency = kornia.filters.gaussian_blur2d(
-                saliency, (2 * radius + 1, 2 * radius + 1), (sigma, sigma), border_type="reflect"
-            )
+        saliency = gaussian_blur(saliency, sigma)  # reflect border, as kornia's gaussian_blur2d
         if (h, w) != (height, width):
             saliency = F.interpolate(saliency, size=(height, width), mode="bilinear", align_corners=False)
         saliency = normalize_saliency(saliency)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from salaug._filters import gaussian_blur
 from salaug.boxes import box_area, box_around, box_mask, box_mass, box_size, cells_mask, grid_cells, \
     integral_image, peak, top_k_cells
 from salaug.transforms.base import Params, SalientBatch, SaliencyTransform, sample_beta, sample_uniform
@@ -450,22 +451,6 @@ def greedy_pairing(similarity: Tensor, crowding: float = 0.05) -> Tensor:
     return perm
 
 
-def _blur_matrix(n: int, sigma: float, device: torch.device) -> Tensor:
-    """``(n, n)`` matrix of a 1-D Gaussian blur with reflect border (kornia's ``gaussian_blur2d``).
-
-    The kernel spans ``+-ceil(3 sigma)`` taps, capped at ``n - 1`` so one reflection suffices;
-    row ``i`` holds the weights of output pixel ``i``.
-    """
-    half = min(max(1, math.ceil(3 * sigma)), n - 1)
-    taps = torch.arange(-half, half + 1, device=device, dtype=torch.float32)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-    kernel = kernel / kernel.sum()
-    pos = torch.arange(n, device=device)[:, None] + taps.long()[None, :]
-    pos = torch.where(pos < 0, -pos, pos)
-    pos = torch.where(pos >= n, 2 * (n - 1) - pos, pos)
-    return torch.zeros(n, n, device=device).scatter_add_(1, pos, kernel.expand(n, -1).contiguous())
-
-
 class GuidedMixup(SaliencyTransform):
     r"""GuidedMixup: pixel-wise mixup weighted by smoothed saliency (Kang & Kim, AAAI 2023).
 
@@ -544,7 +529,7 @@ class GuidedMixup(SaliencyTransform):
         h, w = saliency.shape[-2:]
         s = saliency.to(torch.float32)
         if self.sigma > 0:
-            s = (_blur_matrix(h, self.sigma, s.device) @ s @ _blur_matrix(w, self.sigma, s.device).T).clamp(min=0)
+            s = gaussian_blur(s, self.sigma).clamp(min=0)
         total = s.sum((2, 3), keepdim=True)
         uniform = torch.full_like(s, 1.0 / (h * w))
         return torch.where(total > 0, s / total.clamp(min=1e-30), uniform)
