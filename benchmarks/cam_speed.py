@@ -98,9 +98,19 @@ def torchcam_job(model, name, images, targets) -> Callable[[], object] | None:
     return run
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def measure(jobs: dict[str, Callable[[], object]], rounds: int, warmup: int, clock: str) -> dict[str, list[float]]:
     """Run every job once per round (rotating order); return the per-round times."""
-    tick = time.process_time if clock == "cpu" else time.perf_counter
+    clock_fn = time.process_time if clock == "cpu" else time.perf_counter
+
+    def tick() -> float:
+        _sync()  # a CUDA job is done when its kernels are, not when Python returns
+        return clock_fn()
+
     names = list(jobs)
     for _ in range(warmup):
         for n in names:
@@ -140,9 +150,9 @@ def table(title: str, methods: list[str], t: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
-def build(arch: str) -> torch.nn.Module:
+def build(arch: str, device: str = "cpu") -> torch.nn.Module:
     torch.manual_seed(0)
-    return getattr(torchvision.models, arch)(weights=None).eval()
+    return getattr(torchvision.models, arch)(weights=None).eval().to(device)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--perturb-size", type=int, default=64)
     ap.add_argument("--perturb-rounds", type=int, default=3)
     ap.add_argument("--no-torchcam", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="wall time, or process CPU time (robust to a busy machine)"
     )
@@ -174,9 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     gen = torch.Generator().manual_seed(0)
     for arch in [m for m in args.models.split(",") if m]:
-        model = build(arch)
-        images = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
-        targets = torch.randint(0, 1000, (args.batch,), generator=gen)
+        model = build(arch, args.device)
+        images = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(args.device)
+        targets = torch.randint(0, 1000, (args.batch,), generator=gen).to(args.device)
         methods = [m for m in args.methods.split(",") if m]
         jobs: dict[str, Callable[[], object]] = {}
 
@@ -196,9 +207,9 @@ def main(argv: list[str] | None = None) -> None:
         print(table(f"{arch}, B={args.batch}, {args.size}x{args.size}, target layer4, {args.rounds} rounds", methods, t))
 
     for arch in [m for m in args.perturb_models.split(",") if m]:
-        model = build(arch)
-        images = torch.randn(args.perturb_batch, 3, args.perturb_size, args.perturb_size, generator=gen)
-        targets = torch.randint(0, 1000, (args.perturb_batch,), generator=gen)
+        model = build(arch, args.device)
+        images = torch.randn(args.perturb_batch, 3, args.perturb_size, args.perturb_size, generator=gen).to(args.device)
+        targets = torch.randint(0, 1000, (args.perturb_batch,), generator=gen).to(args.device)
         jobs = {}
 
         def forward(images=images, model=model):

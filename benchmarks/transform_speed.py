@@ -195,6 +195,11 @@ def loop_keep_cutout(x, s, y, k, threshold=0.1, num=16):
 # -- the run -------------------------------------------------------------------------------------------------------
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=128)
@@ -203,6 +208,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
     ap.add_argument("--only", nargs="*", default=None, help="names of the transforms to time")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the per-sample loops then pay a launch per op)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -215,6 +221,7 @@ def main() -> None:
     s = torch.exp(-((xx - c[:, 0:1]) ** 2 + (yy - c[:, 1:2]) ** 2) / 0.02)
     s = s / s.amax((2, 3), keepdim=True)
     y = torch.randint(0, k, (b,))
+    x, s, y = x.to(args.device), s.to(args.device), y.to(args.device)
     cutmix = v2.CutMix(num_classes=k)
 
     cases = {
@@ -238,12 +245,14 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(args.rounds):
         for name, f in fns.items():
+            _sync()
             t0 = time.perf_counter()
             f()
+            _sync()  # a CUDA call returns before its kernels finish
             times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(v) for name, v in times.items()}
     base = med["v2.CutMix"]
-    print(f"B={b}, {n}x{n}, K={k}, {args.rounds} interleaved rounds, torch {torch.__version__}, "
+    print(f"B={b}, {n}x{n}, K={k}, device {args.device}, {args.rounds} interleaved rounds, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; v2.CutMix median {base * 1e3:.1f} ms\n")
     print("| transform | batched (ms) | per-sample loop (ms) | batched / loop | batched / v2.CutMix | target |")
     print("|---|---|---|---|---|---|")
