@@ -150,6 +150,23 @@ def table(title: str, methods: list[str], t: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
+def build_jobs(model, methods, images, targets) -> dict[str, Callable[[], object]]:
+    """The no-grad forward, then each method by salaug and by the reference libraries that have it."""
+
+    def forward():
+        with torch.no_grad():
+            return model(images)
+
+    jobs: dict[str, Callable[[], object]] = {"forward": forward}
+    for m in methods:
+        jobs[f"salaug:{m}"] = ours_job(model, m, images, targets)
+        for lib, make in (("pgc", pgc_job), ("torchcam", torchcam_job)):
+            job = make(model, m, images, targets)
+            if job is not None:
+                jobs[f"{lib}:{m}"] = job
+    return jobs
+
+
 def build(arch: str, device: str = "cpu") -> torch.nn.Module:
     torch.manual_seed(0)
     return getattr(torchvision.models, arch)(weights=None).eval().to(device)
@@ -189,19 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         images = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(args.device)
         targets = torch.randint(0, 1000, (args.batch,), generator=gen).to(args.device)
         methods = [m for m in args.methods.split(",") if m]
-        jobs: dict[str, Callable[[], object]] = {}
-
-        def forward(images=images, model=model):
-            with torch.no_grad():
-                return model(images)
-
-        jobs["forward"] = forward
-        for m in methods:
-            jobs[f"salaug:{m}"] = ours_job(model, m, images, targets)
-            for lib, make in (("pgc", pgc_job), ("torchcam", torchcam_job)):
-                job = make(model, m, images, targets)
-                if job is not None:
-                    jobs[f"{lib}:{m}"] = job
+        jobs = build_jobs(model, methods, images, targets)
         t = measure(jobs, args.rounds, args.warmup, args.clock)
         print()
         print(table(f"{arch}, B={args.batch}, {args.size}x{args.size}, target layer4, {args.rounds} rounds", methods, t))
@@ -210,19 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         model = build(arch, args.device)
         images = torch.randn(args.perturb_batch, 3, args.perturb_size, args.perturb_size, generator=gen).to(args.device)
         targets = torch.randint(0, 1000, (args.perturb_batch,), generator=gen).to(args.device)
-        jobs = {}
-
-        def forward(images=images, model=model):
-            with torch.no_grad():
-                return model(images)
-
-        jobs["forward"] = forward
-        for m in PERTURB:
-            jobs[f"salaug:{m}"] = ours_job(model, m, images, targets)
-            for lib, make in (("pgc", pgc_job), ("torchcam", torchcam_job)):
-                job = make(model, m, images, targets)
-                if job is not None:
-                    jobs[f"{lib}:{m}"] = job
+        jobs = build_jobs(model, PERTURB, images, targets)
         t = measure(jobs, args.perturb_rounds, 0, args.clock)
         print()
         print(

@@ -123,6 +123,21 @@ def normalize_saliency(saliency: Tensor, eps: float = 1e-7) -> Tensor:
     return ((saliency - lo) / torch.where(span > eps, span, torch.ones_like(span))).clamp(0, 1) * (span > eps)
 
 
+def check_class_indices(indices: Tensor, num_classes: int, name: str, context: str) -> None:
+    """Raise if ``(B,)`` integer ``indices`` leave ``[0, num_classes)`` (value check: see module doc).
+
+    Raises:
+        ValueError: naming ``name``, the valid range, ``context`` and the offending extremes.
+    """
+    if not value_checks_on(indices):
+        return
+    lo, hi = torch.aminmax(indices)
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes - 1}] for {context}, got min {int(lo)}, max {int(hi)}"
+        )
+
+
 def to_soft_labels(labels: object, batch_size: int, num_classes: int | None, device: torch.device) -> Tensor:
     """Turn ``(B,)`` class indices or ``(B, K)`` probabilities into ``(B, K)`` float32 soft labels.
 
@@ -143,13 +158,7 @@ def to_soft_labels(labels: object, batch_size: int, num_classes: int | None, dev
                 "integer labels need num_classes to build soft labels: pass num_classes=K to the "
                 "transform (or its call), or pass (B, K) one-hot / probability labels"
             )
-        if value_checks_on(labels):
-            lo, hi = torch.aminmax(labels)
-            if lo < 0 or hi >= num_classes:
-                raise ValueError(
-                    f"label indices must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
-                    f"got min {int(lo)}, max {int(hi)}"
-                )
+        check_class_indices(labels, num_classes, "label indices", f"num_classes={num_classes}")
         return F.one_hot(labels.to(device=device, dtype=torch.long), num_classes).to(torch.float32)
     if labels.ndim == 2:
         if not labels.is_floating_point():

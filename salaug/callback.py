@@ -286,7 +286,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
              saliency: Tensor, out: Any, params: dict[str, Tensor]) -> None:
         b = images.shape[0]
         applied = params["applied"].float().mean()
-        own = to_soft_labels(labels, b, self.num_classes, images.device).argmax(1, keepdim=True)
+        own = (labels if labels.ndim == 1 else labels.argmax(1)).to(images.device).long().unsqueeze(1)
         kept = out.labels.gather(1, own).mean()
         pl_module.log_dict(
             {"salaug/augmented": applied, "salaug/salient_area": (saliency >= 0.5).float().mean(),

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salaug._checks import check_images, value_checks_on
+from salaug._checks import check_class_indices, check_images
 from salaug.cam.layers import (
     _POOLING_HEADS,
     is_compiled,
@@ -204,13 +204,7 @@ class _Targets:
         if targets is None:
             return cls(logits.detach().argmax(dim=1), None)
         if targets.ndim == 1:
-            if value_checks_on(targets):
-                lo, hi = torch.aminmax(targets)
-                if lo < 0 or hi >= k:
-                    raise ValueError(
-                        f"target class indices must lie in [0, {k - 1}] for a model with {k} outputs, "
-                        f"got min {int(lo)}, max {int(hi)}"
-                    )
+            check_class_indices(targets, k, "target class indices", f"a model with {k} outputs")
             return cls(targets.to(device=logits.device, dtype=torch.long), None)
         if targets.shape[1] != k:
             raise ValueError(f"(B, K) targets have K={targets.shape[1]} but the model has {k} outputs")
