@@ -42,7 +42,13 @@ __version__ = "0.1.0"
 
 # The Lightning callbacks are imported on first use: importing Lightning costs seconds, which every
 # DataLoader worker started with spawn and every transform-only user would otherwise pay.
-_LAZY = {"SaliencyAugmentation": "salaug.callback", "SaliencyMonitor": "salaug.monitor"}
+_LAZY = {
+    "SaliencyAugmentation": "salaug.callback",
+    "SaliencyMonitor": "salaug.monitor",
+    "SaliencyAugmenter": "salaug.augmenter",
+    "Diagnosis": "salaug.diagnosis",
+    "diagnose": "salaug.diagnosis",
+}
 
 
 def __getattr__(name: str) -> object:
@@ -64,6 +70,7 @@ __all__ = [
     "AttentiveCutMix",
     "BaseCAM",
     "CAMSaliency",
+    "Diagnosis",
     "ClutteredObjects",
     "EigenCAM",
     "GradCAM",
@@ -75,6 +82,7 @@ __all__ = [
     "MaskBank",
     "MaskedDataset",
     "SaliencyAugmentation",
+    "SaliencyAugmenter",
     "SaliencyCollate",
     "SaliencyMix",
     "SaliencyMonitor",
@@ -90,6 +98,7 @@ __all__ = [
     "boxes",
     "cam_box_iou",
     "create_cam",
+    "diagnose",
     "label_fidelity",
     "normalize_saliency",
     "pointing_game",

@@ -8,12 +8,16 @@ accelerator, which would stall the training loop; so by default they run on CPU 
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+T = TypeVar("T")
 ValueChecks = Literal["cpu", "always", "never"]
 _value_checks: ValueChecks = "cpu"
 
@@ -43,12 +47,16 @@ def value_checks_on(tensor: Tensor) -> bool:
     return tensor.device.type == "cpu"
 
 
-def check_images(images: object, name: str = "images") -> Tensor:
+def check_images(images: object, name: str = "images", *, finite: bool = False) -> Tensor:
     """Check that ``images`` is a floating-point ``(B, C, H, W)`` tensor and return it.
+
+    With ``finite=True`` and value checks on (see :func:`set_value_checks`) the values must also be
+    finite (the transforms ask for it: a NaN image would be pasted into its partner and poison two
+    samples).
 
     Raises:
         TypeError: if it is not a tensor or not floating point.
-        ValueError: if it is not 4-D or the batch is empty.
+        ValueError: if it is not 4-D, the batch is empty, or (value checks) it holds NaN / inf.
     """
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
@@ -61,16 +69,42 @@ def check_images(images: object, name: str = "images") -> Tensor:
             f"images.float() / 255 (or torchvision.transforms.v2.ToDtype(torch.float32, scale=True))"
         )
     if images.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch: shape {tuple(images.shape)}")
+        raise ValueError(f"{name} is an empty batch: shape {tuple(images.shape)}; skip empty batches before "
+                         "transforming them")
+    if images.shape[-2] == 0 or images.shape[-1] == 0:
+        raise ValueError(f"{name} have no pixels: shape {tuple(images.shape)}")
+    if finite and value_checks_on(images) and not _finite(images):
+        bad = (~torch.isfinite(images)).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"{name} contain NaN or inf values (samples {bad[:8]}{'...' if len(bad) > 8 else ''}); "
+                         "fix the data pipeline (e.g. a division by a zero std) or drop these samples")
     return images
+
+
+def _finite(x: Tensor) -> bool:
+    """Whether ``x`` holds no NaN / inf: one min-max pass (NaN propagates), far cheaper than isfinite."""
+    lo, hi = torch.aminmax(x)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def _stride_compatible(small: tuple[int, int], large: tuple[int, int]) -> bool:
+    """Whether ``small`` is ``large`` divided by one stride, up to a pixel of rounding per side."""
+    (h, w), (bh, bw) = small, large
+
+    def strides(n: int, big: int) -> tuple[float, float]:
+        return big / (n + 1), (big / (n - 1) if n > 1 else float("inf"))
+
+    (ylo, yhi), (xlo, xhi) = strides(h, bh), strides(w, bw)
+    return max(ylo, xlo) <= min(yhi, xhi)
 
 
 def check_saliency(saliency: object, images: Tensor) -> Tensor:
     """Validate a saliency map against its images and bring it to their size, as float32.
 
     Args:
-        saliency: ``(B, 1, h, w)`` (or ``(B, h, w)``) values in ``[0, 1]``; a map smaller than the
-            images is resized bilinearly (``align_corners=False``).
+        saliency: ``(B, 1, h, w)`` (or ``(B, h, w)``) values in ``[0, 1]``; a map of another size
+            is resized bilinearly (``align_corners=False``). Its size must be the images' divided
+            by one stride (each side within one pixel), like a feature map of the images.
+            A map on another device is moved to the images' device.
         images: ``(B, C, H, W)``.
 
     Returns:
@@ -78,30 +112,48 @@ def check_saliency(saliency: object, images: Tensor) -> Tensor:
 
     Raises:
         TypeError: if ``saliency`` is not a floating-point tensor.
-        ValueError: on a batch or shape mismatch, or values outside ``[0, 1]``.
+        ValueError: on a batch or shape mismatch, a map whose aspect ratio differs from the
+            images' by more than a feature-map stride's rounding, or (value checks) values outside
+            ``[0, 1]`` or NaN / inf.
     """
     if not isinstance(saliency, Tensor):
         raise TypeError(f"saliency must be a torch.Tensor of shape (B, 1, H, W), got {type(saliency).__name__}")
     if saliency.ndim == 3:
         saliency = saliency.unsqueeze(1)
     if saliency.ndim != 4 or saliency.shape[1] != 1:
-        raise ValueError(f"saliency must have shape (B, 1, H, W), got {tuple(saliency.shape)}")
+        hint = "; average the channels with saliency.mean(1, keepdim=True)" if saliency.ndim == 4 else ""
+        raise ValueError(f"saliency must have shape (B, 1, H, W), got {tuple(saliency.shape)}{hint}")
     if not saliency.is_floating_point():
-        raise TypeError(f"saliency must be floating point in [0, 1], got {saliency.dtype}")
+        raise TypeError(f"saliency must be floating point in [0, 1], got {saliency.dtype}; convert a 0/1 mask with "
+                        "saliency.float() (an 8-bit map with saliency.float() / 255)")
     if saliency.shape[0] != images.shape[0]:
         raise ValueError(
             f"saliency batch size {saliency.shape[0]} does not match images batch size {images.shape[0]}"
         )
+    size, big = tuple(saliency.shape[-2:]), tuple(images.shape[-2:])
+    if 0 in size:
+        raise ValueError(f"saliency has no pixels: shape {tuple(saliency.shape)}")
+    if size != big:
+        small, large = (size, big) if size[0] * size[1] <= big[0] * big[1] else (big, size)
+        if not _stride_compatible(small, large):  # type: ignore[arg-type]
+            raise ValueError(
+                f"saliency of size {size[0]}x{size[1]} cannot be resized to images of {big[0]}x{big[1]} without "
+                f"distortion (aspect {size[1] / size[0]:.3g} vs {big[1] / big[0]:.3g}); compute it on these images "
+                "(e.g. a CAM of this batch), or crop it to the images' aspect first"
+            )
     saliency = saliency.to(device=images.device, dtype=torch.float32)
     if value_checks_on(saliency):
         lo, hi = torch.aminmax(saliency)
-        if not (lo >= 0 and hi <= 1):  # NaN fails both comparisons
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            raise ValueError("saliency contains NaN or inf values; fix its source (a CAM of images holding NaN?) or "
+                             "replace them, e.g. saliency.nan_to_num(0.0, posinf=1.0, neginf=0.0)")
+        if not (lo >= 0 and hi <= 1):
             raise ValueError(
                 f"saliency values must lie in [0, 1], got min {float(lo):.4g}, max {float(hi):.4g}; "
                 "normalise it per image, e.g. with salaug.normalize_saliency(saliency)"
             )
-    if saliency.shape[-2:] != images.shape[-2:]:
-        saliency = F.interpolate(saliency, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    if size != big:
+        saliency = F.interpolate(saliency, size=big, mode="bilinear", align_corners=False)
         saliency = saliency.clamp_(0, 1)
     return saliency
 
@@ -134,7 +186,8 @@ def check_class_indices(indices: Tensor, num_classes: int, name: str, context: s
     lo, hi = torch.aminmax(indices)
     if lo < 0 or hi >= num_classes:
         raise ValueError(
-            f"{name} must lie in [0, {num_classes - 1}] for {context}, got min {int(lo)}, max {int(hi)}"
+            f"{name} must lie in [0, {num_classes - 1}] for {context}, got min {int(lo)}, max {int(hi)}; "
+            "check the labels or the number of classes"
         )
 
 
@@ -149,10 +202,12 @@ def to_soft_labels(labels: object, batch_size: int, num_classes: int | None, dev
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor of shape (B,) or (B, K), got {type(labels).__name__}")
     if labels.ndim == 0 or labels.shape[0] != batch_size:
-        raise ValueError(f"labels must have batch size {batch_size} (shape (B,) or (B, K)), got {tuple(labels.shape)}")
+        raise ValueError(f"labels must have batch size {batch_size} (shape (B,) or (B, K)), got {tuple(labels.shape)}; "
+                         "pass one label per image")
     if labels.ndim == 1:
-        if labels.is_floating_point() or labels.dtype == torch.bool:
-            raise TypeError(f"(B,) labels must be integer class indices, got {labels.dtype}")
+        if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+            raise TypeError(f"(B,) labels must be integer class indices, got {labels.dtype}; convert with "
+                            "labels.long(), or pass (B, K) probabilities")
         if num_classes is None:
             raise ValueError(
                 "integer labels need num_classes to build soft labels: pass num_classes=K to the "
@@ -162,14 +217,184 @@ def to_soft_labels(labels: object, batch_size: int, num_classes: int | None, dev
         return F.one_hot(labels.to(device=device, dtype=torch.long), num_classes).to(torch.float32)
     if labels.ndim == 2:
         if not labels.is_floating_point():
-            raise TypeError(f"(B, K) labels must be floating point probabilities, got {labels.dtype}")
+            hint = ("squeeze (B, 1) class indices with labels.squeeze(1)" if labels.shape[1] == 1 else
+                    "convert one-hot labels with labels.float()")
+            raise TypeError(f"(B, K) labels must be floating point probabilities, got {labels.dtype}; {hint}")
         if num_classes is not None and labels.shape[1] != num_classes:
-            raise ValueError(f"labels have {labels.shape[1]} classes but num_classes={num_classes}")
+            raise ValueError(f"labels have {labels.shape[1]} classes but num_classes={num_classes}; pass labels with "
+                             "one column per class, or the matching num_classes")
         labels = labels.to(device=device, dtype=torch.float32)
         if value_checks_on(labels):
             if not bool(torch.isfinite(labels).all()) or bool((labels < 0).any()):
-                raise ValueError("(B, K) labels must be finite and non-negative")
+                raise ValueError("(B, K) labels must be finite and non-negative probabilities; check the code that "
+                                 "built them (e.g. use softmax, not raw logits)")
             if not torch.allclose(labels.sum(1), torch.ones((), device=device), atol=1e-3):
-                raise ValueError("(B, K) labels must be probabilities: each row must sum to 1")
+                raise ValueError("(B, K) labels must be probabilities: each row must sum to 1; normalise them with "
+                                 "labels / labels.sum(1, keepdim=True)")
         return labels
     raise ValueError(f"labels must have shape (B,) or (B, K), got {tuple(labels.shape)}")
+
+
+# -- constructor arguments ----------------------------------------------------------------------------
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if high is not None and low is None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    if low is None:
+        return "(finite)"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def check_number(name: str, value: object, *, integer: bool = False, low: float | None = None,
+                 high: float | None = None, low_open: bool = False, high_open: bool = False,
+                 optional: bool = False) -> float | int | None:
+    """Check a numeric constructor argument and return it as ``int`` / ``float``.
+
+    The one helper every transform uses for its numeric arguments: bools, strings, tensors,
+    NaN and infinities are refused, as are floats where an int is needed (``num_classes=2.5``).
+
+    Args:
+        name: the argument's name, used in the message.
+        value: what the caller passed.
+        integer: require a whole number (``int`` or a numpy integer).
+        low, high: bounds (``None``: unbounded); ``low_open`` / ``high_open`` exclude them.
+        optional: accept ``None`` (returned as is).
+
+    Returns:
+        ``int(value)`` or ``float(value)``, or ``None``.
+
+    Raises:
+        TypeError: for a value of the wrong type (the message names the argument and the fix).
+        ValueError: for a value out of range, NaN or infinite.
+
+    Example:
+        >>> check_number("p", 0.5, low=0.0, high=1.0)
+        0.5
+        >>> check_number("num_classes", 2.5, integer=True, low=1)
+        Traceback (most recent call last):
+        ...
+        TypeError: num_classes must be an int >= 1, got 2.5 (float); pass a whole number, e.g. num_classes=2
+    """
+    if value is None and optional:
+        return None
+    kind = "an int" if integer else "a number"
+    want = f"{kind} {_interval(low, high, low_open, high_open)}" + (" or None" if optional else "")
+    ok = isinstance(value, numbers.Integral if integer else numbers.Real)
+    if isinstance(value, (bool, torch.Tensor)) or not ok:
+        if isinstance(value, str):
+            fix = f"pass a number, not a string, e.g. {name}={value.strip()}"
+        elif integer and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            fix = f"pass a whole number, e.g. {name}={max(int(value), 1) if low else int(value)}"
+        else:
+            fix = f"pass {kind}"
+        raise TypeError(f"{name} must be {want}, got {value!r} ({type(value).__name__}); {fix}")
+    v = int(value) if integer else float(value)
+    bad = not math.isfinite(v)
+    if low is not None:
+        bad = bad or (v <= low if low_open else v < low)
+    if high is not None:
+        bad = bad or (v >= high if high_open else v > high)
+    if bad:
+        raise ValueError(f"{name} must be {want}, got {value!r}")
+    return v
+
+
+def check_interval(name: str, value: object, *, low: float | None = None, high: float | None = None,
+                   low_open: bool = False) -> tuple[float, float]:
+    """Check a ``(min, max)`` pair of numbers with ``min <= max``, each within the bounds.
+
+    Raises:
+        TypeError: if ``value`` is not a pair of numbers.
+        ValueError: for ``min > max`` or bounds broken (see :func:`check_number`).
+
+    Example:
+        >>> check_interval("scale", (0.1, 0.4), low=0.0, high=1.0, low_open=True)
+        (0.1, 0.4)
+    """
+    if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise TypeError(f"{name} must be a (min, max) pair of numbers, got {value!r}; pass e.g. {name}=(0.1, 0.5)")
+    lo, hi = (check_number(f"{name}[{i}]", v, low=low, high=high, low_open=low_open) for i, v in enumerate(value))
+    if lo > hi:
+        raise ValueError(f"{name} must be a (min, max) pair with min <= max, got {value!r}; swap them")
+    return float(lo), float(hi)  # type: ignore[arg-type]
+
+
+def check_choice(name: str, value: T, allowed: Sequence[T]) -> T:
+    """Check that ``value`` is one of ``allowed`` (compared with ``==``, types included).
+
+    Raises:
+        ValueError: naming the argument and the allowed values.
+    """
+    if not any(type(value) is type(a) and value == a for a in allowed):
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+    return value
+
+
+def check_flag(name: str, value: object) -> bool:
+    """Check a boolean argument (``True`` / ``False`` only, not 0 / 1 or strings).
+
+    Raises:
+        TypeError: naming the argument.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_generator(generator: object, name: str = "generator") -> torch.Generator | None:
+    """Check an optional ``torch.Generator``.
+
+    Raises:
+        TypeError: for anything else (e.g. an int seed: the fix is shown).
+    """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        hint = f"torch.Generator().manual_seed({generator})" if isinstance(generator, int) else "torch.Generator()"
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}; pass e.g. {hint}")
+    return generator
+
+
+def check_finite(tensor: Tensor, name: str, fix: str) -> None:
+    """Raise if ``tensor`` holds NaN or inf (a value check: skipped where value checks are off).
+
+    Args:
+        tensor: any floating-point tensor.
+        name: what it is, for the message (``"images"``).
+        fix: the advice appended to the message.
+
+    Raises:
+        ValueError: naming ``name``, how many values are not finite, in which samples (rows of
+            the first dimension), and ``fix``.
+    """
+    if not tensor.is_floating_point() or not value_checks_on(tensor):
+        return
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        where = ""
+        if tensor.ndim >= 2:
+            rows = (~finite).flatten(1).any(dim=1).nonzero().flatten().tolist()
+            where = f" in sample(s) {rows[:8]}{'...' if len(rows) > 8 else ''}"
+        raise ValueError(f"{name} contain {bad} NaN or inf value(s) of {tensor.numel()}{where}; {fix}")
+
+
+def check_image_extent(images: Tensor, name: str = "images") -> None:
+    """Raise if a ``(B, C, H, W)`` batch has no channels or no pixels (shape only, always runs)."""
+    _, c, h, w = images.shape
+    if c == 0 or h == 0 or w == 0:
+        raise ValueError(
+            f"{name} must have at least one channel and one pixel, got shape {tuple(images.shape)}; "
+            "check the channel and spatial dimensions (expected (B, C, H, W))"
+        )
+
+
+def zero_nonfinite_maps(maps: Tensor) -> Tensor:
+    """Replace every ``(B, ...)`` map that holds a NaN or inf by zeros (batched, no host sync).
+
+    Example:
+        >>> maps = torch.tensor([[0.5, float("nan")], [0.25, 1.0]])
+        >>> zero_nonfinite_maps(maps).tolist()
+        [[0.0, 0.0], [0.25, 1.0]]
+    """
+    ok = torch.isfinite(maps).flatten(1).all(dim=1).view((-1,) + (1,) * (maps.ndim - 1))
+    return torch.where(ok, maps, torch.zeros((), dtype=maps.dtype, device=maps.device))

@@ -1,8 +1,12 @@
 """The Lightning callback that augments training batches with saliency from the model being trained.
 
-Per training batch (``on_train_batch_start``, after the batch is on the device): compute CAMs of the
-batch with the unwrapped LightningModule, apply a saliency transform, and write the new images and
-``(B, K)`` soft labels back into the batch container, which is what ``training_step`` receives.
+A thin adapter over :class:`salaug.SaliencyAugmenter`: per training batch (``on_train_batch_start``,
+after the batch is on the device) it reads the images and labels from the batch container, calls
+the augmenter (CAMs of the batch with the unwrapped LightningModule, the transform, ``(B, K)`` soft
+labels) and writes the result back, which is what ``training_step`` receives. The callback adds
+what only Lightning knows: the epoch window, warm-up in epochs, the precision context of the CAM
+forward, checkpointed state, and logging (scalars every step, a picture every
+``log_every_n_steps`` augmented steps).
 
 The class derives from ``pytorch_lightning.Callback`` and, when the ``lightning`` package is
 installed, from ``lightning.pytorch.Callback`` as well, so it works with either ``Trainer``.
@@ -12,25 +16,30 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import math
 import os
+import sys
 from collections.abc import Iterator, MutableMapping, MutableSequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
+from pytorch_lightning.loggers.logger import DummyLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 from torch import Tensor, nn
 
-from salaug._checks import to_soft_labels
-from salaug.cam import create_cam
-from salaug.cam.base import eval_mode
+from salaug._checks import check_number
+from salaug.augmenter import AugmenterRecord, SaliencyAugmenter, check_augmenter_options
 from salaug.transforms.base import SaliencyTransform
 
-__all__ = ["SaliencyAugmentation", "callback_bases"]
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
 
-_UNSUPPORTED_STRATEGIES = ("FSDP", "DeepSpeed", "ModelParallel", "XLA")
-_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads consecutive counters over the seed space
+__all__ = ["SaliencyAugmentation", "callback_bases"]
 
 
 def callback_bases() -> tuple[type, ...]:
@@ -41,6 +50,19 @@ def callback_bases() -> tuple[type, ...]:
 
         bases.append(LightningCallback)
     return tuple(bases)
+
+
+def _sharded_strategies() -> tuple[type, ...]:
+    """Strategy classes that do not hold the full model on each device (or break the CAM's autograd)."""
+    names = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAStrategy", "SingleDeviceXLAStrategy")
+    found: list[type] = []
+    for package in ("pytorch_lightning.strategies", "lightning.pytorch.strategies"):
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            continue
+        found.extend(cls for cls in (getattr(module, name, None) for name in names) if isinstance(cls, type))
+    return tuple(found)
 
 
 @contextlib.contextmanager
@@ -57,6 +79,27 @@ def _uncompiled_forward(pl_module: nn.Module) -> Iterator[None]:
         yield
     finally:
         pl_module.forward = compiled  # type: ignore[method-assign]
+
+
+class _LightningAugmenter(SaliencyAugmenter):
+    """The augmenter with the Trainer's precision context and the callback's ``compute_saliency`` hook."""
+
+    def __init__(self, callback: SaliencyAugmentation, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                 **kwargs: Any) -> None:
+        super().__init__(pl_module, **kwargs)
+        self._callback = callback
+        self._trainer = trainer
+
+    @override
+    def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._trainer.precision_plugin.forward_context())
+        stack.enter_context(_uncompiled_forward(self.model))
+        return stack
+
+    @override
+    def compute_saliency(self, images: Tensor, labels: Tensor) -> Tensor:
+        return self._callback.compute_saliency(self._trainer, self.model, images, labels)  # type: ignore[arg-type]
 
 
 class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
@@ -91,14 +134,25 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         seed: seed of the augmentation stream; ``None`` uses ``torch.initial_seed()`` at setup
             (set by ``seed_everything``). Each rank draws from its own stream.
         log_every_n_steps: every this many augmented steps, log a picture (originals, CAM
-            overlays, augmented samples) on rank 0; ``0`` disables pictures.
+            overlays, augmented samples) on rank 0; ``0`` disables pictures. Pictures go to every
+            logger with ``add_image`` (TensorBoard), as PNG files into ``picture_dir`` when given,
+            and otherwise into ``<log_dir>/salaug/`` of a file logger (CSV) that takes no images.
+            Without a logger (``logger=False``, ``fast_dev_run``) and without ``picture_dir``
+            nothing is drawn and no file is written.
+        warmup_epochs: number of first epochs of the window whose batches get flat saliency (the
+            transform's random-placement variant with area labels), while the CAMs of the young
+            network are uninformative; converted to batches at the start of training.
+        warmup_steps: the same in batches (added to ``warmup_epochs``).
+        ema_decay: ``None`` or a decay in ``(0, 1)``: CAMs from an exponential moving average of the
+            weights (see :class:`salaug.SaliencyAugmenter`).
+        picture_dir: directory for PNG pictures (created when the first one is written).
 
     Raises:
         TypeError: if ``transform`` is not a salaug transform, or (at run time) the batch is a
             tuple, which cannot be changed in place.
         ValueError: for out-of-range arguments, or a ``training_step`` that takes
             ``dataloader_iter`` (it never sees edits made by callbacks).
-        RuntimeError: under strategies that shard the model (FSDP, DeepSpeed, model parallel).
+        RuntimeError: under strategies that shard the model (FSDP, DeepSpeed, model parallel) or XLA.
     """
 
     def __init__(
@@ -117,22 +171,24 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         num_classes: int | None = None,
         seed: int | None = None,
         log_every_n_steps: int = 500,
+        warmup_epochs: int = 0,
+        warmup_steps: int = 0,
+        ema_decay: float | None = None,
+        picture_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(transform, SaliencyTransform):
             raise TypeError(
                 f"transform must be a salaug transform (e.g. salaug.SaliencyMix(num_classes=10)), "
                 f"got {type(transform).__name__}"
             )
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be a probability in [0, 1], got {p}")
-        if not 0.0 < cam_scale <= 1.0:
-            raise ValueError(f"cam_scale must be in (0, 1], got {cam_scale}")
-        if start_epoch < 0 or (stop_epoch is not None and stop_epoch <= start_epoch):
+        check_augmenter_options(p=p, cam_scale=cam_scale, targets=targets, num_classes=num_classes, seed=seed,
+                                warmup_steps=warmup_steps, ema_decay=ema_decay)
+        check_number("start_epoch", start_epoch, integer=True, low=0)
+        check_number("stop_epoch", stop_epoch, integer=True, low=0, optional=True)
+        check_number("warmup_epochs", warmup_epochs, integer=True, low=0)
+        check_number("log_every_n_steps", log_every_n_steps, integer=True, low=0)
+        if stop_epoch is not None and stop_epoch <= start_epoch:
             raise ValueError(f"need 0 <= start_epoch < stop_epoch, got {start_epoch} and {stop_epoch}")
-        if targets not in ("labels", "predicted"):
-            raise ValueError(f"targets must be 'labels' or 'predicted', got {targets!r}")
-        if log_every_n_steps < 0:
-            raise ValueError(f"log_every_n_steps must be >= 0, got {log_every_n_steps}")
         self.transform = transform
         self.cam = cam
         self.target_layer = target_layer
@@ -143,18 +199,64 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         self.targets = targets
         self.image_key = image_key
         self.label_key = label_key
-        self.num_classes = num_classes or transform.num_classes
+        self._num_classes = num_classes or transform.num_classes
         self.seed = seed
         self.log_every_n_steps = log_every_n_steps
-        self.batches_seen = 0
-        self.batches_augmented = 0
-        self._cam: Any = None
-        self._rank = 0
-        self._picture_dir: str | None = None
-        self._generator = torch.Generator()
+        self.warmup_epochs = warmup_epochs
+        self.warmup_steps = warmup_steps
+        self.ema_decay = ema_decay
+        self.picture_dir = os.fspath(picture_dir) if picture_dir is not None else None
+        self._counts = {"steps": 0, "augmented": 0}
+        self._pending_state: dict[str, Any] | None = None
+        self._augmenter: _LightningAugmenter | None = None
+        self._picture_sinks: tuple[list[Any], str | None] = ([], None)
+        self._pictures = _PictureWorker()
+
+    # -- counters and the augmenter ---------------------------------------------------------------
+    @property
+    def augmenter(self) -> SaliencyAugmenter | None:
+        """The :class:`~salaug.SaliencyAugmenter` doing the work (built at ``setup("fit")``)."""
+        return self._augmenter
+
+    @property
+    def batches_seen(self) -> int:
+        """Batches inside the epoch window so far (the position in the random stream)."""
+        return self._augmenter.steps if self._augmenter is not None else self._counts["steps"]
+
+    @batches_seen.setter
+    def batches_seen(self, value: int) -> None:
+        self._counts["steps"] = int(value)
+        if self._augmenter is not None:
+            self._augmenter.steps = int(value)
+
+    @property
+    def batches_augmented(self) -> int:
+        """Batches the transform was applied to so far."""
+        return self._augmenter.augmented if self._augmenter is not None else self._counts["augmented"]
+
+    @batches_augmented.setter
+    def batches_augmented(self, value: int) -> None:
+        self._counts["augmented"] = int(value)
+        if self._augmenter is not None:
+            self._augmenter.augmented = int(value)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes (inferred from the model's output on the first batch when not given)."""
+        if self._augmenter is not None and self._augmenter.num_classes is not None:
+            return self._augmenter.num_classes
+        return self._num_classes
+
+    @num_classes.setter
+    def num_classes(self, value: int | None) -> None:
+        check_augmenter_options(num_classes=value)
+        self._num_classes = value
+        if self._augmenter is not None:
+            self._augmenter.num_classes = value
 
     # -- Lightning plumbing -----------------------------------------------------------------------
     @property
+    @override
     def state_key(self) -> str:
         layer = self.target_layer if isinstance(self.target_layer, (str, type(None))) else type(self.target_layer).__name__
         cam = self.cam if isinstance(self.cam, str) else type(self.cam).__name__
@@ -163,14 +265,14 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
             image_key=self.image_key, label_key=self.label_key,
         )
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        strategy = type(trainer.strategy).__name__
-        if any(name in strategy for name in _UNSUPPORTED_STRATEGIES):
+        if isinstance(trainer.strategy, _sharded_strategies()):
             raise RuntimeError(
-                f"SaliencyAugmentation does not support {strategy}: CAMs need the full model on each "
-                "device, which sharded strategies do not have. Use DDP (strategy='ddp') or one device."
+                f"SaliencyAugmentation does not support {type(trainer.strategy).__name__}: CAMs need the full "
+                "model on each device, which sharded strategies do not have. Use DDP (strategy='ddp') or one device."
             )
         if is_param_in_hook_signature(pl_module.training_step, "dataloader_iter", explicit=True):
             raise ValueError(
@@ -178,78 +280,114 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
                 "batches SaliencyAugmentation rewrites. Take `batch` instead, or apply a salaug "
                 "transform inside training_step."
             )
-        self._rank = trainer.global_rank
         if self.seed is None:
             self.seed = torch.initial_seed() % (2**62)
-        self._cam = create_cam(self.cam, pl_module, self.target_layer)
-        self._picture_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "salaug")
+        self._augmenter = _LightningAugmenter(
+            self, trainer, pl_module, transform=self.transform, cam=self.cam, target_layer=self.target_layer,
+            p=self.p, cam_scale=self.cam_scale, targets=self.targets, num_classes=self._num_classes, seed=self.seed,
+            warmup_steps=self.warmup_steps, ema_decay=self.ema_decay, rank=trainer.global_rank,
+        )
+        self._augmenter.steps = self._counts["steps"]
+        self._augmenter.augmented = self._counts["augmented"]
+        if self._pending_state is not None:
+            self._augmenter.load_state_dict(self._pending_state)
+            self._pending_state = None
 
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._pictures.wait()
+        if stage == "fit" and self._augmenter is not None:
+            self._counts = {"steps": self._augmenter.steps, "augmented": self._augmenter.augmented}
+            self._augmenter.last = None  # drop the last batch's tensors
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._augmenter is None:  # pragma: no cover - setup always runs first
+            return
+        self._augmenter.warmup_steps = self.warmup_steps + self._warmup_batches(trainer)
+        self._warn_about_the_window(trainer)
+        self._picture_sinks = self._find_picture_sinks(trainer)
+
+    @override
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "batches_seen": self.batches_seen, "batches_augmented": self.batches_augmented}
+        state: dict[str, Any] = {"seed": self.seed, "batches_seen": self.batches_seen,
+                                 "batches_augmented": self.batches_augmented}
+        if self._augmenter is not None and "ema" in (inner := self._augmenter.state_dict()):
+            state["ema"] = inner["ema"]
+        return state
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.seed = state_dict["seed"]
-        self.batches_seen = state_dict["batches_seen"]
-        self.batches_augmented = state_dict["batches_augmented"]
+        # .get with defaults: checkpoints of older versions may lack entries.
+        self.seed = state_dict.get("seed", self.seed)
+        self.batches_seen = state_dict.get("batches_seen", 0)
+        self.batches_augmented = state_dict.get("batches_augmented", 0)
+        inner = {"seed": self.seed, "steps": self.batches_seen, "augmented": self.batches_augmented}
+        if "ema" in state_dict:
+            inner["ema"] = state_dict["ema"]
+        if self._augmenter is not None:
+            self._augmenter.load_state_dict(inner)
+        else:
+            self._pending_state = inner
 
     # -- the work ---------------------------------------------------------------------------------
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        epoch = trainer.current_epoch
-        if epoch < self.start_epoch or (self.stop_epoch is not None and epoch >= self.stop_epoch):
+        if not self._in_window(trainer.current_epoch) or self._augmenter is None:
             return
         images, labels = self._read(batch)
-        generator = self._batch_generator()
-        self.batches_seen += 1
-        if self.num_classes is None:
-            self.num_classes = self._infer_num_classes(pl_module, images)
-        augment = self.p >= 1.0 or bool(torch.rand((), generator=generator) < self.p)
-        if not augment:
-            self._write(batch, images, to_soft_labels(labels, images.shape[0], self.num_classes, images.device))
+        new_images, soft_labels = self._augmenter(images, labels)
+        self._write(batch, new_images, soft_labels)
+        record = self._augmenter.last
+        assert record is not None
+        if not record.augmented:
             pl_module.log("salaug/augmented", 0.0, on_step=True, on_epoch=True, batch_size=images.shape[0])
             return
-        saliency = self.compute_saliency(trainer, pl_module, images, labels)
-        previous = self.transform.generator
-        self.transform.generator = generator
-        try:
-            out, params = self.transform(images, saliency, labels, num_classes=self.num_classes, return_params=True)
-        finally:
-            self.transform.generator = previous
-        self._write(batch, out.images, out.labels)
-        self.batches_augmented += 1
-        self._log(trainer, pl_module, images, labels, saliency, out, params)
+        self._log(trainer, pl_module, record)
 
     def compute_saliency(self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor,
                          labels: Tensor) -> Tensor:
-        """CAMs ``(B, 1, H, W)`` of ``images`` from ``pl_module``, at ``cam_scale``, side-effect free."""
-        x = images
-        if self.cam_scale < 1.0:
-            x = F.interpolate(images, scale_factor=self.cam_scale, mode="bilinear", align_corners=False,
-                              antialias=True)
-        if self.targets == "predicted":
-            targets = None
-        elif labels.ndim == 1:
-            targets = labels
-        else:
-            targets = labels.float()
-        with trainer.precision_plugin.forward_context(), _uncompiled_forward(pl_module):
-            return self._cam(x, targets, output_size=tuple(images.shape[-2:]))
+        """CAMs ``(B, 1, H, W)`` of ``images`` from ``pl_module``, at ``cam_scale``, side-effect free.
 
-    def _batch_generator(self) -> torch.Generator:
-        # One stream per (seed, rank, batch counter): resuming from a checkpoint (which stores the
-        # counter) continues the same stream on every rank without storing per-rank generator state.
-        key = (int(self.seed or 0) + self._rank * 1_000_003 + self.batches_seen * _MIX) % (2**63 - 1)
-        return self._generator.manual_seed(key)
+        Override to supply saliency another way (e.g. flat maps, masks from the batch).
+        """
+        assert self._augmenter is not None
+        return SaliencyAugmenter.compute_saliency(self._augmenter, images, labels)
 
-    def _infer_num_classes(self, pl_module: nn.Module, images: Tensor) -> int:
-        with torch.no_grad(), eval_mode(pl_module), _uncompiled_forward(pl_module):
-            logits = pl_module(images[:1])
-        if not isinstance(logits, Tensor) or logits.ndim != 2:
-            raise TypeError(
-                "cannot infer num_classes: the LightningModule's forward does not return (B, K) logits; "
-                "pass num_classes= to SaliencyAugmentation"
+    def _in_window(self, epoch: int) -> bool:
+        return epoch >= self.start_epoch and (self.stop_epoch is None or epoch < self.stop_epoch)
+
+    def _warmup_batches(self, trainer: pl.Trainer) -> int:
+        if not self.warmup_epochs:
+            return 0
+        per_epoch = trainer.num_training_batches
+        if not math.isfinite(per_epoch):
+            raise ValueError(
+                f"warmup_epochs={self.warmup_epochs} needs the number of batches per epoch, which this "
+                "training dataloader does not have (no __len__); pass warmup_steps= instead"
             )
-        return int(logits.shape[1])
+        return int(self.warmup_epochs * per_epoch)
+
+    def _warn_about_the_window(self, trainer: pl.Trainer) -> None:
+        max_epochs = trainer.max_epochs
+        if max_epochs is None or max_epochs < 0:
+            return
+        if self.start_epoch >= max_epochs:
+            rank_zero_warn(
+                f"SaliencyAugmentation(start_epoch={self.start_epoch}) will never augment: the Trainer stops after "
+                f"max_epochs={max_epochs} (epochs 0..{max_epochs - 1}). Lower start_epoch or raise max_epochs.",
+                category=UserWarning,
+            )
+            return
+        window = min(max_epochs, self.stop_epoch or max_epochs) - self.start_epoch
+        if self.warmup_epochs >= window:
+            rank_zero_warn(
+                f"SaliencyAugmentation(warmup_epochs={self.warmup_epochs}) covers the whole augmentation window "
+                f"({window} epoch(s) of max_epochs={max_epochs}): the transform will only ever get flat saliency "
+                "(random placement), never the CAMs. Lower warmup_epochs.",
+                category=UserWarning,
+            )
 
     def _read(self, batch: Any) -> tuple[Tensor, Tensor]:
         if isinstance(batch, tuple):
@@ -282,41 +420,115 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         batch[self.label_key] = labels
 
     # -- logging ----------------------------------------------------------------------------------
-    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor, labels: Tensor,
-             saliency: Tensor, out: Any, params: dict[str, Tensor]) -> None:
-        b = images.shape[0]
-        applied = params["applied"].float().mean()
-        own = (labels if labels.ndim == 1 else labels.argmax(1)).to(images.device).long().unsqueeze(1)
-        kept = out.labels.gather(1, own).mean()
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, record: AugmenterRecord) -> None:
+        out, params, saliency, labels = record.output, record.params, record.saliency, record.labels
+        assert out is not None and params is not None and saliency is not None
+        b = record.images.shape[0]
+        own = (labels if labels.ndim == 1 else labels.argmax(1)).to(out.labels.device).long().unsqueeze(1)
         pl_module.log_dict(
-            {"salaug/augmented": applied, "salaug/salient_area": (saliency >= 0.5).float().mean(),
-             "salaug/label_weight": kept},
+            {"salaug/augmented": params["applied"].float().mean(),
+             "salaug/salient_area": (saliency >= 0.5).float().mean(),
+             "salaug/label_weight": out.labels.gather(1, own).mean()},
             on_step=True, on_epoch=True, batch_size=b,
         )
         n = self.log_every_n_steps
-        if n and trainer.is_global_zero and (self.batches_augmented - 1) % n == 0:
-            self._log_picture(trainer, images, saliency, out)
+        loggers, directory = self._picture_sinks
+        if n and (loggers or directory) and trainer.is_global_zero and (self.batches_augmented - 1) % n == 0:
+            self._log_picture(trainer, record, loggers, directory)
 
-    def _log_picture(self, trainer: pl.Trainer, images: Tensor, saliency: Tensor, out: Any) -> None:
-        from salaug.viz import overlay, save_grid, to_display
+    def _find_picture_sinks(self, trainer: pl.Trainer) -> tuple[list[Any], str | None]:
+        """Loggers taking ``add_image`` pictures, and the PNG directory (``None``: write no files)."""
+        if not self.log_every_n_steps or not trainer.is_global_zero or trainer.fast_dev_run:
+            return [], None
+        loggers = [lg for lg in trainer.loggers if not isinstance(lg, DummyLogger)]
+        takes_images = [lg for lg in loggers if hasattr(getattr(lg, "experiment", None), "add_image")]
+        directory = self.picture_dir
+        if directory is None and not takes_images and loggers and trainer.log_dir is not None:
+            directory = os.path.join(trainer.log_dir, "salaug")  # a file logger (CSV): PNGs beside its metrics
+        # Imports paid here, at the start of training, not by the step that logs the first picture.
+        if takes_images:
+            importlib.import_module("torchvision.utils")
+        if directory is not None:
+            importlib.import_module("PIL.Image")
+        return takes_images, directory
 
-        k = min(8, images.shape[0])
-        shown = to_display(images[:k])
-        rows = [shown, overlay(shown, saliency[:k].float()), to_display(out.images[:k])]
-        captions = [_caption(row) for row in out.labels[:k]]
-        step = trainer.global_step
-        logged = False
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                import torchvision
+    def _log_picture(self, trainer: pl.Trainer, record: AugmenterRecord, loggers: list[Any],
+                     directory: str | None) -> None:
+        out, saliency = record.output, record.saliency
+        assert out is not None and saliency is not None
+        k = min(8, record.images.shape[0])
+        # The step only copies k samples (asynchronously on an accelerator); drawing, PNG encoding
+        # and writing happen on a worker thread, so a picture does not stall training.
+        tiles = tuple(t[:k].detach().clone() for t in (record.images, saliency, out.images, out.labels))
+        self._pictures.submit(_draw_picture, tiles, trainer.global_step, loggers, directory)
 
-                grid = torchvision.utils.make_grid(torch.cat(rows), nrow=k)
-                experiment.add_image("salaug/cam_and_augmented", grid, step)
-                logged = True
-        if not logged and self._picture_dir is not None:
-            named = {"batch": rows[0], "CAM": rows[1], "augmented": rows[2]}
-            save_grid(named, os.path.join(self._picture_dir, f"step{step:07d}.png"), nrow=k, captions=captions)
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._pictures.wait()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._pictures.wait()
+
+
+class _PictureWorker:
+    """One background thread for pictures; beyond a short backlog, a picture that is due is skipped."""
+
+    max_backlog = 4
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        for done in [f for f in self._pending if f.done()]:
+            self._report(done)
+            self._pending.remove(done)
+        if len(self._pending) >= self.max_backlog:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="salaug-pictures")
+        self._pending.append(self._pool.submit(fn, *args))
+
+    def wait(self) -> None:
+        """Finish the pictures in flight (reporting failures as warnings) and stop the thread."""
+        for future in self._pending:
+            self._report(future)
+        self._pending = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    @staticmethod
+    def _report(future: Future[None]) -> None:
+        error = future.exception()
+        if error is not None:
+            rank_zero_warn(f"SaliencyAugmentation could not log a picture: {type(error).__name__}: {error}",
+                           category=UserWarning)
+
+    def __getstate__(self) -> dict[str, Any]:  # a thread pool cannot be pickled or deep-copied
+        return {"_pool": None, "_pending": []}
+
+
+def _draw_picture(tiles: tuple[Tensor, ...], step: int, loggers: list[Any], directory: str | None) -> None:
+    """Rows (batch, CAM overlay, augmented) of ``k`` samples to the image loggers and / or a PNG file."""
+    from salaug.viz import overlay, to_display
+
+    images, saliency, augmented, labels = (t.cpu() for t in tiles)
+    shown = to_display(images)
+    rows = [shown, overlay(shown, saliency.float()), to_display(augmented)]
+    if loggers:
+        from torchvision.utils import make_grid
+
+        grid = make_grid(torch.cat(rows), nrow=images.shape[0])
+        for logger in loggers:
+            logger.experiment.add_image("salaug/cam_and_augmented", grid, step)
+    if directory is not None:
+        from salaug.viz import save_grid
+
+        named = {"batch": rows[0], "CAM": rows[1], "augmented": rows[2]}
+        captions = [_caption(row) for row in labels.float()]
+        save_grid(named, os.path.join(directory, f"step{step:07d}.png"), nrow=images.shape[0], captions=captions)
 
 
 def _caption(label: Tensor) -> str:

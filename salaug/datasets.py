@@ -43,6 +43,8 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 
 Split = Literal["train", "val", "test"]
+Background = Literal["default", "shifted"]
+_BACKGROUNDS = ("default", "shifted")
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _DEFAULT_LENGTHS = {"train": 5000, "val": 1000, "test": 1000}
 
@@ -52,6 +54,8 @@ _FRAGMENT_RADIUS = (0.06, 0.12)
 _MAX_ROTATION = math.radians(20.0)  # small enough that no class turns into another
 _MAX_FRAGMENTS = 6
 _NOISE_BANK = 8
+_MAX_OCCLUSION = 0.9  # at least a tenth of the object stays visible
+_BLOB_SIGMA = (0.04, 0.10)  # shifted background: soft colour blobs, sigma as a fraction of the side
 _CHUNK = 256  # images rendered per vectorised pass (bounds peak memory)
 
 # --------------------------------------------------------------------------- counter-based RNG
@@ -298,6 +302,19 @@ def _mask_boxes(mask: Tensor) -> Tensor:
     return torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)
 
 
+def _check_object_scale(object_scale: object) -> tuple[float, float]:
+    if object_scale is None:
+        return _OBJECT_RADIUS
+    ok = isinstance(object_scale, (tuple, list)) and len(object_scale) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in object_scale)
+    if not ok or not 0 < object_scale[0] <= object_scale[1] <= 0.4:
+        raise ValueError(
+            "object_scale must be a pair (lo, hi) of radius fractions of the image side with "
+            f"0 < lo <= hi <= 0.4 (default {_OBJECT_RADIUS}; e.g. (0.08, 0.14) for small objects), got {object_scale!r}"
+        )
+    return float(object_scale[0]), float(object_scale[1])
+
+
 # --------------------------------------------------------------------------- the dataset
 class ClutteredObjects(Dataset):
     """Procedural images of one object on clutter, with its class, true box and pixel mask.
@@ -326,6 +343,25 @@ class ClutteredObjects(Dataset):
         return_mask: also return the object's pixel mask.
         cache: render the whole split once at construction (in batches) and serve from memory
             (uint8 images, about ``3 * size**2`` bytes per sample).
+        background: ``"default"`` (the texture above) or ``"shifted"``, a clutter family the
+            default never draws, for distribution-shift tests: a rotated checkerboard instead of
+            the grating and 2–6 soft colour blobs (Gaussian, no edges) instead of the shape
+            fragments, with the same smooth colour field, pixel noise and ``clutter`` scaling.
+        occlusion: fraction of each object's area hidden by an occluder, in ``[0, 0.9]``
+            (``0``: none). The occluder is the part of a disc around the object on one side of a
+            straight edge at a random angle, placed so that exactly ``round(occlusion * area)``
+            object pixels are hidden, filled with a flat random colour plus pixel noise and drawn
+            on top of the object. Hidden pixels are *not* in the mask and the box is the tight box
+            of the visible pixels.
+        object_scale: ``(lo, hi)`` range of the object's circumscribed radius as a fraction of
+            the side, ``0 < lo <= hi <= 0.4``; ``None`` means the default ``(0.14, 0.26)``.
+            Smaller values (e.g. ``(0.08, 0.14)``) give a small-object split; fragment sizes do
+            not change.
+
+    The three shift options draw from random streams the default never reads: with their default
+    values every sample is bit-identical to a dataset built without them, and a shifted split
+    keeps the labels (and, for ``background`` and ``occlusion``, the object poses) of the same
+    ``(seed, split, index)``.
 
     Shape:
         ``dataset[i]`` is ``(image, label, box)`` or, with ``return_mask``, ``(image, label, box,
@@ -347,6 +383,9 @@ class ClutteredObjects(Dataset):
         >>> batch = ds.render(range(8))
         >>> sorted(batch), tuple(batch["image"].shape)
         (['box', 'image', 'label', 'mask'], (8, 3, 32, 32))
+        >>> hidden = ClutteredObjects("val", size=32, length=20, return_mask=True, occlusion=0.3)
+        >>> bool((hidden[3][3] <= mask).all())  # same object, fewer visible pixels
+        True
     """
 
     def __init__(
@@ -359,6 +398,9 @@ class ClutteredObjects(Dataset):
         clutter: float = 1.0,
         return_mask: bool = False,
         cache: bool = False,
+        background: Background = "default",
+        occlusion: float = 0.0,
+        object_scale: tuple[float, float] | None = None,
     ) -> None:
         if split not in _SPLIT_IDS:
             raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
@@ -374,6 +416,14 @@ class ClutteredObjects(Dataset):
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if not clutter >= 0:
             raise ValueError(f"clutter must be >= 0 (0 = clean images), got {clutter!r}")
+        if background not in _BACKGROUNDS:
+            raise ValueError(f"background must be one of {_BACKGROUNDS}, got {background!r}")
+        if isinstance(occlusion, bool) or not isinstance(occlusion, (int, float)) or not 0 <= occlusion <= _MAX_OCCLUSION:
+            raise ValueError(
+                f"occlusion must be a fraction of the object's area in [0, {_MAX_OCCLUSION}] (0 = no occluder), "
+                f"got {occlusion!r}"
+            )
+        object_radius = _check_object_scale(object_scale)
         self.split = split
         self.size = size
         self.length = length
@@ -381,6 +431,9 @@ class ClutteredObjects(Dataset):
         self.seed = seed
         self.clutter = float(clutter)
         self.return_mask = return_mask
+        self.background = background
+        self.occlusion = float(occlusion)
+        self.object_scale = object_radius
         self.classes: tuple[str, ...] = CLASS_NAMES[:num_classes]
         self._noise_bank = self._make_noise_bank()
         self._cache: dict[str, Tensor] | None = None
@@ -419,8 +472,18 @@ class ClutteredObjects(Dataset):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(split={self.split!r}, size={self.size}, length={self.length}, "
-            f"num_classes={self.num_classes}, seed={self.seed}, clutter={self.clutter})"
+            f"num_classes={self.num_classes}, seed={self.seed}, clutter={self.clutter}{self._shift_repr()})"
         )
+
+    def _shift_repr(self) -> str:
+        parts = []
+        if self.background != "default":
+            parts.append(f", background={self.background!r}")
+        if self.occlusion:
+            parts.append(f", occlusion={self.occlusion}")
+        if self.object_scale != _OBJECT_RADIUS:
+            parts.append(f", object_scale={self.object_scale}")
+        return "".join(parts)
 
     # ------------------------------------------------------------------ rendering
     def _make_noise_bank(self) -> Tensor:
@@ -523,7 +586,8 @@ class ClutteredObjects(Dataset):
 
         # ---- object pose and colour
         u = _uniform(keys, 1, 9)
-        radius = s * (_OBJECT_RADIUS[0] + (_OBJECT_RADIUS[1] - _OBJECT_RADIUS[0]) * u[:, 0])
+        lo, hi = self.object_scale
+        radius = s * (lo + (hi - lo) * u[:, 0])
         margin = radius + 1.0
         centers = torch.stack([margin + (s - 2 * margin) * u[:, 1], margin + (s - 2 * margin) * u[:, 2]], 1)
         angle = (2 * u[:, 3] - 1) * _MAX_ROTATION
@@ -535,7 +599,9 @@ class ClutteredObjects(Dataset):
         field = 0.15 + 0.6 * _uniform(keys, 2, 27).view(n, 3, 3, 3)
         image = F.interpolate(field, size=(s, s), mode="bilinear", align_corners=True)
         g = _uniform(keys, 3, 8)
-        if clutter > 0:
+        if clutter > 0 and self.background == "shifted":
+            image = self._shifted_clutter(image, keys, g)
+        elif clutter > 0:
             theta = math.pi * g[:, 0].view(-1, 1, 1)
             freq = (3 + 10 * g[:, 1]).view(-1, 1, 1) * (2 * math.pi / s)
             pos = torch.arange(s, dtype=torch.float32) + 0.5
@@ -574,5 +640,70 @@ class ClutteredObjects(Dataset):
         pushed = torch.where(dark_bg.unsqueeze(1), 0.6 + 0.4 * color, 0.4 * color)
         color = torch.where(close.unsqueeze(1), pushed, color)
         image = image + coverage * (color.view(n, 3, 1, 1) - image)
+        if self.occlusion > 0:
+            image, mask = self._occlude(image, mask, keys, centers, radius)
         image = torch.round(image.clamp(0, 1) * 255) / 255
         return {"image": image, "label": labels, "box": _mask_boxes(mask), "mask": mask}
+
+    # ------------------------------------------------------------------ shift splits
+    def _noise(self, g: Tensor) -> Tensor:
+        """``(N, 3, H, W)`` pixel noise: a noise-bank tile rolled per sample by the uniforms ``g``."""
+        n, s = g.shape[0], self.size
+        tile = (g[:, 0] * _NOISE_BANK).long().clamp(max=_NOISE_BANK - 1)
+        ar = torch.arange(s)
+        rows = (ar.view(1, -1) + (g[:, 1] * s).long().view(-1, 1)) % s
+        cols = (ar.view(1, -1) + (g[:, 2] * s).long().view(-1, 1)) % s
+        noise = self._noise_bank[tile]
+        noise = noise.gather(2, rows.view(n, 1, s, 1).expand(n, 3, s, s))
+        return noise.gather(3, cols.view(n, 1, 1, s).expand(n, 3, s, s))
+
+    def _shifted_clutter(self, image: Tensor, keys: Tensor, g: Tensor) -> Tensor:
+        """The ``background="shifted"`` family: checkerboard, pixel noise and soft colour blobs."""
+        n, s, clutter = image.shape[0], self.size, self.clutter
+        h = _uniform(keys, 5, 8)
+        theta = (math.pi / 2 * h[:, 0]).view(-1, 1, 1)
+        freq = (2 + 5 * h[:, 1]).view(-1, 1, 1) * (2 * math.pi / s)
+        pos = torch.arange(s, dtype=torch.float32) + 0.5
+        u = torch.cos(theta) * pos.view(1, 1, -1) + torch.sin(theta) * pos.view(1, -1, 1)
+        v = -torch.sin(theta) * pos.view(1, 1, -1) + torch.cos(theta) * pos.view(1, -1, 1)
+        checker = torch.sign(torch.sin(freq * u + 2 * math.pi * h[:, 2].view(-1, 1, 1)) * torch.sin(freq * v))
+        image = image + (clutter * 0.12 * (0.3 + 0.7 * h[:, 3])).view(-1, 1, 1, 1) * checker.unsqueeze(1)
+        image = image + clutter * 0.05 * self._noise(h[:, 4:7])
+        nb = _MAX_FRAGMENTS
+        b = _uniform(keys, 6, 7 * nb).view(n, nb, 7)
+        count = torch.round(clutter * (2 + 4 * h[:, 7])).clamp(max=nb)
+        active = (torch.arange(nb).view(1, -1) < count.view(-1, 1)).to(torch.float32)  # (N, B)
+        sigma = s * (_BLOB_SIGMA[0] + (_BLOB_SIGMA[1] - _BLOB_SIGMA[0]) * b[..., 0])
+        cx, cy = s * b[..., 1], s * b[..., 2]
+        d2 = (pos.view(1, 1, 1, -1) - cx[..., None, None]) ** 2 + (pos.view(1, 1, -1, 1) - cy[..., None, None]) ** 2
+        alpha = (0.5 + 0.4 * b[..., 3])[..., None, None] * torch.exp(-d2 / (2 * sigma[..., None, None] ** 2))
+        alpha = alpha * active[..., None, None]  # (N, B, H, W)
+        colour = _hsv_to_rgb(b[..., 4], 0.4 + 0.6 * b[..., 5], 0.3 + 0.7 * b[..., 6])  # (N, B, 3)
+        for j in range(nb):  # a loop over blob slots (at most 6), not samples
+            a = alpha[:, j : j + 1]
+            image = image + a * (colour[:, j].view(n, 3, 1, 1) - image)
+        return image.clamp(0, 1)
+
+    def _occlude(self, image: Tensor, mask: Tensor, keys: Tensor, centers: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+        """Hide ``round(occlusion * area)`` pixels of each object under a flat occluder; ``(image, mask)``."""
+        n, s = image.shape[0], self.size
+        o = _uniform(keys, 7, 6)
+        phi = 2 * math.pi * o[:, 0]
+        pos = torch.arange(s, dtype=torch.float32) + 0.5
+        dx = pos.view(1, 1, -1) - centers[:, 0].view(-1, 1, 1)
+        dy = pos.view(1, -1, 1) - centers[:, 1].view(-1, 1, 1)
+        proj = (torch.cos(phi).view(-1, 1, 1) * dx + torch.sin(phi).view(-1, 1, 1) * dy).flatten(1)  # (N, HW)
+        flat = mask.flatten(1)
+        area = flat.sum(1)
+        hide = torch.minimum(torch.round(self.occlusion * area.to(torch.float32)).long(), area - 1).clamp(min=0)
+        ordered = torch.where(flat, proj, torch.full_like(proj, float("inf"))).sort(dim=1).values
+        edge = ordered.gather(1, (hide - 1).clamp(min=0).view(-1, 1))  # the hide-th smallest projection
+        near = (dx.square() + dy.square()).flatten(1) <= (1.3 * radius + 1).square().view(-1, 1)
+        occluder = (proj <= edge) & near & (hide > 0).view(-1, 1)
+        # Ties at the edge could hide more pixels than asked; hide exactly the first `hide` of them.
+        rank = torch.cumsum((occluder & flat).to(torch.int64), dim=1)
+        occluder = occluder & ~(flat & (rank > hide.view(-1, 1)))
+        occluder = occluder.view(n, 1, s, s)
+        colour = _hsv_to_rgb(o[:, 1], 0.2 + 0.5 * o[:, 2], 0.3 + 0.6 * o[:, 3]).view(n, 3, 1, 1)
+        fill = (colour + 0.05 * self._noise(o[:, 3:6])).clamp(0, 1)
+        return torch.where(occluder, fill, image), mask & ~occluder

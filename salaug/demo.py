@@ -203,7 +203,7 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
         return None
     partner = params["perm"]
     if isinstance(transform, GuidedMixup):
-        visible = mix_visibility(masks, partner, 1.0 - params["mask"])
+        visible = mix_visibility(masks, partner, 1.0 - params["own_weight"])
     else:
         index = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand_as(masks).float()
         replay = transform(torch.cat([masks.float(), index], 1), saliency, y, num_classes=num_classes,
@@ -312,24 +312,44 @@ def format_table(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``salaug demo [--method M] [--epochs N] [--out DIR] [--device D] [--seed S] [--compare B]``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``salaug demo`` argument parser: every argument typed and range-checked by argparse."""
+    from salaug.cli import accelerator, fraction, int_range, output_dir, positive_int, seed
+
     parser = argparse.ArgumentParser(prog="salaug demo", description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="saliencymix", choices=METHODS)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--out", default="salaug_demo")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=positive_int, default=8)
+    parser.add_argument("--out", type=output_dir, default="salaug_demo",
+                        help="directory for the results and pictures (created if missing)")
+    parser.add_argument("--device", type=accelerator, default="cpu", help="cpu, cuda, mps or auto")
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--compare", nargs="*", default=None, choices=["none", "cutmix"],
                         help="also train these baselines on the same schedule (default with the flag: none)")
-    parser.add_argument("--train-size", type=int, default=3000)
-    parser.add_argument("--val-size", type=int, default=500)
-    parser.add_argument("--test-size", type=int, default=1000)
-    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--cam-scale", type=float, default=1.0)
+    parser.add_argument("--train-size", type=positive_int, default=3000)
+    parser.add_argument("--val-size", type=positive_int, default=500)
+    parser.add_argument("--test-size", type=positive_int, default=1000)
+    parser.add_argument("--size", type=int_range(16, 512, "ClutteredObjects draws 16 to 512 px images here"),
+                        default=64, help="image side in pixels")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--cam-scale", type=fraction, default=1.0,
+                        help="resolution factor of the CAM forward, in (0, 1]")
     parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and cross-check the demo's arguments; a bad one exits with argparse's code 2."""
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if round(args.size * args.cam_scale) < 8:  # DemoNet halves the CAM input three times
+        parser.error(f"--cam-scale {args.cam_scale} on {args.size} px images runs the CAM on "
+                     f"{round(args.size * args.cam_scale)} px, below the 8 px the network needs; raise it")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``salaug demo [--method M] [--epochs N] [--out DIR] [--device D] [--seed S] [--compare B]``."""
+    args = parse_args(argv)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation noise
     common = dict(epochs=args.epochs, size=args.size, train_size=args.train_size, val_size=args.val_size,
                   test_size=args.test_size, batch_size=args.batch_size,

@@ -3,15 +3,23 @@
 Boxes are ``(x1, y1, x2, y2)`` in pixels, **half-open**: pixel ``(i, j)`` (row ``i``, column
 ``j``, covering ``[j, j + 1) x [i, i + 1)``) is inside iff ``x1 <= j < x2`` and ``y1 <= i < y2``;
 the width is ``x2 - x1``. These are the boxes :class:`salaug.datasets.ClutteredObjects` returns.
+
+Inputs are checked like everywhere in salaug: shapes and types always, values (NaN / inf in maps
+and boxes, masks outside ``[0, 1]``, indices out of range) where value checks run (CPU tensors by
+default, see :func:`salaug.set_value_checks`). With value checks off a NaN map counts as a map
+without a peak: a pointing-game miss and the whole-image box of :func:`saliency_box`.
 """
 
 from __future__ import annotations
+
+import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from salaug._checks import value_checks_on
+from salaug._checks import check_finite, check_number
 
 __all__ = [
     "box_iou",
@@ -33,6 +41,11 @@ def _check_maps(saliency: object, name: str = "saliency") -> Tensor:
         raise ValueError(f"{name} must have shape (B, 1, H, W) (or (B, H, W)), got {tuple(saliency.shape)}")
     if not saliency.is_floating_point():
         raise TypeError(f"{name} must be floating point, got {saliency.dtype}; convert with .float()")
+    if saliency.shape[-1] == 0 or saliency.shape[-2] == 0:
+        raise ValueError(f"{name} must have at least one pixel, got shape {tuple(saliency.shape)}")
+    check_finite(
+        saliency, name, "metrics need finite maps (salaug's CAMs never return NaN; check where they come from)"
+    )
     return saliency
 
 
@@ -41,13 +54,33 @@ def _check_boxes(boxes: object, batch: int, name: str = "boxes") -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, 4), got {type(boxes).__name__}")
     if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] != batch:
         raise ValueError(f"{name} must have shape ({batch}, 4) as xyxy boxes, got {tuple(boxes.shape)}")
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise TypeError(f"{name} must hold real pixel coordinates, got {boxes.dtype}")
+    check_finite(boxes, name, "boxes must be finite (x1, y1, x2, y2) pixel coordinates")
     return boxes
 
 
-def _resize(saliency: Tensor, image_size: tuple[int, int] | None) -> Tensor:
-    if image_size is None or tuple(saliency.shape[-2:]) == tuple(image_size):
+def _check_image_size(image_size: object) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    if (
+        isinstance(image_size, (tuple, list, torch.Size))
+        and len(image_size) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in image_size)
+    ):
+        return (int(image_size[0]), int(image_size[1]))
+    raise ValueError(
+        f"image_size must be None or the (H, W) the boxes refer to, as positive ints, got {image_size!r}"
+    )
+
+
+def _resize(saliency: Tensor, image_size: object) -> Tensor:
+    size = _check_image_size(image_size)
+    if size is None or tuple(saliency.shape[-2:]) == size:
         return saliency
-    return F.interpolate(saliency.float(), size=tuple(image_size), mode="bilinear", align_corners=False)
+    return F.interpolate(saliency.float(), size=size, mode="bilinear", align_corners=False)
 
 
 def pointing_game(
@@ -73,6 +106,11 @@ def pointing_game(
     Returns:
         ``(B,)`` bool, on the maps' device.
 
+    Raises:
+        TypeError: non-tensor or integer maps, a ``tolerance`` that is not a number.
+        ValueError: bad shapes, a negative or non-finite ``tolerance``, a bad ``image_size``,
+            NaN / inf in the maps or boxes (value checks).
+
     Example:
         >>> s = torch.zeros(2, 1, 8, 8)
         >>> s[0, 0, 2, 3] = 1.0  # peak at x=3, y=2
@@ -83,8 +121,7 @@ def pointing_game(
     saliency = _resize(_check_maps(saliency), image_size)
     b, _, h, w = saliency.shape
     boxes = _check_boxes(boxes, b).to(device=saliency.device, dtype=torch.float32)
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance!r}")
+    tolerance = check_number("tolerance", tolerance, low=0)
     flat = saliency.flatten(1)
     peak = flat.argmax(dim=1)
     px = (peak % w).to(torch.float32) + 0.5
@@ -109,6 +146,10 @@ def saliency_box(saliency: Tensor, threshold: float = 0.5) -> Tensor:
     Returns:
         ``(B, 4)`` float32 half-open ``xyxy`` boxes in pixels.
 
+    Raises:
+        TypeError: non-tensor or integer maps, a ``threshold`` that is not a number.
+        ValueError: bad shapes, ``threshold`` outside ``[0, 1]``, NaN / inf maps (value checks).
+
     Example:
         >>> s = torch.zeros(2, 1, 6, 8)
         >>> s[0, 0, 1:3, 2:5] = 1.0
@@ -116,8 +157,7 @@ def saliency_box(saliency: Tensor, threshold: float = 0.5) -> Tensor:
         [[2.0, 1.0, 5.0, 3.0], [0.0, 0.0, 8.0, 6.0]]
     """
     saliency = _check_maps(saliency)
-    if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold must lie in [0, 1] (a fraction of each map's maximum), got {threshold!r}")
+    threshold = check_number("threshold", threshold, low=0, high=1)
     _, _, h, w = saliency.shape
     peak = saliency.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
     mask = saliency >= threshold * peak
@@ -143,6 +183,10 @@ def box_iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     Returns:
         ``(B,)`` float32 in ``[0, 1]``.
 
+    Raises:
+        TypeError: non-tensor or bool boxes.
+        ValueError: shapes that are not both ``(B, 4)``, NaN / inf coordinates (value checks).
+
     Example:
         >>> box_iou(torch.tensor([[0.0, 0, 2, 2], [0, 0, 1, 1]]), torch.tensor([[1.0, 0, 3, 2], [0, 0, 1, 1]])).tolist()
         [0.3333333432674408, 1.0]
@@ -153,6 +197,8 @@ def box_iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
         raise ValueError(
             f"boxes_a and boxes_b must both have shape (B, 4), got {tuple(boxes_a.shape)} and {tuple(boxes_b.shape)}"
         )
+    _check_boxes(boxes_a, boxes_a.shape[0], "boxes_a")
+    _check_boxes(boxes_b, boxes_a.shape[0], "boxes_b")
     a = boxes_a.to(torch.float32)
     b = boxes_b.to(device=a.device, dtype=torch.float32)
     iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
@@ -180,6 +226,9 @@ def cam_box_iou(
 
     Returns:
         ``(B,)`` float32 in ``[0, 1]``.
+
+    Raises:
+        TypeError / ValueError: as for :func:`pointing_game` and :func:`saliency_box`.
 
     Example:
         >>> s = torch.zeros(1, 1, 8, 8)
@@ -256,6 +305,24 @@ def label_fidelity(soft_labels: Tensor, classes: Tensor, visible: Tensor) -> Ten
     return (1 - tv).clamp(0, 1)
 
 
+def _check_mask(mask: object, name: str) -> Tensor:
+    """A ``(B, 1, H, W)`` bool mask or float weights in ``[0, 1]`` (values: value checks)."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 1, H, W), got {type(mask).__name__}")
+    if mask.ndim != 4 or mask.shape[1] != 1:
+        raise ValueError(f"{name} must have shape (B, 1, H, W) (one mask per image), got {tuple(mask.shape)}")
+    if mask.is_complex():
+        raise TypeError(f"{name} must be bool or real weights in [0, 1], got {mask.dtype}")
+    if mask.dtype != torch.bool and value_checks_on(mask) and mask.numel() > 0:
+        lo, hi = torch.aminmax(mask.to(torch.float32))
+        if not (lo >= 0 and hi <= 1):  # NaN fails both
+            raise ValueError(
+                f"{name} values must lie in [0, 1] (a mask or per-pixel weights), got min {float(lo):.4g}, "
+                f"max {float(hi):.4g}; pass a bool mask or clamp the weights"
+            )
+    return mask
+
+
 def visible_fraction(masks_before: Tensor, masks_after: Tensor) -> Tensor:
     """Fraction of each object's pixels still visible: ``Σ(before · after) / Σ before``.
 
@@ -267,6 +334,11 @@ def visible_fraction(masks_before: Tensor, masks_after: Tensor) -> Tensor:
     Returns:
         ``(B,)`` float32 in ``[0, 1]``; an empty ``masks_before`` gives 0.
 
+    Raises:
+        TypeError: non-tensor masks.
+        ValueError: masks that are not ``(B, 1, H, W)`` of the same shape, or values outside
+            ``[0, 1]`` (value checks).
+
     Example:
         >>> before = torch.zeros(1, 1, 4, 4, dtype=torch.bool); before[..., :2, :] = True
         >>> after = torch.zeros(1, 1, 4, 4, dtype=torch.bool); after[..., :, :1] = True
@@ -274,10 +346,8 @@ def visible_fraction(masks_before: Tensor, masks_after: Tensor) -> Tensor:
         [0.25]
     """
     for name, t in (("masks_before", masks_before), ("masks_after", masks_after)):
-        if not isinstance(t, Tensor) or t.ndim != 4:
-            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be a (B, 1, H, W) tensor, got {got}")
-    if masks_before.shape[0] != masks_after.shape[0] or masks_before.shape[-2:] != masks_after.shape[-2:]:
+        _check_mask(t, name)
+    if masks_before.shape != masks_after.shape:
         raise ValueError(
             f"masks_before {tuple(masks_before.shape)} and masks_after {tuple(masks_after.shape)} must match"
         )
@@ -307,6 +377,11 @@ def mix_visibility(object_masks: Tensor, partner: Tensor, mix_weight: Tensor) ->
         ``(B, 2)`` float32 visible fractions (own object, partner object), ready for
         :func:`label_fidelity`.
 
+    Raises:
+        TypeError: non-tensor masks or weights, non-integer ``partner``.
+        ValueError: shape mismatches, ``partner`` indices outside the batch or weights outside
+            ``[0, 1]`` (value checks).
+
     Example:
         >>> masks = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
         >>> masks[0, :, :2, :2] = True; masks[1, :, 2:, 2:] = True
@@ -314,10 +389,23 @@ def mix_visibility(object_masks: Tensor, partner: Tensor, mix_weight: Tensor) ->
         >>> mix_visibility(masks, torch.tensor([1, 0]), m).tolist()
         [[1.0, 0.5], [0.5, 0.0]]
     """
-    if not isinstance(partner, Tensor) or partner.ndim != 1 or partner.shape[0] != object_masks.shape[0]:
-        raise ValueError(f"partner must be a (B,) index tensor with B={object_masks.shape[0]}")
-    if mix_weight.ndim != 4 or mix_weight.shape[0] != object_masks.shape[0]:
-        raise ValueError(f"mix_weight must be (B, 1, H, W), got {tuple(mix_weight.shape)}")
+    _check_mask(object_masks, "object_masks")
+    _check_mask(mix_weight, "mix_weight")
+    b = object_masks.shape[0]
+    if not isinstance(partner, Tensor) or partner.ndim != 1 or partner.shape[0] != b:
+        raise ValueError(f"partner must be a (B,) index tensor with B={b}")
+    if partner.is_floating_point() or partner.is_complex() or partner.dtype == torch.bool:
+        raise TypeError(f"partner must hold integer indices (e.g. params['perm']), got {partner.dtype}")
+    if mix_weight.shape != object_masks.shape:
+        raise ValueError(
+            f"mix_weight {tuple(mix_weight.shape)} must have the shape of object_masks {tuple(object_masks.shape)}; "
+            "resize it to the masks' (H, W)"
+        )
+    if value_checks_on(partner) and b > 0:
+        lo, hi = torch.aminmax(partner)
+        if lo < 0 or hi >= b:
+            raise ValueError(f"partner indices must lie in [0, {b - 1}] (a permutation of the batch), got min "
+                             f"{int(lo)}, max {int(hi)}")
     m = mix_weight.to(device=object_masks.device, dtype=torch.float32)
     own = visible_fraction(object_masks, 1 - m)
     other = visible_fraction(object_masks[partner.to(object_masks.device)], m)

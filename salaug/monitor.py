@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from salaug.callback import callback_bases
 from salaug.cam import create_cam
+from salaug.diagnosis import localisation_score
 from salaug.metrics import cam_box_iou, pointing_game
 
 __all__ = ["SaliencyMonitor"]
@@ -21,11 +22,24 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
 
     On validation batches it computes the CAM of each image's label and, when the batch carries
     true object boxes, accumulates the pointing game (CAM peak inside the box) and the IoU of the
-    thresholded CAM's box. It also measures how well EigenCAM (the backbone's principal feature,
-    no classifier involved) agrees with GradCAM (the classifier's evidence): low agreement with a
-    good pointing game for EigenCAM points at the head, both low at the backbone. At the epoch end
-    it logs these as ``salaug_monitor/pointing_game``, ``salaug_monitor/box_iou`` and
-    ``salaug_monitor/eigen_agreement`` and a picture of a fixed set of validation images with their
+    thresholded CAM's box. It also runs the two checks of :func:`salaug.diagnose`:
+
+    * **backbone check** (EigenCAM, the target layer's principal feature, no classifier involved):
+      ``eigen_agreement`` (cosine similarity of the EigenCAM and GradCAM maps) and, with boxes,
+      ``eigen_pointing_game`` and ``backbone_score`` (mean of pointing game and energy inside the
+      box, the score of :func:`salaug.diagnose`);
+    * **head check** (AblationCAM, channels weighted by how much their removal lowers the class
+      score), on the first ``head_max_batches`` validation batches only, because it costs one
+      forward of the layers after the target per channel (batched by the engine):
+      ``head_agreement`` (cosine similarity of the AblationCAM and EigenCAM maps: does the head
+      rely on the backbone's dominant feature?) and, with boxes, ``head_pointing_game`` and
+      ``head_score``.
+
+    A falling ``head_score`` under a steady ``backbone_score`` means the head drifts off the object
+    (a shortcut); both low, the backbone. The thresholds of :mod:`salaug.diagnosis`
+    (``BACKBONE_THRESHOLD``, ``HEAD_THRESHOLD``) apply to the two scores. Everything is logged as
+    ``salaug_monitor/<name>``, each a mean over the images it was measured on, together with a
+    picture of a fixed set of validation images and their GradCAM, EigenCAM (and AblationCAM)
     overlays (TensorBoard, else a PNG in the log directory).
 
     Args:
@@ -38,28 +52,37 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
         box_key: position or key of the true boxes ``(B, 4)`` xyxy pixels, or ``None``.
         max_batches: validation batches per epoch used for the metrics (``None``: all).
         every_n_epochs: run every this many epochs.
+        head_check: run the head check (AblationCAM).
+        head_max_batches: validation batches per epoch of the head check (``None``: as many as
+            ``max_batches``).
 
     Raises:
-        ValueError: for ``num_images < 1`` or ``every_n_epochs < 1``.
+        ValueError: for ``num_images < 1``, ``every_n_epochs < 1`` or ``head_max_batches < 1``.
     """
 
     def __init__(self, cam: str | Any = "gradcam", target_layer: str | nn.Module | None = None, *,
                  num_images: int = 8, image_key: int | str = 0, label_key: int | str | None = 1,
                  box_key: int | str | None = None, max_batches: int | None = None,
-                 every_n_epochs: int = 1) -> None:
+                 every_n_epochs: int = 1, head_check: bool = True, head_max_batches: int | None = 2) -> None:
         if num_images < 1 or every_n_epochs < 1:
             raise ValueError("num_images and every_n_epochs must be >= 1")
+        if head_max_batches is not None and head_max_batches < 1:
+            raise ValueError(f"head_max_batches must be >= 1 or None, got {head_max_batches!r}; turn the head "
+                             "check off with head_check=False")
         self.cam = cam
         self.target_layer = target_layer
         self.num_images = num_images
         self.image_key, self.label_key, self.box_key = image_key, label_key, box_key
         self.max_batches = max_batches
         self.every_n_epochs = every_n_epochs
+        self.head_check = bool(head_check)
+        self.head_max_batches = head_max_batches
         self.history: list[dict[str, float]] = []
         self._cam: Any = None
         self._eigen: Any = None
+        self._ablation: Any = None
         self._fixed: tuple[Tensor, Tensor | None] | None = None
-        self._sums: dict[str, Tensor] = {}
+        self._sums: dict[str, list[Tensor]] = {}
         self._count = 0
         self._picture_dir: str | None = None
 
@@ -73,6 +96,18 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sums, self._count = {}, 0
 
+    def _head_batch(self, batch_idx: int) -> bool:
+        return self.head_check and (self.head_max_batches is None or batch_idx < self.head_max_batches)
+
+    def _layer_cams(self, pl_module: pl.LightningModule) -> None:
+        """EigenCAM / AblationCAM of the GradCAM's layer, known once its first call resolved an automatic choice."""
+        from salaug.cam import AblationCAM, EigenCAM
+
+        if self._eigen is None:
+            self._eigen = EigenCAM(pl_module, self._cam.target_layer)
+        if self._ablation is None and self.head_check:
+            self._ablation = AblationCAM(pl_module, self._cam.target_layer)
+
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if not self._enabled(trainer) or (self.max_batches is not None and batch_idx >= self.max_batches):
@@ -85,23 +120,32 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
                 k = self.num_images
                 self._fixed = (images[:k], None if labels is None else labels[:k])
             grad_maps = self._cam(images, labels)
-            if self._eigen is None:  # the same layer, known once the first call resolved an automatic choice
-                self._eigen = create_cam("eigencam", pl_module, self._cam.target_layer)
+            self._layer_cams(pl_module)
             eigen_maps = self._eigen(images, labels)
             stats = {"eigen_agreement": _cosine(grad_maps, eigen_maps)}
+            head_maps = self._ablation(images, labels) if self._head_batch(batch_idx) else None
+            if head_maps is not None:
+                stats["head_agreement"] = _cosine(head_maps, eigen_maps)
             if self.box_key is not None:
                 boxes = batch[self.box_key].clone().to(images.device)
                 stats["pointing_game"] = pointing_game(grad_maps, boxes).float()
                 stats["box_iou"] = cam_box_iou(grad_maps, boxes)
-                stats["eigen_pointing_game"] = pointing_game(eigen_maps, boxes).float()
+                score, hit, _ = localisation_score(eigen_maps, boxes)
+                stats["eigen_pointing_game"], stats["backbone_score"] = hit, score
+                if head_maps is not None:
+                    score, hit, _ = localisation_score(head_maps, boxes)
+                    stats["head_pointing_game"], stats["head_score"] = hit, score
         for name, value in stats.items():
-            self._sums[name] = self._sums.get(name, 0) + value.sum().detach()
+            # per metric (sum, count): the head check runs on fewer batches than the others
+            total = self._sums.setdefault(name, [torch.zeros((), device=value.device)] * 2)
+            total[0] = total[0] + value.sum().detach()
+            total[1] = total[1] + value.numel()
         self._count += images.shape[0]
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._enabled(trainer) or self._count == 0:
             return
-        means = {f"salaug_monitor/{k}": v / self._count for k, v in self._sums.items()}
+        means = {f"salaug_monitor/{k}": s / n for k, (s, n) in self._sums.items()}
         pl_module.log_dict(means, on_epoch=True, sync_dist=True)
         self.history.append({"epoch": float(trainer.current_epoch), **{k: float(v) for k, v in means.items()}})
         if trainer.is_global_zero and self._fixed is not None:
@@ -115,16 +159,18 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
             shown = to_display(images)
             rows = [shown, overlay(shown, self._cam(images, labels).float()),
                     overlay(shown, self._eigen(images, labels).float())]
+            if self._ablation is not None:
+                rows.append(overlay(shown, self._ablation(images, labels).float()))
         for logger in trainer.loggers:
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_image"):
                 import torchvision
 
                 grid = torchvision.utils.make_grid(torch.cat(rows), nrow=images.shape[0])
-                experiment.add_image("salaug_monitor/gradcam_eigencam", grid, trainer.global_step)
+                experiment.add_image("salaug_monitor/gradcam_eigencam_ablationcam", grid, trainer.global_step)
                 return
         if self._picture_dir is not None:
-            named = {"validation images": rows[0], "GradCAM": rows[1], "EigenCAM": rows[2]}
+            named = dict(zip(["validation images", "GradCAM", "EigenCAM (backbone)", "AblationCAM (head)"], rows))
             save_grid(named, os.path.join(self._picture_dir, f"epoch{trainer.current_epoch:04d}.png"),
                       nrow=images.shape[0])
 

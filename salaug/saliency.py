@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from salaug._filters import gaussian_blur
 from salaug._checks import check_images, normalize_saliency
+from salaug._checks import check_finite, check_image_extent, check_number, zero_nonfinite_maps
 
 __all__ = ["SpectralResidual"]
 
@@ -32,7 +33,10 @@ class SpectralResidual(nn.Module):
 
     Downsampling uses area averaging (``F.interpolate(mode="area")``); an image smaller than
     ``size`` is upsampled bilinearly. A constant image has no salient region and gives an
-    all-zero map (never NaN). The module has no parameters or buffers.
+    all-zero map. The map does not depend on the images' scale or dtype (they are read as
+    float32). Non-finite images raise a ``ValueError`` where value checks run (CPU tensors by
+    default, see :func:`salaug.set_value_checks`); elsewhere such an image gets an all-zero map,
+    as in the CAM engine: never a NaN map. The module has no parameters or buffers.
 
     Args:
         size: long side, in pixels, of the working resolution (the paper uses 64); ``None``
@@ -71,28 +75,29 @@ class SpectralResidual(nn.Module):
         eps: float = 1e-3,
     ) -> None:
         super().__init__()
-        if size is not None and (not isinstance(size, int) or size < 4):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 4):
             raise ValueError(f"size must be an int >= 4 (or None to keep the input size), got {size!r}")
-        if not isinstance(avg_kernel, int) or avg_kernel < 1 or avg_kernel % 2 == 0:
+        if isinstance(avg_kernel, bool) or not isinstance(avg_kernel, int) or avg_kernel < 1 or avg_kernel % 2 == 0:
             raise ValueError(f"avg_kernel must be a positive odd int (the paper uses 3), got {avg_kernel!r}")
-        if sigma is not None and sigma < 0:
-            raise ValueError(f"sigma must be >= 0 (0 disables the final blur) or None, got {sigma!r}")
-        if grayscale not in ("mean", "luma"):
+        if sigma is not None:
+            sigma = check_number("sigma", sigma, low=0)
+        if not isinstance(grayscale, str) or grayscale not in ("mean", "luma"):
             raise ValueError(f"grayscale must be 'mean' or 'luma', got {grayscale!r}")
-        if eps <= 0:
-            raise ValueError(f"eps must be > 0, got {eps!r}")
         self.size = size
         self.avg_kernel = avg_kernel
         self.sigma = sigma
         self.grayscale = grayscale
-        self.eps = eps
+        self.eps = check_number("eps", eps, low=0, low_open=True)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, avg_kernel={self.avg_kernel}, sigma={self.sigma}, grayscale={self.grayscale!r}"
 
     def _gray(self, images: Tensor) -> Tensor:
-        """``(B, C, H, W)`` → ``(B, 1, H, W)`` float32."""
-        x = images.to(torch.float32)
+        """``(B, C, H, W)`` → ``(B, 1, H, W)`` float32, each image scaled to a peak ``|x|`` of 1."""
+        # the map is scale-invariant; scaling in the input dtype first keeps huge values (float64
+        # 1e300, float32 1e38) from overflowing in the cast or the FFT
+        peak = images.abs().amax(dim=(1, 2, 3), keepdim=True)
+        x = (images / torch.where(peak > 0, peak, torch.ones_like(peak))).to(torch.float32)
         if self.grayscale == "luma":
             if x.shape[1] != 3:
                 raise ValueError(
@@ -121,9 +126,12 @@ class SpectralResidual(nn.Module):
 
         Raises:
             TypeError: for a non-tensor or an integer (e.g. uint8) tensor.
-            ValueError: for a tensor that is not ``(B, C, H, W)``.
+            ValueError: for a tensor that is not ``(B, C, H, W)`` or has no channel or pixel, or
+                for NaN / inf values (value checks).
         """
         images = check_images(images)
+        check_image_extent(images)
+        check_finite(images, "images", "replace or drop them first (e.g. torch.nan_to_num(images))")
         height, width = images.shape[-2:]
         gray = self._gray(images)
         h, w = self.working_size(height, width)
@@ -154,4 +162,4 @@ class SpectralResidual(nn.Module):
         if (h, w) != (height, width):
             saliency = F.interpolate(saliency, size=(height, width), mode="bilinear", align_corners=False)
         saliency = normalize_saliency(saliency)
-        return torch.where(not_constant, saliency, torch.zeros_like(saliency))
+        return zero_nonfinite_maps(torch.where(not_constant, saliency, torch.zeros_like(saliency)))

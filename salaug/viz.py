@@ -71,17 +71,23 @@ def to_display(images: Tensor) -> Tensor:
         images: ``(B, C, H, W)`` float, any range, ``C`` in {1, 3, 4}.
 
     Returns:
-        ``(B, 3, H, W)`` float32 in ``[0, 1]``; a constant image becomes zeros.
+        ``(B, 3, H, W)`` float32 in ``[0, 1]``; a constant image becomes zeros. NaN and inf
+        pixels become 0 and do not count towards an image's range.
 
     Example:
         >>> to_display(torch.tensor([[[[-2.0, 2.0]]]])).flatten().tolist()
         [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
     """
     rgb = _as_rgb(images).detach().to(torch.float32)
+    finite = torch.isfinite(rgb)
     flat = rgb.flatten(1)
-    lo = flat.amin(1).view(-1, 1, 1, 1)
-    hi = flat.amax(1).view(-1, 1, 1, 1)
-    return (rgb - lo) / (hi - lo).clamp(min=1e-6)
+    ok = finite.flatten(1)
+    # the range of the finite pixels: one NaN or inf must not blank (or NaN) the whole image
+    lo = torch.where(ok, flat, torch.inf).amin(1).view(-1, 1, 1, 1)
+    hi = torch.where(ok, flat, -torch.inf).amax(1).view(-1, 1, 1, 1)
+    lo, hi = torch.nan_to_num(lo, posinf=0.0), torch.nan_to_num(hi, neginf=0.0)  # all non-finite
+    out = ((rgb - lo) / (hi - lo).clamp(min=1e-6)).clamp(0, 1)
+    return torch.where(finite, out, torch.zeros((), device=out.device))
 
 
 def overlay(images: Tensor, saliency: Tensor, alpha: float = 0.5) -> Tensor:
@@ -94,16 +100,22 @@ def overlay(images: Tensor, saliency: Tensor, alpha: float = 0.5) -> Tensor:
         alpha: weight of the colour map, in ``[0, 1]``.
 
     Returns:
-        ``(B, 3, H, W)`` float32 in ``[0, 1]``.
+        ``(B, 3, H, W)`` float32 in ``[0, 1]``; NaN pixels and saliency count as 0.
+
+    Raises:
+        TypeError: ``alpha`` is not a number, or a non-float saliency.
+        ValueError: bad shapes, a batch mismatch, or ``alpha`` outside ``[0, 1]``.
 
     Example:
         >>> out = overlay(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 4, 4), alpha=0.5)
         >>> out.shape, out[0, :, 0, 0].tolist()
         (torch.Size([2, 3, 8, 8]), [0.25, 0.0, 0.0])
     """
-    if not 0 <= alpha <= 1:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a number in [0, 1], got {type(alpha).__name__}")
+    if not 0 <= alpha <= 1:  # NaN fails too
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
-    rgb = _as_rgb(images).to(torch.float32).clamp(0, 1)
+    rgb = torch.nan_to_num(_as_rgb(images).to(torch.float32), nan=0.0).clamp(0, 1)
     s = _check_map(saliency).to(device=rgb.device, dtype=torch.float32)
     if s.shape[0] != rgb.shape[0]:
         raise ValueError(f"saliency batch size {s.shape[0]} does not match images batch size {rgb.shape[0]}")
@@ -113,7 +125,16 @@ def overlay(images: Tensor, saliency: Tensor, alpha: float = 0.5) -> Tensor:
 
 
 def _to_uint8(images: Tensor) -> Tensor:
-    return (images.detach().to(torch.float32).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    x = torch.nan_to_num(images.detach().to(torch.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
 
 
 def draw_boxes(
@@ -136,6 +157,9 @@ def draw_boxes(
     Returns:
         ``(B, 3, H, W)`` float32 in ``[0, 1]`` on the images' device.
 
+    Raises:
+        ValueError: boxes of the wrong shape or count, NaN / inf coordinates, ``width`` < 1.
+
     Example:
         >>> out = draw_boxes(torch.zeros(1, 3, 8, 8), torch.tensor([[2.0, 2.0, 6.0, 6.0]]), color=(255, 0, 0))
         >>> out[0, :, 2, 2].tolist(), out[0, :, 5, 5].tolist(), out[0, :, 4, 4].tolist()
@@ -145,6 +169,7 @@ def draw_boxes(
 
     rgb = _as_rgb(images)
     b, _, h, w = rgb.shape
+    _check_int(width, "width", 1)
     if isinstance(boxes, Tensor):
         if boxes.ndim != 2 or boxes.shape != (b, 4):
             raise ValueError(
@@ -160,7 +185,11 @@ def draw_boxes(
     pixels = _to_uint8(rgb)
     out = []
     for i in range(b):  # not a hot path: torchvision draws one image at a time
+        if not isinstance(per_image[i], Tensor) or per_image[i].numel() % 4:
+            raise ValueError(f"boxes of image {i} must be an (n, 4) tensor, got {per_image[i]!r}")
         bx = per_image[i].detach().to(device="cpu", dtype=torch.float32).reshape(-1, 4)
+        if not bool(torch.isfinite(bx).all()):  # a picture, on the host already: no hot-path sync
+            raise ValueError(f"boxes of image {i} contain NaN or inf: {bx.tolist()}; drop or fix them")
         # Half-open → the inclusive pixel coordinates PIL draws, clipped to the image.
         bx = torch.stack([bx[:, 0], bx[:, 1], bx[:, 2] - 1, bx[:, 3] - 1], dim=1)
         bx = torch.minimum(bx.clamp(min=0), torch.tensor([w - 1.0, h - 1.0, w - 1.0, h - 1.0]))
@@ -203,6 +232,11 @@ def save_grid(
     Returns:
         The path written, as a :class:`pathlib.Path`.
 
+    Raises:
+        TypeError, ValueError: bad rows, captions, ``nrow``, ``scale`` or ``padding``.
+        IsADirectoryError, NotADirectoryError, PermissionError: ``path`` cannot be written
+            (checked before anything is drawn).
+
     Example:
         >>> import tempfile, os
         >>> with tempfile.TemporaryDirectory() as d:
@@ -226,8 +260,14 @@ def save_grid(
     for t in tensors:
         if t.shape[-2:] != (h, w):
             raise ValueError(f"all rows must share one image size, got {tuple(t.shape[-2:])} and {(h, w)}")
-    if nrow is not None and nrow < 1:
-        raise ValueError(f"nrow must be a positive int or None, got {nrow!r}")
+    if nrow is not None:
+        _check_int(nrow, "nrow", 1)
+    if scale is not None:
+        _check_int(scale, "scale", 1)
+    _check_int(padding, "padding", 0)
+    from salaug.data._paths import check_output_file
+
+    path = check_output_file(path, "picture file")  # before drawing anything
     ncol = max(t.shape[0] for t in tensors) if nrow is None else min(nrow, max(t.shape[0] for t in tensors))
 
     row_captions: list[Sequence[str] | None] = [None] * len(tensors)
@@ -247,8 +287,6 @@ def save_grid(
             raise ValueError(f"a row of {min(ncol, t.shape[0])} tiles needs as many captions, got {len(caps)}")
 
     scale = _auto_scale(h, w) if scale is None else scale
-    if scale < 1:
-        raise ValueError(f"scale must be a positive int, got {scale!r}")
     th, tw = h * scale, w * scale
     font = ImageFont.load_default()
     line = 12  # the default bitmap font is ~11 px high
@@ -277,7 +315,6 @@ def save_grid(
     draw = ImageDraw.Draw(image)
     for x, ty, text in text_items:
         draw.text((x, ty), text, fill=(0, 0, 0), font=font)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")
     return path

@@ -75,7 +75,6 @@ class Recording(SaliencyTransform):
         self.saliency: list[torch.Tensor] = []
 
     def forward(self, images, saliency, labels, **kw):
-        self.inner.generator = self.generator
         result = self.inner(images, saliency, labels, **kw)
         out = result[0] if isinstance(result, tuple) and not isinstance(result, SalientBatch) else result
         self.outputs.append(SalientBatch(*(t.detach().clone() for t in out)))
@@ -248,14 +247,16 @@ def test_num_classes_inferred_from_model(tmp_path):
     assert cb.num_classes == K and model.seen[0][1].shape == (8, K)
 
 
-def test_resume_continues_the_same_random_stream(tmp_path):
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_continues_the_same_random_stream(tmp_path, ema_decay):
     def run(max_epochs, ckpt=None, root="a"):
         pl.seed_everything(7)
         rec = Recording(mix())
         model = Net()
         model.head[2].p = 0.0  # dropout draws from the global RNG, which checkpoints do not restore
         ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / root, save_last=True)
-        t = trainer(tmp_path / root, [SaliencyAugmentation(rec, target_layer="net.5", seed=11), ckpt_cb],
+        cb = SaliencyAugmentation(rec, target_layer="net.5", seed=11, ema_decay=ema_decay)
+        t = trainer(tmp_path / root, [cb, ckpt_cb],
                     max_epochs=max_epochs, enable_checkpointing=True)
         t.fit(model, loader(), ckpt_path=ckpt)
         return rec.outputs
@@ -295,15 +296,30 @@ def test_torch_compiled_module(tmp_path):
     assert len(rec.outputs) == 4 and all(s.amax() > 0 for s in rec.saliency)
 
 
-def test_unsupported_strategy_is_refused():
-    class FSDPStrategy:  # stands in for Lightning's: only the class name is inspected
+@pytest.mark.parametrize("package", ["pytorch_lightning", "lightning.pytorch"])
+@pytest.mark.parametrize("name", ["FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy", "XLAStrategy"])
+def test_sharded_strategy_is_refused_by_class(package, name):
+    strategies = pytest.importorskip(f"{package}.strategies")
+    sharded = type(f"My{name}", (getattr(strategies, name),), {"__init__": lambda self: None})
+
+    class FakeTrainer:
+        strategy = sharded()  # a subclass: the check is isinstance, not the class name
+
+    with pytest.raises(RuntimeError, match=f"does not support My{name}"):
+        SaliencyAugmentation(mix()).setup(FakeTrainer(), Net(), "fit")  # type: ignore[arg-type]
+
+
+def test_strategy_named_like_fsdp_is_not_refused_by_its_name():
+    class FSDPLookalike:  # not a Lightning strategy class: the name alone must not trigger the refusal
         pass
 
     class FakeTrainer:
-        strategy = FSDPStrategy()
+        strategy = FSDPLookalike()
+        global_rank = 0
 
-    with pytest.raises(RuntimeError, match="does not support FSDPStrategy"):
-        SaliencyAugmentation(mix()).setup(FakeTrainer(), Net(), "fit")  # type: ignore[arg-type]
+    cb = SaliencyAugmentation(mix(), target_layer="net.5")
+    cb.setup(FakeTrainer(), Net(), "fit")  # type: ignore[arg-type]
+    assert cb.augmenter is not None
 
 
 def test_lightning_namespace_trainer(tmp_path):
@@ -370,3 +386,123 @@ def test_ddp_two_processes_each_with_its_own_stream(tmp_path):
     assert y0.shape == y1.shape == (2, 8, K)
     torch.testing.assert_close(y0.sum(-1), torch.ones(2, 8))
     assert not torch.equal(y0, y1)
+
+
+def is_flat(s: torch.Tensor) -> bool:
+    flat = s.flatten(1)
+    return bool((flat.amax(1) - flat.amin(1)).le(1e-6).all())
+
+
+def test_adapter_exposes_the_augmenter(tmp_path):
+    cb = SaliencyAugmentation(mix(), target_layer="net.5", seed=2)
+    assert cb.augmenter is None
+    trainer(tmp_path, [cb]).fit(Net(), loader())
+    assert isinstance(cb.augmenter, salaug.SaliencyAugmenter)
+    assert (cb.augmenter.steps, cb.augmenter.seed) == (cb.batches_seen, 2) == (4, 2)
+
+
+def test_hooks_are_marked_override():
+    for name in ("setup", "teardown", "on_train_start", "on_train_end", "on_train_batch_start", "on_exception",
+                 "state_dict", "load_state_dict"):
+        assert getattr(getattr(SaliencyAugmentation, name), "__override__", False), name
+    assert SaliencyAugmentation.state_key.fget.__override__
+
+
+def test_load_state_dict_tolerates_older_checkpoints():
+    cb = SaliencyAugmentation(mix(), seed=4)
+    cb.load_state_dict({})
+    assert (cb.seed, cb.batches_seen, cb.batches_augmented) == (4, 0, 0)
+    cb.load_state_dict({"seed": 9, "batches_seen": 3})
+    assert (cb.seed, cb.batches_seen, cb.batches_augmented) == (9, 3, 0)
+
+
+@pytest.mark.parametrize("kind", ["epochs", "steps"])
+def test_warmup_gives_flat_saliency_first(tmp_path, kind):
+    rec = Recording(mix())
+    option = {"warmup_epochs": 1} if kind == "epochs" else {"warmup_steps": 4}
+    cb = SaliencyAugmentation(rec, target_layer="net.5", **option)
+    trainer(tmp_path, [cb], max_epochs=2).fit(Net(), loader())
+    assert cb.augmenter is not None and cb.augmenter.warmup_steps == 4  # 1 epoch = 4 batches
+    assert len(rec.saliency) == 8
+    assert all(is_flat(s) for s in rec.saliency[:4])
+    assert not any(is_flat(s) for s in rec.saliency[4:])
+
+
+def test_compute_saliency_override_is_used(tmp_path):
+    class Zeros(SaliencyAugmentation):
+        def compute_saliency(self, trainer, pl_module, images, labels):
+            return torch.zeros_like(images[:, :1])
+
+    rec = Recording(mix())
+    trainer(tmp_path, [Zeros(rec, target_layer="net.5")]).fit(Net(), loader())
+    assert len(rec.saliency) == 4 and all(bool((s == 0).all()) for s in rec.saliency)
+
+
+def test_window_that_never_takes_effect_is_reported(tmp_path):
+    with pytest.warns(UserWarning, match=r"start_epoch=3\) will never augment.*max_epochs=2"):
+        trainer(tmp_path, [SaliencyAugmentation(mix(), start_epoch=3)], max_epochs=2).fit(Net(), loader())
+    with pytest.warns(UserWarning, match=r"warmup_epochs=2\) covers the whole augmentation window"):
+        trainer(tmp_path, [SaliencyAugmentation(mix(), warmup_epochs=2, target_layer="net.5")],
+                max_epochs=2).fit(Net(), loader())
+
+
+def test_num_classes_mismatch_is_reported_at_the_first_batch(tmp_path):
+    cb = SaliencyAugmentation(salaug.SaliencyMix(num_classes=K + 1), target_layer="net.5")
+    with pytest.raises(ValueError, match=f"is {K + 1} but the model outputs {K} classes"):
+        trainer(tmp_path, [cb]).fit(Net(), loader())
+
+
+def test_nan_training_image_is_named(tmp_path):
+    ds = Squares()
+    ds.x[9, 1, 3, 3] = float("nan")  # the second batch, its second image
+    with pytest.raises(ValueError, match=r"NaN or inf values \(samples \[1\]\)"):
+        trainer(tmp_path, [SaliencyAugmentation(mix(), target_layer="net.5")]).fit(Net(), loader(ds))
+
+
+def test_cam_scale_too_small_for_tiny_images(tmp_path):
+    # Net keeps the resolution: 16x16 images at cam_scale 1/16 are 1x1 CAM inputs with 1x1 maps.
+    cb = SaliencyAugmentation(mix(), target_layer="net.5", cam_scale=0.0625)
+    with pytest.raises(ValueError, match=r"cam_scale=0.0625 the 16x16 images become 1x1 CAM inputs.*Raise cam_scale"):
+        trainer(tmp_path, [cb]).fit(Net(), loader())
+
+
+def count_pictures(monkeypatch) -> list:
+    import threading
+
+    import salaug.callback as module
+
+    calls = []
+    real = module._draw_picture
+
+    def spy(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_draw_picture", spy)
+    return calls
+
+
+def pngs(root) -> list:
+    return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".png")]
+
+
+@pytest.mark.parametrize("options", [dict(logger=False), dict(fast_dev_run=True)])
+def test_no_pictures_and_no_files_without_a_logger(tmp_path, monkeypatch, options):
+    from pytorch_lightning.loggers import CSVLogger
+
+    monkeypatch.chdir(tmp_path)
+    calls = count_pictures(monkeypatch)
+    if "fast_dev_run" in options:
+        options = {**options, "logger": CSVLogger(str(tmp_path / "csv"))}  # disabled by fast_dev_run
+    cb = SaliencyAugmentation(mix(), target_layer="net.5", log_every_n_steps=1)
+    trainer(tmp_path, [cb], **options).fit(Net(), loader())
+    assert cb.batches_augmented >= 1
+    assert calls == [] and pngs(tmp_path) == []
+
+
+def test_picture_dir_without_a_logger(tmp_path, monkeypatch):
+    calls = count_pictures(monkeypatch)
+    cb = SaliencyAugmentation(mix(), target_layer="net.5", log_every_n_steps=2, picture_dir=tmp_path / "pics")
+    trainer(tmp_path, [cb]).fit(Net(), loader())
+    assert sorted(os.listdir(tmp_path / "pics")) == ["step0000000.png", "step0000002.png"]
+    assert calls and all(name.startswith("salaug-pictures") for name in calls)  # drawn off the training thread

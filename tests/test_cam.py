@@ -353,14 +353,7 @@ def test_grad_mode_restored_and_no_grad_context(net, images):
         assert torch.is_grad_enabled()
 
 
-@pytest.mark.parametrize("name", ["gradcam", "eigencam", "scorecam"])
-def test_inference_mode_works(name, net, images):
-    expected = make_cam(name, net, "features")(images)
-    with torch.inference_mode():
-        x = images.clone()  # an inference tensor
-        out = make_cam(name, net, "features")(x)
-        assert torch.is_inference_mode_enabled()
-    torch.testing.assert_close(out, expected)
+# inference_mode for every method: tests/test_cam_bad_input.py
 
 
 @pytest.mark.parametrize("name", ["gradcam", "gradcam++", "layercam", "eigencam"])

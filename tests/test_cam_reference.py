@@ -193,3 +193,33 @@ def test_vit_gradcam_matches_pytorch_grad_cam():
         ref = _reference(name, vit, layer, images, targets, reshape=sc.vit_reshape)
         assert float(ref.amax()) > 0.5
         torch.testing.assert_close(ours[:, 0], ref, atol=1e-4, rtol=0)
+
+
+def _without_inplace(model: nn.Module) -> nn.Module:
+    """The same network with every in-place ReLU made out-of-place (identical function)."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    for m in clone.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return clone
+
+
+@pytest.mark.parametrize("name", ["scorecam", "ablationcam", "gradcam", "eigencam"])
+def test_inplace_relu_after_target_layer_matches_reference(name, resnet18):
+    # resnet18's stem `bn1` feeds ReLU(inplace=True): a captured view of bn1's output would be
+    # overwritten by the ReLU. pytorch-grad-cam keeps such a view on CPU, so its reference is taken
+    # on the same network without in-place ops; both versions of the model compute the same function.
+    plain = _without_inplace(resnet18)
+    images = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(7))
+    targets = torch.tensor([2])
+    ours = sc.CAM_METHODS[name](resnet18, "bn1", **({"batch_size": 64} if name in ("scorecam", "ablationcam") else {}))
+    out = ours(images, targets)
+    if name == "eigencam":
+        ref, _ = _eigen_reference(plain, plain.bn1, images)
+    else:
+        # batch_size=1: pytorch-grad-cam's ablation value only stays fixed then (bn1 has negatives)
+        ref = _reference(name, plain, plain.bn1, images, targets, batch_size=1 if name == "ablationcam" else 64)
+    assert float(ref.amax()) > 0.5
+    torch.testing.assert_close(out[:, 0], ref, atol=1e-4, rtol=0)

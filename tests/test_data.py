@@ -35,7 +35,7 @@ class AddNoise(SaliencyTransform):
     def generate_parameters(self, images, saliency):
         b = images.shape[0]
         return {"applied": self.sample_applied(b, images.device),
-                "offset": sample_uniform((b,), images.device, self.generator)}
+                "offset": sample_uniform((b,), images.device, self.active_generator)}
 
     def apply_transform(self, images, saliency, labels, params):
         return SalientBatch(images + params["offset"].view(-1, 1, 1, 1), saliency, labels)
@@ -127,7 +127,7 @@ def test_collate_clear_errors():
         SaliencyCollate(Identity(), "mask", num_classes=2)(samples)
 
 
-def test_collate_seed_reproducible_in_main_process_and_generator_restored():
+def test_collate_seed_reproducible_in_main_process_and_transform_untouched():
     samples = [(torch.zeros(3, 4, 4), 0) for _ in range(5)]
     own = torch.Generator().manual_seed(123)
     t = AddNoise(num_classes=2, generator=own)
@@ -138,7 +138,7 @@ def test_collate_seed_reproducible_in_main_process_and_generator_restored():
     assert torch.equal(ra, rb)
     assert not torch.equal(ra, rc)
     assert not torch.equal(a(samples)[0], ra)  # the stream advances
-    assert t.generator is own  # swapped only during the call
+    assert t.generator is own  # the stream is passed at call time, the transform is not modified
     assert torch.equal(own.get_state(), torch.Generator().manual_seed(123).get_state())
 
 
@@ -225,7 +225,7 @@ def test_mask_file_bad_magic(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[:8] = b"NOTMASKS"
     path.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match=r"good\.salm.*bad magic"):
+    with pytest.raises(ValueError, match=r"good\.salm.*not a salaug mask file"):
         MaskBank(path)
 
 
@@ -511,13 +511,16 @@ def test_precompute_main_end_to_end(tmp_path, capsys):
                           "--normalize", "imagenet", "--dtype", "float16", "--out", str(out2)])
     assert rc == 0 and MaskBank(out2).mask_size == (4, 4) and len(MaskBank(out2)) == 4
 
-    # weights for another architecture / class count: a clear error and exit code 2
-    rc = precompute_main(["--dataset", "cluttered", "--limit", "2", "--image-size", "32", "--arch", "resnet18",
-                          "--weights", str(weights), "--num-classes", "5", "--out", str(tmp_path / "x.salm")])
-    assert rc == 2 and "does not match the architecture" in capsys.readouterr().err
-    rc = precompute_main(["--dataset", "cluttered", "--limit", "2", "--arch", "resnet18", "--weights",
-                          str(weights), "--num-classes", "3", "--layer", "nope", "--out", str(tmp_path / "y.salm")])
-    assert rc == 2 and "--layer 'nope'" in capsys.readouterr().err
+    # weights for another architecture / class count: a usage error (exit code 2), before any CAM pass
+    with pytest.raises(SystemExit) as err:
+        precompute_main(["--dataset", "cluttered", "--limit", "2", "--image-size", "32", "--arch", "resnet18",
+                         "--weights", str(weights), "--num-classes", "5", "--out", str(tmp_path / "x.salm")])
+    assert err.value.code == 2 and "does not match the architecture" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        precompute_main(["--dataset", "cluttered", "--limit", "2", "--arch", "resnet18", "--weights",
+                         str(weights), "--num-classes", "3", "--layer", "nope", "--out", str(tmp_path / "y.salm")])
+    assert err.value.code == 2 and "--layer 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "x.salm").exists() and not (tmp_path / "y.salm").exists()
 
 
 def test_cam_saliency_bad_arguments():

@@ -192,3 +192,108 @@ def test_bad_arguments_raise_clear_errors() -> None:
         ClutteredObjects(length=5).render([0, 5])
     with pytest.raises(ValueError, match="draw_shapes"):
         draw_shapes(torch.tensor([0]), torch.zeros(2), torch.ones(1), torch.zeros(1), 8)
+
+
+# --------------------------------------------------------------------------- shift splits
+def _digest(ds: ClutteredObjects) -> str:
+    import hashlib
+
+    b = ds.render(range(len(ds)))
+    h = hashlib.sha256(torch.round(b["image"] * 255).to(torch.uint8).numpy().tobytes())
+    for key in ("label", "box", "mask"):
+        h.update(b[key].to(torch.int64 if key == "box" else b[key].dtype).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "digest"),
+    [
+        (dict(split="train", size=32, length=64), "d49fbd2570d8ee1c"),
+        (dict(split="test", size=48, length=64, seed=3, clutter=1.5), "6e197bb7c333f855"),
+        (dict(split="val", size=64, length=32, num_classes=12, clutter=0.0), "a84a378fa3f10942"),
+    ],
+)
+def test_default_samples_are_bit_identical_to_the_recorded_ones(kwargs: dict, digest: str) -> None:
+    # Digests recorded before the shift options existed: the defaults must never change samples.
+    assert _digest(ClutteredObjects(**kwargs)) == digest
+    explicit = dict(kwargs, background="default", occlusion=0.0, object_scale=(0.14, 0.26))
+    assert _digest(ClutteredObjects(**explicit)) == digest
+
+
+def test_shifted_background_changes_only_the_background() -> None:
+    kw = dict(split="test", size=48, length=48, return_mask=True)
+    base = ClutteredObjects(**kw).render(range(48))
+    shifted = ClutteredObjects(**kw, background="shifted").render(range(48))
+    assert torch.equal(base["label"], shifted["label"]) and torch.equal(base["mask"], shifted["mask"])
+    assert torch.equal(base["box"], shifted["box"])
+    bg = ~base["mask"]
+    differs = ((base["image"] - shifted["image"]).abs().amax(1, keepdim=True) > 0.1) & bg
+    assert float(differs.sum() / bg.sum()) > 0.3  # most of the background is redrawn
+
+    def orientation_energy(img: torch.Tensor) -> torch.Tensor:
+        # A checkerboard has edges along two perpendicular directions; a grating along one.
+        gx = (img[..., :, 1:] - img[..., :, :-1]).abs().mean((1, 2, 3))
+        gy = (img[..., 1:, :] - img[..., :-1, :]).abs().mean((1, 2, 3))
+        return torch.minimum(gx, gy) / torch.maximum(gx, gy)
+
+    clean_kw = dict(kw, clutter=1.0)
+    assert float(orientation_energy(shifted["image"]).mean()) > float(orientation_energy(base["image"]).mean())
+    flat = ClutteredObjects(**dict(clean_kw, clutter=0.0), background="shifted").render(range(8))
+    assert torch.equal(flat["image"], ClutteredObjects(**dict(clean_kw, clutter=0.0)).render(range(8))["image"])
+    with pytest.raises(ValueError, match="background"):
+        ClutteredObjects(background="textured")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("occlusion", [0.1, 0.3, 0.6])
+def test_occlusion_hides_the_requested_fraction_and_masks_stay_true(occlusion: float) -> None:
+    kw = dict(split="val", size=48, length=64, return_mask=True)
+    base = ClutteredObjects(**kw).render(range(64))
+    hidden = ClutteredObjects(**kw, occlusion=occlusion).render(range(64))
+    assert torch.equal(base["label"], hidden["label"])
+    before, after = base["mask"], hidden["mask"]
+    assert not bool((after & ~before).any())  # visible pixels are object pixels
+    area = before.flatten(1).sum(1).float()
+    kept = after.flatten(1).sum(1).float()
+    assert torch.allclose(1 - kept / area, torch.full_like(area, occlusion), atol=0.5 / float(area.min()) + 1e-6)
+    # Hidden object pixels show the occluder, not the object; visible ones are unchanged.
+    gone = before & ~after
+    assert float((hidden["image"] - base["image"]).abs().amax(1, keepdim=True)[gone].mean()) > 0.1
+    assert torch.equal(hidden["image"].masked_select(after), base["image"].masked_select(after))
+    # The box is the tight box of the visible pixels.
+    n, _, h, w = after.shape
+    ys, xs = torch.arange(h).view(1, 1, h, 1), torch.arange(w).view(1, 1, 1, w)
+    x1, y1, x2, y2 = (hidden["box"][:, i].view(n, 1, 1, 1) for i in range(4))
+    assert not bool((after & ~((xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2))).any())
+    idx = torch.arange(n)
+    assert bool(after[idx, 0, :, hidden["box"][:, 0].long()].any(1).all())
+    assert bool(after[idx, 0, hidden["box"][:, 3].long() - 1, :].any(1).all())
+
+
+def test_occlusion_and_cache_agree_and_bad_values_raise() -> None:
+    kw = dict(split="test", size=32, length=10, return_mask=True, occlusion=0.4, background="shifted")
+    lazy, cached = ClutteredObjects(**kw), ClutteredObjects(**kw, cache=True)
+    assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(lazy[7], cached[7]))
+    assert "occlusion=0.4" in repr(lazy) and "background='shifted'" in repr(lazy)
+    for bad in (-0.1, 0.95, True):
+        with pytest.raises(ValueError, match="occlusion"):
+            ClutteredObjects(occlusion=bad)
+
+
+def test_object_scale_makes_smaller_objects_with_true_masks() -> None:
+    kw = dict(split="test", size=48, length=64, return_mask=True)
+    small = ClutteredObjects(**kw, object_scale=(0.08, 0.12)).render(range(64))
+    base = ClutteredObjects(**kw).render(range(64))
+    assert torch.equal(small["label"], base["label"])
+    side = torch.maximum(small["box"][:, 2] - small["box"][:, 0], small["box"][:, 3] - small["box"][:, 1])
+    assert float(side.max()) <= 2 * 0.12 * 48 + 2  # inside the circumscribed disc
+    assert float(small["mask"].flatten(1).sum(1).float().mean()) < 0.4 * float(base["mask"].flatten(1).sum(1).float().mean())
+    # The mask is the object: its pixels carry the object colour, uniform within each image.
+    img, m = small["image"], small["mask"]
+    inner = m & torch.nn.functional.max_pool2d((~m).float(), 3, 1, 1).eq(0)
+    spread = ((img - (img * inner).sum((2, 3), keepdim=True) / inner.sum((2, 3), keepdim=True).clamp(min=1)).abs()
+              .amax(1, keepdim=True) * inner).amax((1, 2, 3))
+    assert float(spread[inner.flatten(1).any(1)].max()) < 0.02
+    assert "object_scale=(0.08, 0.12)" in repr(ClutteredObjects(object_scale=(0.08, 0.12)))
+    for bad in ((0.2, 0.1), (0.0, 0.1), (0.1, 0.5), (0.1,), "small"):
+        with pytest.raises(ValueError, match="object_scale"):
+            ClutteredObjects(object_scale=bad)  # type: ignore[arg-type]

@@ -112,12 +112,54 @@ def test_lightning_cli(tmp_path: Path) -> None:
     assert len(configs) == 1
     saved = configs[0].read_text()
     # The nested transform was instantiated from its class_path, with the YAML's init_args.
-    assert "class_path: salaug.SaliencyMix" in saved and re.search(r"num_classes: 10\s+p: 0\.5", saved)
+    transform = re.search(r"class_path: salaug.SaliencyMix\s+init_args:\n((?:\s{8,}.*\n)+)", saved)
+    assert transform, saved
+    assert re.search(r"num_classes: 10\n", transform[1]) and re.search(r"\bp: 0\.5\n", transform[1]), saved
 
 
 def test_dataloader_collate(tmp_path: Path) -> None:
     out = run([str(EXAMPLES / "dataloader_collate.py"), "--epochs", "1", "--limit", "256"], tmp_path)
     assert re.search(r"epoch 1/1: train loss \d+\.\d{3} .* val loss \d+\.\d{3} acc \d\.\d{3}", out), out[-3000:]
+
+
+def test_plain_loop_with_checkpoint_and_resume(tmp_path: Path) -> None:
+    common = [str(EXAMPLES / "plain_loop.py"), "--steps", "2", "--limit", "64", "--val-limit", "32",
+              "--batch-size", "16", "--size", "32", "--warmup-steps", "1", "--checkpoint", "ckpt.pt"]
+    out = run([*common, "--epochs", "1"], tmp_path)
+    assert re.search(r"epoch 1/1: train loss \d+\.\d{3} .* val loss \d+\.\d{3} acc \d\.\d{3}", out), out[-3000:]
+    assert re.search(r"augmented \d of 2 batches with snapmix \(1 in warm-up\)", out), out[-3000:]
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert state["augmenter"]["steps"] == 2 and state["epoch"] == 0
+    # resumed: the augmenter continues its stream (4 calls in all), the first epoch is not rerun
+    out = run([*common, "--epochs", "2", "--resume", "ckpt.pt"], tmp_path)
+    assert "epoch 1/2" not in out and re.search(r"epoch 2/2: train loss", out), out[-3000:]
+    assert re.search(r"augmented \d of 4 batches with snapmix", out), out[-3000:]
+
+
+def test_timm_style_loop(tmp_path: Path) -> None:
+    out = run([str(EXAMPLES / "timm_style_loop.py"), "--epochs", "2", "--steps", "2", "--limit", "64",
+               "--batch-size", "16", "--size", "32", "--mixup-off-epoch", "1"], tmp_path)
+    assert re.search(r"epoch 0: train loss \d+\.\d{3} \| val top-1 \d\.\d{3}", out), out[-3000:]
+    # mixing stops at --mixup-off-epoch: at most the first epoch's 2 batches are mixed, of 4
+    found = re.search(r"mixed (\d) of 4 batches", out)
+    assert found and int(found[1]) <= 2, out[-3000:]
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_fabric_loop_one_process(tmp_path: Path) -> None:
+    pytest.importorskip("lightning.fabric")
+    out = run([str(EXAMPLES / "fabric_loop.py"), "--epochs", "1", "--steps", "2", "--limit", "64"], tmp_path)
+    assert re.search(r"epoch 1/1: loss \d+\.\d{3} \| val acc \d\.\d{3}", out), out[-3000:]
+    assert "rank 0/1: augmenter rank 0, augmented" in out
+
+
+def test_fabric_loop_ddp_two_processes(tmp_path: Path) -> None:
+    pytest.importorskip("lightning.fabric")
+    out = run([str(EXAMPLES / "fabric_loop.py"), "--epochs", "1", "--steps", "2", "--limit", "128",
+               "--devices", "2", "--strategy", "ddp"], tmp_path)
+    # each process found its own rank in torch.distributed, so each draws its own stream
+    assert re.search(r"rank 0/2: augmenter rank 0, augmented \d of 2 batches", out), out[-3000:]
+    assert re.search(r"rank 1/2: augmenter rank 1, augmented \d of 2 batches", out), out[-3000:]
 
 
 def test_demo(tmp_path: Path) -> None:

@@ -179,3 +179,112 @@ def test_bad_map_inputs() -> None:
         saliency_box(torch.zeros(1, 3, 4, 4))
     with pytest.raises(ValueError, match=r"\(1, 4\)"):
         pointing_game(torch.zeros(1, 1, 4, 4), torch.zeros(4))
+
+
+# ----------------------------------------------------------------- hostile inputs
+@pytest.fixture
+def no_value_checks():
+    import salaug
+    import salaug._checks as checks
+
+    before = checks._value_checks
+    salaug.set_value_checks("never")
+    yield
+    salaug.set_value_checks(before)
+
+
+BOXES = torch.tensor([[2.0, 1.0, 5.0, 4.0], [0.0, 0.0, 3.0, 3.0]])
+
+
+@pytest.mark.parametrize(
+    "tolerance, exc, match",
+    [(float("nan"), ValueError, "got nan"), (float("inf"), ValueError, "got inf"), ("3", TypeError, "a number"),
+     (-1, ValueError, ">= 0"), (None, TypeError, "a number")],
+)
+def test_pointing_game_bad_tolerance(tolerance, exc, match) -> None:
+    with pytest.raises(exc, match=f"tolerance.*{match}"):
+        pointing_game(_peaks([(3, 2), (1, 1)]), BOXES, tolerance=tolerance)
+
+
+@pytest.mark.parametrize("image_size", [(0, 5), (10,), 5.5, "10x12", (10, -12), (True, 4)])
+def test_bad_image_size(image_size) -> None:
+    with pytest.raises(ValueError, match=r"image_size must be None or the \(H, W\)"):
+        pointing_game(_peaks([(3, 2), (1, 1)]), BOXES, image_size=image_size)
+    with pytest.raises(ValueError, match="image_size"):
+        cam_box_iou(_peaks([(3, 2), (1, 1)]), BOXES, image_size=image_size)
+
+
+def test_int_image_size_is_a_square() -> None:
+    s = _peaks([(3, 2), (1, 1)], h=10, w=10)
+    square = pointing_game(s, BOXES * 2, image_size=(20, 20))
+    assert pointing_game(s, BOXES * 2, image_size=20).tolist() == square.tolist()
+
+
+@pytest.mark.parametrize("threshold, exc", [("0.5", TypeError), (float("nan"), ValueError), (1.5, ValueError)])
+def test_saliency_box_bad_threshold(threshold, exc) -> None:
+    with pytest.raises(exc, match="threshold"):
+        saliency_box(_peaks([(3, 2)]), threshold=threshold)
+
+
+@pytest.mark.parametrize("fn", [lambda s: pointing_game(s, BOXES), saliency_box, lambda s: cam_box_iou(s, BOXES)])
+def test_nonfinite_maps_raise_or_count_as_flat(fn, no_value_checks) -> None:
+    import salaug
+
+    s = _peaks([(3, 2), (1, 1)])
+    s[0, 0, 5, 5] = float("nan")
+    out = fn(s)  # value checks off: a NaN map has no peak
+    if out.dtype == torch.bool:
+        assert out.tolist() == [False, True]
+    elif out.ndim == 2:
+        assert out[0].tolist() == [0.0, 0.0, 12.0, 10.0]
+    salaug.set_value_checks("cpu")
+    with pytest.raises(ValueError, match="saliency contain 1 NaN or inf"):
+        fn(s)
+
+
+def test_nonfinite_or_bool_boxes() -> None:
+    bad = BOXES.clone()
+    bad[1, 2] = float("inf")
+    with pytest.raises(ValueError, match="boxes contain 1 NaN or inf"):
+        pointing_game(_peaks([(3, 2), (1, 1)]), bad)
+    with pytest.raises(ValueError, match="boxes_b contain"):
+        box_iou(BOXES, bad)
+    with pytest.raises(TypeError, match="real pixel coordinates"):
+        box_iou(BOXES, BOXES > 1)
+
+
+def test_maps_without_pixels_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least one pixel"):
+        saliency_box(torch.zeros(2, 1, 0, 4))
+    assert pointing_game(torch.zeros(0, 1, 4, 4), torch.zeros(0, 4)).shape == (0,)  # empty batch: empty result
+
+
+def test_visible_fraction_hostile_masks() -> None:
+    before = torch.ones(2, 1, 4, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"masks_after must have shape \(B, 1, H, W\)"):
+        visible_fraction(before, torch.ones(2, 3, 4, 4))  # broadcast to 3 channels: fractions of 3
+    with pytest.raises(TypeError, match="masks_before must be a torch.Tensor"):
+        visible_fraction([[1]], before)
+    with pytest.raises(ValueError, match=r"masks_after values must lie in \[0, 1\]"):
+        visible_fraction(before, torch.full((2, 1, 4, 4), 2.0))
+    with pytest.raises(ValueError, match="must match"):
+        visible_fraction(before, before[:1])
+
+
+def test_mix_visibility_hostile_inputs() -> None:
+    masks = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    masks[:, :, :2] = True
+    m = torch.zeros(2, 1, 4, 4)
+    with pytest.raises(TypeError, match="object_masks must be a torch.Tensor"):
+        mix_visibility(masks.numpy(), torch.tensor([1, 0]), m)
+    with pytest.raises(TypeError, match="mix_weight must be a torch.Tensor"):
+        mix_visibility(masks, torch.tensor([1, 0]), 0.5)
+    with pytest.raises(TypeError, match="integer indices"):
+        mix_visibility(masks, torch.tensor([1.0, 0.0]), m)
+    with pytest.raises(ValueError, match=r"partner indices must lie in \[0, 1\]"):
+        mix_visibility(masks, torch.tensor([2, 0]), m)
+    with pytest.raises(ValueError, match="resize it"):
+        mix_visibility(masks, torch.tensor([1, 0]), torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match=r"mix_weight values must lie in \[0, 1\]"):
+        mix_visibility(masks, torch.tensor([1, 0]), m - 0.5)
+    assert mix_visibility(masks, torch.tensor([1, 0]), m).tolist() == [[1.0, 0.0], [1.0, 0.0]]

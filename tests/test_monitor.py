@@ -68,6 +68,56 @@ def test_metrics_from_true_boxes_and_a_picture(tmp_path):
     assert len(pngs) == 1
 
 
+def test_head_check_scores_the_ablation_cam_against_the_boxes(tmp_path):
+    monitor = SaliencyMonitor(target_layer="net.5", box_key=2, num_images=4)
+    metrics = fit(tmp_path, brightness_net(), monitor, epochs=0).callback_metrics
+    # Every channel carries the bright square with the same head weight: the head relies on it.
+    assert float(metrics["salaug_monitor/head_pointing_game"]) == 1.0
+    assert float(metrics["salaug_monitor/head_score"]) > 0.5
+    assert float(metrics["salaug_monitor/backbone_score"]) > 0.5
+    assert float(metrics["salaug_monitor/head_agreement"]) > 0.8  # AblationCAM and EigenCAM agree here
+    for name in ("head_score", "backbone_score", "head_pointing_game", "head_agreement"):
+        assert 0.0 <= float(metrics[f"salaug_monitor/{name}"]) <= 1.0
+
+
+def _png_heights(root) -> list[int]:
+    from PIL import Image
+
+    paths = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".png")]
+    return [Image.open(p).size[1] for p in paths]
+
+
+def test_head_check_runs_on_capped_batches_only(tmp_path, monkeypatch):
+    import salaug.cam
+
+    calls = []
+    original = salaug.cam.AblationCAM.__call__
+
+    def counting(self, images, *args, **kwargs):
+        calls.append(images.shape[0])
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(salaug.cam.AblationCAM, "__call__", counting)
+    monitor = SaliencyMonitor(target_layer="net.5", box_key=2, num_images=4, head_max_batches=1)
+    fit(tmp_path, brightness_net(), monitor, epochs=0)  # two validation batches of 8
+    assert calls == [8, 4]  # one capped metric batch, then the picture's 4 images
+    sums = monitor._sums
+    assert int(sums["head_score"][1]) == 8 and int(sums["backbone_score"][1]) == 16
+    assert _png_heights(tmp_path)[0] > 0
+
+
+def test_head_check_off(tmp_path, monkeypatch):
+    import salaug.cam
+
+    monkeypatch.setattr(salaug.cam.AblationCAM, "__call__", lambda *a, **k: pytest.fail("AblationCAM ran"))
+    monitor = SaliencyMonitor(target_layer="net.5", box_key=2, num_images=4, head_check=False)
+    metrics = fit(tmp_path / "off", brightness_net(), monitor, epochs=0).callback_metrics
+    assert "salaug_monitor/backbone_score" in metrics and "salaug_monitor/head_score" not in metrics
+    monkeypatch.undo()
+    fit(tmp_path / "on", brightness_net(), SaliencyMonitor(target_layer="net.5", box_key=2, num_images=4), epochs=0)
+    assert _png_heights(tmp_path / "on")[0] > _png_heights(tmp_path / "off")[0]  # one more row: AblationCAM
+
+
 def test_runs_each_epoch_in_fit_and_leaves_the_model_alone(tmp_path):
     monitor = SaliencyMonitor(target_layer="net.5", box_key=2, max_batches=1)
     model = ValNet()
@@ -84,7 +134,9 @@ def test_without_boxes_only_agreement(tmp_path):
                          callbacks=[monitor], default_root_dir=str(tmp_path))
     trainer.validate(ValNet(), DataLoader(Squares(16), batch_size=8))
     assert "salaug_monitor/eigen_agreement" in trainer.callback_metrics
+    assert "salaug_monitor/head_agreement" in trainer.callback_metrics
     assert "salaug_monitor/pointing_game" not in trainer.callback_metrics
+    assert "salaug_monitor/head_score" not in trainer.callback_metrics
 
 
 def test_bad_arguments():
@@ -92,3 +144,5 @@ def test_bad_arguments():
         SaliencyMonitor(num_images=0)
     with pytest.raises(ValueError, match="every_n_epochs"):
         SaliencyMonitor(every_n_epochs=0)
+    with pytest.raises(ValueError, match="head_max_batches.*head_check=False"):
+        SaliencyMonitor(head_max_batches=0)

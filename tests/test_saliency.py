@@ -191,3 +191,93 @@ def test_no_parameters_and_works_under_no_grad_and_module_api() -> None:
     with torch.no_grad():
         s = sr(torch.rand(1, 3, 32, 32))
     assert s.shape == (1, 1, 32, 32)
+
+
+# ----------------------------------------------------------------- hostile inputs
+@pytest.fixture
+def no_value_checks():
+    import salaug
+    import salaug._checks as checks
+
+    before = checks._value_checks
+    salaug.set_value_checks("never")
+    yield
+    salaug.set_value_checks(before)
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"sigma": "1"}, TypeError, "sigma must be a number"),
+        ({"sigma": float("nan")}, ValueError, "sigma must be a number >= 0, got"),
+        ({"sigma": float("inf")}, ValueError, "sigma must be a number >= 0, got"),
+        ({"eps": float("nan")}, ValueError, "eps must be a number > 0, got nan"),
+        ({"eps": 0.0}, ValueError, "eps.*> 0"),
+        ({"eps": "small"}, TypeError, "eps must be a number"),
+        ({"avg_kernel": True}, ValueError, "avg_kernel"),
+        ({"avg_kernel": 3.0}, ValueError, "avg_kernel"),
+        ({"size": True}, ValueError, "size"),
+        ({"size": 64.0}, ValueError, "size"),
+        ({"grayscale": 3}, ValueError, "grayscale"),
+        ({"grayscale": "Luma"}, ValueError, "grayscale"),
+    ],
+)
+def test_bad_constructor_arguments_name_the_argument(kwargs, exc, match) -> None:
+    with pytest.raises(exc, match=match):
+        SpectralResidual(**kwargs)
+
+
+def test_numeric_sigma_types_are_accepted() -> None:
+    assert SpectralResidual(sigma=2).sigma == 2.0
+    with pytest.raises(TypeError, match="sigma must be a number"):  # one rule for every constructor
+        SpectralResidual(sigma=torch.tensor(1.5))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nonfinite_images_raise_or_give_zero_maps(value, no_value_checks) -> None:
+    import salaug
+
+    images = _textured_batch(3, 32, seed=2)
+    clean = SpectralResidual()(images)
+    bad = images.clone()
+    bad[1, 0, 5, 5] = value
+    out = SpectralResidual()(bad)  # value checks off: the rule of the CAM engine
+    assert bool(torch.isfinite(out).all()) and float(out[1].abs().max()) == 0.0
+    torch.testing.assert_close(out[[0, 2]], clean[[0, 2]])
+    salaug.set_value_checks("cpu")
+    with pytest.raises(ValueError, match="images contain 1 NaN or inf.*nan_to_num"):
+        SpectralResidual()(bad)
+
+
+def test_images_without_channels_or_pixels_are_refused() -> None:
+    for shape in ((1, 0, 8, 8), (1, 3, 0, 8), (1, 3, 8, 0)):
+        with pytest.raises(ValueError, match="pixel"):
+            SpectralResidual()(torch.zeros(shape))
+    with pytest.raises(ValueError, match="empty batch"):
+        SpectralResidual()(torch.zeros(0, 3, 8, 8))
+
+
+def test_huge_values_and_dtypes_give_the_same_map() -> None:
+    images = _textured_batch(2, 48, seed=4)
+    ref = SpectralResidual()(images)
+    torch.testing.assert_close(SpectralResidual()(images * 1e30), ref, atol=1e-4, rtol=0)  # FFT would overflow
+    torch.testing.assert_close(SpectralResidual()(images.double() * 1e300), ref, atol=1e-4, rtol=0)  # cast would
+    torch.testing.assert_close(SpectralResidual()(images * 1e-30), ref, atol=1e-4, rtol=0)
+    for dtype in (torch.float16, torch.bfloat16):
+        out = SpectralResidual()(images.to(dtype))
+        assert out.dtype == torch.float32 and float((out - ref).abs().mean()) < 0.05
+
+
+def test_layouts_tiny_images_and_grad_inputs() -> None:
+    images = _textured_batch(2, 32, seed=6)
+    ref = SpectralResidual()(images)
+    torch.testing.assert_close(SpectralResidual()(images.contiguous(memory_format=torch.channels_last)), ref)
+    wide = torch.rand(2, 3, 32, 64)
+    wide[..., ::2] = images
+    torch.testing.assert_close(SpectralResidual()(wide[..., ::2]), ref)  # non-contiguous
+    torch.testing.assert_close(SpectralResidual()(images.clone().requires_grad_(True)).detach(), ref)
+    for shape in ((2, 3, 1, 1), (2, 1, 1, 7), (1, 3, 2, 2)):
+        out = SpectralResidual()(torch.rand(shape))
+        assert out.shape == (shape[0], 1) + shape[2:] and bool(torch.isfinite(out).all())
+        assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert float(SpectralResidual()(torch.rand(2, 3, 1, 1)).abs().max()) == 0.0  # one pixel: nothing salient

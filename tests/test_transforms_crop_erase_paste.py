@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from salaug.boxes import box_mass, integral_image
-from salaug.transforms.crop import SalientCrop, _fast_box_mass, _sample_boxes
+from salaug.transforms._ops import rrc_boxes
+from salaug.transforms.crop import SalientCrop
 from salaug.transforms.erase import KeepCutout
 from salaug.transforms.paste import SalientPaste
 
@@ -31,18 +32,29 @@ def ref_mass(s, box):
 
 
 # -- shared helpers ----------------------------------------------------------------------------------------------
-def test_fast_box_mass_agrees_with_box_mass():
+def _sat_mass(s, boxes):
+    """Box mass from a float64 summed-area table: an independent reference."""
+    t = integral_image(s)
+    b = torch.arange(s.shape[0])[:, None]
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    sums = t[b, y2, x2] - t[b, y1, x2] - t[b, y2, x1] + t[b, y1, x1]
+    total = t[:, -1, -1][:, None]
+    area = ((x2 - x1) * (y2 - y1)).double() / s[0, 0].numel()
+    return torch.where(total > 0, sums / total.clamp(min=1e-300), area).float()
+
+
+def test_rrc_boxes_inside_and_box_mass_agrees_with_summed_area_table():
     g = gen(1)
     s = torch.rand(4, 1, 23, 31, generator=g) ** 3
     s[1] = 0.0
-    boxes = _sample_boxes(4, 20, (23, 31), (0.01, 1.0), (0.2, 5.0), torch.device("cpu"), g)
+    boxes = rrc_boxes(4, 20, (23, 31), (0.01, 1.0), (0.2, 5.0), torch.device("cpu"), g)
     assert (boxes[..., 2] <= 31).all() and (boxes[..., 3] <= 23).all() and (boxes[..., :2] >= 0).all()
     assert ((boxes[..., 2:] - boxes[..., :2]) >= 1).all()
-    torch.testing.assert_close(_fast_box_mass(s, boxes), box_mass(s, boxes, integral_image(s)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(box_mass(s, boxes), _sat_mass(s, boxes), atol=1e-5, rtol=0)
 
 
 def test_sample_boxes_follow_scale_and_ratio():
-    boxes = _sample_boxes(64, 32, (100, 100), (0.1, 0.3), (0.5, 2.0), torch.device("cpu"), gen(2))
+    boxes = rrc_boxes(64, 32, (100, 100), (0.1, 0.3), (0.5, 2.0), torch.device("cpu"), gen(2))
     wh = (boxes[..., 2:] - boxes[..., :2]).float()
     area = wh[..., 0] * wh[..., 1] / 1e4
     r = wh[..., 0] / wh[..., 1]
@@ -287,7 +299,7 @@ def test_salient_paste_mass_rule():
     x = torch.rand(16, 3, 24, 24, generator=gen(30))
     s = torch.rand(16, 1, 24, 24, generator=gen(31)) ** 4
     for background in ("image", "constant"):
-        t = SalientPaste(label_rule="mass", background=background, num_classes=16, generator=gen(32))
+        t = SalientPaste(labels="saliency", background=background, num_classes=16, generator=gen(32))
         out, params = t(x, s, torch.arange(16), return_params=True)
         for i, j in enumerate(params["perm"].tolist()):
             m_p = ref_mass(s[j], params["src_boxes"][i])

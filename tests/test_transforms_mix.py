@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from hypothesis import given, settings, strategies as st
 
 from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, SaliencyMix, SnapMix, greedy_pairing
 
@@ -74,7 +73,7 @@ def test_label_equals_pixel_content_zeros_ones():
 def test_snapmix_pixel_content_is_target_box_area():
     x, v, y = constant_batch(8)
     out, params = make(SnapMix, 0, num_classes=8)(x, torch.rand(8, 1, 32, 32), y, return_params=True)
-    b = params["boxes"]
+    b = params["dst_boxes"]
     area = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).float() / (32 * 32)
     expected = v + (v[params["perm"]] - v) * area
     assert torch.allclose(out.images.mean((1, 2, 3)), expected, atol=1e-5)
@@ -173,7 +172,7 @@ def _mass(sal: torch.Tensor, box) -> float:
 def test_snapmix_weights_are_saliency_masses(normalize):
     b, h, w = 8, 20, 28
     s, _ = blob_saliency(b, h, w, seed=3, size=6)
-    s[5] = 0.0  # an all-zero CAM counts as uniform
+    s[5] = 0.0  # an all-zero CAM: uniform in the raw weights, area labels for its pairs
     x = torch.randn(b, 3, h, w, generator=gen(1))
     t = make(SnapMix, 6, alpha=1.0, normalize=normalize, num_classes=b, p=0.8)
     out, params = t(x, s, torch.arange(b), return_params=True)
@@ -181,14 +180,17 @@ def test_snapmix_weights_are_saliency_masses(normalize):
     assert not applied.all() and applied.any()
     for i in range(b):
         j = int(perm[i])
-        tb, sb = params["boxes"][i].tolist(), params["src_boxes"][i].tolist()
+        tb, sb = params["dst_boxes"][i].tolist(), params["src_boxes"][i].tolist()
         if not applied[i]:
             assert params["weights"][i].tolist() == [1.0, 0.0]
             assert torch.equal(out.images[i], x[i]) and torch.equal(out.labels[i], F.one_hot(torch.tensor(i), b).float())
             continue
         wt, wp = 1 - _mass(s[i], tb), _mass(s[j], sb)
         assert params["weights"][i].tolist() == pytest.approx([wt, wp], abs=1e-5)
-        share = (wp / (wt + wp) if wt + wp > 1e-6 else (tb[2] - tb[0]) * (tb[3] - tb[1]) / (h * w)) if normalize else wp
+        area = (tb[2] - tb[0]) * (tb[3] - tb[1]) / (h * w)
+        share = (wp / (wt + wp) if wt + wp > 1e-6 else area) if normalize else wp
+        if 5 in (i, j):  # raw weights treat the zero map as uniform; its labels are the area's
+            share = area
         want = torch.zeros(b)
         want[i] += 1 - share
         want[j] += share
@@ -208,7 +210,7 @@ def test_snapmix_paste_is_bilinear_resize_of_source_box():
     x, s = torch.randn(b, 3, h, w, generator=gen(4)), torch.rand(b, 1, h, w, generator=gen(5))
     boxes = torch.tensor([[2, 1, 14, 11], [5, 4, 8, 6], [0, 0, 3, 2], [3, 3, 9, 9], [0, 0, 16, 12]])
     src = torch.tensor([[6, 5, 10, 8], [1, 1, 15, 12], [7, 7, 8, 8], [9, 2, 15, 8], [4, 3, 9, 7]])
-    params = {"applied": torch.ones(b, dtype=torch.bool), "perm": torch.tensor([1, 2, 3, 4, 0]), "boxes": boxes,
+    params = {"applied": torch.ones(b, dtype=torch.bool), "perm": torch.tensor([1, 2, 3, 4, 0]), "dst_boxes": boxes,
               "src_boxes": src, "weights": torch.tensor([[0.5, 0.5]] * b)}
     out = SnapMix(num_classes=b)(x, s, torch.arange(b), params=params)
     for i in range(b):
@@ -224,7 +226,7 @@ def test_snapmix_both_zero_falls_back_to_area_and_paper_loss():
     b, h, w = 2, 16, 16
     x, s = torch.rand(b, 3, h, w), torch.rand(b, 1, h, w)
     params = {"applied": torch.tensor([True, True]), "perm": torch.tensor([1, 0]),
-              "boxes": torch.tensor([[0, 0, 8, 8], [0, 0, 16, 4]]), "src_boxes": torch.tensor([[0, 0, 4, 4]] * 2),
+              "dst_boxes": torch.tensor([[0, 0, 8, 8], [0, 0, 16, 4]]), "src_boxes": torch.tensor([[0, 0, 4, 4]] * 2),
               "weights": torch.tensor([[0.0, 0.0], [0.6, 0.2]])}
     out = SnapMix(num_classes=2)(x, s, torch.tensor([0, 1]), params=params)
     assert torch.allclose(out.labels, torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
@@ -251,7 +253,7 @@ def test_guided_mixup_pixel_weights_are_saliency_ratio():
     sm[2] = 1.0 / (h * w)  # the zero map counts as uniform
     perm = params["perm"]
     wa = sm / (sm + sm[perm])
-    assert torch.allclose(params["mask"], wa, atol=1e-4)
+    assert torch.allclose(params["own_weight"], wa, atol=1e-4)
     assert torch.allclose(out.images, wa * x + (1 - wa) * x[perm], atol=1e-4)
     share = (1 - wa).mean((1, 2, 3))
     want = torch.eye(b) * (1 - share)[:, None]
@@ -264,7 +266,7 @@ def test_guided_mixup_zero_pair_is_half():
     x = torch.rand(2, 3, 8, 8)
     out, params = GuidedMixup(num_classes=2, sigma=1.0)(x, torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]),
                                                          return_params=True)
-    assert torch.allclose(params["mask"], torch.full_like(params["mask"], 0.5))
+    assert torch.allclose(params["own_weight"], torch.full_like(params["own_weight"], 0.5))
     assert torch.allclose(out.labels, torch.full((2, 2), 0.5))
 
 
@@ -359,7 +361,7 @@ def test_replay_seed_and_partial_application(cls):
     v = torch.arange(b, dtype=torch.float32) + 1
     moved = make(cls, 0, num_classes=b)(v.view(b, 1, 1, 1).expand(b, 1, 16, 16), s, y, params=params).images
     if cls is SnapMix:  # labels follow saliency mass; pixels follow the target box area
-        bx = params["boxes"]
+        bx = params["dst_boxes"]
         area = ((bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1])).float() / 256 * applied
         expected = v + (v[params["perm"]] - v) * area
     else:
@@ -368,29 +370,13 @@ def test_replay_seed_and_partial_application(cls):
 
 
 @pytest.mark.parametrize("cls", ALL)
-def test_p0_identity_and_degenerate_inputs(cls):
-    x, s = torch.rand(4, 3, 8, 8), torch.rand(4, 1, 8, 8)
-    out = make(cls, num_classes=4, p=0.0)(x, s, torch.arange(4))
-    assert torch.equal(out.images, x) and torch.equal(out.saliency, s)
-    assert torch.equal(out.labels, torch.eye(4))
-    for s_bad in (torch.zeros(4, 1, 8, 8), torch.ones(4, 1, 8, 8), torch.full((4, 1, 2, 2), 0.5)):
-        out = make(cls, num_classes=4)(x, s_bad, torch.arange(4))
-        assert torch.isfinite(out.images).all() and torch.isfinite(out.saliency).all()
-        assert torch.isfinite(out.labels).all() and torch.allclose(out.labels.sum(1), torch.ones(4))
-    one = make(cls, num_classes=3)(x[:1], s[:1], torch.tensor([2]))  # B=1: the partner is itself
+def test_one_sample_batch_mixes_with_itself(cls):
+    # (p, replay, flat maps, dtypes, soft labels: the contract in test_transform_contract.py)
+    x, s = torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8)
+    one = make(cls, num_classes=3)(x, s, torch.tensor([2]))  # B=1: the partner is itself
     assert one.labels.tolist() == [[0.0, 0.0, 1.0]] and torch.isfinite(one.images).all()
     if cls is not SnapMix:  # SnapMix resizes another box of itself in; the others are the identity
-        assert torch.allclose(one.images, x[:1], atol=1e-6)
-
-
-@pytest.mark.parametrize("cls", ALL)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
-def test_dtype_kept_and_soft_labels_in(cls, dtype):
-    x = torch.rand(4, 3, 12, 12).to(dtype)
-    y = torch.softmax(torch.randn(4, 5), 1)
-    out = make(cls, num_classes=5)(x, torch.rand(4, 1, 6, 6), y)
-    assert out.images.dtype == dtype and out.images.shape == x.shape and out.saliency.shape == (4, 1, 12, 12)
-    assert out.labels.shape == (4, 5) and torch.allclose(out.labels.sum(1), torch.ones(4), atol=1e-5)
+        assert torch.allclose(one.images, x, atol=1e-6)
 
 
 def test_constructor_errors():
@@ -411,24 +397,6 @@ def test_constructor_errors():
         GuidedMixup(sigma=-1)
     with pytest.raises(ValueError, match="pairing"):
         GuidedMixup(pairing="hungarian")
-    with pytest.raises(ValueError, match="p must"):
-        SaliencyMix(p=1.5)
     with pytest.raises(ValueError, match="missing"):
         SaliencyMix(num_classes=2)(torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8), torch.tensor([0, 1]),
                                    params={"applied": torch.tensor([True, True])})
-
-
-@settings(max_examples=25, deadline=None)
-@given(cls=st.sampled_from(ALL), b=st.integers(1, 6), h=st.integers(7, 20), w=st.integers(7, 20),
-       p=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**31 - 1), flat=st.booleans())
-def test_property_rows_sum_to_one(cls, b, h, w, p, seed, flat):
-    g = gen(seed)
-    x = torch.rand(b, 2, h, w, generator=g)
-    s = torch.zeros(b, 1, h, w) if flat else torch.rand(b, 1, h, w, generator=g)
-    y = torch.randint(0, 3, (b,), generator=g)
-    out, params = make(cls, seed, num_classes=3, p=p)(x, s, y, return_params=True)
-    assert out.images.shape == x.shape and out.saliency.shape == s.shape
-    assert torch.isfinite(out.labels).all() and (out.labels >= 0).all()
-    assert torch.allclose(out.labels.sum(1), torch.ones(b), atol=1e-5)
-    assert ((out.saliency >= 0) & (out.saliency <= 1)).all()
-    assert sorted(params["perm"].tolist()) == list(range(b))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from salaug.viz import colorize, draw_boxes, overlay, save_grid
+from salaug.viz import colorize, draw_boxes, overlay, save_grid, to_display
 
 
 def test_colorize_range_shape_and_jet_order() -> None:
@@ -123,3 +123,74 @@ def test_save_grid_errors(tmp_path: Path) -> None:
         save_grid([torch.rand(3, 3, 8, 8)], tmp_path / "x.png", captions=["a"])
     with pytest.raises(ValueError, match="per row"):
         save_grid([torch.rand(3, 3, 8, 8)], tmp_path / "x.png", captions=[["a"] * 3, ["b"] * 3])
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile inputs: a picture, never a NaN or a raw traceback
+# ---------------------------------------------------------------------------------------------
+def test_colorize_maps_nan_and_inf_to_the_ends() -> None:
+    s = torch.tensor([float("nan"), float("inf"), float("-inf"), 1e30]).view(1, 1, 1, 4)
+    rgb = colorize(s)
+    assert torch.isfinite(rgb).all()
+    torch.testing.assert_close(rgb[0, :, 0, 0], colorize(torch.zeros(1, 1, 1, 1))[0, :, 0, 0])
+    torch.testing.assert_close(rgb[0, :, 0, 1], colorize(torch.ones(1, 1, 1, 1))[0, :, 0, 0])
+    torch.testing.assert_close(rgb[0, :, 0, 2], rgb[0, :, 0, 0])
+    torch.testing.assert_close(rgb[0, :, 0, 3], rgb[0, :, 0, 1])
+
+
+def test_to_display_ignores_non_finite_pixels_for_the_range() -> None:
+    x = torch.tensor([0.0, 2.0, float("nan"), float("inf")]).view(1, 1, 1, 4)
+    out = to_display(x)
+    assert out[0, 0, 0].tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert to_display(torch.full((1, 3, 2, 2), float("nan"))).eq(0).all()
+
+
+def test_overlay_nan_images_and_bad_alpha() -> None:
+    images = torch.rand(2, 3, 4, 4)
+    images[0, 0, 0, 0] = float("nan")
+    out = overlay(images, torch.rand(2, 1, 4, 4))
+    assert torch.isfinite(out).all()
+    with pytest.raises(TypeError, match="alpha must be a number"):
+        overlay(images, torch.rand(2, 1, 4, 4), alpha="0.5")
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        overlay(images, torch.rand(2, 1, 4, 4), alpha=float("nan"))
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        overlay(images, torch.rand(2, 3, 4, 4))
+    with pytest.raises(ValueError, match="channels"):
+        overlay(torch.rand(2, 2, 4, 4), torch.rand(2, 1, 4, 4))
+
+
+def test_draw_boxes_bad_boxes_and_width() -> None:
+    images = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        draw_boxes(images, torch.tensor([[0.0, float("nan"), 4.0, 4.0]]))
+    with pytest.raises(ValueError, match=r"must be an \(n, 4\) tensor"):
+        draw_boxes(images, [torch.zeros(3)])
+    with pytest.raises(ValueError, match="width must be an int >= 1"):
+        draw_boxes(images, torch.tensor([[0.0, 0.0, 4.0, 4.0]]), width=0)
+    with pytest.raises(TypeError, match="width must be an int"):
+        draw_boxes(images, torch.tensor([[0.0, 0.0, 4.0, 4.0]]), width=1.5)
+    # boxes far outside the image are clipped, not an error
+    out = draw_boxes(images, torch.tensor([[-1e9, -1e9, 1e9, 1e9]]), color=(255, 0, 0))
+    assert out[0, 0, 0, 0] == 1.0 and out[0, 0, 7, 7] == 1.0
+
+
+def test_save_grid_nan_tiles_and_bad_settings(tmp_path: Path) -> None:
+    tiles = torch.rand(2, 3, 4, 4)
+    tiles[0, :, 0, 0] = float("nan")
+    path = save_grid([tiles], tmp_path / "g.png", scale=1, padding=0)
+    with Image.open(path) as im:
+        assert im.getpixel((0, 0)) == (0, 0, 0)  # NaN drawn as 0, not garbage
+    for kwargs, error in [({"scale": 1.5}, TypeError), ({"scale": 0}, ValueError), ({"nrow": "3"}, TypeError),
+                          ({"nrow": 0}, ValueError), ({"padding": -1}, ValueError)]:
+        with pytest.raises(error):
+            save_grid([tiles], tmp_path / "h.png", **kwargs)
+    assert not (tmp_path / "h.png").exists()
+
+
+def test_save_grid_path_is_a_directory_or_under_a_file(tmp_path: Path) -> None:
+    with pytest.raises(IsADirectoryError, match="is a directory; give a file name"):
+        save_grid([torch.rand(1, 3, 4, 4)], tmp_path)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+        save_grid([torch.rand(1, 3, 4, 4)], tmp_path / "f" / "g.png")

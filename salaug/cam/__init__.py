@@ -2,7 +2,10 @@
 
 Every method takes ``(model, target_layer=None, *, reshape=None)`` and is called as
 ``cam(images (B, C, H, W), targets=None, *, output_size=None) -> (B, 1, H, W)`` float32 in
-``[0, 1]``. See :class:`salaug.cam.base.BaseCAM` for the contract and the fused ``record()`` mode.
+``[0, 1]``. Images of any float dtype are cast to the model's; NaN / inf inputs raise where value
+checks run, and no method ever returns a NaN map (such an image's map is all zeros). See
+:mod:`salaug.cam.base` for these rules and :class:`salaug.cam.base.BaseCAM` for the contract and
+the fused ``record()`` mode.
 
 Example:
     >>> import torch

@@ -15,6 +15,20 @@ How a gradient CAM is computed (one forward, no ``.backward()``):
    (``align_corners=False``) and a second per-image min-max at the output size, exactly like
    pytorch-grad-cam's ``scale_cam_image`` applied per layer and after aggregation.
 
+Input rules, the same for all eight methods:
+
+* **dtype**: images of any floating dtype are cast to the dtype of the model's parameters (a
+  float32 model takes float16, bfloat16 and float64 images; under ``torch.autocast`` autocast then
+  chooses the compute dtype as usual). The maps are always float32.
+* **NaN / inf**: where value checks run (CPU tensors by default, see
+  :func:`salaug.set_value_checks`), non-finite images or ``(B, K)`` target weights raise a
+  ``ValueError``. Wherever a map would still hold a NaN or inf (value checks off, or a model that
+  overflows on finite input), that image's map is **all zeros**, the same "no evidence" map an
+  all-zero CAM gives (the transforms then fall back to their flat-saliency behaviour). No method
+  ever returns a NaN map.
+* **in-place consumers**: activations are captured as the target layer produced them, even when
+  the next module modifies its input in place (``ReLU(inplace=True)``).
+
 The caller's grad mode, inference mode, module modes and hooks are restored on exit, also when
 the call raises. Inside ``torch.inference_mode()`` the engine locally leaves inference mode (the
 backward needs ordinary tensors) and works on a copy of inference-tensor images.
@@ -28,22 +42,36 @@ raises.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salaug._checks import check_class_indices, check_images
+from salaug._checks import check_class_indices, check_finite, check_image_extent, check_images, zero_nonfinite_maps
 from salaug.cam.layers import (
     _POOLING_HEADS,
     is_compiled,
+    pick_recorded_layer,
     probe_target_layer,
     resolve_target_layer,
     unwrap_model,
 )
 
 __all__ = ["BaseCAM", "eval_mode", "finalize_cam", "weighted_sum"]
+
+
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating-point parameter (or buffer); ``None`` if it has none."""
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    for tensor in model.buffers():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
 
 _EPS = 1e-7
 
@@ -113,12 +141,12 @@ def _check_output_size(output_size: object, images_hw: tuple[int, int] | None) -
         if output_size == "feature":
             return None
         raise ValueError(f"output_size must be None, (H, W), an int or 'feature', got {output_size!r}")
-    if isinstance(output_size, int) and not isinstance(output_size, bool):
+    if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
         output_size = (output_size, output_size)
     if (
         isinstance(output_size, (tuple, list, torch.Size))
         and len(output_size) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in output_size)
+        and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in output_size)
     ):
         return (int(output_size[0]), int(output_size[1]))
     raise ValueError(f"output_size must be None, (H, W) with positive ints, an int or 'feature', got {output_size!r}")
@@ -140,6 +168,13 @@ def _check_targets(targets: object, batch: int) -> Tensor | None:
                 "targets must be None, (B,) integer class indices or (B, K) float weights, "
                 f"got {type(targets).__name__}"
             ) from exc
+    if targets.ndim == 0:
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise TypeError(
+                f"a single target must be an integer class index, got {targets.dtype} {targets!r}; pass an int, "
+                "(B,) integer indices or (B, K) float weights"
+            )
+        return targets.reshape(1).expand(batch)
     if targets.ndim == 1:
         if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
             raise TypeError(
@@ -157,13 +192,24 @@ def _check_targets(targets: object, batch: int) -> Tensor | None:
             f"targets must have shape (B,) (class indices) or (B, K) (class weights), got {tuple(targets.shape)}"
         )
     if targets.shape[0] != batch:
-        raise ValueError(f"targets have batch size {targets.shape[0]} but the images have {batch}")
+        raise ValueError(
+            f"targets have batch size {targets.shape[0]} but the images have {batch}; pass one target per image"
+        )
+    if targets.ndim == 2:
+        check_finite(targets, "(B, K) targets", "pass finite class weights (e.g. torch.nan_to_num(targets, nan=0.0))")
     return targets
 
 
-def _check_logits(output: object, batch: int) -> Tensor:
+def _check_logits(output: object, batch: int, recorded: bool = False) -> Tensor:
     if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[0] != batch or not output.is_floating_point():
         got = f"shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
+        if isinstance(output, Tensor) and output.dtype.is_floating_point:
+            got += f" {output.dtype}"
+        if recorded:
+            raise TypeError(
+                f"from_logits() needs the (B, K) = ({batch}, K) float logits of the forward run inside record(), "
+                f"got {got}; pass that forward's output (select the logits if the model returns a tuple or dict)"
+            )
         raise TypeError(
             f"the model must return logits of shape (B, K) = ({batch}, K) as one float tensor, got {got}; wrap the "
             "model so that it does, e.g. nn.Sequential(model, SelectLogits()) or a small nn.Module whose forward "
@@ -189,6 +235,31 @@ def _check_layer_output(output: object, name: str, has_reshape: bool) -> Tensor:
             f"map{hint}; choose a convolutional layer (e.g. ResNet 'layer4') or pass reshape="
         )
     return output
+
+
+def _check_ran_once(calls: int, name: str, where: str = "in one forward") -> None:
+    """A target layer must run exactly once per forward (0: not reached, 2+: a reused module)."""
+    if calls == 0:
+        raise RuntimeError(f"target layer {name!r} did not run during the model's forward")
+    if calls > 1:
+        raise ValueError(
+            f"target layer {name!r} ran {calls} times {where} (a module the model reuses, e.g. one shared ReLU, or "
+            "several forwards); choose a module that runs once per forward, such as the block containing it"
+        )
+
+
+def _prepare_images(images: object, model: nn.Module) -> Tensor:
+    """Check a ``(B, C, H, W)`` batch and cast it to the model's parameter dtype."""
+    images = check_images(images)
+    check_image_extent(images)
+    check_finite(
+        images, "images", "replace or drop them before computing CAMs (e.g. torch.nan_to_num(images)), and check "
+        "the data pipeline (normalisation by a zero std, corrupt files)"
+    )
+    dtype = model_dtype(model)
+    if dtype is not None and images.dtype != dtype:
+        images = images.to(dtype)
+    return images
 
 
 class _Targets:
@@ -239,7 +310,8 @@ def finalize_cam(raw: Tensor, output_size: tuple[int, int] | None) -> Tensor:
         output_size: ``(H, W)``, or ``None`` to stay at ``(h, w)``.
 
     Returns:
-        ``(B, 1, H, W)`` float32 in ``[0, 1]``; an all-zero (or constant) map gives zeros.
+        ``(B, 1, H, W)`` float32 in ``[0, 1]``; an all-zero (or constant) map gives zeros, and so
+        does a map holding any NaN or inf (never a NaN map).
 
     Example:
         >>> raw = torch.tensor([[[-1.0, 1.0], [2.0, 3.0]]])
@@ -253,7 +325,7 @@ def finalize_cam(raw: Tensor, output_size: tuple[int, int] | None) -> Tensor:
         if output_size is not None:
             cam = F.interpolate(cam, size=output_size, mode="bilinear", align_corners=False)
             cam = _minmax(cam)
-    return cam
+        return zero_nonfinite_maps(cam)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -275,7 +347,8 @@ class BaseCAM:
     Calling ``cam(images, targets=None, *, output_size=None)`` returns ``(B, 1, H, W)`` float32
     maps in ``[0, 1]`` on ``images.device``:
 
-    * ``images``: ``(B, C, H, W)`` float tensor.
+    * ``images``: ``(B, C, H, W)`` tensor of any float dtype (cast to the model's parameter
+      dtype); NaN / inf raise where value checks run.
     * ``targets``: ``None`` (the predicted class, argmax of the logits), ``(B,)`` integer class
       indices (an ``int`` is broadcast), or ``(B, K)`` float weights (the CAM of
       ``sum_k w_k * logit_k``, e.g. soft labels).
@@ -322,6 +395,7 @@ class BaseCAM:
         if target_layer is not None:
             self._layer_name, self._layer = resolve_target_layer(self._model, target_layer, wrapper=model)
         self._recording: dict[str, Any] | None = None
+        self._record_active = False
 
     # ------------------------------------------------------------------ properties
     @property
@@ -354,18 +428,27 @@ class BaseCAM:
         """Compute the CAMs of a batch.
 
         Args:
-            images: ``(B, C, H, W)`` floating-point tensor.
-            targets: ``None``, ``(B,)`` integer indices or ``(B, K)`` float weights.
+            images: ``(B, C, H, W)`` floating-point tensor (any float dtype).
+            targets: ``None``, an int (or 0-d integer tensor) for every image, ``(B,)`` integer
+                indices or ``(B, K)`` float weights.
             output_size: ``None`` (``(H, W)``), ``(h, w)``, an int, or ``"feature"``.
 
         Returns:
-            ``(B, 1, H', W')`` float32 in ``[0, 1]`` on ``images.device``.
+            ``(B, 1, H', W')`` float32 in ``[0, 1]`` on ``images.device``; an image whose map
+            would hold NaN or inf gets an all-zero map.
 
         Raises:
             TypeError: images not a float tensor, wrong targets dtype, model output not ``(B, K)``.
-            ValueError: bad shapes, target indices out of range, unusable target layer.
+            ValueError: bad shapes, target indices out of range, NaN / inf in the images or the
+                ``(B, K)`` targets (value checks), unusable target layer.
+            RuntimeError: called inside this CAM's own ``record()`` block.
         """
-        images = check_images(images)
+        if self._record_active:
+            raise RuntimeError(
+                f"{type(self).__name__} was called inside its own record() block, whose hook would capture this "
+                "call's forward; call it outside the block, or use from_logits() after the block"
+            )
+        images = _prepare_images(images, self._model)
         size = _check_output_size(output_size, (int(images.shape[-2]), int(images.shape[-1])))
         checked = _check_targets(targets, images.shape[0])
         with _isolated(self._model):
@@ -381,15 +464,19 @@ class BaseCAM:
 
         The block's forward runs exactly as the caller set it up (train mode, grad enabled,
         autocast); nothing is changed but a temporary forward hook. Use :meth:`from_logits`
-        afterwards. With ``target_layer=None`` the layer is chosen from this forward. The captured
-        tensor is the layer's output object itself: if the model later modifies it in place (a
-        conv followed by ``ReLU(inplace=True)``), the fused CAM sees the modified values, whereas a
+        afterwards. With ``target_layer=None`` the layer is chosen from this forward. Run exactly one
+        forward per block (the target layer must run once; a second forward raises in
+        :meth:`from_logits`). For the gradient methods the captured tensor is the layer's output
+        object itself (its graph is needed): if the model later modifies it in place (a conv
+        followed by ``ReLU(inplace=True)``), the fused CAM sees the modified values, whereas a
         direct call sees the layer's output as produced; pick a layer whose output is not modified
-        in place (a block or stage output such as ResNet ``layer4``) when both must agree.
+        in place (a block or stage output such as ResNet ``layer4``) when both must agree. EigenCAM
+        keeps a copy (with an explicit ``target_layer``) and always agrees.
 
         Raises:
             TypeError: for methods without a fused mode (ScoreCAM, AblationCAM).
-            RuntimeError: for a ``torch.compile``'d model (its compiled forward ignores hooks).
+            RuntimeError: for a ``torch.compile``'d model (its compiled forward ignores hooks), or
+                when this CAM is already recording (``record()`` blocks do not nest).
         """
         if not self.supports_record:
             raise TypeError(
@@ -402,7 +489,12 @@ class BaseCAM:
                 "ignored); call the CAM directly (it runs model._orig_mod eagerly), or build the CAM on the eager "
                 "model and run the eager model inside record()"
             )
-        rec: dict[str, Any] = {"acts": None, "size": None, "spatial": None, "any": None}
+        if self._record_active:
+            raise RuntimeError(
+                "record() is already active for this CAM; record() blocks do not nest: leave the first block "
+                "(and call from_logits()) before recording again, or use a second CAM object"
+            )
+        rec: dict[str, Any] = {"acts": None, "size": None, "calls": 0}
         model = self._model
         has_reshape = self.reshape is not None
 
@@ -415,31 +507,39 @@ class BaseCAM:
             if self._layer is not None:
                 name = self._layer_name or type(self._layer).__name__
 
+                keep_copy = not self.uses_gradients
+
                 def layer_hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-                    rec["acts"] = _check_layer_output(output, name, has_reshape)
+                    acts = _check_layer_output(output, name, has_reshape)
+                    # EigenCAM needs no graph: keep a copy in case the model modifies it in place
+                    rec["acts"] = acts.detach().clone() if keep_copy else acts
+                    rec["calls"] += 1
 
                 handles.append(self._layer.register_forward_hook(layer_hook))
             else:
 
+                seen: list[tuple[nn.Module, Tensor]] = []
+                rec["seen"] = seen
+
                 def any_hook(module: nn.Module, _inputs: Any, output: Any) -> None:
                     if isinstance(output, Tensor) and output.ndim == 4 and not isinstance(module, _POOLING_HEADS):
-                        rec["any"] = (module, output)
-                        if output.shape[-1] * output.shape[-2] > 1:
-                            rec["spatial"] = (module, output)
+                        seen.append((module, output))
 
                 handles.extend(m.register_forward_hook(any_hook) for m in model.modules() if m is not model)
             self._recording = None
+            self._record_active = True
             yield self
         finally:
+            self._record_active = False
             for h in handles:
                 h.remove()
         if self._layer is None:
-            chosen = rec["spatial"] or rec["any"]
+            chosen = pick_recorded_layer(rec.get("seen", []))
             if chosen is not None:
                 self._layer = chosen[0]
                 self._layer_name = next(n for n, m in model.named_modules() if m is chosen[0])
                 rec["acts"] = chosen[1]
-        self._recording = {"acts": rec["acts"], "size": rec["size"]}
+        self._recording = {"acts": rec["acts"], "size": rec["size"], "calls": max(rec["calls"], 1)}
 
     def from_logits(
         self,
@@ -460,11 +560,18 @@ class BaseCAM:
             output_size: as for ``__call__``; ``None`` means the recorded input's ``(H, W)``.
 
         Returns:
-            ``(B, 1, H, W)`` float32 in ``[0, 1]``, detached.
+            ``(B, 1, H, W)`` float32 in ``[0, 1]``, detached (all zeros for an image whose map
+            would hold NaN or inf).
 
         Raises:
-            RuntimeError: nothing recorded, or the recorded forward ran without gradients.
+            RuntimeError: nothing recorded, called inside the ``record()`` block, the recorded
+                forward ran without gradients, or ``logits`` do not come from it.
+            TypeError / ValueError: bad ``logits`` or ``targets``, as for ``__call__``.
         """
+        if self._record_active:
+            raise RuntimeError(
+                "from_logits() was called inside the record() block; call it after the block has closed"
+            )
         rec = self._recording
         if rec is None or rec["acts"] is None:
             raise RuntimeError(
@@ -472,6 +579,7 @@ class BaseCAM:
                 "layer must run inside the block; a torch.compile'd model ignores the hook)"
             )
         self._recording = None
+        _check_ran_once(rec["calls"], self._layer_name or "?", "inside record() (run exactly one forward per block)")
         acts: Tensor = rec["acts"]
         batch = acts.shape[0]
         size = _check_output_size(output_size, rec["size"])
@@ -479,7 +587,7 @@ class BaseCAM:
         grads = None
         with _no_autocast(acts.device):
             if self.uses_gradients:
-                logits = _check_logits(logits, batch)
+                logits = _check_logits(logits, batch, recorded=True)
                 if not acts.requires_grad:
                     raise RuntimeError(
                         "the recorded forward ran without gradients (torch.no_grad / inference_mode / frozen trunk); "
@@ -487,9 +595,17 @@ class BaseCAM:
                     )
                 with torch.enable_grad():
                     score = _Targets.resolve(checked, logits).score(logits).sum()
+                if not score.requires_grad:
+                    raise RuntimeError(
+                        "from_logits() got logits that do not require grad; pass the output of the forward run "
+                        "inside record() (with gradients enabled)"
+                    )
                 (grads,) = torch.autograd.grad(score, acts, retain_graph=True, allow_unused=True)
                 if grads is None:
-                    raise RuntimeError(f"the logits do not depend on target layer {self._layer_name!r}")
+                    raise RuntimeError(
+                        f"the logits do not depend on the activations of target layer {self._layer_name!r} recorded "
+                        "inside record(); pass the logits of that same forward (one forward per record() block)"
+                    )
             a, g = self._feature_maps(acts.detach(), grads)
             raw = self._combine(a, g)
         return finalize_cam(raw, size)
@@ -521,16 +637,17 @@ class BaseCAM:
             torch.set_grad_enabled(True)  # restored by the enclosing no_grad() on exit
             leaf = output.detach().requires_grad_(True)
             store["acts"] = leaf
+            calls[0] += 1
             return leaf.clone()  # a non-leaf, so in-place consumers (ReLU(inplace=True)) are fine
 
+        calls = [0]
         handle = layer.register_forward_hook(hook)
         try:
             with torch.no_grad():
                 logits = self._model(images)
         finally:
             handle.remove()
-        if "acts" not in store:
-            raise RuntimeError(f"target layer {name!r} did not run during the model's forward")
+        _check_ran_once(calls[0], name)
         return store["acts"], _check_logits(logits, images.shape[0])
 
     def _forward_capture(self, images: Tensor, layer: nn.Module, *, stop: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -540,10 +657,15 @@ class BaseCAM:
         has_reshape = self.reshape is not None
 
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            store["acts"] = _check_layer_output(output, name, has_reshape).detach()
+            acts = _check_layer_output(output, name, has_reshape).detach()
             if stop:
+                store["acts"] = acts
                 raise _StopForward
+            # a copy: the rest of the forward may modify the output in place (ReLU(inplace=True))
+            store["acts"] = acts.clone()
+            calls[0] += 1
 
+        calls = [0]
         handle = layer.register_forward_hook(hook)
         logits = None
         try:
@@ -556,6 +678,7 @@ class BaseCAM:
         if "acts" not in store:
             raise RuntimeError(f"target layer {name!r} did not run during the model's forward")
         if not stop:
+            _check_ran_once(calls[0], name)
             logits = _check_logits(logits, images.shape[0])
         return store["acts"], logits
 

@@ -35,8 +35,10 @@ class EigenCAM(BaseCAM):
     pytorch-grad-cam's output whenever its arbitrary sign happens to agree.
 
     ``targets`` are accepted for a uniform API and ignored; the model's output is not needed, so
-    the forward stops right after the target layer (and the model need not return ``(B, K)``).
-    NaN activations are treated as 0, like pytorch-grad-cam.
+    the forward stops right after the target layer's first call (and the model need not return
+    ``(B, K)``), so a module the model reuses is not detected here as it is by the other methods.
+    An image whose activations hold NaN or inf gets an all-zero map (the rule of every CAM here;
+    pytorch-grad-cam instead replaces the NaNs by 0 and projects the rest).
     """
 
     name = "eigencam"
@@ -63,7 +65,10 @@ class EigenCAM(BaseCAM):
 
     def _combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
         b, c, h, w = acts.shape
-        x = torch.nan_to_num(acts, nan=0.0).reshape(b, c, h * w).transpose(1, 2)  # (B, hw, C)
+        finite = torch.isfinite(acts).flatten(1).all(dim=1).view(b, 1, 1, 1)
+        # zeros for such an image: the SVD of a non-finite matrix fails, that of zeros projects to 0
+        acts = torch.where(finite, acts, torch.zeros((), dtype=acts.dtype, device=acts.device))
+        x = acts.reshape(b, c, h * w).transpose(1, 2)  # (B, hw, C)
         x = x - x.mean(dim=1, keepdim=True)
         _, _, vh = torch.linalg.svd(x, full_matrices=False)
         proj = torch.bmm(x, vh[:, 0, :].unsqueeze(2)).squeeze(2)  # (B, hw), zero-mean

@@ -7,7 +7,8 @@ A target layer is given as
   (``"features.-1"`` is the last block of ``features``);
 * an ``nn.Module`` that lives inside the model;
 * ``None``: the **last module, in execution order, whose output is a 4-D ``(B, C, h, w)`` tensor
-  with more than one spatial position** (adaptive pooling layers are skipped, so VGG resolves to
+  with more than one spatial position** and that runs once per forward (a reused module, such as
+  a block's shared ReLU, is no target; adaptive pooling layers are skipped, so VGG resolves to
   ``features`` rather than its ``avgpool``). It is found by a probe forward of one image, in eval
   mode and without gradients, on the first call (or by watching the first ``record()`` forward).
   Because a container's forward hook fires after its children's, a ResNet resolves to ``layer4``
@@ -155,18 +156,17 @@ def probe_target_layer(model: nn.Module, images: Tensor) -> tuple[str, nn.Module
 
     Returns:
         ``(name, module)`` of the last module whose output is ``(B, C, h, w)`` with ``h * w > 1``
-        (or, failing that, with any spatial size), adaptive pooling excluded.
+        (or, failing that, with any spatial size), adaptive pooling and modules that run more
+        than once per forward excluded.
 
     Raises:
         ValueError: if no module outputs a 4-D tensor.
     """
-    found: dict[str, nn.Module | None] = {"spatial": None, "any": None}
+    records: list[tuple[nn.Module, Tensor]] = []
 
     def hook(module: nn.Module, _inputs: object, output: object) -> None:
         if isinstance(output, Tensor) and output.ndim == 4 and not isinstance(module, _POOLING_HEADS):
-            found["any"] = module
-            if output.shape[-1] * output.shape[-2] > 1:
-                found["spatial"] = module
+            records.append((module, output))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
     try:
@@ -175,11 +175,13 @@ def probe_target_layer(model: nn.Module, images: Tensor) -> tuple[str, nn.Module
     finally:
         for h in handles:
             h.remove()
-    module = found["spatial"] or found["any"]
+    chosen = pick_recorded_layer(records)
+    module = chosen[0] if chosen is not None else None
     if module is None:
         raise ValueError(
             f"could not find a target layer automatically: no submodule of {type(model).__name__} outputs a "
-            "(B, C, h, w) tensor; pass target_layer (and reshape= for token outputs, e.g. salaug.cam.vit_reshape)"
+            "(B, C, h, w) tensor (once per forward); pass target_layer (and reshape= for token outputs, e.g. "
+            "salaug.cam.vit_reshape)"
         )
     name = _name_of(model, module)
     assert name is not None
@@ -187,9 +189,17 @@ def probe_target_layer(model: nn.Module, images: Tensor) -> tuple[str, nn.Module
 
 
 def pick_recorded_layer(records: list[tuple[nn.Module, Tensor]]) -> tuple[nn.Module, Tensor] | None:
-    """Choose, among ``(module, output)`` records in execution order, the default target layer."""
-    spatial = [r for r in records if r[1].shape[-1] * r[1].shape[-2] > 1]
-    chosen = spatial or records
+    """Choose, among ``(module, output)`` records in execution order, the default target layer.
+
+    The last record with more than one spatial position (else the last one), among modules that
+    ran exactly once (a module the model reuses, such as one shared ReLU, cannot be a target).
+    """
+    counts: dict[int, int] = {}
+    for module, _ in records:
+        counts[id(module)] = counts.get(id(module), 0) + 1
+    once = [r for r in records if counts[id(r[0])] == 1]
+    spatial = [r for r in once if r[1].shape[-1] * r[1].shape[-2] > 1]
+    chosen = spatial or once
     return chosen[-1] if chosen else None
 
 

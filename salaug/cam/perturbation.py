@@ -102,7 +102,9 @@ class AblationCAM(_PerturbationCAM):
     For every image ``b`` and channel ``c``, the target layer's output is replaced (by a forward
     hook) with image ``b``'s activations where channel ``c`` is set to the *ablation value*, and the
     rest of the network re-runs; ``w_c = (s - s_c) / s`` with ``s`` the original target score.
-    ``cam = ReLU(sum_c w_c A_c)``, then the usual normalisation.
+    ``cam = ReLU(sum_c w_c A_c)``, then the usual normalisation. Where ``s == 0`` (pytorch-grad-cam
+    divides by zero and returns NaN) the weights are the raw drops ``s - s_c``: dividing by ``s``
+    only rescales (and, for ``s < 0``, flips) an image's map, and a zero score has neither.
 
     Ablation value: ``0`` when the image's activations have minimum exactly 0 (post-ReLU layers,
     the common case, identical to pytorch-grad-cam), otherwise ``min - 1e7`` like
@@ -173,7 +175,9 @@ class AblationCAM(_PerturbationCAM):
             handle.remove()
             pending.clear()
         with _no_autocast(images.device):
-            weights = (original.unsqueeze(1) - ablated.view(b, c)) / original.unsqueeze(1)
+            # a zero score has no scale and no sign to divide by: its weights are the raw drops
+            s = original.unsqueeze(1)
+            weights = (s - ablated.view(b, c)) / torch.where(s == 0, torch.ones_like(s), s)
             a, _ = self._feature_maps(acts, None)
             return weighted_sum(weights, a)
 

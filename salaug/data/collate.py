@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate, get_worker_info
 
-from salaug._checks import check_images
+from salaug._checks import check_images, value_checks_on
 from salaug.data._access import _get, _position
 from salaug.data.masks import MASK_KEY
 
@@ -45,6 +46,11 @@ class CAMSaliency:
     Shape:
         - images: ``(B, C, H, W)`` float; labels (optional) ``(B,)`` or ``(B, K)``.
         - output: ``(B, 1, H, W)`` (or ``(B, 1, h, w)`` for ``"feature"``) float32 in ``[0, 1]``.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: an unknown CAM, target layer, ``targets``, ``output_size`` or ``device``;
+            on a call, ``targets="label"`` without labels.
     """
 
     uses_labels: bool
@@ -62,7 +68,10 @@ class CAMSaliency:
         self.model = model
         self.cam_name = cam
         self.target_layer = target_layer
-        self.device = torch.device(device) if device is not None else None
+        try:
+            self.device = torch.device(device) if device is not None else None
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
         self.targets = targets
         self.uses_labels = targets == "label"
         self.output_size = output_size
@@ -86,6 +95,11 @@ class CAMSaliency:
 
     def __call__(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
         images = check_images(images)
+        if self.uses_labels and labels is None:
+            raise ValueError(
+                "CAMSaliency(targets='label') needs the batch's labels: call source(images, labels) "
+                "(SaliencyCollate does), or use targets='predicted'"
+            )
         cam = self._get_cam()
         device = self.device
         if device is None:
@@ -125,6 +139,118 @@ def _reuse_shared(buffer: Tensor, result: Tensor) -> Tensor:
     return buffer.copy_(result)
 
 
+def _check_samples(samples: Sequence, image_key: int | str, label_key: int | str,
+                   mask_key: int | str | None) -> None:
+    """Every sample of one kind (dict, or tuple/list of one length) with the fields the collate
+    reads, images (and masks) as tensors of one shape. ``default_collate`` would otherwise fail
+    deep inside, with a message that names neither the field nor the fix."""
+    first = samples[0]
+    is_map = isinstance(first, Mapping)
+    for i, sample in enumerate(samples):  # a loop over samples, as default_collate's own
+        if isinstance(sample, Mapping) != is_map or not isinstance(sample, (Mapping, tuple, list)):
+            raise TypeError(
+                f"sample {i} is a {type(sample).__name__} but sample 0 is a {type(first).__name__}; every "
+                "sample of a batch must be a dict, or every one a tuple/list of the same fields"
+            )
+        if not is_map and len(sample) != len(first):
+            raise ValueError(f"sample {i} has {len(sample)} fields but sample 0 has {len(first)}")
+    _get(first, image_key, "image", "image_key")
+    _get(first, label_key, "label", "label_key")
+    if mask_key is not None:
+        _get(first, mask_key, "mask (saliency='mask')", "mask_key")
+    if not is_map:
+        n = len(first)
+        where = {"image_key": _position(image_key, n), "label_key": _position(label_key, n)}  # type: ignore[arg-type]
+        if where["image_key"] == where["label_key"]:
+            raise ValueError(f"image_key={image_key!r} and label_key={label_key!r} name the same field")
+        if mask_key is not None and _position(mask_key, n) in where.values():  # type: ignore[arg-type]
+            raise ValueError(
+                f"saliency='mask' but the samples have only {n} fields and mask_key={mask_key!r} "
+                "points at the image or the label; wrap the dataset with MaskedDataset (which appends "
+                "the mask) or pass mask_key=<position of the mask>"
+            )
+    _check_one_shape(samples, image_key, "image", "image_key",
+                     "resize them in the dataset's transform (e.g. v2.Resize((H, W)) or v2.RandomResizedCrop(size))")
+    if mask_key is not None:
+        _check_one_shape(samples, mask_key, "mask", "mask_key",
+                         "give every sample its mask at one resolution (MaskedDataset resizes the stored masks "
+                         "to each image, so resize the images first)")
+
+
+def _check_one_shape(samples: Sequence, key: int | str, what: str, arg: str, fix: str) -> None:
+    shapes: dict[tuple, int] = {}
+    for i, sample in enumerate(samples):
+        value = _get(sample, key, what, arg)
+        if not isinstance(value, Tensor):
+            if what != "image":
+                return  # reported with its batch (see _mask_batch)
+            raise TypeError(
+                f"sample {i}: the image at image_key={key!r} is a {type(value).__name__}, not a tensor; "
+                "give the dataset a transform such as v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, "
+                "scale=True)])"
+            )
+        shapes.setdefault(tuple(value.shape), i)
+    if len(shapes) > 1:
+        (a, i), (b, j) = list(shapes.items())[:2]
+        raise ValueError(f"the {what}s of a batch must share one shape: sample {i} is {a}, sample {j} is {b}; {fix}")
+
+
+def _check_finite(tensor: Tensor, what: str, fix: str) -> None:
+    """Refuse NaN / inf, on CPU only (the value check would sync with an accelerator)."""
+    if value_checks_on(tensor) and not bool(torch.isfinite(tensor).all()):
+        bad = (~torch.isfinite(tensor)).flatten(1).any(1).nonzero().flatten()[:8].tolist()
+        raise ValueError(f"{what} contain NaN or inf (batch positions {bad}); {fix}")
+
+
+def _mask_batch(stored: object, mask_key: int | str | None) -> Tensor:
+    """The collated masks as ``(B, 1, h, w)`` float32."""
+    if not isinstance(stored, Tensor):
+        raise TypeError(
+            f"the mask at mask_key={mask_key!r} must be a tensor (1, h, w) per sample, got "
+            f"{type(stored).__name__}; MaskedDataset adds it as a tv_tensors.Mask"
+        )
+    saliency = stored.as_subclass(Tensor)
+    if saliency.ndim == 3:
+        saliency = saliency.unsqueeze(1)
+    if saliency.ndim != 4 or saliency.shape[1] != 1:
+        raise ValueError(
+            f"the mask at mask_key={mask_key!r} must be (1, h, w) or (h, w) per sample, got "
+            f"{tuple(stored.shape[1:])}; keep one saliency channel per image"
+        )
+    if saliency.is_complex():
+        raise TypeError(f"the mask at mask_key={mask_key!r} must be real, got {saliency.dtype}")
+    saliency = saliency.to(torch.float32)
+    _check_finite(saliency, f"the masks at mask_key={mask_key!r}",
+                  "recompute them (salaug precompute-masks) or clean the dataset's masks")
+    return saliency
+
+
+def _check_source_output(saliency: object, images: Tensor, source: object) -> None:
+    name = getattr(source, "__name__", None) or type(source).__name__
+    if not isinstance(saliency, Tensor) or not saliency.is_floating_point():
+        got = type(saliency).__name__ if not isinstance(saliency, Tensor) else f"a {saliency.dtype} tensor"
+        raise TypeError(f"the saliency source {name} must return a float (B, 1, H, W) tensor, got {got}")
+    shape = tuple(saliency.shape)
+    if saliency.ndim not in (3, 4) or (saliency.ndim == 4 and shape[1] != 1) or shape[0] != images.shape[0]:
+        raise ValueError(
+            f"the saliency source {name} returned shape {shape} for images {tuple(images.shape)}; it must "
+            f"return ({images.shape[0]}, 1, h, w), one map per image"
+        )
+    _check_finite(saliency, f"the maps of the saliency source {name}",
+                  "the source must map every image to finite values in [0, 1]")
+
+
+def _accepts_generator(transform: Callable) -> bool:
+    """Whether ``transform(..., generator=g)`` is accepted (salaug transforms take it at call time)."""
+    fn = transform.forward if isinstance(transform, nn.Module) else transform
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any((p.name == "generator" and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
+               for p in params)
+
+
 class SaliencyCollate:
     """A ``collate_fn`` that collates with ``default_collate`` and applies a salaug transform.
 
@@ -147,8 +273,10 @@ class SaliencyCollate:
     time an iterator is created. So workers never share a stream, epochs differ, and a run is
     reproducible given ``seed`` and the DataLoader's ``generator``. In the main process
     (``num_workers=0``) a given ``seed`` seeds one stream for the life of the object; with
-    ``seed=None`` the transform's own ``generator`` (or the global RNG) is used. The transform's
-    ``generator`` attribute is swapped only for the duration of a call.
+    ``seed=None`` the transform's own ``generator`` (or the global RNG) is used. The stream is
+    passed at call time, ``transform(..., generator=g)``, so the transform object is never
+    modified (thread-safe); only a callable that takes no ``generator=`` argument has its
+    ``generator`` attribute lent the stream for the duration of a call.
 
     The object is picklable (DataLoader workers with any start method).
 
@@ -198,12 +326,19 @@ class SaliencyCollate:
                 "saliency must be a callable source images -> (B, 1, H, W) (e.g. SpectralResidual(), "
                 f"CAMSaliency(model)) or 'mask', got {type(saliency).__name__}"
             )
+        for arg, key in (("image_key", image_key), ("label_key", label_key), ("mask_key", mask_key)):
+            if (key is not None or arg != "mask_key") and (isinstance(key, bool) or not isinstance(key, (int, str))):
+                raise TypeError(f"{arg} must be an int position (tuple samples) or a str key (dict samples), "
+                                f"got {key!r}")
         if image_key == label_key:
             raise ValueError(f"image_key and label_key must differ, both are {image_key!r}")
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if seed is not None and not isinstance(seed, int):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        if not isinstance(return_saliency, bool):
+            raise TypeError(f"return_saliency must be True or False, got {return_saliency!r}")
         self.transform = transform
         self.saliency = saliency
         self.image_key = image_key
@@ -212,6 +347,7 @@ class SaliencyCollate:
         self.num_classes = num_classes
         self.seed = seed
         self.return_saliency = return_saliency
+        self._takes_generator = _accepts_generator(transform)
         self._generator: torch.Generator | None = None
         self._stream_key: tuple | None = None
 
@@ -250,53 +386,83 @@ class SaliencyCollate:
             return self.mask_key
         return MASK_KEY if isinstance(sample, Mapping) else -1
 
+    def _transform(self, images: Tensor, saliency: Tensor, labels: Tensor) -> Any:
+        generator = self.stream()
+        with torch.no_grad():
+            if generator is None:
+                out = self.transform(images, saliency, labels, num_classes=self.num_classes)
+            elif self._takes_generator:
+                out = self.transform(images, saliency, labels, num_classes=self.num_classes, generator=generator)
+            else:
+                out = self._call_swapped(images, saliency, labels, generator)
+        if not isinstance(out, Sequence) or len(out) < 3 or not all(isinstance(t, Tensor) for t in out[:3]):
+            raise TypeError(
+                f"the transform {type(self.transform).__name__} must return a SalientBatch (images, saliency, "
+                f"labels), got {type(out).__name__}"
+            )
+        return out
+
+    def _call_swapped(self, images: Tensor, saliency: Tensor, labels: Tensor, generator: torch.Generator) -> Any:
+        # a callable without a call-time ``generator=`` (older or third-party transforms): lend it the
+        # stream through its ``generator`` attribute. Not thread-safe; salaug transforms never get here.
+        if not hasattr(self.transform, "generator"):
+            return self.transform(images, saliency, labels, num_classes=self.num_classes)
+        saved = self.transform.generator
+        self.transform.generator = generator
+        try:
+            return self.transform(images, saliency, labels, num_classes=self.num_classes)
+        finally:
+            self.transform.generator = saved
+
     def __call__(self, samples: Sequence) -> tuple | dict:
-        """Collate ``samples`` (a list of tuple/list/dict samples) and transform the batch."""
-        if not isinstance(samples, Sequence) or len(samples) == 0:
-            raise ValueError("SaliencyCollate needs a non-empty list of samples")
+        """Collate ``samples`` (a list of tuple/list/dict samples) and transform the batch.
+
+        Raises:
+            TypeError, KeyError, IndexError, ValueError: malformed samples (mixed kinds, missing
+                fields, images of different sizes or not tensors, non-finite pixels), a saliency
+                source or mask of the wrong shape, or a transform that returns something else
+                than a ``SalientBatch``; each message names the field or the source and the fix.
+        """
+        if not isinstance(samples, Sequence) or isinstance(samples, (str, bytes)) or len(samples) == 0:
+            raise ValueError(
+                f"SaliencyCollate needs a non-empty list of samples, got {type(samples).__name__}"
+                + (" of length 0" if isinstance(samples, Sequence) else "")
+            )
         first = samples[0]
         image_key, label_key = self.image_key, self.label_key
-        _get(first, image_key, "image", "image_key")
-        _get(first, label_key, "label", "label_key")
         use_mask = isinstance(self.saliency, str)
         mask_key = self._mask_key(first) if use_mask else None
-        if use_mask:
-            _get(first, mask_key, "mask (saliency='mask')", "mask_key")
-            if isinstance(first, (tuple, list)) and _position(mask_key, len(first)) in {  # type: ignore[arg-type]
-                    _position(image_key, len(first)), _position(label_key, len(first))}:  # type: ignore[arg-type]
-                raise ValueError(
-                    f"saliency='mask' but the samples have only {len(first)} fields and mask_key={mask_key!r} "
-                    "points at the image or the label; wrap the dataset with MaskedDataset (which appends "
-                    "the mask) or pass mask_key=<position of the mask>"
-                )
+        _check_samples(samples, image_key, label_key, mask_key)
 
-        batch = default_collate(samples)
-        images = check_images(_get(batch, image_key, "image", "image_key"))
-        labels = _get(batch, label_key, "label", "label_key")
-
-        if use_mask:
-            saliency = stored = _get(batch, mask_key, "mask", "mask_key")
-            if not isinstance(saliency, Tensor):
-                raise TypeError(f"the mask must be a tensor (1, h, w) per sample, got {type(saliency).__name__}")
-            saliency = saliency.to(torch.float32)
-            if saliency.ndim == 3:
-                saliency = saliency.unsqueeze(1)
-        elif getattr(self.saliency, "uses_labels", False):
-            saliency = self.saliency(images, labels)
-        else:
-            saliency = self.saliency(images)
-
-        generator = self.stream()
-        swap = generator is not None and hasattr(self.transform, "generator")
-        if swap:
-            saved = self.transform.generator
-            self.transform.generator = generator
         try:
-            with torch.no_grad():
-                out = self.transform(images, saliency, labels, num_classes=self.num_classes)
-        finally:
-            if swap:
-                self.transform.generator = saved
+            batch = default_collate(samples)
+        except (RuntimeError, TypeError) as exc:  # another field: the image and mask were checked above
+            raise (TypeError if isinstance(exc, TypeError) else RuntimeError)(
+                f"default_collate cannot batch the samples' other fields: {exc}; every field must collate "
+                "(tensors of one shape, numbers, strings): pad variable-size fields such as per-object "
+                "boxes in the dataset, or drop them"
+            ) from exc
+        images = check_images(_get(batch, image_key, "image", "image_key"))
+        _check_finite(images, "images", "fix the dataset or its transform (a NaN pixel makes the mixed "
+                      "image and its saliency NaN)")
+        labels = _get(batch, label_key, "label", "label_key")
+        if not isinstance(labels, Tensor):
+            raise TypeError(
+                f"the labels at label_key={label_key!r} collate to {type(labels).__name__}, not a tensor; "
+                "give class indices (int) or (K,) probability tensors, e.g. map names with a dict in the dataset"
+            )
+
+        if use_mask:
+            stored = _get(batch, mask_key, "mask", "mask_key")
+            saliency = _mask_batch(stored, mask_key)
+        else:
+            if getattr(self.saliency, "uses_labels", False):
+                saliency = self.saliency(images, labels)
+            else:
+                saliency = self.saliency(images)
+            _check_source_output(saliency, images, self.saliency)
+
+        out = self._transform(images, saliency, labels)
         new_images, new_saliency, soft = out[0], out[1], out[2]
         if get_worker_info() is not None:
             # default_collate built the batch in shared memory; a fresh tensor would be copied into

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from salaug.data._access import _get
+from salaug.data._paths import as_path, check_output_file, new_file_mode
 
 MASK_KEY = "saliency"
 """Key under which :class:`MaskedDataset` adds the mask to dict samples."""
@@ -55,6 +56,43 @@ def _header_bytes(n: int, h: int, w: int, dtype: str, description: dict) -> byte
     return head + b"\x00" * pad
 
 
+_FORMATS = (
+    (b"PK\x03\x04", "a zip archive, e.g. a torch.save checkpoint"),
+    (b"\x93NUMPY", "a numpy .npy file"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x80", "a Python pickle, e.g. an old torch.save file"),
+    (b"\x89HDF", "an HDF5 file"),
+)
+
+
+def _guess_format(raw: bytes) -> str:
+    for magic, name in _FORMATS:
+        if raw.startswith(magic):
+            return f"it looks like {name}"
+    return "unknown format"
+
+
+def _mask_file(path: object) -> Path:
+    """Check that ``path`` names an existing regular file, saying what it is otherwise."""
+    p = as_path(path, "the mask file")
+    if p.is_dir():
+        found = sorted(str(q) for q in p.glob("*.salm"))[:3]
+        hint = f"; it holds {', '.join(map(repr, found))}" if found else ""
+        raise IsADirectoryError(
+            f"mask file {str(p)!r} is a directory, not a mask file; pass the file written by "
+            f"precompute_masks / salaug precompute-masks{hint}"
+        )
+    if not p.exists():
+        raise FileNotFoundError(
+            f"mask file {str(p)!r} does not exist; write it first with salaug.data.precompute_masks "
+            "(or the salaug precompute-masks command)"
+        )
+    if not p.is_file():
+        raise ValueError(f"mask file {str(p)!r} is not a regular file (a device, pipe or socket)")
+    return p
+
+
 def read_mask_header(path: str | os.PathLike) -> dict:
     """Read and validate the header of a mask file (no mask data is read).
 
@@ -62,26 +100,29 @@ def read_mask_header(path: str | os.PathLike) -> dict:
         ``{"n", "h", "w", "dtype", "version", "offset", "description"}``.
 
     Raises:
+        TypeError: ``path`` is not a path (e.g. ``None``).
         FileNotFoundError: no such file.
-        ValueError: the file is not a salaug mask file or is corrupt or truncated; the message
-            names the file and what is wrong.
+        IsADirectoryError: ``path`` is a directory.
+        ValueError: the file is not a salaug mask file (the message guesses its format), or is
+            empty, corrupt or truncated; the message names the file and what is wrong.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mask file {str(path)!r} does not exist")
+    path = _mask_file(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(_HEADER.size)
+        if size == 0:
+            raise ValueError(f"mask file {str(path)!r} is empty (0 bytes); write it again with precompute_masks")
+        if not _MAGIC.startswith(raw[: len(_MAGIC)]):  # a short file must at least begin like one
+            raise ValueError(
+                f"mask file {str(path)!r} is not a salaug mask file ({_guess_format(raw)}: its first bytes are "
+                f"{raw[:8]!r}, expected {_MAGIC!r}); write the masks with salaug.data.precompute_masks "
+                "(or save_masks for maps you already have)"
+            )
         if len(raw) < _HEADER.size:
             raise ValueError(
                 f"mask file {str(path)!r} is truncated: {size} bytes, shorter than the {_HEADER.size}-byte header"
             )
         magic, version, code, _, n, h, w, text_len = _HEADER.unpack(raw)
-        if magic != _MAGIC:
-            raise ValueError(
-                f"mask file {str(path)!r} is not a salaug mask file: bad magic bytes {magic!r} "
-                f"(expected {_MAGIC!r}); write it with salaug.data.precompute_masks"
-            )
         if version != _VERSION:
             raise ValueError(
                 f"mask file {str(path)!r} has format version {version}; this salaug reads version {_VERSION}"
@@ -102,6 +143,11 @@ def read_mask_header(path: str | os.PathLike) -> dict:
             description = json.loads(text.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"mask file {str(path)!r} has a corrupt JSON description: {exc}") from None
+        if not isinstance(description, dict):
+            raise ValueError(
+                f"mask file {str(path)!r} has a corrupt description: a JSON {type(description).__name__}, "
+                "not an object"
+            )
     name, dtype = _DTYPES[code]
     offset = _HEADER.size + text_len
     offset += (-offset) % _ALIGN
@@ -143,7 +189,7 @@ class MaskBank(Sequence):
 
     def __init__(self, path: str | os.PathLike, *, length: int | None = None,
                  mask_size: tuple[int, int] | None = None) -> None:
-        self.path = str(path)
+        self.path = str(_mask_file(path))
         header = read_mask_header(self.path)
         self._n, self._h, self._w = header["n"], header["h"], header["w"]
         self.dtype: str = header["dtype"]
@@ -174,6 +220,19 @@ class MaskBank(Sequence):
     def array(self) -> np.ndarray:
         """The raw ``(N, h, w)`` memory map (uint8 or float16)."""
         if self._array is None:
+            # opened lazily, maybe in a DataLoader worker long after __init__: the file may have changed
+            expected = self._offset + self._n * self._h * self._w * _DTYPES[_DTYPE_CODES[self.dtype]][1].itemsize
+            try:
+                size = os.path.getsize(self.path)
+            except OSError:
+                raise FileNotFoundError(
+                    f"mask file {self.path!r} was removed after the MaskBank was opened; write it again"
+                ) from None
+            if size != expected:
+                raise ValueError(
+                    f"mask file {self.path!r} changed after the MaskBank was opened ({size} bytes, {expected} "
+                    "expected); open a new MaskBank / MaskedDataset on it"
+                )
             self._array = np.memmap(self.path, dtype=_DTYPES[_DTYPE_CODES[self.dtype]][1], mode="r",
                                     offset=self._offset, shape=(self._n, self._h, self._w))
         return self._array
@@ -188,7 +247,10 @@ class MaskBank(Sequence):
         return t.nan_to_num_(0.0).clamp_(0.0, 1.0)
 
     def __getitem__(self, index: int) -> Tensor:  # type: ignore[override]
-        if not isinstance(index, (int, np.integer)) and not (isinstance(index, Tensor) and index.ndim == 0):
+        if isinstance(index, (bool, np.bool_)) or not (
+                isinstance(index, (int, np.integer))
+                or (isinstance(index, Tensor) and index.ndim == 0 and not index.is_floating_point()
+                    and index.dtype != torch.bool)):
             raise TypeError(f"MaskBank indices must be integers, got {type(index).__name__}; use .get() for batches")
         i = int(index)
         if not -self._n <= i < self._n:
@@ -196,8 +258,19 @@ class MaskBank(Sequence):
         return self._to_float(self.array[i]).unsqueeze(0)
 
     def get(self, indices: Sequence[int] | Tensor) -> Tensor:
-        """Masks of several samples, ``(B, 1, h, w)`` float32 in ``[0, 1]``."""
-        idx = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices, dtype=np.int64)
+        """Masks of several samples, ``(B, 1, h, w)`` float32 in ``[0, 1]``.
+
+        Raises:
+            TypeError: ``indices`` is not a 1-D sequence of integers (floats and bools are refused:
+                they would be truncated or read as positions).
+            IndexError: an index is out of range.
+        """
+        idx = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices)
+        if idx.ndim != 1 or not (idx.dtype.kind in "iu" or idx.size == 0):
+            raise TypeError(
+                f"MaskBank.get needs a 1-D sequence of integer indices, got {idx.dtype} of shape {idx.shape}"
+            )
+        idx = idx.astype(np.int64)
         if idx.size and (idx.min() < -self._n or idx.max() >= self._n):
             raise IndexError(f"mask indices out of range for {self._n} masks in {self.path!r}")
         return self._to_float(self.array[idx]).unsqueeze(1)
@@ -215,11 +288,15 @@ def _encode(maps: Tensor, dtype: str) -> bytes:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through a temporary file renamed over ``path``; the file gets the mode a plain
+    ``open(path, "wb")`` would give it (the umask; an existing file keeps its mode)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = new_file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, mode)  # mkstemp creates 0o600, which the rename would keep
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -233,12 +310,20 @@ def save_masks(path: str | os.PathLike, masks: Tensor, *, dtype: Literal["uint8"
 
     Args:
         path: output file (written atomically).
-        masks: ``(N, 1, h, w)`` or ``(N, h, w)`` float in ``[0, 1]`` (values are clamped).
+        masks: ``(N, 1, h, w)`` or ``(N, h, w)`` float in ``[0, 1]`` (finite values outside are
+            clamped; NaN and inf are refused).
         dtype: ``"uint8"`` or ``"float16"``.
-        description: JSON-serialisable dict stored in the header.
+        description: JSON-serialisable dict stored in the header (its ``mask_size``,
+            ``num_samples`` and ``dtype`` entries are always the file's own).
 
     Returns:
         ``Path(path)``.
+
+    Raises:
+        TypeError: ``masks`` is not a floating-point tensor, ``description`` not a JSON dict.
+        ValueError: a bad shape or dtype name, or NaN / inf in ``masks``.
+        IsADirectoryError, NotADirectoryError, PermissionError: ``path`` cannot be written (checked
+            before anything is written).
 
     Example:
         >>> import tempfile, os
@@ -256,11 +341,39 @@ def save_masks(path: str | os.PathLike, masks: Tensor, *, dtype: Literal["uint8"
         masks = masks[:, 0]
     if masks.ndim != 3 or min(masks.shape) < 1:
         raise ValueError(f"masks must have shape (N, 1, h, w) or (N, h, w), got {tuple(masks.shape)}")
+    if not bool(torch.isfinite(masks).all()):  # stored data, checked once: a sync is fine here
+        raise ValueError(
+            "masks contain NaN or inf; replace them first, e.g. torch.nan_to_num(masks, nan=0.0, posinf=1.0, "
+            "neginf=0.0), or normalise with salaug.normalize_saliency"
+        )
     n, h, w = masks.shape
-    desc = {"mask_size": [h, w], "num_samples": n, "dtype": dtype, **(description or {})}
-    path = Path(path)
+    desc = {**_check_description(description), "mask_size": [h, w], "num_samples": n, "dtype": dtype}
+    path = check_output_file(path, "mask file")
     _atomic_write(path, lambda f: (f.write(_header_bytes(n, h, w, dtype, desc)), f.write(_encode(masks, dtype))))
     return path
+
+
+def _check_description(description: object) -> dict:
+    if description is None:
+        return {}
+    if not isinstance(description, Mapping):
+        raise TypeError(f"description must be a dict of JSON values, got {type(description).__name__}")
+    try:
+        json.dumps(dict(description))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"description must be JSON-serialisable (str, numbers, lists, dicts): {exc}") from None
+    return dict(description)
+
+
+def _label_index(label: Any) -> int:
+    if isinstance(label, Tensor) and label.numel() == 1 and not label.is_floating_point():
+        return int(label)
+    if isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_)):
+        return int(label)
+    raise TypeError(
+        f"precompute_masks needs integer class-index labels, got {label!r}; map the labels to indices in the "
+        "dataset, pass label_key=<its position>, or targets='predicted'"
+    )
 
 
 def _layer_name(model: nn.Module, layer: Any, cam: Any) -> str:
@@ -318,13 +431,18 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
         device: where the model runs (default: the model's device).
         image_key, label_key: where the image and the label are in a sample.
         targets: ``"label"`` (CAM of the true class; needs ``label_key``) or ``"predicted"``.
-        description: extra JSON-serialisable entries stored in the header's description.
+        description: extra JSON-serialisable entries stored in the header's description (the
+            entries describing the file itself, ``image_size``, ``mask_size``, ``num_samples`` and
+            ``dtype``, are always the file's own).
 
     Returns:
         ``Path(path)``.
 
     Raises:
-        TypeError, ValueError: bad arguments, non-tensor images, or images of different sizes.
+        TypeError, ValueError: bad arguments, non-tensor images, non-integer labels, or images of
+            different sizes.
+        IsADirectoryError, NotADirectoryError, PermissionError: ``path`` cannot be written; checked
+            before any mask is computed.
     """
     from salaug.cam import create_cam
 
@@ -334,12 +452,22 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
         raise ValueError(f"targets must be 'label' or 'predicted', got {targets!r}")
     if targets == "label" and label_key is None:
         raise ValueError("targets='label' needs label_key; pass targets='predicted' for unlabelled data")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise TypeError(
+            f"dataset must be a map-style dataset (with __len__ and __getitem__), got {type(dataset).__name__}"
+        )
+    extra = _check_description(description)
+    # the output is checked before the (long) computation, not when the file is renamed at the end
+    path = check_output_file(path, "mask file")
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
         raise ValueError("the dataset is empty: nothing to precompute")
-    path = Path(path)
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -356,7 +484,7 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
             )
         labels = None
         if targets == "label":
-            labels = torch.as_tensor([int(_get(s, label_key, "label", "label_key")) for s in samples])
+            labels = torch.as_tensor([_label_index(_get(s, label_key, "label", "label_key")) for s in samples])
         return torch.stack(images), labels
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
@@ -381,13 +509,13 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
                     "model": type(model).__name__,
                     "target_layer": _layer_name(model, target_layer, cam_obj),
                     "cam": cam_label,
-                    "image_size": list(image_size),
-                    "mask_size": list(shape),
                     "targets": targets,
                     "dataset": type(dataset).__name__,
+                    **extra,
+                    "image_size": list(image_size),
+                    "mask_size": list(shape),
                     "num_samples": n,
                     "dtype": dtype,
-                    **(description or {}),
                 }
                 f.write(_header_bytes(n, shape[0], shape[1], dtype, desc))
             elif tuple(maps.shape[-2:]) != shape or tuple(images.shape[-2:]) != image_size:
@@ -440,12 +568,24 @@ class MaskedDataset(Dataset):
         mask_key: key of the mask in dict samples (ignored for tuples, where it is appended).
 
     Raises:
-        ValueError: the mask file does not match the dataset (the message names the file).
+        TypeError: ``path`` is not a path or a MaskBank (e.g. ``None``), or a bad argument type.
+        FileNotFoundError, IsADirectoryError: ``path`` is missing or a directory.
+        ValueError: the file is not a mask file, is corrupt or truncated, or holds another number
+            of masks than the dataset has samples (the message names the file).
     """
 
     def __init__(self, dataset: Dataset, path: str | os.PathLike | MaskBank,
                  transforms: Callable | None = None, *, image_key: int | str = 0,
                  mask_key: str = MASK_KEY) -> None:
+        if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+            raise TypeError(
+                f"MaskedDataset needs a map-style dataset (with __len__ and __getitem__), got "
+                f"{type(dataset).__name__}"
+            )
+        if transforms is not None and not callable(transforms):
+            raise TypeError(f"transforms must be a torchvision v2 transform (callable), got {type(transforms).__name__}")
+        if not isinstance(mask_key, str):
+            raise TypeError(f"mask_key must be a str (the key added to dict samples), got {mask_key!r}")
         self.dataset = dataset
         n = len(dataset)  # type: ignore[arg-type]
         if isinstance(path, MaskBank):
@@ -481,9 +621,16 @@ class MaskedDataset(Dataset):
 
         image = _get(sample, self.image_key, "image", "image_key")
         if isinstance(image, Tensor):
+            if image.ndim not in (2, 3):
+                raise ValueError(f"MaskedDataset: images must be (C, H, W) or (H, W), got {tuple(image.shape)}")
             image = tv_tensors.Image(image)
+        elif isinstance(image, np.ndarray) or hasattr(image, "getbands"):  # numpy / PIL
+            image = TF.to_image(image)
         else:
-            image = TF.to_image(image)  # PIL / numpy
+            raise TypeError(
+                f"MaskedDataset: images must be tensors, PIL images or numpy arrays, got {type(image).__name__} "
+                f"at image_key={self.image_key!r}; pass image_key=<position of the image>"
+            )
         height, width = image.shape[-2:]
         if tuple(mask.shape[-2:]) != (height, width):
             mask = F.interpolate(mask[None], size=(height, width), mode="bilinear", align_corners=False)[0]

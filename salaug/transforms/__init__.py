@@ -1,10 +1,12 @@
 """Saliency-guided transforms: crop, mix, paste (pad) and keep.
 
-Each is called ``t(images, saliency, labels)`` and returns a :class:`SalientBatch` whose labels are
-``(B, K)`` soft labels, so transforms chain and ``F.cross_entropy(logits, labels)`` works unchanged.
+Each is called ``t(images, saliency, labels, *, num_classes=None, params=None, return_params=False,
+generator=None)`` and returns a :class:`SalientBatch` whose labels are ``(B, K)`` soft labels, so
+transforms chain and ``F.cross_entropy(logits, labels)`` works unchanged. Constructors take
+``num_classes`` as their only positional argument. The mixes share :class:`MixTransform`.
 """
 
-from salaug.transforms.base import Params, SalientBatch, SaliencyTransform
+from salaug.transforms.base import MixTransform, Params, ParamsRecord, SalientBatch, SaliencyTransform
 from salaug.transforms.crop import SalientCrop
 from salaug.transforms.erase import KeepCutout
 from salaug.transforms.labels import mix_soft_labels, to_soft_labels
@@ -15,7 +17,9 @@ __all__ = [
     "AttentiveCutMix",
     "GuidedMixup",
     "KeepCutout",
+    "MixTransform",
     "Params",
+    "ParamsRecord",
     "SaliencyMix",
     "SaliencyTransform",
     "SalientBatch",

@@ -1,27 +1,72 @@
-"""The contract every saliency transform shares.
+"""The contract every saliency transform shares, and the base of the mixes.
 
 A transform is called ``t(images, saliency, labels)`` and returns a :class:`SalientBatch`. The base
 class validates inputs, turns labels into ``(B, K)`` soft labels, samples the per-sample
-application mask (``p`` is applied exactly once) and, for mixes, a partner permutation, and lets the
-sampled parameters be returned and replayed.
+application mask (``p`` is applied exactly once) and lets the sampled parameters be returned and
+replayed. :class:`MixTransform` adds what every mix shares: the partner permutation, one pixel
+function applied to images and saliency alike, and the label ``mix_soft_labels(labels, perm,
+share * applied)``.
 
-Randomness comes from ``generator`` when one is given (reproducible, its state can be saved) and
-from the global stream of the images' device otherwise. Parameters are sampled on the generator's
-device and moved to the images' device, which is an asynchronous copy, not a host sync.
+Randomness comes from the ``generator`` given to the call, else from the constructor's
+``generator``, else from the global stream of the images' device. Parameters are sampled on the
+generator's device and moved to the images' device, which is an asynchronous copy, not a host
+sync. The call-time generator is handed to the sampling code through a context variable, so one
+transform can be called from several threads with different generators.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, overload, Literal
+import inspect
+from contextvars import ContextVar
+from typing import Any, ClassVar, Literal, NamedTuple, overload
 
 import torch
 from torch import Tensor, nn
 
-from salaug._checks import check_images, check_saliency, to_soft_labels
+from salaug._checks import check_choice, check_generator, check_images, check_number, check_saliency, to_soft_labels
+from salaug.transforms.labels import mix_soft_labels
 
-Params = dict[str, Tensor]
+__all__ = [
+    "MixTransform",
+    "Params",
+    "ParamsRecord",
+    "SalientBatch",
+    "SaliencyTransform",
+    "sample_beta",
+    "sample_perm",
+    "sample_uniform",
+    "is_flat",
+    "saliency_share",
+]
 
-__all__ = ["Params", "SalientBatch", "SaliencyTransform", "sample_uniform", "sample_beta", "sample_perm"]
+# key -> (dtype kind, shape); a shape entry is an int, a dimension name resolved by
+# ``SaliencyTransform.param_dims`` ("B", "C", "H", "W", ...) or "*" (any size)
+ParamSpec = dict[str, tuple[Literal["bool", "int", "float"], tuple[int | str, ...]]]
+
+
+class ParamsRecord(NamedTuple):
+    """What a :class:`Params` dict was sampled for; a replay on anything else is refused."""
+
+    transform: str
+    batch_size: int
+    size: tuple[int, int]
+
+
+class Params(dict[str, Tensor]):
+    """The sampled parameters of a call: a ``dict`` of tensors that remembers what it was sampled for.
+
+    ``sampled_for`` is a :class:`ParamsRecord` (transform class, batch size, image ``(H, W)``); a
+    replay (``t(..., params=params)``) on another transform, batch size or image size is refused.
+    A plain ``dict`` (e.g. rebuilt by a comprehension) is accepted with its keys, dtypes and shapes
+    checked, but without that record.
+    """
+
+    def __init__(self, *args: Any, sampled_for: ParamsRecord | None = None, **kwargs: Tensor) -> None:
+        super().__init__(*args, **kwargs)
+        self.sampled_for = sampled_for
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (dict(self),), {"sampled_for": self.sampled_for})
 
 
 class SalientBatch(NamedTuple):
@@ -62,35 +107,81 @@ def sample_perm(n: int, device: torch.device, generator: torch.Generator | None 
     return torch.randperm(n, generator=generator, device=_on(generator, device)).to(device)
 
 
+def saliency_share(kept: Tensor, pasted: Tensor, area: Tensor, eps: float = 1e-6) -> Tensor:
+    """The partner's label share by saliency mass: ``pasted / (kept + pasted)``.
+
+    Args:
+        kept: ``(B,)`` fraction of the target's saliency mass that stays visible.
+        pasted: ``(B,)`` fraction of the partner's saliency mass that is pasted in.
+        area: ``(B,)`` the area share, used where both masses vanish (never NaN).
+
+    Returns:
+        ``(B,)`` float32 in ``[0, 1]``.
+
+    Example:
+        >>> saliency_share(torch.tensor([0.75, 0.0]), torch.tensor([0.25, 0.0]), torch.tensor([0.1, 0.3])).tolist()
+        [0.25, 0.30000001192092896]
+    """
+    kept, pasted = kept.to(torch.float32), pasted.to(torch.float32)
+    total = kept + pasted
+    return torch.where(total > eps, pasted / total.clamp(min=eps), area.to(torch.float32)).clamp(0, 1)
+
+
+def is_flat(saliency: Tensor, eps: float = 1e-6) -> Tensor:
+    """``(B,)`` bool: maps of a ``(B, 1, H, W)`` batch with no contrast (``max - min <= eps``)."""
+    lo, hi = torch.aminmax(saliency.flatten(1), dim=1)
+    return (hi - lo) <= eps
+
+
+# (transform, generator) of the call in progress in this thread / task
+_CALL: ContextVar[tuple[nn.Module, torch.Generator | None] | None] = ContextVar("salaug_call", default=None)
+
+
+def _kind_ok(t: Tensor, kind: str) -> bool:
+    if kind == "bool":
+        return t.dtype == torch.bool
+    if kind == "float":
+        return t.is_floating_point()
+    return not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+
+
 class SaliencyTransform(nn.Module):
     """Base class of the saliency-guided transforms.
 
     Subclasses implement :meth:`generate_parameters` (sample everything random, as tensors, and
-    the ``"applied"`` mask) and :meth:`apply_transform` (deterministic given the parameters).
+    the ``"applied"`` mask) and :meth:`apply_transform` (deterministic given the parameters), and
+    declare the parameters a replay needs in :attr:`required_params`. A call returns its
+    parameters as :class:`Params`, which record the transform class, batch size and image size
+    they were sampled for; a replay on anything else is refused (:meth:`check_params`).
 
     Args:
         num_classes: number of classes K, needed when labels are ``(B,)`` class indices.
         p: probability that each sample is transformed (drawn once per sample).
-        generator: optional ``torch.Generator`` for reproducible sampling.
+        generator: optional ``torch.Generator`` for reproducible sampling; a ``generator`` passed
+            to the call takes precedence.
 
     Raises:
+        TypeError: for arguments of the wrong type (e.g. ``p="0.5"``, ``num_classes=2.5``).
         ValueError: if ``p`` is outside ``[0, 1]`` or ``num_classes`` < 1.
     """
 
-    def __init__(self, num_classes: int | None = None, p: float = 1.0,
+    #: parameters a replay must carry: key -> (dtype kind, shape), see :meth:`check_params`
+    required_params: ClassVar[ParamSpec] = {"applied": ("bool", ("B",))}
+
+    def __init__(self, num_classes: int | None = None, *, p: float = 1.0,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be a probability in [0, 1], got {p}")
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
-        self.num_classes = num_classes
-        self.p = float(p)
-        self.generator = generator
+        self.num_classes = check_number("num_classes", num_classes, integer=True, low=1, optional=True)
+        self.p = check_number("p", p, low=0.0, high=1.0)
+        self.generator = check_generator(generator)
 
     # -- to implement ---------------------------------------------------------------------------
-    def generate_parameters(self, images: Tensor, saliency: Tensor) -> Params:
-        """Sample the random parameters for this batch; must include ``"applied"`` ``(B,)`` bool."""
+    def generate_parameters(self, images: Tensor, saliency: Tensor) -> dict[str, Tensor]:
+        """Sample the random parameters for this batch; must include ``"applied"`` ``(B,)`` bool.
+
+        Draw from :attr:`active_generator` (the helpers :meth:`sample_applied` and
+        :meth:`sample_partners` do).
+        """
         raise NotImplementedError
 
     def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
@@ -98,62 +189,245 @@ class SaliencyTransform(nn.Module):
         raise NotImplementedError
 
     # -- shared helpers -------------------------------------------------------------------------
+    @property
+    def active_generator(self) -> torch.Generator | None:
+        """The generator of the call in progress (the call's, else the constructor's)."""
+        call = _CALL.get()
+        return call[1] if call is not None and call[0] is self else self.generator
+
     def sample_applied(self, batch_size: int, device: torch.device) -> Tensor:
         """``(B,)`` bool: which samples are transformed (probability ``p`` each, drawn once)."""
-        return sample_uniform((batch_size,), device, self.generator) < self.p
+        return sample_uniform((batch_size,), device, self.active_generator) < self.p
 
     def sample_partners(self, batch_size: int, device: torch.device) -> Tensor:
         """``(B,)`` long: each sample's mixing partner, a random permutation of the batch."""
-        return sample_perm(batch_size, device, self.generator)
+        return sample_perm(batch_size, device, self.active_generator)
+
+    def param_dims(self, images: Tensor) -> dict[str, int]:
+        """Sizes of the named dimensions in :attr:`required_params` for ``images``."""
+        b, c, h, w = images.shape
+        return {"B": b, "C": c, "H": h, "W": w}
+
+    def param_spec(self) -> ParamSpec:
+        """The parameters this instance needs (:attr:`required_params`, per option where it varies)."""
+        return self.required_params
+
+    def check_params(self, params: object, images: Tensor) -> Params:
+        """Check replayed ``params`` against what they were sampled for and :meth:`param_spec`.
+
+        Shapes and dtypes only: no tensor value is read, so this never syncs with the device.
+
+        Returns:
+            The params, moved to the images' device.
+
+        Raises:
+            TypeError: if ``params`` is not a dict of tensors.
+            ValueError: params of another transform, batch size or image size; a missing key or a
+                key of the wrong dtype or shape. The message says what to pass instead.
+        """
+        name = type(self).__name__
+        if not isinstance(params, dict):
+            raise TypeError(f"params must be the dict returned by a call of {name} with return_params=True, "
+                            f"got {type(params).__name__}")
+        b, _, h, w = images.shape
+        record = getattr(params, "sampled_for", None)
+        if isinstance(record, ParamsRecord):
+            if record.transform != _qualname(type(self)):
+                raise ValueError(f"params were sampled by {record.transform.rsplit('.', 1)[-1]}, not {name}; "
+                                 f"replay params only on the transform that returned them")
+            if record.batch_size != b:
+                raise ValueError(f"params were sampled for a batch of {record.batch_size} but this batch has {b}; "
+                                 "replay parameters only on batches of the same size")
+            if tuple(record.size) != (h, w):
+                raise ValueError(f"params were sampled for images of {record.size[0]}x{record.size[1]} but these are "
+                                 f"{h}x{w}; replay parameters only on images of the same size (resize first)")
+        spec = self.param_spec()
+        missing = [k for k in spec if k not in params]
+        if missing:
+            raise ValueError(f"params for {name} must contain {list(spec)}, missing {missing}; pass the dict "
+                             f"returned by a call of the same transform with return_params=True")
+        dims = self.param_dims(images)
+        for key, (kind, shape) in spec.items():
+            value = params[key]
+            want = tuple(dims.get(d, d) if isinstance(d, str) else d for d in shape)
+            if not isinstance(value, Tensor):
+                raise TypeError(f"params[{key!r}] must be a tensor of shape {want}, got {type(value).__name__}")
+            fits = value.ndim == len(want) and all(d == "*" or d == n for d, n in zip(want, value.shape))
+            if not fits or not _kind_ok(value, kind):
+                what = "batch" if value.ndim and value.shape[0] != b else "shape"
+                raise ValueError(f"params[{key!r}] is {value.dtype} of shape {tuple(value.shape)}, expected {kind} of "
+                                 f"shape {want} for this {what} of images {tuple(images.shape)}; replay params only "
+                                 "on a batch like the one they were sampled for")
+        dev = images.device
+        return Params({k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in params.items()},
+                      sampled_for=record if isinstance(record, ParamsRecord) else None)
 
     # -- the call -------------------------------------------------------------------------------
     @overload
     def forward(self, images: Tensor, saliency: Tensor, labels: Tensor, *, num_classes: int | None = ...,
-                params: Params | None = ..., return_params: Literal[False] = ...) -> SalientBatch: ...
+                params: dict[str, Tensor] | None = ..., return_params: Literal[False] = ...,
+                generator: torch.Generator | None = ...) -> SalientBatch: ...
 
     @overload
     def forward(self, images: Tensor, saliency: Tensor, labels: Tensor, *, num_classes: int | None = ...,
-                params: Params | None = ..., return_params: Literal[True]) -> tuple[SalientBatch, Params]: ...
+                params: dict[str, Tensor] | None = ..., return_params: Literal[True],
+                generator: torch.Generator | None = ...) -> tuple[SalientBatch, Params]: ...
 
     def forward(self, images: Tensor, saliency: Tensor, labels: Tensor, *, num_classes: int | None = None,
-                params: Params | None = None, return_params: bool = False):
+                params: dict[str, Tensor] | None = None, return_params: bool = False,
+                generator: torch.Generator | None = None):
         """Transform a batch.
 
         Args:
-            images: ``(B, C, H, W)`` floating point, any normalisation.
-            saliency: ``(B, 1, H, W)`` (or lower resolution ``(B, 1, h, w)``) in ``[0, 1]``.
+            images: ``(B, C, H, W)`` floating point, any normalisation, any memory format.
+            saliency: ``(B, 1, H, W)`` (or lower resolution ``(B, 1, h, w)`` of the same aspect,
+                as a feature map of the images) in ``[0, 1]``.
             labels: ``(B,)`` class indices (needs ``num_classes``) or ``(B, K)`` probabilities.
             num_classes: overrides the constructor's ``num_classes`` for this call.
             params: parameters returned by an earlier call (``return_params=True``) to replay the
                 same transform on another batch of the same size (e.g. segmentation masks).
             return_params: also return the sampled parameters.
+            generator: draws this call's randomness, overriding the constructor's ``generator``.
 
         Returns:
-            :class:`SalientBatch` ``(images, saliency, labels)``, and the parameters if asked.
+            :class:`SalientBatch` ``(images, saliency, labels)``, and the :class:`Params` if asked.
 
         Raises:
             TypeError, ValueError: on malformed inputs or parameters (see messages).
         """
-        images = check_images(images)
+        images = check_images(images, finite=True)
         saliency = check_saliency(saliency, images)
-        k = num_classes if num_classes is not None else self.num_classes
+        k = self.num_classes if num_classes is None else check_number("num_classes", num_classes, integer=True, low=1)
         soft = to_soft_labels(labels, images.shape[0], k, images.device)
         if params is None:
-            params = self.generate_parameters(images, saliency)
+            g = self.generator if generator is None else check_generator(generator)
+            token = _CALL.set((self, g))
+            try:
+                raw = self.generate_parameters(images, saliency)
+            finally:
+                _CALL.reset(token)
+            b, _, h, w = images.shape
+            params = Params(raw, sampled_for=ParamsRecord(_qualname(type(self)), b, (h, w)))
+            used = params
         else:
-            self._check_params(params, images.shape[0])
-        out = self.apply_transform(images, saliency, soft, params)
+            used = self.check_params(params, images)
+        out = self.apply_transform(images, saliency, soft, used)
         return (out, params) if return_params else out
 
-    def _check_params(self, params: Params, batch_size: int) -> None:
-        applied = params.get("applied") if isinstance(params, dict) else None
-        if applied is None:
-            raise ValueError("params must be the dict returned by a call with return_params=True")
-        if applied.shape[0] != batch_size:
-            raise ValueError(
-                f"params were sampled for a batch of {applied.shape[0]} but this batch has {batch_size}; "
-                "replay parameters only on batches of the same size"
-            )
-
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, p={self.p}"
+        """The constructor's arguments, in its order (the generator left out)."""
+        names = [n for n in inspect.signature(type(self).__init__).parameters
+                 if n not in ("self", "generator") and hasattr(self, n)]
+        return ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class MixTransform(SaliencyTransform):
+    """Base of the mixes: each sample takes content from a partner ``perm[i]`` of the same batch.
+
+    :meth:`generate_parameters` draws ``applied`` and ``perm`` and then asks :meth:`sample_mix`
+    for the rest. :meth:`apply_transform` computes a pixel plan once (:meth:`pixel_plan`), runs the
+    one pixel function :meth:`mix_pixels` on the images and on the saliency, and mixes the labels
+    with ``mix_soft_labels(labels, perm, partner_share * applied)``. A mix states only how it
+    samples (:meth:`sample_mix`), what it pastes (:meth:`pixel_plan`, :meth:`mix_pixels`) and the
+    partner's share (:meth:`area_share` and, for ``labels="saliency"``, :meth:`saliency_masses`).
+
+    Params keys: ``applied`` ``(B,)`` bool and ``perm`` ``(B,)`` int64, plus each mix's own.
+
+    Args:
+        num_classes: number of classes K, needed when labels are ``(B,)`` class indices.
+        labels: ``"area"`` or ``"saliency"`` for mixes that offer both rules (``None``: none).
+        p: probability that each sample is mixed.
+        generator: optional ``torch.Generator`` for reproducible sampling.
+
+    Example:
+        A plain CutMix (the left half of the partner pasted in) takes four short methods:
+
+        >>> from salaug.transforms._ops import paste
+        >>> class HalfMix(MixTransform):
+        ...     def sample_mix(self, images, saliency, applied, perm):
+        ...         return {}
+        ...     def pixel_plan(self, params, size):
+        ...         left = torch.arange(size[1]) < size[1] // 2
+        ...         return left.view(1, 1, 1, -1) & params["applied"].view(-1, 1, 1, 1)
+        ...     def mix_pixels(self, x, params, plan, *, is_saliency=False):
+        ...         return paste(plan, x[params["perm"]], x)
+        ...     def area_share(self, params, size):
+        ...         return torch.full((params["perm"].shape[0],), 0.5)
+        >>> x = torch.stack((torch.zeros(3, 4, 4), torch.ones(3, 4, 4)))
+        >>> g = torch.Generator().manual_seed(0)
+        >>> out = HalfMix(2)(x, torch.rand(2, 1, 4, 4), torch.tensor([0, 1]), generator=g)
+        >>> out.labels.tolist(), out.images.mean((1, 2, 3)).tolist()
+        ([[0.5, 0.5], [0.5, 0.5]], [0.5, 0.5])
+    """
+
+    required_params: ClassVar[ParamSpec] = {"applied": ("bool", ("B",)), "perm": ("int", ("B",))}
+    #: whether the pixel function can leave ``[0, 1]`` on saliency (resampling rounding)
+    clamp_saliency: ClassVar[bool] = True
+
+    def __init__(self, num_classes: int | None = None, *, labels: str | None = None, p: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(num_classes, p=p, generator=generator)
+        if labels is not None:
+            self.labels = check_choice("labels", labels, ("area", "saliency"))
+
+    # -- to implement -------------------------------------------------------------------------------
+    def sample_mix(self, images: Tensor, saliency: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
+        """Sample this mix's own parameters (boxes, cells, ...) given ``applied`` and ``perm``."""
+        raise NotImplementedError
+
+    def pixel_plan(self, params: Params, size: tuple[int, int]) -> Any:
+        """Whatever :meth:`mix_pixels` needs, computed once for images and saliency (masks, grids)."""
+        return None
+
+    def mix_pixels(self, x: Tensor, params: Params, plan: Any, *, is_saliency: bool = False) -> Tensor:
+        """Mix ``(B, C, H, W)`` ``x`` with ``x[perm]``: the same function for images and saliency.
+
+        ``is_saliency`` only chooses the value of pixels that show no image (a padded canvas's
+        fill is 0 in the saliency).
+        """
+        raise NotImplementedError
+
+    def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
+        """``(B,)`` the partner's share by area (the pasted pixels' share of the visible canvas)."""
+        raise NotImplementedError
+
+    def saliency_masses(self, saliency: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        """``(kept, pasted)``: the target's surviving mass and the partner's pasted mass, ``(B,)`` each."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------------
+    def generate_parameters(self, images: Tensor, saliency: Tensor) -> dict[str, Tensor]:
+        b = images.shape[0]
+        applied = self.sample_applied(b, images.device)
+        perm = self.sample_partners(b, images.device)
+        return {"applied": applied, "perm": perm, **self.sample_mix(images, saliency, applied, perm)}
+
+    def mass_share(self, kept: Tensor, pasted: Tensor, area: Tensor) -> Tensor:
+        """``(B,)`` the partner's share from the masses (:func:`saliency_share`; SnapMix may differ)."""
+        return saliency_share(kept, pasted, area)
+
+    def partner_share(self, saliency: Tensor, params: Params) -> Tensor:
+        """``(B,)`` the partner's label share, by the ``labels`` rule (before ``applied``).
+
+        With ``labels="saliency"``, a pair where either map is flat (no saliency information, e.g.
+        all zero) gets the area share, so flat saliency gives exactly the area labels.
+        """
+        area = self.area_share(params, saliency.shape[-2:])
+        if getattr(self, "labels", "area") == "area":
+            return area
+        kept, pasted = self.saliency_masses(saliency, params)
+        flat = is_flat(saliency)
+        return torch.where(flat | flat[params["perm"]], area, self.mass_share(kept, pasted, area))
+
+    def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
+        plan = self.pixel_plan(params, images.shape[-2:])
+        out = self.mix_pixels(images, params, plan)
+        sal = self.mix_pixels(saliency, params, plan, is_saliency=True)
+        if self.clamp_saliency:
+            sal = sal.clamp(0, 1)
+        share = self.partner_share(saliency, params) * params["applied"]
+        return SalientBatch(out, sal, mix_soft_labels(labels, params["perm"], share))

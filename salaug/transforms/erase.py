@@ -7,18 +7,16 @@ import math
 import torch
 from torch import Tensor
 
-from salaug.boxes import box_mask
-from salaug.transforms.base import Params, SalientBatch, SaliencyTransform
-from salaug.transforms.crop import (
-    _check_boxes_param, _check_range, _fast_box_mass, _first_true, _flat, _gather, _patch_index, _pick,
-    _restore_first, _sample_boxes, _scatter,
-)
+from salaug._checks import check_interval, check_number
+from salaug.boxes import box_mask, box_mass
+from salaug.transforms._ops import first_true, flat_index, gather, patch_index, pick, restore_first, rrc_boxes, scatter
+from salaug.transforms.base import ParamSpec, Params, SalientBatch, SaliencyTransform
 
 __all__ = ["KeepCutout"]
 
 
 def _max_side(scale_max: float, ratio: float, h: int, w: int, side: int) -> int:
-    """Largest side a sampled candidate can have (see ``_sample_boxes``), with a rounding margin."""
+    """Largest side a sampled candidate can have (see ``_ops.rrc_boxes``), with a rounding margin."""
     return min(side, int(math.ceil(math.sqrt(scale_max * h * w * ratio) * (1 + 1e-6))) + 1)
 
 
@@ -34,13 +32,13 @@ class KeepCutout(SaliencyTransform):
     saliency is set to 0. Labels are unchanged.
 
     Args:
+        num_classes: number of classes K, needed for ``(B,)`` integer labels.
         scale: range of the erased area as a fraction of the image area, in ``(0, 1]``.
         ratio: range of the aspect ratio ``w / h`` in pixels.
         threshold: erase only boxes holding less than this fraction of the saliency mass.
         value: fill value, or ``"random"`` for per-pixel N(0, 1) noise (drawn in
             ``generate_parameters`` so a replay is exact).
         num_candidates: boxes tried per sample.
-        num_classes: number of classes K, needed for ``(B,)`` integer labels.
         p: probability that each sample is considered for erasing.
         generator: optional ``torch.Generator`` for reproducible sampling.
 
@@ -70,66 +68,59 @@ class KeepCutout(SaliencyTransform):
         (True, True)
     """
 
-    def __init__(self, scale: tuple[float, float] = (0.02, 0.25), ratio: tuple[float, float] = (0.3, 3.3),
-                 threshold: float = 0.1, value: float | str = 0.0, num_candidates: int = 16,
-                 num_classes: int | None = None, p: float = 1.0, generator: torch.Generator | None = None) -> None:
-        super().__init__(num_classes=num_classes, p=p, generator=generator)
-        self.scale = _check_range("scale", scale, 0.0, 1.0, open_low=True)
-        self.ratio = _check_range("ratio", ratio, 0.0, None, open_low=True)
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be a fraction of the saliency mass in [0, 1], got {threshold}")
-        self.threshold = float(threshold)
-        if isinstance(value, str):
-            if value != "random":
-                raise ValueError(f"value must be a number or 'random', got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"value must be a finite number or 'random', got {value!r}")
-        self.value = value if isinstance(value, str) else float(value)
-        if not isinstance(num_candidates, int) or num_candidates < 1:
-            raise ValueError(f"num_candidates must be a positive int, got {num_candidates!r}")
-        self.num_candidates = num_candidates
+    def __init__(self, num_classes: int | None = None, *, scale: tuple[float, float] = (0.02, 0.25),
+                 ratio: tuple[float, float] = (0.3, 3.3), threshold: float = 0.1, value: float | str = 0.0,
+                 num_candidates: int = 16, p: float = 1.0, generator: torch.Generator | None = None) -> None:
+        super().__init__(num_classes, p=p, generator=generator)
+        self.scale = check_interval("scale", scale, low=0.0, high=1.0, low_open=True)
+        self.ratio = check_interval("ratio", ratio, low=0.0, low_open=True)
+        self.threshold = check_number("threshold", threshold, low=0.0, high=1.0)
+        if isinstance(value, str) and value != "random":
+            raise ValueError(f"value must be a number or 'random', got {value!r}")
+        self.value = value if isinstance(value, str) else check_number("value", value)
+        self.num_candidates = check_number("num_candidates", num_candidates, integer=True, low=1)
+
+    def param_spec(self) -> ParamSpec:
+        spec: ParamSpec = {"applied": ("bool", ("B",)), "boxes": ("int", ("B", 4))}
+        if self.value == "random":
+            spec["noise"] = ("float", ("B", "C", "*", "*"))
+        return spec
 
     def _patch_size(self, h: int, w: int) -> tuple[int, int]:
         return (_max_side(self.scale[1], 1 / self.ratio[0], h, w, h), _max_side(self.scale[1], self.ratio[1], h, w, w))
 
-    def generate_parameters(self, images: Tensor, saliency: Tensor) -> Params:
+    def generate_parameters(self, images: Tensor, saliency: Tensor) -> dict[str, Tensor]:
         b, c, h, w = images.shape
         dev = images.device
         applied = self.sample_applied(b, dev)
-        cand = _sample_boxes(b, self.num_candidates, (h, w), self.scale, self.ratio, dev, self.generator)
-        mass = _fast_box_mass(saliency, cand)
-        idx, found = _first_true(mass < self.threshold)
+        g = self.active_generator
+        cand = rrc_boxes(b, self.num_candidates, (h, w), self.scale, self.ratio, dev, g)
+        mass = box_mass(saliency, cand)
+        idx, found = first_true(mass < self.threshold)
         use = (applied & found)[:, None]
-        boxes = torch.where(use, _pick(cand, idx), torch.zeros((), dtype=torch.long, device=dev))
+        boxes = torch.where(use, pick(cand, idx), torch.zeros((), dtype=torch.long, device=dev))
         params = {"applied": applied, "boxes": boxes,
                   "mass": torch.where(use[:, 0], mass.gather(1, idx[:, None]).squeeze(1), torch.zeros((), device=dev))}
         if self.value == "random":
             hm, wm = self._patch_size(h, w)
-            gdev = self.generator.device if self.generator is not None else dev
-            params["noise"] = torch.randn((b, c, hm, wm), generator=self.generator, device=gdev).to(dev)
+            gdev = g.device if g is not None else dev
+            params["noise"] = torch.randn((b, c, hm, wm), generator=g, device=gdev).to(dev)
         return params
 
     def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
         b, c, h, w = images.shape
-        boxes = _check_boxes_param(params, "boxes", b, type(self).__name__).to(images.device)
+        boxes = params["boxes"]
         mask = box_mask(boxes, (h, w))
         sal = torch.where(mask, torch.zeros((), dtype=saliency.dtype, device=saliency.device), saliency)
         if self.value != "random":
             fill = torch.full((), self.value, dtype=images.dtype, device=images.device)
             return SalientBatch(torch.where(mask, fill, images), sal, labels)
-        noise = params.get("noise")
-        if not isinstance(noise, Tensor) or noise.ndim != 4 or noise.shape[:2] != (b, c):
-            got = None if not isinstance(noise, Tensor) else tuple(noise.shape)
-            raise ValueError(f"KeepCutout(value='random') params need 'noise' of shape ({b}, {c}, Hm, Wm), got {got}")
-        noise = noise.to(device=images.device, dtype=images.dtype)
+        noise = params["noise"].to(dtype=images.dtype)
         hm, wm = noise.shape[-2:]
-        rows, cols, ri, ci = _patch_index(boxes, (hm, wm), (h, w))
-        idx = _flat(rows, cols, w)
-        out = _scatter(images.clone(), _gather(noise, _flat(ri, ci, wm)), idx)
+        rows, cols, ri, ci = patch_index(boxes, (hm, wm), (h, w))
+        idx = flat_index(rows, cols, w)
+        images = images.contiguous()
+        out = scatter(images.clone(), gather(noise, flat_index(ri, ci, wm)), idx)
         empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-        _restore_first(out, images, idx, empty)  # an empty box collapsed onto one pixel
+        out = restore_first(out, images, idx, empty)  # an empty box collapsed onto one pixel
         return SalientBatch(out, sal, labels)
-
-    def extra_repr(self) -> str:
-        return (f"scale={self.scale}, ratio={self.ratio}, threshold={self.threshold}, value={self.value!r}, "
-                f"num_candidates={self.num_candidates}, {super().extra_repr()}")

@@ -8,14 +8,22 @@ exception) and no host sync, so the transforms can run inside a training step on
 
 The label rules make the soft labels describe what the mixed image really contains:
 
-=================  ===========================================================================
-transform          partner's share of the label
-=================  ===========================================================================
-SaliencyMix        area of the pasted box / image area
-AttentiveCutMix    area of the pasted cells / image area (``k / cells`` for a dividing grid)
-SnapMix            saliency mass of the partner pasted vs. mass of the target kept
-GuidedMixup        mean over pixels of the partner's mixing weight
-=================  ===========================================================================
+=================  ======================================================  ==================
+transform          partner's share of the label (the paper's rule)         other rule
+=================  ======================================================  ==================
+SaliencyMix        area of the pasted box / image area                     ``labels="saliency"``
+AttentiveCutMix    area of the pasted cells / image area                   ``labels="saliency"``
+SnapMix            saliency mass of the partner pasted vs. target kept     ``labels="area"``
+GuidedMixup        mean over pixels of the partner's mixing weight         (none)
+=================  ======================================================  ==================
+
+``labels="saliency"`` (every box / cell / paste mix, also :class:`~salaug.transforms.SalientPaste`)
+gives the partner the share ``pasted / (kept + pasted)``: ``pasted`` the fraction of the partner's
+saliency mass that is pasted in, ``kept`` the fraction of the target's mass that stays visible
+(SnapMix's rule, normalised to sum 1). A pair where either map is flat (no contrast, e.g. all
+zero: no information on where the object is) gets the area share, as does a pair where both masses
+vanish: never NaN, and flat saliency gives exactly the area labels. With object masks as saliency
+the label is the visible share of each object.
 
 All sampled quantities are returned as tensors in the ``params`` dict, so
 ``t(x2, s2, y2, params=params)`` replays the same mix on another batch of the same size (e.g.
@@ -24,64 +32,27 @@ segmentation masks).
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from salaug._checks import check_choice, check_flag, check_number
 from salaug._filters import gaussian_blur
-from salaug.boxes import box_area, box_around, box_mask, box_mass, box_size, cells_mask, grid_cells, \
-    integral_image, peak, top_k_cells
-from salaug.transforms.base import Params, SalientBatch, SaliencyTransform, sample_beta, sample_uniform
-from salaug.transforms.labels import mix_soft_labels
+from salaug.boxes import box_area, box_around, box_mask, box_mass, box_size, cell_mass, cells_mask, grid_cells, \
+    peak, row_prefix, top_k_cells
+from salaug.transforms._ops import image_aspect_boxes, masked, partner_box_mass, paste
+from salaug.transforms.base import MixTransform, ParamSpec, Params, sample_beta, sample_uniform
 
 __all__ = ["AttentiveCutMix", "GuidedMixup", "SaliencyMix", "SnapMix", "greedy_pairing"]
 
 
-def _check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha must be a positive finite number (Beta(alpha, alpha)), got {alpha!r}")
-    return float(alpha)
+def _alpha(alpha: object) -> float:
+    return check_number("alpha", alpha, low=0.0, low_open=True)  # type: ignore[return-value]
 
 
-def _require(params: Params, keys: tuple[str, ...], owner: str) -> None:
-    missing = [k for k in keys if k not in params]
-    if missing:
-        raise ValueError(
-            f"params for {owner} must contain {list(keys)}, missing {missing}; pass the dict returned by "
-            f"a call of the same transform with return_params=True"
-        )
-
-
-def _random_boxes(area: Tensor, u: Tensor, size: tuple[int, int]) -> Tensor:
-    """Boxes of the image's aspect covering ``area`` (B,), at uniform positions from ``u`` (B, 2)."""
-    h, w = size
-    sizes = box_size(area, size)
-    free = torch.stack((w - sizes[:, 0], h - sizes[:, 1]), 1)  # room left, >= 0
-    start = torch.minimum((u * (free + 1)).long(), free)
-    return torch.cat((start, start + sizes), 1)
-
-
-def _paste(mask: Tensor, fresh: Tensor, base: Tensor) -> Tensor:
-    """``torch.where(mask, fresh, base)``, written into ``fresh`` (a temporary the caller owns).
-
-    Reusing the gathered partner tensor as the output saves a full-size allocation and its page
-    faults, which on CPU is a third of the cost of the paste. Falls back to a new tensor when
-    autograd needs the graph.
-    """
-    if torch.is_grad_enabled() and (fresh.requires_grad or base.requires_grad):
-        return torch.where(mask, fresh, base)
-    return torch.where(mask, fresh, base, out=fresh)
-
-
-def _masked(mask: Tensor, applied: Tensor) -> Tensor:
-    """``(B, 1, H, W)`` bool mask restricted to the applied samples."""
-    return mask & applied.view(-1, 1, 1, 1)
-
-
-class SaliencyMix(SaliencyTransform):
+class SaliencyMix(MixTransform):
     r"""SaliencyMix: paste a box around the partner's saliency peak (Uddin et al., ICLR 2021).
 
     For each sample ``i`` with partner ``j = perm[i]``, a box of area ``lam ~ Beta(alpha, alpha)``
@@ -90,12 +61,15 @@ class SaliencyMix(SaliencyTransform):
     map has no peak: its box gets a random centre, which is plain CutMix. Unlike the reference
     code, every sample has its own box, partner and ``p`` draw.
 
-    Label: the partner's share is the realised box area over the image area (sides are rounded to
-    pixels, so it can differ slightly from ``lam``).
+    Label: ``labels="area"`` (the paper's rule, the default): the partner's share is the realised
+    box area over the image area (sides are rounded to pixels, so it can differ slightly from
+    ``lam``). ``labels="saliency"``: the partner's saliency mass inside the box against the
+    target's mass outside it (see the module doc), which follows what is visible.
 
     Args:
-        alpha: concentration of ``Beta(alpha, alpha)`` for the box area, ``> 0``.
         num_classes: number of classes, needed for ``(B,)`` integer labels.
+        alpha: concentration of ``Beta(alpha, alpha)`` for the box area, ``> 0``.
+        labels: ``"area"`` (the paper's) or ``"saliency"``.
         p: probability that each sample is mixed.
         generator: optional ``torch.Generator`` for reproducible sampling.
 
@@ -123,51 +97,56 @@ class SaliencyMix(SaliencyTransform):
         True
     """
 
-    def __init__(self, alpha: float = 1.0, num_classes: int | None = None, p: float = 1.0,
-                 generator: torch.Generator | None = None) -> None:
-        super().__init__(num_classes=num_classes, p=p, generator=generator)
-        self.alpha = _check_alpha(alpha)
+    required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "boxes": ("int", ("B", 4))}
+    clamp_saliency = False  # pixels are copied, never resampled
 
-    def generate_parameters(self, images: Tensor, saliency: Tensor) -> Params:
+    def __init__(self, num_classes: int | None = None, *, alpha: float = 1.0,
+                 labels: Literal["area", "saliency"] = "area", p: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(num_classes, labels=labels, p=p, generator=generator)
+        self.alpha = _alpha(alpha)
+
+    def sample_mix(self, images: Tensor, saliency: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
         b, _, h, w = images.shape
-        dev = images.device
-        applied = self.sample_applied(b, dev)
-        perm = self.sample_partners(b, dev)
-        area = sample_beta(self.alpha, self.alpha, (b,), dev, self.generator)
-        u = sample_uniform((b, 2), dev, self.generator)
+        dev, g = images.device, self.active_generator
+        area = sample_beta(self.alpha, self.alpha, (b,), dev, g)
+        u = sample_uniform((b, 2), dev, g)
         random_centres = torch.stack(((u[:, 0] * w).long().clamp(max=w - 1), (u[:, 1] * h).long().clamp(max=h - 1)), 1)
         centres = peak(saliency, fallback=random_centres)[perm]
-        boxes = box_around(centres, box_size(area, (h, w)), (h, w))
-        return {"applied": applied, "perm": perm, "boxes": boxes}
+        return {"boxes": box_around(centres, box_size(area, (h, w)), (h, w))}
 
-    def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
-        _require(params, ("applied", "perm", "boxes"), type(self).__name__)
-        h, w = images.shape[-2:]
-        applied, perm, boxes = params["applied"], params["perm"], params["boxes"]
-        mask = _masked(box_mask(boxes, (h, w)), applied)
-        out = _paste(mask, images[perm], images)
-        sal = _paste(mask, saliency[perm], saliency)
-        share = box_area(boxes) / (h * w) * applied
-        return SalientBatch(out, sal, mix_soft_labels(labels, perm, share))
+    def pixel_plan(self, params: Params, size: tuple[int, int]) -> Tensor:
+        return masked(box_mask(params["boxes"], size), params["applied"])
 
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, " + super().extra_repr()
+    def mix_pixels(self, x: Tensor, params: Params, plan: Tensor, *, is_saliency: bool = False) -> Tensor:
+        return paste(plan, x[params["perm"]], x)
+
+    def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
+        return box_area(params["boxes"]) / (size[0] * size[1])
+
+    def saliency_masses(self, saliency: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        prefix = row_prefix(saliency)
+        kept = 1 - box_mass(saliency, params["boxes"], prefix)
+        return kept, partner_box_mass(saliency, params["boxes"], params["perm"], prefix)
 
 
-class AttentiveCutMix(SaliencyTransform):
+class AttentiveCutMix(MixTransform):
     r"""Attentive CutMix: paste the partner's most salient grid cells (Walawalkar et al., 2020).
 
     The image is cut into a ``grid`` of cells (edges ``floor(i * H / gh)``, so any size works);
     for each sample the ``k`` cells of its partner holding the most saliency mass (ties broken at
     random, so a flat map picks random cells) are pasted at their own positions.
 
-    Label: the partner's share is the pasted pixel area over the image area, ``k / (gh * gw)``
-    when the grid divides the image.
+    Label: ``labels="area"`` (the paper's rule, the default): the partner's share is the pasted
+    pixel area over the image area, ``k / (gh * gw)`` when the grid divides the image.
+    ``labels="saliency"``: the partner's saliency mass in the pasted cells against the target's
+    mass in the cells it keeps (see the module doc).
 
     Args:
+        num_classes: number of classes, needed for ``(B,)`` integer labels.
         grid: ``(gh, gw)`` cells (an int means square), each ``>= 1``.
         k: cells to paste, ``1 <= k <= gh * gw``.
-        num_classes: number of classes, needed for ``(B,)`` integer labels.
+        labels: ``"area"`` (the paper's) or ``"saliency"``.
         p: probability that each sample is mixed.
         generator: optional ``torch.Generator`` for reproducible sampling.
 
@@ -194,48 +173,50 @@ class AttentiveCutMix(SaliencyTransform):
         True
     """
 
-    def __init__(self, grid: int | tuple[int, int] = (7, 7), k: int = 6, num_classes: int | None = None,
-                 p: float = 1.0, generator: torch.Generator | None = None) -> None:
-        super().__init__(num_classes=num_classes, p=p, generator=generator)
-        grid = (grid, grid) if isinstance(grid, int) else tuple(grid)
-        if len(grid) != 2 or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 1 for g in grid):
-            raise ValueError(f"grid must be a positive int or a pair (gh, gw) of positive ints, got {grid!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= grid[0] * grid[1]:
-            raise ValueError(f"k must be an int in [1, {grid[0] * grid[1]}] for a {grid[0]}x{grid[1]} grid, got {k!r}")
-        self.grid = (int(grid[0]), int(grid[1]))
-        self.k = k
+    required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "cells": ("bool", ("B", "G"))}
+    clamp_saliency = False  # pixels are copied, never resampled
+
+    def __init__(self, num_classes: int | None = None, *, grid: int | tuple[int, int] = (7, 7), k: int = 6,
+                 labels: Literal["area", "saliency"] = "area", p: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(num_classes, labels=labels, p=p, generator=generator)
+        pair = (grid, grid) if isinstance(grid, int) and not isinstance(grid, bool) else grid
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"grid must be a positive int or a pair (gh, gw) of positive ints, got {grid!r}")
+        gh, gw = (check_number(f"grid[{i}]", g, integer=True, low=1) for i, g in enumerate(pair))
+        self.grid = (int(gh), int(gw))  # type: ignore[arg-type]
+        self.k = check_number("k", k, integer=True, low=1, high=self.grid[0] * self.grid[1])
+
+    def param_dims(self, images: Tensor) -> dict[str, int]:
+        return {**super().param_dims(images), "G": self.grid[0] * self.grid[1]}
 
     def _check_size(self, h: int, w: int) -> None:
         if h < self.grid[0] or w < self.grid[1]:
-            raise ValueError(f"a {self.grid[0]}x{self.grid[1]} grid needs images of at least that size, got {h}x{w}")
+            raise ValueError(f"a {self.grid[0]}x{self.grid[1]} grid needs images of at least that size, got {h}x{w}; "
+                             "use a coarser grid")
 
-    def generate_parameters(self, images: Tensor, saliency: Tensor) -> Params:
+    def sample_mix(self, images: Tensor, saliency: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
         b, _, h, w = images.shape
         self._check_size(h, w)
-        dev = images.device
-        applied = self.sample_applied(b, dev)
-        perm = self.sample_partners(b, dev)
-        tie = sample_uniform((b, self.grid[0] * self.grid[1]), dev, self.generator)
-        cells = top_k_cells(saliency, self.grid, self.k, tie_break=tie)[perm]
-        return {"applied": applied, "perm": perm, "cells": cells}
+        tie = sample_uniform((b, self.grid[0] * self.grid[1]), images.device, self.active_generator)
+        return {"cells": top_k_cells(saliency, self.grid, self.k, tie_break=tie)[perm]}
 
-    def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
-        _require(params, ("applied", "perm", "cells"), type(self).__name__)
-        h, w = images.shape[-2:]
-        self._check_size(h, w)
-        applied, perm, cells = params["applied"], params["perm"], params["cells"]
-        if cells.shape[-1] != self.grid[0] * self.grid[1]:
-            raise ValueError(f"params['cells'] has {cells.shape[-1]} cells, this transform's grid has "
-                             f"{self.grid[0] * self.grid[1]}")
-        mask = _masked(cells_mask(cells, self.grid, (h, w)), applied)
-        out = _paste(mask, images[perm], images)
-        sal = _paste(mask, saliency[perm], saliency)
-        cell_area = box_area(grid_cells((h, w), self.grid, images.device)) / (h * w)
-        share = (cells.to(cell_area.dtype) @ cell_area) * applied
-        return SalientBatch(out, sal, mix_soft_labels(labels, perm, share))
+    def pixel_plan(self, params: Params, size: tuple[int, int]) -> Tensor:
+        self._check_size(*size)
+        return masked(cells_mask(params["cells"], self.grid, size), params["applied"])
 
-    def extra_repr(self) -> str:
-        return f"grid={self.grid}, k={self.k}, " + super().extra_repr()
+    def mix_pixels(self, x: Tensor, params: Params, plan: Tensor, *, is_saliency: bool = False) -> Tensor:
+        return paste(plan, x[params["perm"]], x)
+
+    def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
+        cells = params["cells"]
+        cell_area = box_area(grid_cells(size, self.grid, cells.device)) / (size[0] * size[1])
+        return cells.to(cell_area.dtype) @ cell_area
+
+    def saliency_masses(self, saliency: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        cells, perm = params["cells"].to(torch.float32), params["perm"]
+        mass = cell_mass(saliency, self.grid)  # (B, G), each row sums to 1
+        return 1 - (mass * cells).sum(1), (mass[perm] * cells).sum(1)
 
 
 def _resize_grid(dst: Tensor, src: Tensor, size: tuple[int, int]) -> Tensor:
@@ -267,34 +248,42 @@ def _warp(x: Tensor, grid: Tensor) -> Tensor:
     return out.to(x.dtype)
 
 
-class SnapMix(SaliencyTransform):
+class SnapMix(MixTransform):
     r"""SnapMix: resize a partner box into a target box, labels by saliency mass (Huang et al., 2021).
 
-    For each sample ``i`` with partner ``j = perm[i]``: a target box of area
+    For each sample ``i`` with partner ``j = perm[i]``: a destination box of area
     ``Beta(alpha, alpha)`` at a uniform position in ``i`` and an independently sampled source box
     in ``j`` (both with the image's aspect). The source box of ``j`` is resized bilinearly
-    (``align_corners=False``) into the target box of ``i``.
+    (``align_corners=False``) into the destination box of ``i``.
 
     Saliency maps are used as given, as mass distributions (each map normalised to sum 1, as
     SnapMix does with its CAMs; an all-zero map counts as uniform):
 
-    * ``weights[:, 0]`` (target) ``= 1 -`` mass of ``i``'s saliency inside the target box,
+    * ``weights[:, 0]`` (target) ``= 1 -`` mass of ``i``'s saliency inside the destination box,
     * ``weights[:, 1]`` (partner) ``=`` mass of ``j``'s saliency inside the source box.
 
     These raw weights need not sum to 1 and are always in ``params["weights"]``. The returned
-    labels always have rows summing to 1:
+    labels always have rows summing to 1. With ``labels="saliency"`` (the paper's rule, the
+    default):
 
     * ``normalize=True`` (default): the partner's share is ``w_p / (w_t + w_p)``; when both are 0
       (the box removed all of ``i``'s mass and pasted none of ``j``'s) it falls back to the area
-      rule (target box area over image area).
+      rule (destination box area over image area).
     * ``normalize=False``: the partner's share is the raw ``w_p`` (the fraction of ``j``'s
       object actually pasted), the target keeps ``1 - w_p``. For the paper's unnormalised loss
       ``w_t * CE(y_i) + w_p * CE(y_j)`` use :meth:`paper_loss` with ``params``.
 
+    Where either map of a pair is flat (no contrast, e.g. all zero) the label is the area share:
+    such a map says nothing about where the object is.
+
+    ``labels="area"`` (the control): the partner's share is the destination box area over the
+    image area, which is what the pixels contain.
+
     Args:
+        num_classes: number of classes, needed for ``(B,)`` integer labels.
         alpha: concentration of ``Beta(alpha, alpha)`` for both box areas, ``> 0``.
         normalize: how the raw weights become the label, see above.
-        num_classes: number of classes, needed for ``(B,)`` integer labels.
+        labels: ``"saliency"`` (the paper's) or ``"area"``.
         p: probability that each sample is mixed.
         generator: optional ``torch.Generator`` for reproducible sampling.
 
@@ -304,9 +293,10 @@ class SnapMix(SaliencyTransform):
         - Output: :class:`SalientBatch`; the saliency is resized and pasted like the images.
 
     Params:
-        ``applied`` ``(B,)`` bool, ``perm`` ``(B,)`` int64, ``boxes`` ``(B, 4)`` int64 target boxes,
-        ``src_boxes`` ``(B, 4)`` int64 boxes in the partner, ``weights`` ``(B, 2)`` float32 raw
-        (target, partner) weights, ``(1, 0)`` where not applied.
+        ``applied`` ``(B,)`` bool, ``perm`` ``(B,)`` int64, ``src_boxes`` ``(B, 4)`` int64 boxes in
+        the partner, ``dst_boxes`` ``(B, 4)`` int64 boxes they are resized into (as in
+        :class:`~salaug.transforms.SalientPaste`), ``weights`` ``(B, 2)`` float32 raw (target,
+        partner) weights, ``(1, 0)`` where not applied.
 
     Raises:
         ValueError: if ``alpha <= 0``.
@@ -320,44 +310,47 @@ class SnapMix(SaliencyTransform):
         (torch.Size([4, 2]), True)
     """
 
-    def __init__(self, alpha: float = 5.0, normalize: bool = True, num_classes: int | None = None,
-                 p: float = 1.0, generator: torch.Generator | None = None) -> None:
-        super().__init__(num_classes=num_classes, p=p, generator=generator)
-        self.alpha = _check_alpha(alpha)
-        self.normalize = bool(normalize)
+    required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "src_boxes": ("int", ("B", 4)),
+                                            "dst_boxes": ("int", ("B", 4)), "weights": ("float", ("B", 2))}
 
-    def generate_parameters(self, images: Tensor, saliency: Tensor) -> Params:
+    def __init__(self, num_classes: int | None = None, *, alpha: float = 5.0, normalize: bool = True,
+                 labels: Literal["area", "saliency"] = "saliency", p: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(num_classes, labels=labels, p=p, generator=generator)
+        self.alpha = _alpha(alpha)
+        self.normalize = check_flag("normalize", normalize)
+
+    def sample_mix(self, images: Tensor, saliency: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
         b, _, h, w = images.shape
-        dev = images.device
-        applied = self.sample_applied(b, dev)
-        perm = self.sample_partners(b, dev)
-        areas = sample_beta(self.alpha, self.alpha, (b, 2), dev, self.generator)
-        u = sample_uniform((b, 4), dev, self.generator)
-        boxes = _random_boxes(areas[:, 0], u[:, :2], (h, w))
-        src_boxes = _random_boxes(areas[:, 1], u[:, 2:], (h, w))
-        table = integral_image(saliency)
-        removed = box_mass(saliency, boxes, table)
-        pasted = box_mass(saliency, src_boxes, table[perm])
+        dev, g = images.device, self.active_generator
+        areas = sample_beta(self.alpha, self.alpha, (b, 2), dev, g)
+        u = sample_uniform((b, 4), dev, g)
+        dst = image_aspect_boxes(areas[:, 0], u[:, :2], (h, w))
+        src = image_aspect_boxes(areas[:, 1], u[:, 2:], (h, w))
+        prefix = row_prefix(saliency)
+        removed = box_mass(saliency, dst, prefix)
+        pasted = partner_box_mass(saliency, src, perm, prefix)
         weights = torch.stack((torch.where(applied, 1 - removed, 1.0), torch.where(applied, pasted, 0.0)), 1)
-        return {"applied": applied, "perm": perm, "boxes": boxes, "src_boxes": src_boxes, "weights": weights}
+        return {"src_boxes": src, "dst_boxes": dst, "weights": weights}
 
-    def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
-        _require(params, ("applied", "perm", "boxes", "src_boxes", "weights"), type(self).__name__)
-        h, w = images.shape[-2:]
-        applied, perm, boxes = params["applied"], params["perm"], params["boxes"]
-        mask = _masked(box_mask(boxes, (h, w)), applied)
-        grid = _resize_grid(boxes, params["src_boxes"], (h, w))
-        out = _paste(mask, _warp(images[perm], grid), images)
-        sal = _paste(mask, _warp(saliency[perm], grid), saliency)
-        wt, wp = params["weights"].to(torch.float32).unbind(1)
-        if self.normalize:
-            total = wt + wp
-            area = box_area(boxes) / (h * w)
-            share = torch.where(total > 1e-6, wp / total.clamp(min=1e-6), area)
-        else:
-            share = wp
-        share = share * applied
-        return SalientBatch(out, sal, mix_soft_labels(labels, perm, share))
+    def pixel_plan(self, params: Params, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        dst = params["dst_boxes"]
+        return masked(box_mask(dst, size), params["applied"]), _resize_grid(dst, params["src_boxes"], size)
+
+    def mix_pixels(self, x: Tensor, params: Params, plan: tuple[Tensor, Tensor], *,
+                   is_saliency: bool = False) -> Tensor:
+        mask, grid = plan
+        return paste(mask, _warp(x[params["perm"]], grid), x)
+
+    def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
+        return box_area(params["dst_boxes"]) / (size[0] * size[1])
+
+    def saliency_masses(self, saliency: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        wt, wp = params["weights"].to(torch.float32).unbind(1)  # measured when sampled
+        return wt, wp
+
+    def mass_share(self, kept: Tensor, pasted: Tensor, area: Tensor) -> Tensor:
+        return super().mass_share(kept, pasted, area) if self.normalize else pasted.clamp(0, 1)
 
     @staticmethod
     def paper_loss(logits: Tensor, labels: Tensor, params: Params, num_classes: int | None = None) -> Tensor:
@@ -386,9 +379,6 @@ class SnapMix(SaliencyTransform):
         ce_partner = -(y[params["perm"]] * logp).sum(1)
         wt, wp = params["weights"].to(logits.dtype).unbind(1)
         return (wt * ce_own + wp * ce_partner).mean()
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, normalize={self.normalize}, " + super().extra_repr()
 
 
 def greedy_pairing(similarity: Tensor, crowding: float = 0.05) -> Tensor:
@@ -451,7 +441,7 @@ def greedy_pairing(similarity: Tensor, crowding: float = 0.05) -> Tensor:
     return perm
 
 
-class GuidedMixup(SaliencyTransform):
+class GuidedMixup(MixTransform):
     r"""GuidedMixup: pixel-wise mixup weighted by smoothed saliency (Kang & Kim, AAAI 2023).
 
     Each saliency map is smoothed with a Gaussian (``sigma`` pixels, reflect border: the result of
@@ -471,14 +461,15 @@ class GuidedMixup(SaliencyTransform):
     steps, no host sync, documented there). Tiny random noise breaks ties, so flat maps get
     random partners. ``pairing="random"`` uses a random permutation.
 
-    Label: the partner's share is the mean over pixels of ``1 - w_a``.
+    Label: the partner's share is the mean over pixels of ``1 - w_a`` (the paper's rule; a
+    pixel-wise mix has no ``labels`` option).
 
     Args:
+        num_classes: number of classes, needed for ``(B,)`` integer labels.
         sigma: standard deviation of the Gaussian smoothing in pixels, ``>= 0`` (0: none); the
             kernel spans ``+-3 sigma``, capped by the image size.
         pairing: ``"greedy"`` or ``"random"``.
         eps: added to both maps in the weight ratio, ``> 0``.
-        num_classes: number of classes, needed for ``(B,)`` integer labels.
         p: probability that each sample is mixed.
         generator: optional ``torch.Generator`` for reproducible sampling.
 
@@ -488,8 +479,9 @@ class GuidedMixup(SaliencyTransform):
         - Output: :class:`SalientBatch` (mixed images, mixed saliency, :math:`(B, K)` labels).
 
     Params:
-        ``applied`` ``(B,)`` bool, ``perm`` ``(B,)`` int64, ``mask`` ``(B, 1, H, W)`` float32:
-        each sample's own per-pixel weight ``w_a`` (1 where not applied).
+        ``applied`` ``(B,)`` bool, ``perm`` ``(B,)`` int64, ``own_weight`` ``(B, 1, H, W)``
+        float32: each sample's own per-pixel weight ``w_a`` (1 where not applied; the partner's
+        weight is ``1 - own_weight``).
 
     Raises:
         ValueError: for ``sigma < 0``, ``eps <= 0`` or an unknown ``pairing``.
@@ -505,18 +497,16 @@ class GuidedMixup(SaliencyTransform):
         True
     """
 
-    def __init__(self, sigma: float = 3.0, pairing: Literal["greedy", "random"] = "greedy", eps: float = 1e-8,
-                 num_classes: int | None = None, p: float = 1.0, generator: torch.Generator | None = None) -> None:
-        super().__init__(num_classes=num_classes, p=p, generator=generator)
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-            raise ValueError(f"sigma must be a finite number >= 0 (pixels), got {sigma!r}")
-        if pairing not in ("greedy", "random"):
-            raise ValueError(f"pairing must be 'greedy' or 'random', got {pairing!r}")
-        if not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps!r}")
-        self.sigma = float(sigma)
-        self.pairing = pairing
-        self.eps = float(eps)
+    required_params: ClassVar[ParamSpec] = {**MixTransform.required_params,
+                                            "own_weight": ("float", ("B", 1, "H", "W"))}
+
+    def __init__(self, num_classes: int | None = None, *, sigma: float = 3.0,
+                 pairing: Literal["greedy", "random"] = "greedy", eps: float = 1e-8, p: float = 1.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(num_classes, p=p, generator=generator)
+        self.sigma = check_number("sigma", sigma, low=0.0)
+        self.pairing = check_choice("pairing", pairing, ("greedy", "random"))
+        self.eps = check_number("eps", eps, low=0.0, low_open=True)
 
     def smooth(self, saliency: Tensor) -> Tensor:
         """Gaussian-smooth ``(B, 1, H, W)`` maps and normalise each to sum 1 (zero map: uniform).
@@ -534,7 +524,8 @@ class GuidedMixup(SaliencyTransform):
         uniform = torch.full_like(s, 1.0 / (h * w))
         return torch.where(total > 0, s / total.clamp(min=1e-30), uniform)
 
-    def generate_parameters(self, images: Tensor, saliency: Tensor) -> Params:
+    def generate_parameters(self, images: Tensor, saliency: Tensor) -> dict[str, Tensor]:
+        # the pairing needs the smoothed maps the weights are made of: sampled here in one place
         b, _, h, w = images.shape
         dev = images.device
         applied = self.sample_applied(b, dev)
@@ -544,23 +535,15 @@ class GuidedMixup(SaliencyTransform):
         else:
             pooled = F.adaptive_avg_pool2d(s, (min(h, 16), min(w, 16))).flatten(1)
             unit = pooled / pooled.norm(dim=1, keepdim=True).clamp(min=1e-30)
-            noise = sample_uniform((b, b), dev, self.generator)
+            noise = sample_uniform((b, b), dev, self.active_generator)
             perm = greedy_pairing(unit @ unit.T + 1e-5 * noise)
         sa, sb = s + self.eps, s[perm] + self.eps
-        mask = torch.where(applied.view(-1, 1, 1, 1), sa / (sa + sb), 1.0)
-        return {"applied": applied, "perm": perm, "mask": mask}
+        own = torch.where(applied.view(-1, 1, 1, 1), sa / (sa + sb), 1.0)
+        return {"applied": applied, "perm": perm, "own_weight": own}
 
-    def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
-        _require(params, ("applied", "perm", "mask"), type(self).__name__)
-        perm, wa = params["perm"], params["mask"]
-        if wa.shape[-2:] != images.shape[-2:] or wa.shape[0] != images.shape[0]:
-            raise ValueError(f"params['mask'] has shape {tuple(wa.shape)}, which does not fit images of shape "
-                             f"{tuple(images.shape)}")
+    def mix_pixels(self, x: Tensor, params: Params, plan: Any, *, is_saliency: bool = False) -> Tensor:
         # lerp(end=own, weight=w) is exact where w == 1, so samples not applied stay bit-identical.
-        out = torch.lerp(images[perm], images, wa.to(images.dtype))
-        sal = torch.lerp(saliency[perm], saliency, wa.to(saliency.dtype)).clamp(0, 1)
-        share = (1 - wa.to(torch.float32)).mean((1, 2, 3)) * params["applied"]
-        return SalientBatch(out, sal, mix_soft_labels(labels, perm, share))
+        return torch.lerp(x[params["perm"]], x, params["own_weight"].to(x.dtype))
 
-    def extra_repr(self) -> str:
-        return f"sigma={self.sigma}, pairing={self.pairing!r}, " + super().extra_repr()
+    def partner_share(self, saliency: Tensor, params: Params) -> Tensor:
+        return (1 - params["own_weight"].to(torch.float32)).mean((1, 2, 3))

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
+import warnings
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug.boxes import box_around, box_size, least_salient_box, peak
-from salaug.transforms.base import Params, SalientBatch, SaliencyTransform, sample_uniform
-from salaug.transforms.crop import (
-    _check_boxes_param, _check_range, _fast_box_mass, _flat, _patch_index, _resample, _restore_first, _row_prefix,
-    _scatter,
+from salaug._checks import check_choice, check_interval, check_number
+from salaug.boxes import box_area, box_around, box_mass, box_size, least_salient_box, peak, row_prefix
+from salaug.transforms._ops import (
+    PastePlan, needs_graph, partner_box_mass, paste_plan, paste_resampled, separable_grid, warp,
 )
-from salaug.transforms.labels import mix_soft_labels
+from salaug.transforms.base import MixTransform, ParamSpec, Params, sample_uniform
 
 __all__ = ["SalientPaste"]
 
@@ -61,17 +62,6 @@ def _search(saliency: Tensor, sizes: Tensor, tie: Tensor, least: bool) -> Tensor
     return _from_coarse(cbox, sizes, f, (h, w))
 
 
-def _axis_pixels(d1: Tensor, d2: Tensor, s1: Tensor, s2: Tensor, idx: Tensor) -> Tensor:
-    """Source pixel coordinates ``(B, L)`` of destination pixels ``d1 + idx`` when the span
-    ``[d1, d2)`` is resampled from ``[s1, s2)`` (pixel-area aligned, clamped into the source span).
-    Equal spans map pixel to pixel exactly."""
-    dn = (d2 - d1).clamp(min=1).float()[:, None]
-    sn = (s2 - s1).clamp(min=1).float()[:, None]
-    s1f = s1.float()[:, None]
-    u = s1f + (idx.float() + 0.5) * (sn / dn) - 0.5
-    return torch.minimum(torch.maximum(u, s1f), s1f + sn - 1)
-
-
 def _reflect(u: Tensor, n: int) -> Tensor:
     """Reflect pixel coordinates about the first and last pixel centres into ``[0, n - 1]``."""
     if n == 1:
@@ -81,11 +71,7 @@ def _reflect(u: Tensor, n: int) -> Tensor:
     return torch.where(u > n - 1, period - u, u)
 
 
-def _area(boxes: Tensor) -> Tensor:
-    return ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).float()
-
-
-class SalientPaste(SaliencyTransform):
+class SalientPaste(MixTransform):
     r"""Paste each partner's salient region, rescaled, where it hides least of the target ("pad").
 
     Partners are a random permutation of the batch. For each sample a destination area fraction
@@ -105,28 +91,30 @@ class SalientPaste(SaliencyTransform):
       canvas (flush against the strip, centred along it), and the space left around it is filled
       with ``fill`` or with the target's reflection.
 
-    Label weight of the partner, ``label_rule="area"``: the destination's share of the image for
-    ``"image"``; for a padded canvas the strip's share of the canvas, normalised over the parts that
-    show an image (``"constant"``: strip / (strip + shrunk target); ``"reflect"``: the reflected
-    padding shows the target, so strip / canvas). ``label_rule="mass"``: the partner's saliency mass
-    inside its source box over that plus the target's mass left visible (outside the destination for
-    ``"image"``, all of it for a padded canvas); the area weight where both are zero. The output
-    saliency is transformed with the images. Samples not transformed are returned unchanged.
+    Label weight of the partner, ``labels="area"`` (the default, the rule of the "pad" family):
+    the destination's share of the image for ``"image"``; for a padded canvas the strip's share of
+    the canvas, normalised over the parts that show an image (``"constant"``: strip / (strip +
+    shrunk target); ``"reflect"``: the reflected padding shows the target, so strip / canvas).
+    ``labels="saliency"``: the partner's saliency mass inside its source box over that plus the
+    target's mass left visible (outside the destination for ``"image"``, all of it for a padded
+    canvas); the area weight where both are zero. The output saliency is transformed with the
+    images. Samples not transformed are returned unchanged.
 
     The paste is a flat gather from the partners plus one ``scatter_`` into a copy of the batch, at
     the size of the largest possible box: no full-size masks or temporaries in ``"image"`` mode. A
     padded canvas resamples every pixel of the target, so it costs about as much as a resize.
 
     Args:
+        num_classes: number of classes K, needed for ``(B,)`` integer labels.
         scale: range of the pasted area as a fraction of the image, in ``(0, 1)``.
         zoom: range of the magnification from the source box to the destination (> 0).
         background: ``"image"``, ``"constant"`` or ``"reflect"``.
-        label_rule: ``"area"`` or ``"mass"``.
+        labels: ``"area"`` or ``"saliency"``.
+        label_rule: deprecated spelling of ``labels`` (``"mass"`` is ``"saliency"``).
         source: ``"peak"`` or ``"mass"``: how the partner's salient box is found.
         interpolation: ``"bilinear"`` or ``"nearest"`` resampling of the pasted region (gathers and
             lerps at patch size; ``"nearest"`` costs about half as much on CPU).
         fill: the padding value for ``background="constant"``.
-        num_classes: number of classes K, needed for ``(B,)`` integer labels.
         p: probability that each sample receives a paste.
         generator: optional ``torch.Generator`` for reproducible sampling.
 
@@ -136,7 +124,7 @@ class SalientPaste(SaliencyTransform):
         - labels: :math:`(B,)` int64 or :math:`(B, K)` float.
         - output: ``SalientBatch`` of :math:`(B, C, H, W)`, :math:`(B, 1, H, W)`, :math:`(B, K)`.
 
-    Parameters returned with ``return_params=True``: ``applied`` ``(B,)`` bool, ``partners`` ``(B,)``
+    Parameters returned with ``return_params=True``: ``applied`` ``(B,)`` bool, ``perm`` ``(B,)``
     long (a permutation), ``src_boxes`` / ``dst_boxes`` ``(B, 4)`` int64 (in the partner's / the
     output's pixels; empty where not applied), and for a padded canvas ``target_boxes`` ``(B, 4)``
     (where the shrunk target lies; the full image where not applied).
@@ -161,35 +149,41 @@ class SalientPaste(SaliencyTransform):
         [[0.75, 0.25], [0.25, 0.75]]
     """
 
-    def __init__(self, scale: tuple[float, float] = (0.1, 0.4), zoom: tuple[float, float] = (0.75, 1.33),
-                 background: str = "image", label_rule: str = "area", source: str = "peak",
-                 interpolation: str = "bilinear", fill: float = 0.0, num_classes: int | None = None,
-                 p: float = 1.0, generator: torch.Generator | None = None) -> None:
-        super().__init__(num_classes=num_classes, p=p, generator=generator)
-        self.scale = _check_range("scale", scale, 0.0, 1.0, open_low=True)
-        self.zoom = _check_range("zoom", zoom, 0.0, None, open_low=True)
-        for name, val, allowed in (("background", background, _BACKGROUNDS), ("label_rule", label_rule, ("area", "mass")),
-                                   ("source", source, ("peak", "mass")),
-                                   ("interpolation", interpolation, ("bilinear", "nearest"))):
-            if val not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {val!r}")
-        if isinstance(fill, bool) or not isinstance(fill, (int, float)) or not math.isfinite(fill):
-            raise ValueError(f"fill must be a finite number, got {fill!r}")
-        self.background, self.label_rule, self.source = background, label_rule, source
-        self.interpolation, self.fill = interpolation, float(fill)
+    required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "src_boxes": ("int", ("B", 4)),
+                                            "dst_boxes": ("int", ("B", 4))}
+
+    def __init__(self, num_classes: int | None = None, *, scale: tuple[float, float] = (0.1, 0.4),
+                 zoom: tuple[float, float] = (0.75, 1.33), background: str = "image",
+                 labels: Literal["area", "saliency"] = "area", source: str = "peak",
+                 interpolation: str = "bilinear", fill: float = 0.0, p: float = 1.0,
+                 generator: torch.Generator | None = None, label_rule: str | None = None) -> None:
+        if label_rule is not None:
+            warnings.warn("SalientPaste(label_rule=...) is deprecated: use labels='area' or labels='saliency'",
+                          DeprecationWarning, stacklevel=2)
+            labels = {"mass": "saliency"}.get(label_rule, label_rule)  # type: ignore[assignment]
+        super().__init__(num_classes, labels=labels, p=p, generator=generator)
+        self.scale = check_interval("scale", scale, low=0.0, high=1.0, low_open=True)
+        self.zoom = check_interval("zoom", zoom, low=0.0, low_open=True)
+        self.background = check_choice("background", background, _BACKGROUNDS)
+        self.source = check_choice("source", source, ("peak", "mass"))
+        self.interpolation = check_choice("interpolation", interpolation, ("bilinear", "nearest"))
+        self.fill = check_number("fill", fill)
+
+    def param_spec(self) -> ParamSpec:
+        if self.background == "image":
+            return self.required_params
+        return {**self.required_params, "target_boxes": ("int", ("B", 4))}
 
     # -- parameters ---------------------------------------------------------------------------------
-    def generate_parameters(self, images: Tensor, saliency: Tensor) -> Params:
+    def sample_mix(self, images: Tensor, saliency: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
         b, _, h, w = images.shape
-        dev = images.device
-        applied = self.sample_applied(b, dev)
-        perm = self.sample_partners(b, dev)
-        u = sample_uniform((b, 5), dev, self.generator)
-        tie = sample_uniform((b, _COARSE, _COARSE), dev, self.generator)
+        dev, g = images.device, self.active_generator
+        u = sample_uniform((b, 5), dev, g)
+        tie = sample_uniform((b, _COARSE, _COARSE), dev, g)
         area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
         zoom = self.zoom[0] + (self.zoom[1] - self.zoom[0]) * u[:, 1]
         limit = torch.tensor([w, h], device=dev)
-        params: Params = {"applied": applied, "perm": perm}
+        params: dict[str, Tensor] = {}
         if self.background == "image":
             dst_size = box_size(area, (h, w))
             dst = _search(saliency, dst_size, tie, least=True)
@@ -232,62 +226,28 @@ class SalientPaste(SaliencyTransform):
         return strip, target
 
     # -- application --------------------------------------------------------------------------------
-    def _check(self, params: Params, b: int) -> None:
-        owner = type(self).__name__
-        perm = params.get("perm")
-        if not isinstance(perm, Tensor) or perm.shape != (b,) or perm.is_floating_point():
-            raise ValueError(f"{owner} params need integer 'partners' of shape ({b},)")
-        _check_boxes_param(params, "src_boxes", b, owner)
-        _check_boxes_param(params, "dst_boxes", b, owner)
-        if self.background != "image":
-            _check_boxes_param(params, "target_boxes", b, owner)
-
     def _patch_size(self, h: int, w: int) -> tuple[int, int]:
         if self.background != "image":
             return h, w
         side = math.sqrt(self.scale[1]) * (1 + 1e-6)
         return min(h, math.ceil(h * side) + 1), min(w, math.ceil(w * side) + 1)
 
-    def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
-        b, c, h, w = images.shape
-        dev = images.device
-        self._check(params, b)
-        applied = params["applied"].to(dev)
-        perm = params["perm"].to(dev).long()
-        src = params["src_boxes"].to(dev)
-        dst = params["dst_boxes"].to(dev)
-        inv = torch.empty_like(perm).scatter_(0, perm, torch.arange(b, device=dev))
+    def pixel_plan(self, params: Params, size: tuple[int, int]) -> PastePlan:
+        return paste_plan(params["src_boxes"], params["dst_boxes"], params["perm"], self._patch_size(*size), size,
+                          self.interpolation)
 
+    def mix_pixels(self, x: Tensor, params: Params, plan: PastePlan, *, is_saliency: bool = False) -> Tensor:
+        x = x.contiguous()  # a no-op for the usual layout
         if self.background == "image":
-            out, sal = images.clone(), saliency.clone()
-        else:
-            out, sal = self._canvas(images, saliency, params["target_boxes"].to(dev))
+            return paste_resampled(x, plan)
+        canvas = self._canvas(x, params["target_boxes"], 0.0 if is_saliency else self.fill)
+        canvas = paste_resampled(x, plan, canvas)
+        return torch.where(params["applied"][:, None, None, None], canvas, x)
 
-        # destination pixels (target order) and where they come from in the partner's image
-        rows, cols, ri, ci = _patch_index(dst, self._patch_size(h, w), (h, w))
-        idx = _flat(rows, cols, w)
-        uy = _axis_pixels(dst[:, 1], dst[:, 3], src[:, 1], src[:, 3], ri)
-        ux = _axis_pixels(dst[:, 0], dst[:, 2], src[:, 0], src[:, 2], ci)
-        empty = (dst[:, 2] <= dst[:, 0]) | (dst[:, 3] <= dst[:, 1])
-        for canvas, x in ((out, images), (sal, saliency)):
-            # gathers read sample j, the partner of target inv[j]; then back to target order
-            patch = _resample(x, uy[inv], ux[inv], self.interpolation)[perm]
-            if x is saliency:
-                patch = patch.clamp_(0, 1)  # guard against rounding in the lerps
-            _scatter(canvas, patch, idx)
-            if self.background == "image":
-                _restore_first(canvas, x, idx, empty)  # an empty destination collapsed onto one pixel
-        if self.background != "image":
-            a4 = applied[:, None, None, None]
-            out, sal = torch.where(a4, out, images), torch.where(a4, sal, saliency)
-
-        weight = self._weight(saliency, params, perm, inv, src, dst, (h, w))
-        return SalientBatch(out, sal, mix_soft_labels(labels, perm, weight * applied))
-
-    def _canvas(self, images: Tensor, saliency: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """The shrunk target on a ``fill`` / reflect-padded canvas, images and saliency."""
-        b, _, h, w = images.shape
-        dev = images.device
+    def _canvas(self, x: Tensor, target: Tensor, fill: float) -> Tensor:
+        """The shrunk target on a ``fill`` / reflect-padded canvas."""
+        b, _, h, w = x.shape
+        dev = x.device
         xs = torch.arange(w, device=dev)[None, :].expand(b, w)
         ys = torch.arange(h, device=dev)[None, :].expand(b, h)
         # canvas pixel -> target pixel (pixel-area aligned); outside the target box the coordinates
@@ -300,37 +260,25 @@ class SalientPaste(SaliencyTransform):
             ux, uy = _reflect(ux, w), _reflect(uy, h)
         else:
             ux, uy = ux.clamp(0, w - 1), uy.clamp(0, h - 1)
-        out = _resample(images, uy, ux, "bilinear").view(images.shape)
-        sal = _resample(saliency, uy, ux, "bilinear").view(saliency.shape).clamp_(0, 1)
+        out = warp(x, separable_grid(uy, ux, (h, w), torch.float32)).to(x.dtype)
         if self.background == "constant":
             inside = ((xs >= target[:, :1]) & (xs < target[:, 2:3]))[:, None, :] & \
                      ((ys >= target[:, 1:2]) & (ys < target[:, 3:4]))[:, :, None]
             outside = ~inside[:, None]
-            out.masked_fill_(outside, self.fill)
-            sal.masked_fill_(outside, 0.0)
-        return out, sal
+            out = out.masked_fill(outside, fill) if needs_graph(out) else out.masked_fill_(outside, fill)
+        return out
 
-    def _weight(self, saliency: Tensor, params: Params, perm: Tensor, inv: Tensor, src: Tensor, dst: Tensor,
-                size: tuple[int, int]) -> Tensor:
+    def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
         h, w = size
-        a_p = _area(dst) / (h * w)
+        a_p = box_area(params["dst_boxes"]) / (h * w)
         if self.background in ("image", "reflect"):
-            area_w = a_p
-        else:
-            a_t = _area(params["target_boxes"].to(dst.device)) / (h * w)
-            area_w = a_p / (a_p + a_t).clamp(min=1e-12)
-        if self.label_rule == "area":
-            return area_w
-        prefix = _row_prefix(saliency)
-        m_p = _fast_box_mass(saliency, src[inv][:, None], prefix)[:, 0][perm]  # partner's mass, target order
-        if self.background == "image":
-            m_t = 1.0 - _fast_box_mass(saliency, dst[:, None], prefix)[:, 0]
-        else:
-            m_t = torch.ones_like(m_p)
-        total = m_p + m_t
-        return torch.where(total > 0, m_p / total.clamp(min=1e-12), area_w)
+            return a_p
+        a_t = box_area(params["target_boxes"]) / (h * w)
+        return a_p / (a_p + a_t).clamp(min=1e-12)
 
-    def extra_repr(self) -> str:
-        return (f"scale={self.scale}, zoom={self.zoom}, background={self.background!r}, "
-                f"label_rule={self.label_rule!r}, source={self.source!r}, interpolation={self.interpolation!r}, "
-                f"{super().extra_repr()}")
+    def saliency_masses(self, saliency: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        prefix = row_prefix(saliency)
+        pasted = partner_box_mass(saliency, params["src_boxes"], params["perm"], prefix)
+        if self.background == "image":
+            return 1.0 - box_mass(saliency, params["dst_boxes"], prefix), pasted
+        return torch.ones_like(pasted), pasted  # the whole target stays visible, shrunk

@@ -1,0 +1,502 @@
+"""Saliency-guided augmentation for any training loop: one call per batch, timm's ``mixup_fn`` shape.
+
+:class:`SaliencyAugmenter` is built on the model being trained and called on each training batch::
+
+    aug = salaug.SaliencyAugmenter(model, salaug.SnapMix(num_classes=10), cam="gradcam",
+                                   target_layer="layer4")
+    for images, labels in loader:
+        images, soft_labels = aug(images, labels)        # (B, C, H, W), (B, K)
+        loss = F.cross_entropy(model(images), soft_labels)
+
+Per call it draws whether the batch is augmented (``p``), computes CAMs of the batch with the
+model (at ``cam_scale``, of each image's label or of the predicted class), applies the transform
+and returns the new images and ``(B, K)`` soft labels. It owns everything a loop would otherwise
+have to get right:
+
+* **Reproducible randomness.** Call ``n`` draws from a generator seeded by ``(seed, rank, n)``, so a
+  run resumed from :meth:`~SaliencyAugmenter.state_dict` continues the same stream, and every DDP
+  rank (``torch.distributed`` rank, or ``rank=``) draws its own.
+* **No side effects on the model.** The CAM engine leaves module modes, BatchNorm statistics,
+  parameter ``.grad`` and hooks as they were; so does the one-image probe of the first call.
+* **The start of training.** CAMs of an untrained network are noise; for the first
+  ``warmup_steps`` calls the transform is fed flat saliency, which makes it its random-placement
+  variant (SaliencyMix becomes CutMix; saliency-mass labels fall back to area labels).
+  ``ema_decay`` takes the CAMs from an exponential moving average of the weights instead of the
+  live weights (a copy of the model, updated on every call).
+* **Clear errors at the start.** On the first call: the transform's ``num_classes`` against the
+  model's output width, a ``cam_scale`` that leaves the target layer a 1x1 map; on every call:
+  label shapes and (on CPU) NaN / inf images, named by their batch positions.
+
+No Lightning import: :class:`salaug.SaliencyAugmentation` is the Lightning adapter over this class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from salaug._checks import check_choice, check_class_indices, check_images, check_number, to_soft_labels
+from salaug.cam import create_cam
+from salaug.cam.base import BaseCAM, eval_mode
+from salaug.cam.layers import probe_target_layer, unwrap_model
+from salaug.transforms.base import Params, SalientBatch, SaliencyTransform
+
+__all__ = ["AugmenterRecord", "SaliencyAugmenter", "check_augmenter_options"]
+
+_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads consecutive counters over the seed space
+_RANK_STRIDE = 1_000_003
+_TARGETS = ("labels", "predicted")
+
+
+@dataclass(frozen=True)
+class AugmenterRecord:
+    """What one :class:`SaliencyAugmenter` call did (``aug.last``), for logging and metrics.
+
+    The tensors are the call's own (not copies); they stay alive until the next call.
+
+    Attributes:
+        step: 0-based index of the call.
+        augmented: whether the batch was transformed (the per-batch ``p`` draw).
+        warmup: whether the call fell in the warm-up (flat saliency).
+        images: ``(B, C, H, W)`` input images.
+        labels: the input labels, ``(B,)`` or ``(B, K)``.
+        saliency: ``(B, 1, H, W)`` saliency given to the transform; ``None`` when not augmented.
+        output: the transform's :class:`~salaug.SalientBatch`; ``None`` when not augmented.
+        params: the transform's sampled parameters; ``None`` when not augmented.
+    """
+
+    step: int
+    augmented: bool
+    warmup: bool
+    images: Tensor
+    labels: Tensor
+    saliency: Tensor | None = None
+    output: SalientBatch | None = None
+    params: Params | None = None
+
+
+def check_augmenter_options(*, p: object = 1.0, cam_scale: object = 1.0, targets: object = "labels",
+                            num_classes: object = None, seed: object = None, warmup_steps: object = 0,
+                            ema_decay: object = None, rank: object = None) -> None:
+    """Validate the options shared by :class:`SaliencyAugmenter` and the Lightning callback.
+
+    Raises:
+        TypeError: an option of the wrong type (the message names it and the fix).
+        ValueError: an option out of range.
+
+    Example:
+        >>> check_augmenter_options(p=0.5, cam_scale=0.5)
+        >>> check_augmenter_options(cam_scale=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: cam_scale must be a number in (0, 1], got 0
+    """
+    check_number("p", p, low=0.0, high=1.0)
+    check_number("cam_scale", cam_scale, low=0.0, high=1.0, low_open=True)
+    check_choice("targets", targets, _TARGETS)
+    check_number("num_classes", num_classes, integer=True, low=1, optional=True)
+    check_number("seed", seed, integer=True, optional=True)
+    check_number("warmup_steps", warmup_steps, integer=True, low=0)
+    check_number("ema_decay", ema_decay, low=0.0, high=1.0, low_open=True, high_open=True, optional=True)
+    check_number("rank", rank, integer=True, low=0, optional=True)
+
+
+class SaliencyAugmenter:
+    """Augment training batches with a saliency transform driven by the CAMs of the model being trained.
+
+    Drop-in for timm's ``mixup_fn``: ``images, soft_labels = aug(images, labels)``.
+
+    Example:
+        >>> import torch, salaug
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...                     nn.Flatten(), nn.Linear(8, 4))
+        >>> aug = salaug.SaliencyAugmenter(net, salaug.SaliencyMix(num_classes=4), target_layer="1", seed=0)
+        >>> images, soft = aug(torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1]))
+        >>> images.shape, soft.shape, aug.last.augmented
+        (torch.Size([6, 3, 16, 16]), torch.Size([6, 4]), True)
+        >>> state = aug.state_dict()            # resume: the same stream continues
+        >>> state["steps"], state["augmented"]
+        (1, 1)
+
+    Args:
+        model: the classifier being trained (``(B, C, H, W) -> (B, K)`` logits); may be wrapped by
+            DDP / ``torch.compile`` (the CAM engine runs the inner module).
+        transform: a salaug transform (``salaug.SnapMix(num_classes=10)``...).
+        cam: CAM method name (``"gradcam"``, ``"gradcam++"``, ``"xgradcam"``, ``"hirescam"``,
+            ``"layercam"``, ``"eigencam"``, ``"scorecam"``, ``"ablationcam"``), a ``BaseCAM`` class, or a
+            CAM object built on ``model``.
+        target_layer: dotted name of the CAM layer inside ``model`` (``"layer4"``), a module of
+            ``model``, or ``None`` for the last layer with a spatial ``(B, C, h, w)`` output (found on
+            the first call from full-size images).
+        p: probability that a batch is augmented, drawn once per call. A skipped batch still gets
+            ``(B, K)`` one-hot labels, so the label format never flickers.
+        cam_scale: resolution factor of the CAM forward, in ``(0, 1]``; ``0.5`` runs it on half-size
+            images (about 4x cheaper for a CNN) and upsamples the maps.
+        targets: ``"labels"`` (CAM of each image's label; ``(B, K)`` labels act as class weights) or
+            ``"predicted"`` (CAM of the predicted class).
+        num_classes: number of classes K; ``None`` takes the transform's, else the model's output width.
+        seed: seed of the augmentation stream; ``None`` reads ``torch.initial_seed()`` here.
+        warmup_steps: number of first calls during which the transform gets flat saliency (its
+            random-placement variant, with area labels), while CAMs are uninformative.
+        ema_decay: ``None`` (CAMs from the live weights) or a decay in ``(0, 1)`` such as ``0.999``: CAMs
+            from an exponential moving average of the weights, ``ema = decay * ema + (1 - decay) * w``,
+            kept in a deep copy of the model (made on the first call, BatchNorm statistics copied)
+            and updated at every call; the model itself is never touched.
+        rank: this process's rank for its own random stream; ``None`` asks ``torch.distributed``
+            (0 when it is not initialised).
+
+    Attributes:
+        last: :class:`AugmenterRecord` of the last call (``None`` before the first).
+        steps: number of calls so far (the position in the random stream).
+        augmented: number of calls that transformed their batch.
+
+    Raises:
+        TypeError: ``model`` not an ``nn.Module``, ``transform`` not a salaug transform, or an
+            option of the wrong type.
+        ValueError: options out of range; unknown CAM name or target layer.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        transform: SaliencyTransform,
+        cam: str | type[BaseCAM] | BaseCAM = "gradcam",
+        target_layer: str | nn.Module | None = None,
+        *,
+        p: float = 1.0,
+        cam_scale: float = 1.0,
+        targets: Literal["labels", "predicted"] = "labels",
+        num_classes: int | None = None,
+        seed: int | None = None,
+        warmup_steps: int = 0,
+        ema_decay: float | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be the torch.nn.Module being trained, got {type(model).__name__}")
+        if not isinstance(transform, SaliencyTransform):
+            raise TypeError(
+                f"transform must be a salaug transform (e.g. salaug.SaliencyMix(num_classes=10)), "
+                f"got {type(transform).__name__}"
+            )
+        check_augmenter_options(p=p, cam_scale=cam_scale, targets=targets, num_classes=num_classes, seed=seed,
+                                warmup_steps=warmup_steps, ema_decay=ema_decay, rank=rank)
+        if ema_decay is not None and isinstance(cam, BaseCAM):
+            raise ValueError(
+                "ema_decay needs to build the CAM on the moving-average copy of the model, which a CAM object "
+                "built on the model does not allow; pass the CAM as a name (cam='gradcam') or class instead"
+            )
+        self.model = model
+        self.transform = transform
+        self.p = float(p)
+        self.cam_scale = float(cam_scale)
+        self.targets = targets
+        self.num_classes: int | None = int(num_classes) if num_classes is not None else transform.num_classes
+        self.seed = int(seed) if seed is not None else torch.initial_seed() % (2**62)
+        self.warmup_steps = int(warmup_steps)
+        self.ema_decay = float(ema_decay) if ema_decay is not None else None
+        self.rank_override = int(rank) if rank is not None else None
+        self.steps = 0
+        self.augmented = 0
+        self.last: AugmenterRecord | None = None
+        self._cam_spec = cam
+        self._layer_spec = target_layer
+        # Built now when the layer is known, so a wrong name fails here and not at the first batch.
+        self._cam: BaseCAM | None = None
+        if isinstance(cam, BaseCAM) or target_layer is not None:
+            self._cam = create_cam(cam, model, target_layer)
+        self._ema: nn.Module | None = None
+        self._ema_cam: BaseCAM | None = None
+        self._ema_pending: dict[str, Tensor] | None = None
+        self._checked_classes = False
+        self._checked_cam = False
+        self._generator = torch.Generator()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def rank(self) -> int:
+        """The rank whose random stream this process draws from."""
+        if self.rank_override is not None:
+            return self.rank_override
+        dist = torch.distributed
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+    @property
+    def cam(self) -> BaseCAM | None:
+        """The CAM on the live model (``None`` until the first call when the layer is automatic)."""
+        return self._cam
+
+    @property
+    def ema_model(self) -> nn.Module | None:
+        """The moving-average copy of the model (``None`` without ``ema_decay`` or before the first call)."""
+        return self._ema
+
+    def in_warmup(self, step: int | None = None) -> bool:
+        """Whether call ``step`` (default: the next one) gets flat saliency."""
+        return (self.steps if step is None else step) < self.warmup_steps
+
+    def __repr__(self) -> str:
+        cam = self._cam_spec if isinstance(self._cam_spec, str) else type(self._cam_spec).__name__
+        layer = self._layer_spec if isinstance(self._layer_spec, (str, type(None))) else type(self._layer_spec).__name__
+        extra = f", ema_decay={self.ema_decay}" if self.ema_decay is not None else ""
+        return (f"{type(self).__name__}({type(self.transform).__name__}, cam={cam!r}, target_layer={layer!r}, "
+                f"p={self.p}, cam_scale={self.cam_scale}, warmup_steps={self.warmup_steps}{extra})")
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The stream position (``seed``, ``steps``, ``augmented``) and, with ``ema_decay``, the EMA weights."""
+        state: dict[str, Any] = {"seed": self.seed, "steps": self.steps, "augmented": self.augmented}
+        if self._ema is not None:
+            state["ema"] = {k: v.detach().clone() for k, v in self._ema.state_dict().items()}
+        elif self._ema_pending is not None:
+            state["ema"] = self._ema_pending
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; missing entries (older checkpoints) keep their defaults."""
+        self.seed = int(state_dict.get("seed", self.seed))
+        self.steps = int(state_dict.get("steps", 0))
+        self.augmented = int(state_dict.get("augmented", 0))
+        ema = state_dict.get("ema")
+        if ema is not None and self.ema_decay is not None:
+            if self._ema is not None:
+                self._ema.load_state_dict(ema)
+            else:
+                self._ema_pending = dict(ema)
+
+    # ------------------------------------------------------------------ hooks for adapters
+    def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Context entered around every forward of the model made here (CAM, first-call probe).
+
+        Override to add e.g. the training's autocast; the transform runs outside it.
+        """
+        return contextlib.nullcontext()
+
+    def compute_saliency(self, images: Tensor, labels: Tensor) -> Tensor:
+        """CAMs of ``images`` at ``cam_scale`` (from the EMA copy with ``ema_decay``), side-effect free.
+
+        Args:
+            images: ``(B, C, H, W)``.
+            labels: ``(B,)`` class indices or ``(B, K)`` soft labels (used with ``targets="labels"``).
+
+        Returns:
+            ``(B, 1, H, W)`` float32 in ``[0, 1]`` on ``images.device``.
+        """
+        cam = self._live_cam(images)
+        if self._ema is not None:
+            if self._ema_cam is None:
+                self._ema_cam = create_cam(self._cam_spec, self._ema, cam.target_layer_name)
+            cam = self._ema_cam
+        targets = None if self.targets == "predicted" else (labels if labels.ndim == 1 else labels.float())
+        with self.forward_context():
+            return cam(self._cam_input(images), targets, output_size=tuple(images.shape[-2:]))
+
+    # ------------------------------------------------------------------ the call
+    def __call__(self, images: Tensor, labels: Tensor, saliency: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Augment one batch.
+
+        Args:
+            images: ``(B, C, H, W)`` floating point.
+            labels: ``(B,)`` integer class indices or ``(B, K)`` probabilities.
+            saliency: optional ``(B, 1, H, W)`` (or ``(B, 1, h, w)``) maps in ``[0, 1]`` to use instead of
+                the CAM (masks, precomputed maps); the model then runs no CAM forward.
+
+        Returns:
+            ``(images, soft_labels)``: ``(B, C, H, W)`` and ``(B, K)`` float32 rows summing to 1.
+
+        Raises:
+            TypeError, ValueError: malformed images or labels, NaN / inf images (CPU), a
+                ``num_classes`` that differs from the model's outputs, a ``cam_scale`` too small
+                for the images (see messages).
+        """
+        images = check_images(images, finite=True)
+        self._check_labels(labels, images)
+        use_model = saliency is None
+        if not self._checked_classes or (use_model and not self._checked_cam):
+            self._first_call(images, use_model=use_model)
+        if labels.ndim == 1 and self.num_classes is not None:
+            check_class_indices(labels, self.num_classes, "label indices", f"num_classes={self.num_classes}")
+        step = self.steps
+        generator = self._generator.manual_seed(self._stream_key(step))
+        self.steps += 1
+        if self.ema_decay is not None:
+            self._update_ema()
+        k = self.num_classes
+        augment = self.p >= 1.0 or bool(torch.rand((), generator=generator) < self.p)
+        warm = self.in_warmup(step)
+        if not augment:
+            self.last = AugmenterRecord(step, False, warm, images, labels)
+            return images, to_soft_labels(labels, images.shape[0], k, images.device)
+        if warm:
+            saliency = torch.ones((images.shape[0], 1, *images.shape[-2:]), device=images.device)
+        elif saliency is None:
+            saliency = self.compute_saliency(images, labels)
+        out, params = self._transform(images, saliency, labels, k, generator)
+        self.augmented += 1
+        self.last = AugmenterRecord(step, True, warm, images, labels, saliency, out, params)
+        return out.images, out.labels
+
+    # ------------------------------------------------------------------ machinery
+    def _stream_key(self, step: int) -> int:
+        # One stream per (seed, rank, call counter): a resumed run (which restores the counter)
+        # continues the same stream on every rank without storing generator state per rank.
+        return (self.seed + self.rank * _RANK_STRIDE + step * _MIX) % (2**63 - 1)
+
+    def _transform(self, images: Tensor, saliency: Tensor, labels: Tensor, k: int | None,
+                   generator: torch.Generator) -> tuple[SalientBatch, Params]:
+        return self.transform(images, saliency, labels, num_classes=k, return_params=True, generator=generator)
+
+    def _cam_input(self, images: Tensor) -> Tensor:
+        if self.cam_scale >= 1.0:
+            return images
+        return F.interpolate(images, scale_factor=self.cam_scale, mode="bilinear", align_corners=False,
+                             antialias=True)
+
+    def _live_cam(self, images: Tensor) -> BaseCAM:
+        if self._cam is None:
+            # Automatic layer, chosen on full-size images: at cam_scale the last spatial layer can
+            # collapse to 1x1 and the probe would silently pick an earlier one.
+            inner = unwrap_model(self.model)
+            with self.forward_context(), eval_mode(inner):
+                name, _ = probe_target_layer(inner, images[:1])
+            self._cam = create_cam(self._cam_spec, self.model, name)
+        return self._cam
+
+    def _check_labels(self, labels: object, images: Tensor) -> None:
+        b = images.shape[0]
+        if not isinstance(labels, Tensor):
+            raise TypeError(
+                f"labels must be a torch.Tensor, (B,) class indices or (B, K) probabilities, got "
+                f"{type(labels).__name__}; convert with torch.as_tensor(labels)"
+            )
+        if labels.ndim == 2 and labels.shape[1] == 1 and labels.shape[0] == b and self.num_classes != 1:
+            raise ValueError(
+                f"labels have shape {tuple(labels.shape)}: (B, 1) reads as one class per row; pass (B,) class "
+                "indices with labels.squeeze(1)"
+            )
+        if labels.ndim not in (1, 2) or labels.shape[0] != b:
+            raise ValueError(
+                f"labels must have shape (B,) or (B, K) with B={b} (the images' batch size), got "
+                f"{tuple(labels.shape)}"
+            )
+        if labels.ndim == 1 and (labels.is_floating_point() or labels.dtype == torch.bool):
+            raise TypeError(
+                f"(B,) labels must be integer class indices, got {labels.dtype}; use labels.long(), or pass "
+                "(B, K) float probabilities"
+            )
+        if labels.ndim == 2 and not labels.is_floating_point():
+            raise TypeError(
+                f"(B, K) labels must be float probabilities, got {labels.dtype}; use labels.float(), or pass "
+                "(B,) class indices"
+            )
+
+    def _first_call(self, images: Tensor, *, use_model: bool) -> None:
+        """One-image probe: the model's output width against ``num_classes``; the CAM layer's size."""
+        if use_model and min(math.floor(n * self.cam_scale) for n in images.shape[-2:]) < 1:
+            raise ValueError(
+                f"cam_scale={self.cam_scale} shrinks the {images.shape[-2]}x{images.shape[-1]} images to nothing; "
+                "raise cam_scale (1.0 runs the CAM at full size)"
+            )
+        x = self._cam_input(images[:1]) if use_model else images[:1]
+        layer = self._live_cam(images).target_layer if use_model else None
+        found: dict[str, Any] = {}
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, Tensor):
+                found["shape"] = tuple(output.shape)
+
+        inner = unwrap_model(self.model)
+        handle = layer.register_forward_hook(hook) if layer is not None else None
+        try:
+            with self.forward_context(), torch.no_grad(), eval_mode(inner):
+                logits = inner(x)
+        except RuntimeError as err:
+            if use_model and self.cam_scale < 1.0:
+                raise ValueError(
+                    f"the model failed on the {x.shape[-2]}x{x.shape[-1]} CAM input that cam_scale={self.cam_scale} "
+                    f"makes of the {images.shape[-2]}x{images.shape[-1]} images ({err}); raise cam_scale"
+                ) from err
+            raise
+        finally:
+            if handle is not None:
+                handle.remove()
+        if not self._checked_classes:
+            self._check_num_classes(logits)
+            self._checked_classes = True
+        if not use_model:
+            return
+        shape = found.get("shape")
+        if shape is not None and len(shape) == 4 and shape[-1] * shape[-2] <= 1:
+            name = self._cam.target_layer_name if self._cam is not None else "?"
+            raise ValueError(
+                f"at cam_scale={self.cam_scale} the {images.shape[-2]}x{images.shape[-1]} images become "
+                f"{x.shape[-2]}x{x.shape[-1]} CAM inputs, for which target layer {name!r} outputs a "
+                f"{shape[-2]}x{shape[-1]} feature map: a CAM needs at least two positions to point anywhere "
+                "(every map would be flat and the transform would place its boxes at random). Raise cam_scale, "
+                "use larger images, or choose a target layer before the last downsampling"
+            )
+        self._checked_cam = True
+
+    def _check_num_classes(self, logits: object) -> None:
+        width = int(logits.shape[1]) if isinstance(logits, Tensor) and logits.ndim == 2 else None
+        if width is None:
+            if self.num_classes is None:
+                raise TypeError(
+                    "cannot infer num_classes: the model's forward does not return (B, K) logits; pass "
+                    "num_classes= (and a model returning logits for the CAM)"
+                )
+            return  # the CAM, if used, reports the output format itself
+        if self.num_classes is None:
+            self.num_classes = width
+        elif self.num_classes != width:
+            source = "num_classes=" if self.transform.num_classes != self.num_classes else \
+                f"the transform's num_classes ({type(self.transform).__name__}(num_classes=...))"
+            raise ValueError(
+                f"{source} is {self.num_classes} but the model outputs {width} classes, so the (B, "
+                f"{self.num_classes}) soft labels could not be its cross-entropy targets; build the transform "
+                f"with num_classes={width} (or fix the model's head)"
+            )
+
+    # ------------------------------------------------------------------ EMA
+    def _update_ema(self) -> None:
+        source = unwrap_model(self.model)
+        if self._ema is None:
+            self._ema = self._copy_model(source)
+            if self._ema_pending is None:
+                return  # a fresh copy already equals the weights
+            self._ema.load_state_dict(self._ema_pending)
+            self._ema_pending = None
+        decay = self.ema_decay
+        assert decay is not None
+        ema_params = [p for p in self._ema.parameters()]
+        live = [p.detach() for p in source.parameters()]
+        floats = [(e, w) for e, w in zip(ema_params, live) if e.is_floating_point()]
+        with torch.no_grad():
+            if floats:
+                torch._foreach_lerp_([e for e, _ in floats], [w for _, w in floats], 1.0 - decay)
+            for e, w in zip(self._ema.buffers(), source.buffers()):
+                e.copy_(w)
+
+    def _copy_model(self, source: nn.Module) -> nn.Module:
+        with self.forward_context():
+            try:
+                ema = copy.deepcopy(source)
+            except Exception as err:  # noqa: BLE001 - any failure of a user's model copy
+                raise RuntimeError(
+                    f"ema_decay needs a copy of the model, but copy.deepcopy({type(source).__name__}) failed: {err}; "
+                    "make the model deep-copyable or use ema_decay=None"
+                ) from err
+        ema.__dict__.pop("forward", None)  # a patched (e.g. compiled) forward bound on the instance
+        for param in ema.parameters():
+            param.requires_grad_(False)
+        ema.eval()
+        self._ema_cam = None
+        return ema

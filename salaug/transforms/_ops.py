@@ -1,0 +1,317 @@
+"""Private pixel and box operations shared by the transforms (crop, erase, mix, paste).
+
+Batched over the first dimension, on the input's device, with no host sync. The in-place writes
+(``scatter_``, ``where(out=)``) fall back to out-of-place operations when autograd records a
+graph, so every transform passes gradients to its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from salaug.boxes import box_mass, box_size
+from salaug.transforms.base import sample_uniform
+
+__all__: list[str] = []
+
+
+def needs_graph(*tensors: Tensor) -> bool:
+    """Whether autograd records operations on any of ``tensors`` (then no in-place writes)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+# -- box sampling -------------------------------------------------------------------------------------
+def random_boxes(sizes: Tensor, u: Tensor, size: tuple[int, int]) -> Tensor:
+    """Boxes of ``sizes`` ``(..., 2)`` ``(w, h)`` at uniform positions inside an ``(H, W)`` image.
+
+    The one box placer: ``u`` ``(..., 2)`` uniform draws in ``[0, 1)`` pick the ``(x, y)`` start
+    among the ``W - w + 1`` (``H - h + 1``) that fit. Returns ``(..., 4)`` int64 half-open boxes.
+    """
+    h, w = size
+    free = torch.stack((w - sizes[..., 0], h - sizes[..., 1]), -1)  # room left, >= 0
+    start = torch.minimum((u * (free + 1)).long(), free)
+    return torch.cat((start, start + sizes), -1)
+
+
+def image_aspect_boxes(area: Tensor, u: Tensor, size: tuple[int, int]) -> Tensor:
+    """Boxes of the image's aspect covering ``area`` ``(B,)`` of it (CutMix's), at uniform positions."""
+    return random_boxes(box_size(area, size), u, size)
+
+
+def rrc_boxes(batch: int, num: int, size: tuple[int, int], scale: tuple[float, float],
+              ratio: tuple[float, float], device: torch.device, generator: torch.Generator | None) -> Tensor:
+    """``num`` RandomResizedCrop-style boxes per sample, ``(B, N, 4)`` int64 half-open.
+
+    Area is a uniform fraction of the image area in ``scale``, the aspect ratio ``w / h`` (pixels) is
+    log-uniform in ``ratio``; sides are rounded and clamped to ``[1, W]`` x ``[1, H]`` (so a box that
+    would not fit is shrunk rather than rejected) and the position is uniform among those that fit.
+    """
+    h, w = size
+    u = sample_uniform((batch, num, 4), device, generator)
+    area = (scale[0] + (scale[1] - scale[0]) * u[..., 0]) * (h * w)
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[..., 1]
+    r = torch.exp(log_r)
+    bw = torch.sqrt(area * r).round().clamp(1, w).long()
+    bh = torch.sqrt(area / r).round().clamp(1, h).long()
+    return random_boxes(torch.stack((bw, bh), -1), u[..., 2:], size)
+
+
+def inverse(perm: Tensor) -> Tensor:
+    """The inverse permutation of ``(B,)`` ``perm``: ``inverse(perm)[perm[i]] == i``."""
+    return torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.shape[0], device=perm.device))
+
+
+def partner_box_mass(saliency: Tensor, boxes: Tensor, perm: Tensor, prefix: Tensor | None = None) -> Tensor:
+    """``(B,)`` mass of the partner's map ``saliency[perm[i]]`` inside ``boxes[i]`` (partner pixels).
+
+    Scores ``boxes[inverse(perm)]`` on the maps in their own order and reorders the result, so no
+    permuted copy of the maps (or of their prefix sums) is made.
+    """
+    return box_mass(saliency, boxes[inverse(perm)], prefix)[perm]
+
+
+def first_true(ok: Tensor) -> tuple[Tensor, Tensor]:
+    """Index of the first True of each row of ``(B, N)`` bool, and whether there is one."""
+    return ok.to(torch.uint8).argmax(1), ok.any(1)
+
+
+def pick(boxes: Tensor, idx: Tensor) -> Tensor:
+    """``boxes[b, idx[b]]`` for ``(B, N, 4)`` boxes -> ``(B, 4)``."""
+    return boxes.gather(1, idx.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1)
+
+
+# -- masked pastes ------------------------------------------------------------------------------------
+def masked(mask: Tensor, applied: Tensor) -> Tensor:
+    """``(B, 1, H, W)`` bool mask restricted to the applied samples."""
+    return mask & applied.view(-1, 1, 1, 1)
+
+
+def paste(mask: Tensor, fresh: Tensor, base: Tensor) -> Tensor:
+    """``torch.where(mask, fresh, base)``, written into ``fresh`` (a temporary the caller owns).
+
+    Reusing the gathered partner tensor as the output saves a full-size allocation and its page
+    faults, which on CPU is a third of the cost of the paste. Falls back to a new tensor when
+    autograd needs the graph.
+    """
+    if needs_graph(fresh, base):
+        return torch.where(mask, fresh, base)
+    return torch.where(mask, fresh, base, out=fresh)
+
+
+# -- gathers and scatters at patch size ---------------------------------------------------------------
+def patch_index(boxes: Tensor, patch: tuple[int, int], size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Destination rows / columns of a fixed ``patch = (Hm, Wm)`` grid laid over each box.
+
+    Row ``i`` of the patch lands on ``y1 + min(i, h - 1)`` (columns alike), so a patch larger than
+    its box writes its last row / column again: filled with the values of that last row / column,
+    the duplicates are harmless and the paste is deterministic. Empty boxes collapse onto one pixel.
+
+    Returns:
+        ``rows (B, Hm)``, ``cols (B, Wm)`` destination pixels, and the clamped patch indices
+        ``ri (B, Hm)``, ``ci (B, Wm)``.
+    """
+    hm, wm = patch
+    h, w = size
+    dev = boxes.device
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    ri = torch.minimum(torch.arange(hm, device=dev)[None, :], (y2 - y1 - 1).clamp(min=0)[:, None])
+    ci = torch.minimum(torch.arange(wm, device=dev)[None, :], (x2 - x1 - 1).clamp(min=0)[:, None])
+    rows = (y1[:, None] + ri).clamp(0, h - 1)
+    cols = (x1[:, None] + ci).clamp(0, w - 1)
+    return rows, cols, ri, ci
+
+
+def flat_index(rows: Tensor, cols: Tensor, w: int) -> Tensor:
+    """Flat pixel indices ``(B, 1, Hm * Wm)`` of the grid ``rows (B, Hm) x cols (B, Wm)``."""
+    return (rows[:, :, None] * w + cols[:, None, :]).flatten(1)[:, None, :]
+
+
+def gather(x: Tensor, idx: Tensor) -> Tensor:
+    """``x (B, C, H, W)`` at flat pixel indices ``(B, 1, L)`` -> ``(B, C, L)``, one gather."""
+    b, c = x.shape[:2]
+    return x.reshape(b, c, -1).gather(2, idx.expand(b, c, -1))
+
+
+def grid_axis(u: Tensor, n: int) -> Tensor:
+    """Pixel-centre coordinates ``u`` (``0 .. n - 1``) in ``grid_sample``'s ``[-1, 1]`` (``align_corners=False``)."""
+    return (2 * u + 1) / n - 1
+
+
+def separable_grid(uy: Tensor, ux: Tensor, size: tuple[int, int], dtype: torch.dtype) -> Tensor:
+    """The ``grid_sample`` grid ``(B, Hm, Wm, 2)`` of the separable coordinates ``uy (B, Hm)`` x ``ux (B, Wm)``.
+
+    Coordinates are pixel centres of an ``(H, W)`` image. Written into one new tensor by two
+    broadcast copies (``torch.stack`` of expanded views costs about twice as much on CPU).
+    """
+    h, w = size
+    grid = torch.empty(uy.shape[0], uy.shape[1], ux.shape[1], 2, dtype=dtype, device=uy.device)
+    grid[..., 0] = grid_axis(ux, w).to(dtype)[:, None, :]
+    grid[..., 1] = grid_axis(uy, h).to(dtype)[:, :, None]
+    return grid
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def warp(x: Tensor, grid: Tensor) -> Tensor:
+    """Bilinear ``grid_sample`` of ``x (B, C, H, W)`` at ``grid (B, Hm, Wm, 2)`` -> ``(B, C, Hm, Wm)``.
+
+    Border padding: coordinates are meant to lie inside the image, and rounding just outside it
+    must not blend in zeros. float16 / bfloat16 are sampled in float32 (the result stays float32).
+    One pass, one output: on CPU this beats separable gathers and lerps (several passes and
+    temporaries) and a per-sample ``interpolate`` of slices (a kernel launch per sample on GPU).
+    """
+    work = x.float() if x.dtype in _LOW_PRECISION else x
+    return F.grid_sample(work, grid.to(work.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def take(x: Tensor, src: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``x[src[j], :, rows[j], cols[j]]`` for ``x (B, C, H, W)``, grids ``rows (N, Hm)`` x ``cols (N, Wm)``.
+
+    One advanced-indexing read with broadcast indices (no index tensor of the patch's size).
+    Returns ``(N, C, Hm, Wm)``.
+    """
+    chan = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    return x[src.view(-1, 1, 1, 1), chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def put(out: Tensor, values: Tensor, dst: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``out[dst[j], :, rows[j], cols[j]] = values[j]``, ``values (N, C, Hm, Wm)``; the inverse of :func:`take`.
+
+    One ``index_put_`` into ``out`` (a tensor the caller owns), or an out-of-place ``index_put``
+    when autograd records a graph: use the returned tensor. Writing to the targets' rows of
+    ``out`` lets the patch stay in the partners' order (no permuted copy). Duplicate indices must
+    carry equal values.
+    """
+    chan = torch.arange(out.shape[1], device=out.device).view(1, -1, 1, 1)
+    index = (dst.view(-1, 1, 1, 1), chan, rows[:, None, :, None], cols[:, None, None, :])
+    values = values.to(out.dtype)
+    if needs_graph(out, values):
+        return out.index_put(index, values)
+    return out.index_put_(index, values)
+
+
+def restore_pixel(out: Tensor, images: Tensor, rows: Tensor, cols: Tensor, empty: Tensor) -> Tensor:
+    """Where ``empty`` (``(B,)`` bool), put back the pixel ``(rows[:, 0], cols[:, 0])`` of ``images``.
+
+    An empty destination box collapses onto that one pixel (:func:`patch_index`); ``out`` and
+    ``images`` are ``(B, C, H, W)`` in the same (target) order. Returns the result.
+    """
+    b = torch.arange(out.shape[0], device=out.device)
+    r, c = rows[:, :1], cols[:, :1]
+    keep = torch.where(empty.view(-1, 1, 1, 1), take(images, b, r, c), take(out, b, r, c))
+    return put(out, keep, b, r, c)
+
+
+class PastePlan(NamedTuple):
+    """Where each pasted pixel comes from and goes, shared by the images and the saliency.
+
+    Rows of the patch tensors are in the *partners'* order: row ``j`` is read from ``x[j]`` and
+    lands in target ``inv[j]``.
+    """
+
+    inv: Tensor  # (B,) the inverse permutation: the target of each partner
+    rows: Tensor  # (B, Hm) destination rows, partners' order
+    cols: Tensor  # (B, Wm) destination columns, partners' order
+    uy: Tensor  # (B, Hm) source rows (pixel coordinates), partners' order
+    ux: Tensor  # (B, Wm) source columns, partners' order
+    grid: Tensor | None  # (B, Hm, Wm, 2) the bilinear sampling grid; None for nearest
+    first: tuple[Tensor, Tensor]  # (B, 1) row and column an empty box collapses onto, targets' order
+    empty: Tensor  # (B,) bool, empty destination boxes (nothing pasted), targets' order
+
+
+def paste_plan(src: Tensor, dst: Tensor, perm: Tensor, patch: tuple[int, int], size: tuple[int, int],
+               mode: str = "bilinear") -> PastePlan:
+    """Plan :func:`paste_resampled`: target ``i``'s ``dst[i]`` box receives ``src[i]`` of ``perm[i]``.
+
+    Args:
+        src: ``(B, 4)`` int64 half-open boxes in the partner's pixels.
+        dst: ``(B, 4)`` int64 half-open boxes in the target's pixels (empty: no paste).
+        perm: ``(B,)`` partners.
+        patch: ``(Hm, Wm)``, at least every ``dst`` box's size (the work is done at this size).
+        size: the image ``(H, W)``.
+        mode: ``"bilinear"`` or ``"nearest"``.
+    """
+    rows, cols, ri, ci = patch_index(dst, patch, size)
+    uy = axis_pixels(dst[:, 1], dst[:, 3], src[:, 1], src[:, 3], ri)
+    ux = axis_pixels(dst[:, 0], dst[:, 2], src[:, 0], src[:, 2], ci)
+    inv = inverse(perm)
+    uy, ux = uy[inv], ux[inv]
+    grid = separable_grid(uy, ux, size, torch.float32) if mode == "bilinear" else None
+    empty = (dst[:, 2] <= dst[:, 0]) | (dst[:, 3] <= dst[:, 1])
+    return PastePlan(inv, rows[inv], cols[inv], uy, ux, grid, (rows[:, :1], cols[:, :1]), empty)
+
+
+def paste_resampled(x: Tensor, plan: PastePlan, canvas: Tensor | None = None) -> Tensor:
+    """Each target's destination box filled with its partner's source box, resized; the rest kept.
+
+    The source box is resampled (bilinear, or nearest when ``plan.grid`` is None) pixel-area
+    aligned as ``F.interpolate(..., align_corners=False)``, with source coordinates clamped into
+    the source box. An empty destination box leaves the target unchanged. One ``grid_sample`` (or
+    one indexed read) of the patches in the partners' order, then one ``index_put_`` into a copy of
+    ``x``: no full-size masks or temporaries, no permuted copy of the batch.
+
+    Args:
+        x: ``(B, C, H, W)`` contiguous, the partners' pixels (and the targets' unless ``canvas``).
+        plan: from :func:`paste_plan`.
+        canvas: ``(B, C, H, W)`` of ``x``'s dtype to paste onto instead of a copy of ``x`` (written
+            in place unless autograd records a graph; its samples with an empty box are not
+            restored: the caller masks them).
+
+    Returns:
+        ``(B, C, H, W)``, a new tensor of ``x``'s dtype (or ``canvas``).
+    """
+    b = x.shape[0]
+    if plan.grid is None:
+        values = take(x, torch.arange(b, device=x.device), plan.uy.round().long(), plan.ux.round().long())
+    else:
+        values = warp(x, plan.grid)
+    if canvas is not None:
+        return put(canvas, values, plan.inv, plan.rows, plan.cols)
+    out = put(x.clone(), values, plan.inv, plan.rows, plan.cols)
+    return restore_pixel(out, x, *plan.first, plan.empty)
+
+
+def axis_pixels(d1: Tensor, d2: Tensor, s1: Tensor, s2: Tensor, idx: Tensor) -> Tensor:
+    """Source pixel coordinates ``(B, L)`` of destination pixels ``d1 + idx`` when the span
+    ``[d1, d2)`` is resampled from ``[s1, s2)`` (pixel-area aligned as ``F.interpolate(...,
+    align_corners=False)``, clamped into the source span). Equal spans map pixel to pixel exactly."""
+    dn = (d2 - d1).clamp(min=1).float()[:, None]
+    sn = (s2 - s1).clamp(min=1).float()[:, None]
+    s1f = s1.float()[:, None]
+    u = s1f + (idx.float() + 0.5) * (sn / dn) - 0.5
+    return torch.minimum(torch.maximum(u, s1f), s1f + sn - 1)
+
+
+def scatter(out: Tensor, values: Tensor, idx: Tensor) -> Tensor:
+    """``out (B, C, H, W)`` with ``values (B, C, L)`` written at flat indices ``(B, 1, L)``.
+
+    One ``scatter_`` into ``out`` (a tensor the caller owns: no full-size temporaries, no mask),
+    or an out-of-place ``scatter`` when autograd records a graph. Use the returned tensor.
+    Duplicate indices must carry equal values.
+    """
+    b, c = out.shape[:2]
+    index = idx.expand(b, c, -1)
+    src = values.to(out.dtype)
+    if needs_graph(out, src):
+        return out.reshape(b, c, -1).scatter(2, index, src).view(out.shape)
+    out = out.contiguous()
+    out.view(b, c, -1).scatter_(2, index, src)
+    return out
+
+
+def restore_first(out: Tensor, images: Tensor, idx: Tensor, empty: Tensor) -> Tensor:
+    """Where ``empty`` (``(B,)`` bool), put back the one pixel an empty box collapsed onto.
+
+    ``idx`` is the ``(B, 1, L)`` flat index of the paste (its first entry is that pixel); ``out`` and
+    ``images`` are in the same sample order. Returns the result (``out`` itself unless autograd
+    records a graph).
+    """
+    pix = idx[:, :, :1]
+    keep = torch.where(empty[:, None, None], gather(images, pix), gather(out, pix))
+    return scatter(out, keep, pix)

@@ -1,0 +1,186 @@
+"""benchmarks/payoff.py: arm parsing, paired statistics, label error, and a tiny end-to-end preset."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def payoff():
+    path = os.path.join(ROOT, "benchmarks", "payoff.py")
+    spec = importlib.util.spec_from_file_location("payoff_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parse_arm_reads_options_and_rejects_unknown_ones(payoff) -> None:
+    arm = payoff.parse_arm("snapmix:warmup=40,ema=0.99,alpha=1,p=1.0,off=3")
+    assert (arm.kind, arm.saliency, arm.warmup, arm.ema, arm.alpha, arm.p, arm.off) == \
+        ("snapmix", "cam", 40, 0.99, 1.0, 1.0, 3)
+    assert payoff.parse_arm("cutmix").saliency == "flat" and payoff.parse_arm("oracle").saliency == "mask"
+    assert payoff.parse_arm("snapmix:ema=none").ema is None
+    with pytest.raises(ValueError, match="unknown arm"):
+        payoff.parse_arm("fancymix")
+    with pytest.raises(ValueError, match="key=value"):
+        payoff.parse_arm("snapmix:speed=3")
+
+
+def test_sweep_varies_one_knob_at_a_time_around_the_method(payoff) -> None:
+    arms = payoff.sweep_arms("snapmix", 8)
+    assert arms[:3] == ["none", "cutmix", "snapmix"] and len(set(arms)) == len(arms)
+    parsed = [payoff.parse_arm(a) for a in arms[3:]]
+    assert {a.kind for a in parsed} == {"snapmix"}
+    assert {(a.warmup, a.ema is not None, a.p, a.off, a.alpha) for a in parsed} >= {(8, False, None, None, None),
+                                                                                    (40, False, None, None, None),
+                                                                                    (0, True, None, None, None)}
+    assert "saliencymix:alpha=0.4" in payoff.sweep_arms("saliencymix", 8)
+
+
+def test_paired_interval_matches_a_hand_computed_t_interval(payoff) -> None:
+    a, b = [0.60, 0.55, 0.62, 0.58], [0.50, 0.50, 0.50, 0.50]
+    d = payoff.paired(a, b)
+    diffs = [0.10, 0.05, 0.12, 0.08]
+    mean = sum(diffs) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / 3)
+    assert d["mean"] == pytest.approx(mean) and d["se"] == pytest.approx(sd / 2)
+    assert d["lo"] == pytest.approx(mean - 3.182 * sd / 2) and d["hi"] == pytest.approx(mean + 3.182 * sd / 2)
+    assert payoff.t975(4) == 2.776 and payoff.t975(1000) == 1.96
+
+
+def test_gate_passes_only_beyond_two_standard_errors(payoff) -> None:
+    def summary(diffs: list[float]) -> dict:
+        return {"oracle": {"vs_none": {"id": payoff.paired([0.5 + d for d in diffs], [0.5] * len(diffs))}}}
+
+    assert "PASSED" in payoff.gate(summary([0.10, 0.12, 0.09, 0.11, 0.10]))
+    assert "FAILED" in payoff.gate(summary([0.10, -0.08, 0.02, -0.05, 0.03]))
+    assert "not evaluated" in payoff.gate({})
+
+
+def test_label_error_is_zero_for_the_truth_and_sees_a_cut_out_object(payoff) -> None:
+    from salaug import SaliencyMix
+
+    # Two 8x8 images; object 0 fills the left half, object 1 a 2x2 square at the top right.
+    masks = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    masks[0, :, :, :4] = True
+    masks[1, :, :2, 6:] = True
+    labels = torch.tensor([0, 1])
+    # Paste sample 1's bottom-right quarter (no object there) into sample 0, and the reverse.
+    params = {"applied": torch.tensor([True, True]), "perm": torch.tensor([1, 0]),
+              "boxes": torch.tensor([[4, 4, 8, 8], [4, 4, 8, 8]])}
+    t = SaliencyMix(num_classes=2)
+    images = torch.rand(2, 3, 8, 8)
+    out = t(images, torch.zeros(2, 1, 8, 8), labels, params=params)
+    err, valid = payoff.label_error(t, params, out.labels, labels, masks, 2)
+    assert valid.tolist() == [True, True]
+    # The area label gives the partner 1/4, but none of object 1 is visible in image 0: error +1/4.
+    assert err[0].item() == pytest.approx(0.25)
+    # Image 1 keeps all of object 1 (not in the box) and shows none of object 0: error +1/4 too.
+    assert err[1].item() == pytest.approx(0.25)
+    # A label that says what is visible has no error.
+    truth = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    err, _ = payoff.label_error(t, params, truth, labels, masks, 2)
+    assert torch.allclose(err, torch.zeros(2), atol=1e-6)
+
+
+def test_label_error_counts_a_shrunk_paste_at_the_source_scale(payoff) -> None:
+    from salaug import SnapMix
+
+    masks = torch.zeros(2, 1, 16, 16, dtype=torch.bool)
+    masks[0, :, 12:, :4] = True  # object 0: bottom left, away from the pasted box
+    masks[1, :, :4, :4] = True  # object 1: top left, inside the source box
+    labels = torch.tensor([0, 1])
+    t = SnapMix(num_classes=2)
+    x, sal = torch.rand(2, 3, 16, 16), torch.rand(2, 1, 16, 16)
+    _, params = t(x, sal, labels, return_params=True)
+    dst = "dst_boxes" if "dst_boxes" in params else "boxes"  # the name of the destination boxes
+    params = dict(params, applied=torch.tensor([True, True]), perm=torch.tensor([1, 0]),
+                  src_boxes=torch.tensor([[0, 0, 8, 8], [0, 0, 8, 8]]))
+    params[dst] = torch.tensor([[8, 8, 12, 12], [8, 8, 12, 12]])
+    # Image 0 shows all of its own object and all of object 1, shrunk to a quarter: truth 1/2 each.
+    truth = torch.tensor([[0.5, 0.5], [0.0, 1.0]])
+    err, valid = payoff.label_error(t, params, truth, labels, masks, 2)
+    assert valid.tolist() == [True, True]
+    assert torch.allclose(err, torch.zeros(2), atol=1e-6), err
+
+
+def test_mixup_is_per_sample_and_its_labels_follow_the_blend(payoff) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 4, 4)
+    y = torch.arange(64) % 4
+    mixed, soft, perm, w = payoff.mixup(x, y, 4, 0.5, 1.0, g)
+    applied = w > 0
+    assert 16 < int(applied.sum()) < 48  # p = 0.5 per sample, not per batch
+    assert torch.equal(mixed[~applied], x[~applied])
+    torch.testing.assert_close(mixed, x + w.view(-1, 1, 1, 1) * (x[perm] - x))
+    torch.testing.assert_close(soft.sum(1), torch.ones(64))
+    masks = torch.ones(64, 1, 4, 4, dtype=torch.bool)
+    err, valid = payoff.label_error(None, {"perm": perm, "applied": applied, "weight": w}, soft, y, masks, 4)
+    assert bool(valid.any()) and not bool(valid[~applied].any())
+    assert float(err[valid].abs().max()) < 1e-5
+
+
+def test_tiny_preset_runs_end_to_end_and_writes_only_where_told(payoff, tmp_path) -> None:
+    out = tmp_path / "results"
+    rc = payoff.main(["--preset", "smoke", "--arms", "none,cutmix,oracle", "--seeds", "2",
+                      "--out", str(out), "--name", "t"])
+    assert rc == 0
+    assert sorted(os.listdir(out)) == ["payoff_t.json", "payoff_t.md", "payoff_t.png"]
+    data = json.loads((out / "payoff_t.json").read_text())
+    assert len(data["runs"]) == 6 and "gate" in data["gate"]
+    summary = data["summary"]
+    assert set(summary) == {"none", "cutmix", "oracle"}
+    for split in ("id", "background", "occlusion", "small"):
+        assert 0.0 <= summary["oracle"][f"acc_{split}"] <= 1.0
+        assert summary["oracle"]["vs_none"][split]["n"] == 2 and "vs_cutmix" in summary["oracle"]
+    assert summary["none"].get("label_mae") is None and summary["cutmix"]["label_mae"] > 0
+    table = (out / "payoff_t.md").read_text()
+    assert "Paired difference in test accuracy to **cutmix**" in table and "| oracle |" in table
+    # Runs are deterministic per (config, arm, seed): --reuse takes them instead of training again.
+    rc = payoff.main(["--preset", "smoke", "--arms", "none,cutmix", "--seeds", "2", "--reuse",
+                      str(out / "payoff_t.json"), "--out", str(out), "--name", "r"])
+    again = json.loads((out / "payoff_r.json").read_text())
+    assert all(r["reused_from"] == "payoff_t.json" for r in again["runs"]) and len(again["runs"]) == 4
+    assert again["summary"]["cutmix"]["acc_id"] == summary["cutmix"]["acc_id"]
+    other = payoff.load_reusable([str(out / "payoff_t.json")], payoff.Config(**payoff.PRESETS["quick"]))
+    assert other == {}  # another config's runs are never mixed in
+
+
+def test_runs_are_reproducible_and_arms_share_data_and_init(payoff) -> None:
+    cfg = payoff.Config(**payoff.PRESETS["smoke"])
+    a = payoff.run_one(cfg, "cutmix", 0)
+    b = payoff.run_one(cfg, "cutmix", 0)
+    assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    c = payoff.run_one(cfg, "none", 0)
+    assert "label_mae" not in c and c["augmenter"] == "-"
+    assert a["augmenter"] in ("salaug.SaliencyAugmenter", "local stand-in")
+
+
+def test_net_is_demonet_without_lightning(payoff) -> None:
+    from salaug.demo import DemoNet
+
+    torch.manual_seed(3)
+    ours = payoff.Net(num_classes=10, width=8)
+    torch.manual_seed(3)
+    theirs = DemoNet(num_classes=10, width=8)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(ours.eval()(x), theirs.eval()(x))
+
+
+def test_bad_arms_and_datasets_fail_clearly(payoff) -> None:
+    with pytest.raises(ValueError, match="unknown arm"):
+        payoff.main(["--preset", "smoke", "--arms", "none,bogus"])
+    with pytest.raises(SystemExit, match="masks"):
+        payoff.main(["--preset", "smoke", "--dataset", "digits", "--arms", "none,oracle"])
