@@ -40,7 +40,9 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
     (``BACKBONE_THRESHOLD``, ``HEAD_THRESHOLD``) apply to the two scores. Everything is logged as
     ``salaug_monitor/<name>``, each a mean over the images it was measured on, together with a
     picture of a fixed set of validation images and their GradCAM, EigenCAM (and AblationCAM)
-    overlays (TensorBoard, else a PNG in the log directory).
+    overlays: to loggers that take images (TensorBoard), else as PNG files into ``picture_dir``
+    when given, else into ``<log_dir>/salaug_monitor/`` of a file logger (CSV). Without a logger
+    (``logger=False``, ``fast_dev_run``) and without ``picture_dir`` no picture is drawn or written.
 
     Args:
         cam: CAM method name or CAM object (see :class:`salaug.SaliencyAugmentation`).
@@ -55,6 +57,7 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
         head_check: run the head check (AblationCAM).
         head_max_batches: validation batches per epoch of the head check (``None``: as many as
             ``max_batches``).
+        picture_dir: directory for PNG pictures (created when the first one is written).
 
     Raises:
         ValueError: for ``num_images < 1``, ``every_n_epochs < 1`` or ``head_max_batches < 1``.
@@ -63,7 +66,8 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
     def __init__(self, cam: str | Any = "gradcam", target_layer: str | nn.Module | None = None, *,
                  num_images: int = 8, image_key: int | str = 0, label_key: int | str | None = 1,
                  box_key: int | str | None = None, max_batches: int | None = None,
-                 every_n_epochs: int = 1, head_check: bool = True, head_max_batches: int | None = 2) -> None:
+                 every_n_epochs: int = 1, head_check: bool = True, head_max_batches: int | None = 2,
+                 picture_dir: str | os.PathLike[str] | None = None) -> None:
         if num_images < 1 or every_n_epochs < 1:
             raise ValueError("num_images and every_n_epochs must be >= 1")
         if head_max_batches is not None and head_max_batches < 1:
@@ -84,11 +88,22 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
         self._fixed: tuple[Tensor, Tensor | None] | None = None
         self._sums: dict[str, list[Tensor]] = {}
         self._count = 0
-        self._picture_dir: str | None = None
+        self.picture_dir = os.fspath(picture_dir) if picture_dir is not None else None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._cam = create_cam(self.cam, pl_module, self.target_layer)
-        self._picture_dir = os.path.join(trainer.log_dir or trainer.default_root_dir, "salaug_monitor")
+
+    def _picture_target(self, trainer: pl.Trainer) -> Any:
+        """The logger experiment that takes images, else a PNG directory, else ``None`` (no picture)."""
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_image"):
+                return experiment
+        if self.picture_dir is not None:
+            return self.picture_dir
+        if trainer.loggers and trainer.log_dir is not None:
+            return os.path.join(trainer.log_dir, "salaug_monitor")  # a file logger (CSV)
+        return None
 
     def _enabled(self, trainer: pl.Trainer) -> bool:
         return not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
@@ -152,6 +167,9 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
             self._log_picture(trainer)
 
     def _log_picture(self, trainer: pl.Trainer) -> None:
+        target = self._picture_target(trainer)
+        if target is None:
+            return
         from salaug.viz import overlay, save_grid, to_display
 
         images, labels = self._fixed  # type: ignore[misc]
@@ -161,18 +179,14 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
                     overlay(shown, self._eigen(images, labels).float())]
             if self._ablation is not None:
                 rows.append(overlay(shown, self._ablation(images, labels).float()))
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                import torchvision
+        if not isinstance(target, str):
+            import torchvision
 
-                grid = torchvision.utils.make_grid(torch.cat(rows), nrow=images.shape[0])
-                experiment.add_image("salaug_monitor/gradcam_eigencam_ablationcam", grid, trainer.global_step)
-                return
-        if self._picture_dir is not None:
-            named = dict(zip(["validation images", "GradCAM", "EigenCAM (backbone)", "AblationCAM (head)"], rows))
-            save_grid(named, os.path.join(self._picture_dir, f"epoch{trainer.current_epoch:04d}.png"),
-                      nrow=images.shape[0])
+            grid = torchvision.utils.make_grid(torch.cat(rows), nrow=images.shape[0])
+            target.add_image("salaug_monitor/gradcam_eigencam_ablationcam", grid, trainer.global_step)
+            return
+        named = dict(zip(["validation images", "GradCAM", "EigenCAM (backbone)", "AblationCAM (head)"], rows))
+        save_grid(named, os.path.join(target, f"epoch{trainer.current_epoch:04d}.png"), nrow=images.shape[0])
 
 
 def _cosine(a: Tensor, b: Tensor) -> Tensor:

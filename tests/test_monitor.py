@@ -68,6 +68,27 @@ def test_metrics_from_true_boxes_and_a_picture(tmp_path):
     assert len(pngs) == 1
 
 
+def test_no_logger_draws_and_writes_nothing(tmp_path, monkeypatch):
+    import salaug.viz
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(salaug.viz, "save_grid", lambda *a, **k: pytest.fail("a picture was written"))
+    monitor = SaliencyMonitor(target_layer="net.5", box_key=2, num_images=4)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[monitor], default_root_dir=str(tmp_path))
+    trainer.validate(brightness_net(), DataLoader(SquaresWithBoxes(), batch_size=8))
+    assert float(trainer.callback_metrics["salaug_monitor/pointing_game"]) == 1.0  # the metrics still run
+    assert os.listdir(tmp_path) == []
+
+
+def test_picture_dir_without_a_logger(tmp_path):
+    monitor = SaliencyMonitor(target_layer="net.5", box_key=2, num_images=4, picture_dir=tmp_path / "pictures")
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[monitor], default_root_dir=str(tmp_path / "root"))
+    trainer.validate(brightness_net(), DataLoader(SquaresWithBoxes(), batch_size=8))
+    assert os.listdir(tmp_path / "pictures") == ["epoch0000.png"]
+
+
 def test_head_check_scores_the_ablation_cam_against_the_boxes(tmp_path):
     monitor = SaliencyMonitor(target_layer="net.5", box_key=2, num_images=4)
     metrics = fit(tmp_path, brightness_net(), monitor, epochs=0).callback_metrics

@@ -170,58 +170,15 @@ def warp(x: Tensor, grid: Tensor) -> Tensor:
     return F.grid_sample(work, grid.to(work.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def take(x: Tensor, src: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """``x[src[j], :, rows[j], cols[j]]`` for ``x (B, C, H, W)``, grids ``rows (N, Hm)`` x ``cols (N, Wm)``.
-
-    One advanced-indexing read with broadcast indices (no index tensor of the patch's size).
-    Returns ``(N, C, Hm, Wm)``.
-    """
-    chan = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-    return x[src.view(-1, 1, 1, 1), chan, rows[:, None, :, None], cols[:, None, None, :]]
-
-
-def put(out: Tensor, values: Tensor, dst: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-    """``out[dst[j], :, rows[j], cols[j]] = values[j]``, ``values (N, C, Hm, Wm)``; the inverse of :func:`take`.
-
-    One ``index_put_`` into ``out`` (a tensor the caller owns), or an out-of-place ``index_put``
-    when autograd records a graph: use the returned tensor. Writing to the targets' rows of
-    ``out`` lets the patch stay in the partners' order (no permuted copy). Duplicate indices must
-    carry equal values.
-    """
-    chan = torch.arange(out.shape[1], device=out.device).view(1, -1, 1, 1)
-    index = (dst.view(-1, 1, 1, 1), chan, rows[:, None, :, None], cols[:, None, None, :])
-    values = values.to(out.dtype)
-    if needs_graph(out, values):
-        return out.index_put(index, values)
-    return out.index_put_(index, values)
-
-
-def restore_pixel(out: Tensor, images: Tensor, rows: Tensor, cols: Tensor, empty: Tensor) -> Tensor:
-    """Where ``empty`` (``(B,)`` bool), put back the pixel ``(rows[:, 0], cols[:, 0])`` of ``images``.
-
-    An empty destination box collapses onto that one pixel (:func:`patch_index`); ``out`` and
-    ``images`` are ``(B, C, H, W)`` in the same (target) order. Returns the result.
-    """
-    b = torch.arange(out.shape[0], device=out.device)
-    r, c = rows[:, :1], cols[:, :1]
-    keep = torch.where(empty.view(-1, 1, 1, 1), take(images, b, r, c), take(out, b, r, c))
-    return put(out, keep, b, r, c)
-
-
 class PastePlan(NamedTuple):
-    """Where each pasted pixel comes from and goes, shared by the images and the saliency.
+    """Where each pasted pixel comes from and goes, shared by the images and the saliency."""
 
-    Rows of the patch tensors are in the *partners'* order: row ``j`` is read from ``x[j]`` and
-    lands in target ``inv[j]``.
-    """
-
+    perm: Tensor  # (B,) partners
     inv: Tensor  # (B,) the inverse permutation: the target of each partner
-    rows: Tensor  # (B, Hm) destination rows, partners' order
-    cols: Tensor  # (B, Wm) destination columns, partners' order
+    idx: Tensor  # (B, 1, Hm * Wm) flat destination pixels, targets' order
     uy: Tensor  # (B, Hm) source rows (pixel coordinates), partners' order
     ux: Tensor  # (B, Wm) source columns, partners' order
-    grid: Tensor | None  # (B, Hm, Wm, 2) the bilinear sampling grid; None for nearest
-    first: tuple[Tensor, Tensor]  # (B, 1) row and column an empty box collapses onto, targets' order
+    grid: Tensor | None  # (B, Hm, Wm, 2) the bilinear sampling grid, partners' order; None for nearest
     empty: Tensor  # (B,) bool, empty destination boxes (nothing pasted), targets' order
 
 
@@ -241,40 +198,47 @@ def paste_plan(src: Tensor, dst: Tensor, perm: Tensor, patch: tuple[int, int], s
     uy = axis_pixels(dst[:, 1], dst[:, 3], src[:, 1], src[:, 3], ri)
     ux = axis_pixels(dst[:, 0], dst[:, 2], src[:, 0], src[:, 2], ci)
     inv = inverse(perm)
-    uy, ux = uy[inv], ux[inv]
+    uy, ux = uy[inv], ux[inv]  # sampling runs over the partners in their own order
     grid = separable_grid(uy, ux, size, torch.float32) if mode == "bilinear" else None
     empty = (dst[:, 2] <= dst[:, 0]) | (dst[:, 3] <= dst[:, 1])
-    return PastePlan(inv, rows[inv], cols[inv], uy, ux, grid, (rows[:, :1], cols[:, :1]), empty)
+    return PastePlan(perm, inv, flat_index(rows, cols, size[1]), uy, ux, grid, empty)
 
 
-def paste_resampled(x: Tensor, plan: PastePlan, canvas: Tensor | None = None) -> Tensor:
+def paste_resampled(x: Tensor, plan: PastePlan, canvas: Tensor | None = None, clamp: bool = False) -> Tensor:
     """Each target's destination box filled with its partner's source box, resized; the rest kept.
 
     The source box is resampled (bilinear, or nearest when ``plan.grid`` is None) pixel-area
     aligned as ``F.interpolate(..., align_corners=False)``, with source coordinates clamped into
-    the source box. An empty destination box leaves the target unchanged. One ``grid_sample`` (or
-    one indexed read) of the patches in the partners' order, then one ``index_put_`` into a copy of
-    ``x``: no full-size masks or temporaries, no permuted copy of the batch.
+    the source box. An empty destination box leaves the target unchanged. The patches are sampled
+    from the partners in their own order (one ``grid_sample``, or one flat gather), reordered at
+    patch size and written by one ``scatter_`` into a copy of ``x``: no full-size masks, no
+    permuted copy of the batch.
 
     Args:
         x: ``(B, C, H, W)`` contiguous, the partners' pixels (and the targets' unless ``canvas``).
         plan: from :func:`paste_plan`.
         canvas: ``(B, C, H, W)`` of ``x``'s dtype to paste onto instead of a copy of ``x`` (written
-            in place unless autograd records a graph; its samples with an empty box are not
-            restored: the caller masks them).
+            in place unless autograd records a graph; samples with an empty box are not restored:
+            the caller masks them).
+        clamp: clamp the resampled values into ``[0, 1]`` (saliency: bilinear rounding can leave
+            it by an ulp), at patch size.
 
     Returns:
         ``(B, C, H, W)``, a new tensor of ``x``'s dtype (or ``canvas``).
     """
-    b = x.shape[0]
+    b, c = x.shape[:2]
     if plan.grid is None:
-        values = take(x, torch.arange(b, device=x.device), plan.uy.round().long(), plan.ux.round().long())
+        w = x.shape[-1]
+        values = gather(x, flat_index(plan.uy.round().long(), plan.ux.round().long(), w))
     else:
-        values = warp(x, plan.grid)
+        values = warp(x, plan.grid).reshape(b, c, -1)
+    values = values.index_select(0, plan.perm)  # back to the targets' order, at patch size
+    if clamp:
+        values = values.clamp_(0, 1) if not needs_graph(values) else values.clamp(0, 1)
     if canvas is not None:
-        return put(canvas, values, plan.inv, plan.rows, plan.cols)
-    out = put(x.clone(), values, plan.inv, plan.rows, plan.cols)
-    return restore_pixel(out, x, *plan.first, plan.empty)
+        return scatter(canvas, values, plan.idx)
+    out = scatter(x.clone(), values, plan.idx)
+    return restore_first(out, x, plan.idx, plan.empty)  # an empty destination collapsed onto one pixel
 
 
 def axis_pixels(d1: Tensor, d2: Tensor, s1: Tensor, s2: Tensor, idx: Tensor) -> Tensor:

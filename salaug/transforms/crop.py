@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from kornia.geometry.transform import crop_and_resize
 from torch import Tensor
 
 from salaug._checks import check_interval, check_number
-from salaug.boxes import box_mass, boxes_to_corners
-from salaug.transforms._ops import first_true, pick, rrc_boxes
+from salaug.boxes import box_mass
+from salaug.transforms._ops import first_true, needs_graph, pick, rrc_boxes, separable_grid, warp
 from salaug.transforms.base import ParamSpec, Params, SalientBatch, SaliencyTransform
 
 __all__ = ["SalientCrop"]
@@ -27,9 +26,6 @@ def _parse_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     return int(h), int(w)  # type: ignore[arg-type]
 
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
 class SalientCrop(SaliencyTransform):
     r"""CAM-guided RandomResizedCrop: a resized crop whose box keeps the salient object.
 
@@ -38,8 +34,10 @@ class SalientCrop(SaliencyTransform):
     would exceed the image is clamped to it) and their saliency mass is scored from per-row prefix
     sums. The first candidate that keeps at least ``keep`` of the mass is cropped. **Fallback:**
     when no candidate keeps enough, the whole image is used, so the chosen box *always* keeps
-    ``>= keep`` of the mass. Images and saliency are cropped and resized together with kornia's
-    ``crop_and_resize`` (bilinear). Labels are unchanged (returned as soft labels).
+    ``>= keep`` of the mass. Images and saliency are cropped and resized together, bilinearly, with
+    the box's corner pixels on the output's corner pixels (the result of kornia's
+    ``crop_and_resize(..., align_corners=True)``, computed as one ``grid_sample`` on a separable
+    grid). Labels are unchanged (returned as soft labels).
 
     Samples not transformed (probability ``1 - p``) are the whole image resized to ``size``; when
     ``size`` is the input size they are returned bit-for-bit unchanged.
@@ -116,14 +114,48 @@ class SalientCrop(SaliencyTransform):
         b, _, h, w = images.shape
         boxes = params["boxes"]
         size = self.size or (h, w)
-        corners = boxes_to_corners(boxes)
-        # one layout for kornia's warp, whatever the caller's (channels_last, slices)
-        src = (images.float() if images.dtype in _LOW_PRECISION else images).contiguous()
-        out = crop_and_resize(src, corners, size, align_corners=True).to(images.dtype)
-        sal = crop_and_resize(saliency.contiguous(), corners, size, align_corners=True).clamp(0, 1)
+        grid = crop_grid(boxes, size, (h, w))
+        out = warp(images.contiguous(), grid).to(images.dtype)  # one layout, whatever the caller's
+        sal = warp(saliency.contiguous(), grid)
+        sal = sal.clamp(0, 1) if needs_graph(sal) else sal.clamp_(0, 1)
         if size == (h, w):  # full-image boxes (not applied, or the fallback) stay bit-exact
             full = torch.tensor([0, 0, w, h], device=boxes.device)
             keep = (boxes == full).all(1)[:, None, None, None]
-            out = torch.where(keep, images, out)
-            sal = torch.where(keep, saliency, sal)
+            out = _keep(keep, images, out)
+            sal = _keep(keep, saliency, sal)
         return SalientBatch(out, sal, labels)
+
+
+def _keep(keep: Tensor, original: Tensor, out: Tensor) -> Tensor:
+    """``torch.where(keep, original, out)``, written into ``out`` (a fresh result) unless autograd records."""
+    if needs_graph(original, out):
+        return torch.where(keep, original, out)
+    return torch.where(keep, original, out, out=out)
+
+
+def _corner_axis(a1: Tensor, a2: Tensor, n: int) -> Tensor:
+    """``(B, n)`` source coordinates of ``n`` output pixels spanning the pixels ``a1 .. a2 - 1`` corner to corner.
+
+    ``align_corners=True``: the first and last output pixels sit on the box's first and last pixel
+    centres, as kornia's ``crop_and_resize(..., align_corners=True)``; a single output pixel takes
+    the box's centre (where kornia's homography degenerates to NaN).
+    """
+    a1f = a1.float()[:, None]
+    span = (a2 - a1 - 1).clamp(min=0).float()[:, None]
+    if n == 1:
+        return a1f + span / 2
+    step = torch.arange(n, device=a1.device, dtype=torch.float32)[None, :] / (n - 1)
+    return a1f + span * step
+
+
+def crop_grid(boxes: Tensor, size: tuple[int, int], image: tuple[int, int]) -> Tensor:
+    """The ``grid_sample`` grid ``(B, h, w, 2)`` resizing half-open ``(B, 4)`` boxes of an ``image``-sized
+    batch to ``size = (h, w)`` (``align_corners=True`` corner mapping, see :func:`_corner_axis`).
+
+    Example:
+        >>> g = crop_grid(torch.tensor([[0, 0, 4, 4]]), (2, 2), (4, 4))
+        >>> ((g + 1) * 4 - 1).div(2)[0].tolist()  # back to pixel coordinates (x, y)
+        [[[0.0, 0.0], [3.0, 0.0]], [[0.0, 3.0], [3.0, 3.0]]]
+    """
+    x1, y1, x2, y2 = boxes.unbind(1)
+    return separable_grid(_corner_axis(y1, y2, size[0]), _corner_axis(x1, x2, size[1]), image, torch.float32)

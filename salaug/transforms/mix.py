@@ -42,7 +42,8 @@ from salaug._checks import check_choice, check_flag, check_number
 from salaug._filters import gaussian_blur
 from salaug.boxes import box_area, box_around, box_mask, box_mass, box_size, cell_mass, cells_mask, grid_cells, \
     peak, row_prefix, top_k_cells
-from salaug.transforms._ops import image_aspect_boxes, masked, partner_box_mass, paste
+from salaug.transforms._ops import axis_pixels, image_aspect_boxes, masked, needs_graph, partner_box_mass, paste, \
+    separable_grid, warp
 from salaug.transforms.base import MixTransform, ParamSpec, Params, sample_beta, sample_uniform
 
 __all__ = ["AttentiveCutMix", "GuidedMixup", "SaliencyMix", "SnapMix", "greedy_pairing"]
@@ -219,33 +220,24 @@ class AttentiveCutMix(MixTransform):
         return 1 - (mass * cells).sum(1), (mass[perm] * cells).sum(1)
 
 
-def _resize_grid(dst: Tensor, src: Tensor, size: tuple[int, int]) -> Tensor:
-    """Sampling grid ``(B, H, W, 2)`` that resizes each ``src`` box onto its ``dst`` box.
+def _snap_plan(src: Tensor, dst: Tensor, applied: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """SnapMix's paste mask ``(B, 1, H, W)`` (``dst`` boxes of the applied samples) and sampling grid.
 
-    Pixel centres are mapped as ``F.interpolate(..., align_corners=False)`` maps them, and source
-    coordinates are clamped to the source box, so inside ``dst`` the result equals the bilinear
-    resize of the crop. Outside ``dst`` the grid is meaningless (masked off by the caller).
+    The grid ``(B, H, W, 2)`` maps each ``dst`` box pixel to its ``src`` box coordinates as
+    ``F.interpolate(..., align_corners=False)`` maps them, clamped into the source box, so inside
+    ``dst`` the result equals the bilinear resize of the crop; outside it the grid is clamped and
+    masked off. The mask is one broadcast ``&`` of per-row and per-column tests.
     """
     h, w = size
-    dst, src = dst.to(torch.float32), src.to(torch.float32)
-
-    def axis(n: int, d1: Tensor, d2: Tensor, s1: Tensor, s2: Tensor) -> Tensor:
-        pix = torch.arange(n, device=dst.device, dtype=torch.float32)
-        scale = ((s2 - s1) / (d2 - d1))[:, None]
-        coord = (pix[None, :] + 0.5 - d1[:, None]) * scale + s1[:, None] - 0.5
-        coord = torch.minimum(torch.maximum(coord, s1[:, None]), (s2 - 1)[:, None])
-        return (2 * coord + 1) / n - 1
-
-    gx = axis(w, dst[:, 0], dst[:, 2], src[:, 0], src[:, 2])  # (B, W)
-    gy = axis(h, dst[:, 1], dst[:, 3], src[:, 1], src[:, 3])  # (B, H)
-    b = dst.shape[0]
-    return torch.stack((gx[:, None, :].expand(b, h, w), gy[:, :, None].expand(b, h, w)), -1)
-
-
-def _warp(x: Tensor, grid: Tensor) -> Tensor:
-    work = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    out = F.grid_sample(work, grid.to(work.dtype), mode="bilinear", padding_mode="border", align_corners=False)
-    return out.to(x.dtype)
+    dev = dst.device
+    ys, xs = torch.arange(h, device=dev)[None, :], torch.arange(w, device=dev)[None, :]
+    x1, y1, x2, y2 = dst.unbind(1)
+    in_y = (ys >= y1[:, None]) & (ys < y2[:, None]) & applied[:, None]
+    in_x = (xs >= x1[:, None]) & (xs < x2[:, None])
+    mask = in_y[:, None, :, None] & in_x[:, None, None, :]
+    uy = axis_pixels(y1, y2, src[:, 1], src[:, 3], ys - y1[:, None])
+    ux = axis_pixels(x1, x2, src[:, 0], src[:, 2], xs - x1[:, None])
+    return mask, separable_grid(uy, ux, size, torch.float32)
 
 
 class SnapMix(MixTransform):
@@ -312,6 +304,7 @@ class SnapMix(MixTransform):
 
     required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "src_boxes": ("int", ("B", 4)),
                                             "dst_boxes": ("int", ("B", 4)), "weights": ("float", ("B", 2))}
+    clamp_saliency = False  # the resampled saliency is clamped before the paste
 
     def __init__(self, num_classes: int | None = None, *, alpha: float = 5.0, normalize: bool = True,
                  labels: Literal["area", "saliency"] = "saliency", p: float = 1.0,
@@ -334,13 +327,16 @@ class SnapMix(MixTransform):
         return {"src_boxes": src, "dst_boxes": dst, "weights": weights}
 
     def pixel_plan(self, params: Params, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        dst = params["dst_boxes"]
-        return masked(box_mask(dst, size), params["applied"]), _resize_grid(dst, params["src_boxes"], size)
+        return _snap_plan(params["src_boxes"], params["dst_boxes"], params["applied"], size)
 
     def mix_pixels(self, x: Tensor, params: Params, plan: tuple[Tensor, Tensor], *,
                    is_saliency: bool = False) -> Tensor:
         mask, grid = plan
-        return paste(mask, _warp(x[params["perm"]], grid), x)
+        # one row copy of the partners (index_select), one grid_sample, one masked write into it
+        warped = warp(x.contiguous().index_select(0, params["perm"]), grid)
+        if is_saliency:
+            warped = warped.clamp(0, 1) if needs_graph(warped) else warped.clamp_(0, 1)
+        return paste(mask, warped.to(x.dtype), x)
 
     def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
         return box_area(params["dst_boxes"]) / (size[0] * size[1])

@@ -151,6 +151,7 @@ class SalientPaste(MixTransform):
 
     required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "src_boxes": ("int", ("B", 4)),
                                             "dst_boxes": ("int", ("B", 4))}
+    clamp_saliency = False  # the resampled saliency is clamped where it is resampled
 
     def __init__(self, num_classes: int | None = None, *, scale: tuple[float, float] = (0.1, 0.4),
                  zoom: tuple[float, float] = (0.75, 1.33), background: str = "image",
@@ -239,9 +240,11 @@ class SalientPaste(MixTransform):
     def mix_pixels(self, x: Tensor, params: Params, plan: PastePlan, *, is_saliency: bool = False) -> Tensor:
         x = x.contiguous()  # a no-op for the usual layout
         if self.background == "image":
-            return paste_resampled(x, plan)
+            return paste_resampled(x, plan, clamp=is_saliency)
         canvas = self._canvas(x, params["target_boxes"], 0.0 if is_saliency else self.fill)
-        canvas = paste_resampled(x, plan, canvas)
+        if is_saliency:
+            canvas = canvas.clamp(0, 1) if needs_graph(canvas) else canvas.clamp_(0, 1)
+        canvas = paste_resampled(x, plan, canvas, clamp=is_saliency)
         return torch.where(params["applied"][:, None, None, None], canvas, x)
 
     def _canvas(self, x: Tensor, target: Tensor, fill: float) -> Tensor:
