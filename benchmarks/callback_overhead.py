@@ -1,17 +1,28 @@
-"""Cost of SaliencyAugmentation inside a real Lightning training loop, as ratios to a plain step.
+"""Cost of saliency augmentation inside real training steps, as ratios to a plain step.
 
-Fits the same model on the same in-memory batches for the same number of steps, once per
-configuration, in interleaved rounds, and times each training batch from the first
-``on_train_batch_start`` to ``on_train_batch_end`` (so the CAM forward, the transform and the
-training step are all inside). Prints the median per-step time and its ratio to the plain step:
+Two loops, each fitting the same model on the same in-memory batches for the same number of steps,
+once per configuration, in interleaved rounds (so a busy machine slows every configuration alike):
 
-* plain training (no callback)
-* salaug GradCAM at ``cam_scale=1.0`` and ``0.5``, with SaliencyMix and with SnapMix
-* the same SaliencyMix driven by pytorch-grad-cam (the ``grad-cam`` package) inside the loop
+* **plain PyTorch loop** (``loop`` rows): ``images, labels = aug(images, labels)`` with
+  :class:`salaug.SaliencyAugmenter`, then forward, loss, backward, optimizer step; each step is timed
+  from before the augmenter call to after ``optimizer.step()``, and the configurations take turns
+  step by step (a load change on a shared machine hits them all); the median is over every timed
+  step of every round. Rows: no augmenter; GradCAM at
+  ``cam_scale=1.0`` and ``0.5`` with SaliencyMix and with SnapMix; ``cam_mode="fused"`` (no extra
+  forward: CAMs from the previous training forward) with both.
+* **Lightning** (``lightning`` rows): the :class:`salaug.SaliencyAugmentation` callback, each batch
+  timed from the first ``on_train_batch_start`` to ``on_train_batch_end``. Rows: no callback; the
+  same four salaug configurations; the same SaliencyMix driven by pytorch-grad-cam (the
+  ``grad-cam`` package) inside the loop.
+
+Each row prints the median per-step time and its ratio to its own loop's plain step: for the loop,
+the median of the ratios of steps run side by side (same batch, consecutive); for Lightning, the
+ratio of the medians over rounds of each fit's median step.
 
 Usage::
 
-    python benchmarks/callback_overhead.py                 # ResNet-18, B32, 96x96, CPU
+    python benchmarks/callback_overhead.py                 # ResNet-18, B32, 96x96, CPU, both loops
+    python benchmarks/callback_overhead.py --loops loop    # the plain PyTorch loop only
     python benchmarks/callback_overhead.py --device cuda --batch 128 --size 224
 """
 
@@ -31,6 +42,7 @@ import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
 import salaug
+from salaug.augmenter import SaliencyAugmenter
 from salaug.callback import SaliencyAugmentation
 from salaug.cam.base import eval_mode
 
@@ -109,6 +121,64 @@ def configurations(num_classes: int) -> dict[str, Any]:
     }
 
 
+def loop_configurations(num_classes: int) -> dict[str, Any]:
+    """Plain-loop rows: ``None`` (no augmenter) or ``model -> SaliencyAugmenter``."""
+
+    def ours(transform: type, scale: float, **options: Any) -> Any:
+        return lambda model: SaliencyAugmenter(model, transform(num_classes=num_classes), cam="gradcam",
+                                               target_layer="layer4", cam_scale=scale, seed=0, **options)
+
+    return {
+        "loop: plain step": None,
+        "loop: SaliencyAugmenter GradCAM x1.0 + SaliencyMix": ours(salaug.SaliencyMix, 1.0),
+        "loop: SaliencyAugmenter GradCAM x0.5 + SaliencyMix": ours(salaug.SaliencyMix, 0.5),
+        "loop: SaliencyAugmenter GradCAM x1.0 + SnapMix": ours(salaug.SnapMix, 1.0),
+        "loop: SaliencyAugmenter GradCAM x0.5 + SnapMix": ours(salaug.SnapMix, 0.5),
+        "loop: SaliencyAugmenter GradCAM fused + SaliencyMix": ours(salaug.SaliencyMix, 1.0, cam_mode="fused"),
+        "loop: SaliencyAugmenter GradCAM fused + SnapMix": ours(salaug.SnapMix, 1.0, cam_mode="fused"),
+    }
+
+
+class LoopRun:
+    """One configuration's model, optimizer and augmenter in a plain PyTorch training loop."""
+
+    def __init__(self, make_augmenter: Any, device: str, num_classes: int) -> None:
+        torch.manual_seed(0)
+        self.model = torchvision.models.resnet18(num_classes=num_classes).to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.augment = make_augmenter(self.model) if make_augmenter else None
+        self.cuda = torch.device(device).type == "cuda"
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One training step (augmenter call included); returns its time in seconds."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        if self.augment is not None:
+            images, labels = self.augment(images, labels)
+        loss = F.cross_entropy(self.model(images), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+
+def loop_round(configs: dict[str, Any], batches: list[tuple[torch.Tensor, torch.Tensor]], warmup: int, device: str,
+               num_classes: int) -> dict[str, list[float]]:
+    """Fresh runs of every configuration, interleaved step by step: each step's times of each run."""
+    runs = [(name, LoopRun(make, device, num_classes)) for name, make in configs.items()]
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for i, (images, labels) in enumerate(batches):
+        for j in range(len(runs)):  # the order rotates, so that no run always follows the same one
+            name, run = runs[(i + j) % len(runs)]
+            t = run.step(images, labels)
+            if i >= warmup:
+                times[name].append(t)
+    return times
+
+
 def fit_once(make_callback: Any, loader: DataLoader, steps: int, warmup: int, device: str, num_classes: int) -> float:
     torch.manual_seed(0)
     timer = StepTimer(warmup)
@@ -128,6 +198,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--loops", choices=("all", "loop", "lightning"), default="all",
+                        help="which training loops to time (default: both)")
     args = parser.parse_args()
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -136,20 +208,28 @@ def main() -> None:
     n = args.batch * (args.steps + args.warmup)
     data = TensorDataset(torch.randn(n, 3, args.size, args.size), torch.randint(0, k, (n,)))
     loader = DataLoader(data, batch_size=args.batch, shuffle=False)
-    configs = configurations(k)
-    times: dict[str, list[float]] = {name: [] for name in configs}
+    batches = [(x.to(args.device), y.to(args.device)) for x, y in loader]
+    loop = loop_configurations(k) if args.loops in ("all", "loop") else {}
+    lightning = {f"lightning: {name}": make for name, make in configurations(k).items()} \
+        if args.loops in ("all", "lightning") else {}
+    times: dict[str, list[float]] = {name: [] for name in [*loop, *lightning]}
     for _ in range(args.rounds):
-        for name, make in configs.items():
+        # the plain loop interleaves its configurations step by step; Lightning fit by fit
+        for name, ts in loop_round(loop, batches, args.warmup, args.device, k).items():
+            times[name].extend(ts)
+        for name, make in lightning.items():
             times[name].append(fit_once(make, loader, args.steps, args.warmup, args.device, k))
-    plain = statistics.median(times["plain step"])
     print(f"ResNet-18, batch {args.batch}, {args.size}x{args.size}, device {args.device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.rounds} interleaved "
           f"rounds x {args.steps} steps")
     print("| configuration | ms / step | ratio to plain step |")
     print("|---|---|---|")
     for name, ts in times.items():
-        t = statistics.median(ts)
-        print(f"| {name} | {1000 * t:.1f} | {t / plain:.2f}x |")
+        base = times[f"{name.split(':')[0]}: plain step"]
+        # loop rows: the median of step-by-step ratios (the steps ran side by side); Lightning: of medians
+        ratio = statistics.median(t / p for t, p in zip(ts, base)) if name.startswith("loop") else \
+            statistics.median(ts) / statistics.median(base)
+        print(f"| {name} | {1000 * statistics.median(ts):.1f} | {ratio:.2f}x |")
 
 
 if __name__ == "__main__":

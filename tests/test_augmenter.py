@@ -430,3 +430,117 @@ def test_repr():
 
 def test_lazy_export():
     assert salaug.SaliencyAugmenter is SaliencyAugmenter
+
+
+# -- cam_mode="fused" --------------------------------------------------------------------------------
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def fused_steps(aug: SaliencyAugmenter, model: nn.Module, batches, lr: float = 0.0):
+    """A plain training loop; returns each step's (images, soft labels)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    outputs = []
+    for x, y in batches:
+        images, soft = aug(x, y)
+        loss = F.cross_entropy(model(images), soft)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        outputs.append((images, soft))
+    return outputs
+
+
+def test_fused_runs_no_extra_forward_after_the_first_batch():
+    model = CountingNet()
+    aug = SaliencyAugmenter(model, salaug.SaliencyMix(num_classes=K), target_layer="inner.features", seed=0,
+                            cam_mode="fused")
+    fused_steps(aug, model, [batch(seed=0)])
+    first = model.calls  # probe, the first batch's CAM forward, the training forward
+    fused_steps(aug, model, [batch(seed=i) for i in range(1, 4)])
+    assert model.calls - first == 3  # one forward per step: the training forward only
+    assert aug.augmented == 4 and hook_count(model) == 0
+
+
+def test_fused_partners_come_from_the_previous_clean_batch():
+    model = net()
+    aug = make(model, transform=salaug.SaliencyMix(num_classes=K, alpha=50.0), cam_mode="fused")
+    first = (torch.zeros(8, 3, 16, 16), torch.zeros(8, dtype=torch.long))   # class 0, all zeros
+    second = (torch.ones(8, 3, 16, 16), torch.ones(8, dtype=torch.long))    # class 1, all ones
+    (_, _), (images, soft) = fused_steps(aug, model, [first, second])
+    values = set(images.unique().tolist())
+    assert values == {0.0, 1.0}  # own pixels and pasted pixels of the previous batch
+    pasted = images.eq(0).flatten(1).float().mean(1)  # the area share of the class-0 partner
+    assert (pasted > 0).all()
+    torch.testing.assert_close(soft[:, 0], pasted)  # SaliencyMix's area labels: partner = class 0
+    torch.testing.assert_close(soft[:, 1], 1 - pasted)
+    assert soft[:, 2:].eq(0).all()
+    assert aug.last is not None and aug.last.saliency is not None and is_flat(aug.last.saliency)
+
+
+def test_fused_partner_maps_are_the_training_forwards_cams():
+    model = net()
+    aug = make(model, cam_mode="fused", p=0.0)  # unaugmented batches: the training forward sees clean images
+    x, y = batch(seed=3)
+    images, soft = aug(x, y)
+    ref_model = copy.deepcopy(model)
+    ref = salaug.cam.GradCAM(ref_model, "features")
+    with ref.record():
+        logits = ref_model(x)
+    expected = ref.from_logits(logits, y)
+    F.cross_entropy(model(images), soft).backward()
+    assert aug._partners is not None
+    torch.testing.assert_close(aug._partners[2], expected)  # train-mode maps of the training forward
+
+
+def test_fused_keeps_the_training_gradients_and_model_state():
+    model, twin = net(), net()
+    aug = make(model, cam_mode="fused")
+    for x, y in [batch(seed=0), batch(seed=1)]:
+        images, soft = aug(x, y)
+        assert hook_count(model) > 0  # armed for the training forward
+        torch.manual_seed(1)  # the same dropout masks
+        F.cross_entropy(model(images), soft).backward()
+        assert hook_count(model) == 0
+        torch.manual_seed(1)
+        F.cross_entropy(twin(images), soft).backward()  # the same forward/backward, never hooked
+        for p, q in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0)
+        for b0, b1 in zip(model.buffers(), twin.buffers()):
+            assert torch.equal(b0, b1)
+
+
+def test_fused_falls_back_to_a_cam_forward_when_the_forward_is_missing_or_without_grad():
+    model = CountingNet()
+    aug = SaliencyAugmenter(model, salaug.SaliencyMix(num_classes=K), target_layer="inner.features", seed=0,
+                            cam_mode="fused")
+    x, y = batch()
+    images, _ = aug(x, y)
+    with torch.no_grad():
+        model(images)  # an evaluation forward: nothing recorded
+    assert hook_count(model) == 0 and aug._partners is None
+    calls = model.calls
+    aug(x, y)  # the separate path again: one CAM forward
+    assert model.calls == calls + 1
+    armed = hook_count(model)
+    assert armed > 0
+    aug(x, y)  # no forward in between: the armed hooks are replaced, not stacked
+    assert hook_count(model) == armed
+    assert model.calls == calls + 2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(transform=salaug.SalientCrop(num_classes=K)), "mix with random"),
+    (dict(transform=salaug.GuidedMixup(num_classes=K)), "mix with random"),
+    (dict(ema_decay=0.9), "ema_decay"),
+    (dict(cam="scorecam"), "fused \\(record\\) mode"),
+    (dict(cam_mode="later"), "cam_mode must be one of"),
+])
+def test_fused_validation(kwargs, match):
+    kwargs.setdefault("cam_mode", "fused")
+    with pytest.raises(ValueError, match=match):
+        make(**kwargs)
+
+
+def test_fused_repr():
+    assert repr(make(cam_mode="fused")).endswith("warmup_steps=0, cam_mode='fused')")

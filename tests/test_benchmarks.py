@@ -146,6 +146,8 @@ def test_tiny_preset_runs_end_to_end_and_writes_only_where_told(payoff, tmp_path
     assert summary["none"].get("label_mae") is None and summary["cutmix"]["label_mae"] > 0
     table = (out / "payoff_t.md").read_text()
     assert "Paired difference in test accuracy to **cutmix**" in table and "| oracle |" in table
+    (out / "payoff_t.png").unlink()
+    assert payoff.main(["--replot", str(out / "payoff_t.json")]) == 0 and (out / "payoff_t.png").is_file()
     # Runs are deterministic per (config, arm, seed): --reuse takes them instead of training again.
     rc = payoff.main(["--preset", "smoke", "--arms", "none,cutmix", "--seeds", "2", "--reuse",
                       str(out / "payoff_t.json"), "--out", str(out), "--name", "r"])

@@ -569,3 +569,59 @@ def test_registry_and_create_cam(net):
     with pytest.raises(TypeError):
         sc.create_cam(3, net)
     assert "features" in repr(sc.GradCAM(net, "features"))
+
+
+# ---------------------------------------------------------------------- CPU memory layout
+class ViewNet(SmallNet):
+    """Flattens a feature map with .view(), which needs a contiguous tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8 * 8 * 8, 5)
+
+    def forward(self, x):
+        f = self.features(x)
+        return self.fc(f.view(f.shape[0], -1))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_cpu_channels_last_gives_the_same_maps(name, net, images):
+    fast = make_cam(name, net, "features")
+    plain = make_cam(name, net, "features")
+    plain._channels_last = False  # the ordinary contiguous layout
+    maps = fast(images, torch.tensor([0, 1, 2, 3]))
+    assert fast._channels_last is True  # the convolutional model took the channels-last path
+    torch.testing.assert_close(maps, plain(images, torch.tensor([0, 1, 2, 3])), atol=1e-5, rtol=0)
+
+
+def test_a_model_needing_contiguous_tensors_falls_back(images):
+    torch.manual_seed(0)
+    model = ViewNet().eval()
+    cam = sc.GradCAM(model, "features")
+    plain = sc.GradCAM(model, "features")
+    plain._channels_last = False
+    maps = cam(images, 1)
+    assert cam._channels_last is False  # the .view() refused channels-last: contiguous from now on
+    torch.testing.assert_close(maps, plain(images, 1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cam(images, 2), plain(images, 2), atol=1e-6, rtol=0)
+
+
+def test_a_model_error_is_not_retried_under_another_layout(net, images):
+    calls = {"n": 0}
+
+    def fail(_module, _inputs):
+        calls["n"] += 1
+        raise RuntimeError("broken model")
+
+    handle = net.head.register_forward_pre_hook(fail)
+    with pytest.raises(RuntimeError, match="broken model"):
+        sc.GradCAM(net, "features")(images)
+    handle.remove()
+    assert calls["n"] == 1
+
+
+def test_models_without_convolutions_keep_their_layout(images):
+    model = nn.Sequential(nn.Identity(), nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+    cam = sc.EigenCAM(model, "0")
+    assert cam._channels_last is False
+    assert cam(images, output_size="feature").shape == (4, 1, 16, 16)

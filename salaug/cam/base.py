@@ -29,6 +29,11 @@ Input rules, the same for all eight methods:
 * **in-place consumers**: activations are captured as the target layer produced them, even when
   the next module modifies its input in place (``ReLU(inplace=True)``).
 
+Speed: on CPU the CAM forward of a model with ``Conv2d`` layers runs on a channels-last copy of the
+images (oneDNN's convolutions, pooling and BatchNorm are ~15-20% faster in that layout; the maps
+agree with the contiguous layout to float rounding). A model that cannot take it (a ``.view()`` on
+a feature map) is detected on its first call and keeps the contiguous layout from then on.
+
 The caller's grad mode, inference mode, module modes and hooks are restored on exit, also when
 the call raises. Inside ``torch.inference_mode()`` the engine locally leaves inference mode (the
 backward needs ordinary tensors) and works on a copy of inference-tensor images.
@@ -49,7 +54,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salaug._checks import check_class_indices, check_finite, check_image_extent, check_images, zero_nonfinite_maps
+from salaug._checks import (
+    _finite,
+    check_class_indices,
+    check_finite,
+    check_image_extent,
+    check_images,
+    value_checks_on,
+    zero_nonfinite_maps,
+)
 from salaug.cam.layers import (
     _POOLING_HEADS,
     is_compiled,
@@ -252,10 +265,11 @@ def _prepare_images(images: object, model: nn.Module) -> Tensor:
     """Check a ``(B, C, H, W)`` batch and cast it to the model's parameter dtype."""
     images = check_images(images)
     check_image_extent(images)
-    check_finite(
-        images, "images", "replace or drop them before computing CAMs (e.g. torch.nan_to_num(images)), and check "
-        "the data pipeline (normalisation by a zero std, corrupt files)"
-    )
+    if value_checks_on(images) and not _finite(images):  # one min-max pass; the full scan only on failure
+        check_finite(
+            images, "images", "replace or drop them before computing CAMs (e.g. torch.nan_to_num(images)), and "
+            "check the data pipeline (normalisation by a zero std, corrupt files)"
+        )
     dtype = model_dtype(model)
     if dtype is not None and images.dtype != dtype:
         images = images.to(dtype)
@@ -297,7 +311,8 @@ class _Targets:
 # --------------------------------------------------------------------------------------------- #
 def _minmax(cam: Tensor) -> Tensor:
     """Per-image ``(x - min) / (max - min + 1e-7)`` over all but the batch dimension."""
-    lo, hi = torch.aminmax(cam.flatten(1), dim=1)
+    flat = cam.flatten(1)
+    lo, hi = flat.amin(dim=1), flat.amax(dim=1)  # two reductions: far faster than aminmax(dim=1) on CPU
     shape = (-1,) + (1,) * (cam.ndim - 1)
     return (cam - lo.view(shape)) / ((hi - lo).view(shape) + _EPS)
 
@@ -321,11 +336,12 @@ def finalize_cam(raw: Tensor, output_size: tuple[int, int] | None) -> Tensor:
         0.0
     """
     with _no_autocast(raw.device):
-        cam = _minmax(raw.float().clamp_min(0)).unsqueeze(1)
+        # checked at feature resolution: a finite map in [0, 1] stays finite through the resize and
+        # the second min-max, so the full-size map needs no second pass
+        cam = zero_nonfinite_maps(_minmax(raw.float().clamp_min(0)).unsqueeze(1))
         if output_size is not None:
-            cam = F.interpolate(cam, size=output_size, mode="bilinear", align_corners=False)
-            cam = _minmax(cam)
-        return zero_nonfinite_maps(cam)
+            cam = _minmax(F.interpolate(cam, size=output_size, mode="bilinear", align_corners=False))
+        return cam
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -396,6 +412,10 @@ class BaseCAM:
             self._layer_name, self._layer = resolve_target_layer(self._model, target_layer, wrapper=model)
         self._recording: dict[str, Any] | None = None
         self._record_active = False
+        # CPU convolutions (oneDNN) run ~15-20% faster on channels-last inputs; None: not tried yet,
+        # False: the model failed on them (e.g. a .view() on a feature map) and gets contiguous ones.
+        self._channels_last: bool | None = None if any(isinstance(m, nn.Conv2d) for m in self._model.modules()) \
+            else False
 
     # ------------------------------------------------------------------ properties
     @property
@@ -455,7 +475,7 @@ class BaseCAM:
             if images.is_inference():
                 images = images.clone()
             layer = self._resolve_layer(images)
-            raw = self._compute(images, checked, layer)
+            raw = self._compute_fast(images, checked, layer)
         return finalize_cam(raw, size)
 
     @contextlib.contextmanager
@@ -611,6 +631,22 @@ class BaseCAM:
         return finalize_cam(raw, size)
 
     # ------------------------------------------------------------------ machinery
+    def _compute_fast(self, images: Tensor, targets: Tensor | None, layer: nn.Module) -> Tensor:
+        """:meth:`_compute` on channels-last images on CPU (same maps, faster convolutions)."""
+        if self._channels_last is False or images.device.type != "cpu":
+            return self._compute(images, targets, layer)
+        try:
+            raw = self._compute(images.contiguous(memory_format=torch.channels_last), targets, layer)
+        except RuntimeError as err:
+            # a model that calls x.view(...) on a feature map needs contiguous tensors; any other
+            # error is the model's own and is raised as it is
+            if self._channels_last or "view size is not compatible" not in str(err):
+                raise
+            self._channels_last = False
+            return self._compute(images, targets, layer)
+        self._channels_last = True
+        return raw
+
     def _resolve_layer(self, images: Tensor) -> nn.Module:
         if self._layer is None:
             self._layer_name, self._layer = probe_target_layer(self._model, images)

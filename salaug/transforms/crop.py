@@ -8,8 +8,10 @@ import torch
 from torch import Tensor
 
 from salaug._checks import check_interval, check_number
-from salaug.boxes import box_mass
-from salaug.transforms._ops import first_true, needs_graph, pick, rrc_boxes, separable_grid, warp
+from salaug.boxes import box_mass, row_prefix
+from salaug.transforms._ops import (
+    by_chunks, first_true, needs_graph, pick, rrc_boxes, separable_grid, serial_step, warp,
+)
 from salaug.transforms.base import ParamSpec, Params, SalientBatch, SaliencyTransform
 
 __all__ = ["SalientCrop"]
@@ -100,7 +102,9 @@ class SalientCrop(SaliencyTransform):
         dev = images.device
         applied = self.sample_applied(b, dev)
         cand = rrc_boxes(b, self.num_candidates, (h, w), self.scale, self.ratio, dev, self.active_generator)
-        mass = box_mass(saliency, cand)
+        # a dozen small ops on (B, H, N) row sums: in chunks of serial ops on CPU
+        step = serial_step(saliency, h * self.num_candidates)
+        mass = by_chunks(box_mass, step, saliency, cand, row_prefix(saliency))
         idx, found = first_true(mass >= self.keep)
         chosen = pick(cand, idx)
         chosen_mass = mass.gather(1, idx[:, None]).squeeze(1)
@@ -114,9 +118,10 @@ class SalientCrop(SaliencyTransform):
         b, _, h, w = images.shape
         boxes = params["boxes"]
         size = self.size or (h, w)
-        grid = crop_grid(boxes, size, (h, w))
-        out = warp(images.contiguous(), grid).to(images.dtype)  # one layout, whatever the caller's
-        sal = warp(saliency.contiguous(), grid)
+        images, saliency = images.contiguous(), saliency.contiguous()  # one layout, whatever the caller's
+        grid = crop_grid(boxes, size, (h, w))  # one grid for both
+        out = warp(images, grid).to(images.dtype)
+        sal = warp(saliency, grid)
         sal = sal.clamp(0, 1) if needs_graph(sal) else sal.clamp_(0, 1)
         if size == (h, w):  # full-image boxes (not applied, or the fallback) stay bit-exact
             full = torch.tensor([0, 0, w, h], device=boxes.device)

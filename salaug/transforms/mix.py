@@ -32,7 +32,7 @@ segmentation masks).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +42,8 @@ from salaug._checks import check_choice, check_flag, check_number
 from salaug._filters import gaussian_blur
 from salaug.boxes import box_area, box_around, box_mask, box_mass, box_size, cell_mass, cells_mask, grid_cells, \
     peak, row_prefix, top_k_cells
-from salaug.transforms._ops import axis_pixels, image_aspect_boxes, masked, needs_graph, partner_box_mass, paste, \
-    separable_grid, warp
+from salaug.transforms._ops import axis_pixels, batch_step, image_aspect_boxes, masked, needs_graph, partner_box_mass, \
+    paste, separable_grid, warp
 from salaug.transforms.base import MixTransform, ParamSpec, Params, sample_beta, sample_uniform
 
 __all__ = ["AttentiveCutMix", "GuidedMixup", "SaliencyMix", "SnapMix", "greedy_pairing"]
@@ -220,13 +220,23 @@ class AttentiveCutMix(MixTransform):
         return 1 - (mass * cells).sum(1), (mass[perm] * cells).sum(1)
 
 
-def _snap_plan(src: Tensor, dst: Tensor, applied: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """SnapMix's paste mask ``(B, 1, H, W)`` (``dst`` boxes of the applied samples) and sampling grid.
+class _SnapPlan(NamedTuple):
+    """SnapMix's paste mask ``(B, 1, H, W)``, the source coordinates ``uy (B, H)``, ``ux (B, W)``
+    and their grid ``(B, H, W, 2)`` (None where the batch is resampled in chunks, each its own)."""
 
-    The grid ``(B, H, W, 2)`` maps each ``dst`` box pixel to its ``src`` box coordinates as
-    ``F.interpolate(..., align_corners=False)`` maps them, clamped into the source box, so inside
-    ``dst`` the result equals the bilinear resize of the crop; outside it the grid is clamped and
-    masked off. The mask is one broadcast ``&`` of per-row and per-column tests.
+    mask: Tensor
+    uy: Tensor
+    ux: Tensor
+    grid: Tensor | None = None
+
+
+def _snap_plan(src: Tensor, dst: Tensor, applied: Tensor, size: tuple[int, int]) -> _SnapPlan:
+    """Where SnapMix pastes (``dst`` boxes of the applied samples) and samples (in the ``src`` boxes).
+
+    Each ``dst`` box pixel maps to its ``src`` box coordinates as ``F.interpolate(...,
+    align_corners=False)`` maps them, clamped into the source box, so inside ``dst`` the result
+    equals the bilinear resize of the crop; outside it the coordinates are clamped and masked off.
+    The mask is one broadcast ``&`` of per-row and per-column tests.
     """
     h, w = size
     dev = dst.device
@@ -234,10 +244,47 @@ def _snap_plan(src: Tensor, dst: Tensor, applied: Tensor, size: tuple[int, int])
     x1, y1, x2, y2 = dst.unbind(1)
     in_y = (ys >= y1[:, None]) & (ys < y2[:, None]) & applied[:, None]
     in_x = (xs >= x1[:, None]) & (xs < x2[:, None])
-    mask = in_y[:, None, :, None] & in_x[:, None, None, :]
     uy = axis_pixels(y1, y2, src[:, 1], src[:, 3], ys - y1[:, None])
     ux = axis_pixels(x1, x2, src[:, 0], src[:, 2], xs - x1[:, None])
-    return mask, separable_grid(uy, ux, size, torch.float32)
+    chunked = dev.type == "cpu" and torch.get_num_threads() == 1  # see batch_step
+    grid = None if chunked else separable_grid(uy, ux, size, torch.float32)  # shared by images and saliency
+    return _SnapPlan(in_y[:, None, :, None] & in_x[:, None, None, :], uy, ux, grid)
+
+
+def _snap_paste(x: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool) -> Tensor:
+    """``where(mask, bilinear resize of x[perm]'s source boxes, x)`` for ``x (B, C, H, W)``.
+
+    ``clamp`` clamps the resized values into ``[0, 1]`` (saliency). On a single-threaded CPU the
+    batch is taken in chunks (:func:`~salaug.transforms._ops.batch_step`), elsewhere at once.
+
+    Per chunk: one copy of the partners, one ``grid_sample`` on a separable grid, one masked write
+    into the output; chunks keep those temporaries small enough to be recycled between calls
+    (:data:`~salaug.transforms._ops.CHUNK_BYTES`).
+    """
+    b, c, h, w = x.shape
+    step = batch_step(x, max(c, 2) * h * w * 4)  # the partner copy, the result, the grid (2 channels)
+    if step >= b:
+        return _snap_chunk(x, x, perm, plan, clamp, None)
+    out = torch.empty_like(x)
+    for i in range(0, b, step):
+        sl = slice(i, i + step)
+        _snap_chunk(x, x[sl], perm[sl], _SnapPlan(plan.mask[sl], plan.uy[sl], plan.ux[sl],
+                                                  None if plan.grid is None else plan.grid[sl]), clamp, out[sl])
+    return out
+
+
+def _snap_chunk(x: Tensor, target: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool,
+                out: Tensor | None) -> Tensor:
+    """One chunk of :func:`_snap_paste`: ``target (N, C, H, W)`` pasted with its partners ``x[perm]``
+    resized, written into ``out`` (a slice of the result) or, without ``out``, into the resize."""
+    grid = plan.grid if plan.grid is not None else separable_grid(plan.uy, plan.ux, x.shape[-2:], torch.float32)
+    warped = warp(x[perm], grid)
+    if clamp:
+        warped = warped.clamp(0, 1) if needs_graph(warped) else warped.clamp_(0, 1)
+    warped = warped.to(x.dtype)
+    if out is None:
+        return paste(plan.mask, warped, target)
+    return torch.where(plan.mask, warped, target, out=out)
 
 
 class SnapMix(MixTransform):
@@ -326,17 +373,11 @@ class SnapMix(MixTransform):
         weights = torch.stack((torch.where(applied, 1 - removed, 1.0), torch.where(applied, pasted, 0.0)), 1)
         return {"src_boxes": src, "dst_boxes": dst, "weights": weights}
 
-    def pixel_plan(self, params: Params, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan:
         return _snap_plan(params["src_boxes"], params["dst_boxes"], params["applied"], size)
 
-    def mix_pixels(self, x: Tensor, params: Params, plan: tuple[Tensor, Tensor], *,
-                   is_saliency: bool = False) -> Tensor:
-        mask, grid = plan
-        # one row copy of the partners (index_select), one grid_sample, one masked write into it
-        warped = warp(x.contiguous().index_select(0, params["perm"]), grid)
-        if is_saliency:
-            warped = warped.clamp(0, 1) if needs_graph(warped) else warped.clamp_(0, 1)
-        return paste(mask, warped.to(x.dtype), x)
+    def mix_pixels(self, x: Tensor, params: Params, plan: _SnapPlan, *, is_saliency: bool = False) -> Tensor:
+        return _snap_paste(x.contiguous(), params["perm"], plan, clamp=is_saliency)
 
     def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
         return box_area(params["dst_boxes"]) / (size[0] * size[1])

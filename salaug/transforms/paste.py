@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import ClassVar, Literal, NamedTuple
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from torch import Tensor
 from salaug._checks import check_choice, check_interval, check_number
 from salaug.boxes import box_area, box_around, box_mass, box_size, least_salient_box, peak, row_prefix
 from salaug.transforms._ops import (
-    PastePlan, needs_graph, partner_box_mass, paste_plan, paste_resampled, separable_grid, warp,
+    PastePlan, by_chunks, needs_graph, partner_box_mass, paste_plan, paste_resampled, separable_grid, serial_step, warp,
 )
 from salaug.transforms.base import MixTransform, ParamSpec, Params, sample_uniform
 
@@ -58,7 +58,9 @@ def _search(saliency: Tensor, sizes: Tensor, tie: Tensor, least: bool) -> Tensor
     hc, wc = coarse.shape[-2:]
     climit = torch.tensor([wc, hc], device=sizes.device)
     csizes = torch.minimum((sizes + f - 1) // f, climit).clamp(min=1)
-    cbox = least_salient_box(coarse, csizes, tie_break=tie[:, :hc, :wc])
+    # about twenty small ops on (B, hc + 1, wc + 1) tables: in chunks of serial ops on CPU
+    step = serial_step(coarse, (hc + 1) * (wc + 1))
+    cbox = by_chunks(lambda c, z, t: least_salient_box(c, z, tie_break=t), step, coarse, csizes, tie[:, :hc, :wc])
     return _from_coarse(cbox, sizes, f, (h, w))
 
 
@@ -100,9 +102,11 @@ class SalientPaste(MixTransform):
     canvas); the area weight where both are zero. The output saliency is transformed with the
     images. Samples not transformed are returned unchanged.
 
-    The paste is a flat gather from the partners plus one ``scatter_`` into a copy of the batch, at
-    the size of the largest possible box: no full-size masks or temporaries in ``"image"`` mode. A
-    padded canvas resamples every pixel of the target, so it costs about as much as a resize.
+    The paste samples the partners' boxes with one ``grid_sample`` (``"nearest"``: one flat gather)
+    at the size of the largest possible box, in the partners' own order, and writes them with one
+    ``scatter_`` into a copy of the batch: no full-size masks, temporaries or permuted copies in
+    ``"image"`` mode. A padded canvas resamples every pixel of the target, so it costs about as
+    much as a resize.
 
     Args:
         num_classes: number of classes K, needed for ``(B,)`` integer labels.
@@ -112,8 +116,8 @@ class SalientPaste(MixTransform):
         labels: ``"area"`` or ``"saliency"``.
         label_rule: deprecated spelling of ``labels`` (``"mass"`` is ``"saliency"``).
         source: ``"peak"`` or ``"mass"``: how the partner's salient box is found.
-        interpolation: ``"bilinear"`` or ``"nearest"`` resampling of the pasted region (gathers and
-            lerps at patch size; ``"nearest"`` costs about half as much on CPU).
+        interpolation: ``"bilinear"`` or ``"nearest"`` resampling of the pasted region (both at
+            patch size, about the same cost on CPU).
         fill: the padding value for ``background="constant"``.
         p: probability that each sample receives a paste.
         generator: optional ``torch.Generator`` for reproducible sampling.
