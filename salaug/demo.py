@@ -218,8 +218,8 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
     return float(label_fidelity(out.labels, classes, visible).mean())
 
 
-def run(method: str = "saliencymix", *, epochs: int = 8, size: int = 64, train_size: int = 4000,
-        val_size: int = 500, test_size: int = 1000, batch_size: int = 64, seed: int = 0,
+def run(method: str = "snapmix", *, epochs: int = 40, size: int = 32, train_size: int = 500,
+        val_size: int = 200, test_size: int = 1000, batch_size: int = 64, seed: int = 0, width: int = 16,
         device: str = "cpu", out: str | None = None, progress: bool = True, workers: int = 0,
         cam_scale: float = 1.0, make_dataset: Any = None, fidelity: bool = True) -> RunResult:
     """Train :class:`DemoNet` with one augmentation method and measure it.
@@ -231,8 +231,11 @@ def run(method: str = "saliencymix", *, epochs: int = 8, size: int = 64, train_s
     num_classes = 10
     transform = build_transform(method, num_classes)
     train, val, test = make_data(size, train_size, val_size, test_size, seed, batch_size, workers, make_dataset)
-    model = DemoNet(num_classes=num_classes, epochs=epochs)
-    callbacks: list[Any] = [SaliencyMonitor(target_layer=TARGET_LAYER, box_key=2, max_batches=2)]
+    model = DemoNet(num_classes=num_classes, width=width, epochs=epochs)
+    # The head check (AblationCAM) is left to `salaug diagnose`: the demo watches GradCAM and EigenCAM.
+    monitor = SaliencyMonitor(target_layer=TARGET_LAYER, box_key=2, max_batches=2, every_n_epochs=max(epochs // 4, 1),
+                              head_check=False)
+    callbacks: list[Any] = [monitor]
     augmentation = None
     if transform is not None:
         kind = _FlatSaliency if method == "cutmix" else SaliencyAugmentation
@@ -244,7 +247,7 @@ def run(method: str = "saliencymix", *, epochs: int = 8, size: int = 64, train_s
     trainer = pl.Trainer(max_epochs=epochs, accelerator=device, devices=1, callbacks=callbacks,
                          logger=pl.loggers.CSVLogger(root, name=""), enable_checkpointing=False,
                          enable_progress_bar=progress, enable_model_summary=False, default_root_dir=root,
-                         num_sanity_val_steps=0, log_every_n_steps=20)
+                         num_sanity_val_steps=0, log_every_n_steps=max(1, min(20, len(train))))
     start = time.perf_counter()
     trainer.fit(model, train, val)
     seconds = time.perf_counter() - start
@@ -302,7 +305,7 @@ def write_pictures(result: RunResult, others: list[RunResult], out: str, size: i
 
 def format_table(results: list[RunResult]) -> str:
     """A markdown table of the runs."""
-    base = results[-1].seconds if results[-1].method == "none" else None
+    base = next((r.seconds for r in results if r.method == "none"), None)
     lines = ["| method | test acc | pointing game | CAM box IoU | label fidelity | train time |",
              "|---|---|---|---|---|---|"]
     for r in results:
@@ -317,19 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
     from salaug.cli import accelerator, fraction, int_range, output_dir, positive_int, seed
 
     parser = argparse.ArgumentParser(prog="salaug demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="saliencymix", choices=METHODS)
-    parser.add_argument("--epochs", type=positive_int, default=8)
+    parser.add_argument("--method", default="snapmix", choices=METHODS)
+    parser.add_argument("--epochs", type=positive_int, default=40)
     parser.add_argument("--out", type=output_dir, default="salaug_demo",
                         help="directory for the results and pictures (created if missing)")
     parser.add_argument("--device", type=accelerator, default="cpu", help="cpu, cuda, mps or auto")
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--compare", nargs="*", default=None, choices=["none", "cutmix"],
-                        help="also train these baselines on the same schedule (default with the flag: none)")
-    parser.add_argument("--train-size", type=positive_int, default=3000)
-    parser.add_argument("--val-size", type=positive_int, default=500)
+                        help="also train these baselines on the same schedule (default with the flag: none cutmix)")
+    parser.add_argument("--train-size", type=positive_int, default=500,
+                        help="training images; few per class (50) is where mixing pays")
+    parser.add_argument("--val-size", type=positive_int, default=200)
     parser.add_argument("--test-size", type=positive_int, default=1000)
     parser.add_argument("--size", type=int_range(16, 512, "ClutteredObjects draws 16 to 512 px images here"),
-                        default=64, help="image side in pixels")
+                        default=32, help="image side in pixels")
+    parser.add_argument("--width", type=positive_int, default=16, help="DemoNet's base channel width")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--cam-scale", type=fraction, default=1.0,
                         help="resolution factor of the CAM forward, in (0, 1]")
@@ -354,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(epochs=args.epochs, size=args.size, train_size=args.train_size, val_size=args.val_size,
                   test_size=args.test_size, batch_size=args.batch_size,
                   seed=args.seed, device=args.device, out=args.out, progress=not args.no_progress,
-                  cam_scale=args.cam_scale)
+                  cam_scale=args.cam_scale, width=args.width)
     main_run = run(args.method, **common)
-    baselines = [] if args.compare is None else (args.compare or ["none"])
+    baselines = [] if args.compare is None else (args.compare or ["none", "cutmix"])
     others = [run(b, **common) for b in baselines if b != args.method]
     results = [main_run, *others]
     table = format_table(results)
@@ -365,7 +370,13 @@ def main(argv: list[str] | None = None) -> int:
         f.write(table + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump([{k: v for k, v in vars(r).items() if k not in ("model", "callback")} for r in results], f, indent=1)
+    weights = os.path.join(args.out, "model.pt")
+    torch.save(main_run.model.state_dict(), weights)  # type: ignore[union-attr]
     print()
     print(table)
+    if others:
+        print("\nOne seed: differences of a few points are noise here. benchmarks/payoff.py measures the same "
+              "regime over paired seeds with confidence intervals (README, 'Does it help?').")
     print("\npictures: " + ", ".join(str(p) for p in paths))
+    print(f"model ({args.method}): {weights}; check it with `salaug diagnose --checkpoint {weights} --size {args.size}`")
     return 0

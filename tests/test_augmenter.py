@@ -544,3 +544,18 @@ def test_fused_validation(kwargs, match):
 
 def test_fused_repr():
     assert repr(make(cam_mode="fused")).endswith("warmup_steps=0, cam_mode='fused')")
+
+
+@pytest.mark.parametrize("transform", [salaug.SnapMix(num_classes=K), salaug.AttentiveCutMix(num_classes=K, grid=4),
+                                       salaug.SalientPaste(num_classes=K),
+                                       salaug.GuidedMixup(num_classes=K, pairing="random")])
+def test_fused_mixes_with_the_previous_batch_for_every_random_partner_mix(transform):
+    model = net()
+    aug = make(model, transform=transform, cam_mode="fused")
+    first = (torch.zeros(8, 3, 16, 16), torch.zeros(8, dtype=torch.long))
+    second = (torch.ones(8, 3, 16, 16), torch.ones(8, dtype=torch.long))
+    (_, _), (images, soft) = fused_steps(aug, model, [first, second])
+    assert images.shape == (8, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
+    assert images.lt(1).any()  # content of the previous (all-zero) batch arrived
+    torch.testing.assert_close(soft.sum(1), torch.ones(8))
+    assert soft[:, 2:].eq(0).all() and soft[:, 0].gt(0).any()  # partners of class 0: the previous batch

@@ -94,7 +94,7 @@ def test_demo_good_arguments_reach_run(monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         main(["demo", "--epochs", "1", "--size", "32", "--cam-scale", "0.5", "--out", str(tmp_path / "o")])
     method, kwargs = calls[0]
-    assert method == "saliencymix" and kwargs["epochs"] == 1 and kwargs["cam_scale"] == 0.5
+    assert method == "snapmix" and kwargs["epochs"] == 1 and kwargs["cam_scale"] == 0.5 and kwargs["width"] == 16
     assert not (tmp_path / "o").exists()  # validation creates nothing
 
 

@@ -165,8 +165,11 @@ def test_fabric_loop_ddp_two_processes(tmp_path: Path) -> None:
 def test_demo(tmp_path: Path) -> None:
     out = run(["-m", "salaug", "demo", "--epochs", "1", "--train-size", "128", "--size", "32", "--batch-size", "32",
                "--val-size", "64", "--test-size", "64", "--compare", "--no-progress", "--out", "demo"], tmp_path)
-    assert re.search(r"\| saliencymix \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \|", out), out[-3000:]
+    assert re.search(r"\| snapmix \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \|", out), out[-3000:]
     assert re.search(r"\| none \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| n/a \| \d+ s \(1\.00x\) \|", out), out[-3000:]
+    assert re.search(r"\| cutmix \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| \d+ s \(\d\.\d\dx\) \|", out), out[-3000:]
     demo = tmp_path / "demo"
+    state = torch.load(demo / "model.pt", weights_only=True)  # what `salaug diagnose --checkpoint` reads
+    assert state["features.0.weight"].shape[0] == 16
     assert (demo / "results.md").is_file() and (demo / "results.json").is_file()
     assert is_png(demo / "cam_overlays.png") and is_png(demo / "augmented.png") and is_png(demo / "accuracy.png")
