@@ -38,7 +38,7 @@ from salaug.transforms import (
     SnapMix,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The Lightning callbacks are imported on first use: importing Lightning costs seconds, which every
 # DataLoader worker started with spawn and every transform-only user would otherwise pay.
