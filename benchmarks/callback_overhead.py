@@ -8,8 +8,7 @@ once per configuration, in interleaved rounds (so a busy machine slows every con
   from before the augmenter call to after ``optimizer.step()``, and the configurations take turns
   step by step (a load change on a shared machine hits them all); the median is over every timed
   step of every round. Rows: no augmenter; GradCAM at
-  ``cam_scale=1.0`` and ``0.5`` with SaliencyMix and with SnapMix; ``cam_mode="fused"`` (no extra
-  forward: CAMs from the previous training forward) with both.
+  ``cam_scale=1.0`` and ``0.5`` with SaliencyMix and with SnapMix.
 * **Lightning** (``lightning`` rows): the :class:`salaug.SaliencyAugmentation` callback, each batch
   timed from the first ``on_train_batch_start`` to ``on_train_batch_end``. Rows: no callback; the
   same four salaug configurations; the same SaliencyMix driven by pytorch-grad-cam (the
@@ -134,8 +133,6 @@ def loop_configurations(num_classes: int) -> dict[str, Any]:
         "loop: SaliencyAugmenter GradCAM x0.5 + SaliencyMix": ours(salaug.SaliencyMix, 0.5),
         "loop: SaliencyAugmenter GradCAM x1.0 + SnapMix": ours(salaug.SnapMix, 1.0),
         "loop: SaliencyAugmenter GradCAM x0.5 + SnapMix": ours(salaug.SnapMix, 0.5),
-        "loop: SaliencyAugmenter GradCAM fused + SaliencyMix": ours(salaug.SaliencyMix, 1.0, cam_mode="fused"),
-        "loop: SaliencyAugmenter GradCAM fused + SnapMix": ours(salaug.SnapMix, 1.0, cam_mode="fused"),
     }
 
 

@@ -45,8 +45,9 @@ Arms (all through ``salaug.SaliencyAugmenter``, the in-loop path, except ``none`
 * ``oracle``: SnapMix fed the true object masks (the ceiling a CAM could reach),
   ``oracle-saliencymix`` (SaliencyMix with masks and mass labels, when available).
 
-Any arm takes options after a colon, e.g. ``snapmix:warmup=40,ema=0.99,alpha=1,p=1,off=3`` or
-``snapmix:cam_mode=fused`` (no extra CAM forward; label fidelity is not measured for it)
+Any arm takes options after a colon, e.g. ``snapmix:warmup=40,ema=0.99,alpha=1,p=1,off=3``.
+(``payoff_objects_fused.md`` measured an augmenter mode without an extra CAM forward,
+``snapmix:cam_mode=fused``, at commit 87315ca; it trained worse and was removed.)
 (warm-up calls with flat saliency, CAMs from an EMA of the weights, Beta alpha, mixing
 probability, epochs without mixing at the end); ``--sweep`` runs the section-3 sweep around one
 method.
@@ -159,7 +160,6 @@ class Arm:
     p: float | None = None
     off: int | None = None
     cam: str = "gradcam"
-    cam_mode: str = "separate"  # "fused": CAMs from the training forward, partners from the previous batch
 
 
 _BASE_ARMS: dict[str, dict[str, Any]] = {
@@ -178,7 +178,7 @@ _BASE_ARMS: dict[str, dict[str, Any]] = {
     "oracle-saliencymix": {"kind": "saliencymix", "saliency": "mask", "labels": "saliency"},
 }
 _OPTION_TYPES = {"warmup": int, "ema": float, "alpha": float, "p": float, "off": int, "cam": str,
-                 "labels": str, "saliency": str, "cam_mode": str}
+                 "labels": str, "saliency": str}
 
 
 def parse_arm(spec: str) -> Arm:
@@ -297,10 +297,7 @@ def make_augmenter(model: nn.Module, transform: Any, arm: Arm, cfg: Config, seed
     if impl == "salaug.SaliencyAugmenter":
         import salaug
 
-        return salaug.SaliencyAugmenter(model, transform, cam=arm.cam, target_layer=TARGET_LAYER,
-                                        cam_mode=arm.cam_mode, **kwargs), impl
-    if arm.cam_mode != "separate":
-        raise ValueError(f"arm {arm.name!r}: cam_mode needs salaug.SaliencyAugmenter, not the local stand-in")
+        return salaug.SaliencyAugmenter(model, transform, cam=arm.cam, target_layer=TARGET_LAYER, **kwargs), impl
     return LocalAugmenter(model, transform, arm.cam, TARGET_LAYER, **kwargs), impl
 
 
@@ -510,8 +507,7 @@ def run_one(cfg: Config, spec: str, seed: int) -> dict[str, Any]:
                     sal = m_all[idx].float()
                 x, target = aug(x, y, saliency=sal) if sal is not None else aug(x, y)
                 last = aug.last
-                # fused calls mix with the previous batch: their params cover 2B rows, not replayable here
-                if last is not None and getattr(last, "params", None) is not None and arm.cam_mode == "separate":
+                if last is not None and getattr(last, "params", None) is not None:
                     record = (transform, last.params, target)
             if record is not None and m_all is not None and step % cfg.fidelity_every == 0:
                 err, valid = label_error(record[0], record[1], record[2], y, m_all[idx], cfg.num_classes)

@@ -23,11 +23,11 @@ have to get right:
   variant (SaliencyMix becomes CutMix; saliency-mass labels fall back to area labels).
   ``ema_decay`` takes the CAMs from an exponential moving average of the weights instead of the
   live weights (a copy of the model, updated on every call).
-* **Cost.** The default ``cam_mode="separate"`` runs one extra no-grad forward per batch (at
-  ``cam_scale``; channels-last on CPU) plus a backward through the head only.
-  ``cam_mode="fused"`` runs no extra forward at all: the CAMs come from the training forward itself
-  (the engine's :meth:`~salaug.cam.base.BaseCAM.record` mode) and are used for the *next* batch,
-  whose images take their partners from the previous, clean batch (see the argument).
+* **Cost.** One extra no-grad forward per batch (at ``cam_scale``; channels-last on CPU) plus a
+  backward through the head only. (A mode that took the CAMs from the training forward itself and
+  mixed with the previous batch's images cost no extra forward, but trained worse in
+  ``benchmarks/payoff.py``: SnapMix 0.672 against 0.719, no better than its flat-saliency control,
+  so it was removed.)
 * **Clear errors at the start.** On the first call: the transform's ``num_classes`` against the
   model's output width, a ``cam_scale`` that leaves the target layer a 1x1 map; on every call:
   label shapes and (on CPU) NaN / inf images, named by their batch positions.
@@ -51,14 +51,13 @@ from salaug._checks import check_choice, check_class_indices, check_images, chec
 from salaug.cam import create_cam
 from salaug.cam.base import BaseCAM, eval_mode
 from salaug.cam.layers import probe_target_layer, unwrap_model
-from salaug.transforms.base import MixTransform, Params, SalientBatch, SaliencyTransform
+from salaug.transforms.base import Params, SalientBatch, SaliencyTransform
 
 __all__ = ["AugmenterRecord", "SaliencyAugmenter", "check_augmenter_options"]
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads consecutive counters over the seed space
 _RANK_STRIDE = 1_000_003
 _TARGETS = ("labels", "predicted")
-_CAM_MODES = ("separate", "fused")
 
 
 @dataclass(frozen=True)
@@ -75,9 +74,7 @@ class AugmenterRecord:
         labels: the input labels, ``(B,)`` or ``(B, K)``.
         saliency: ``(B, 1, H, W)`` saliency given to the transform; ``None`` when not augmented.
         output: the transform's :class:`~salaug.SalientBatch`; ``None`` when not augmented.
-        params: the transform's sampled parameters; ``None`` when not augmented. In a
-            ``cam_mode="fused"`` call that mixed with the previous batch they describe the
-            concatenated ``[images, previous images]`` batch (its first ``B`` rows are the output).
+        params: the transform's sampled parameters; ``None`` when not augmented.
     """
 
     step: int
@@ -92,7 +89,7 @@ class AugmenterRecord:
 
 def check_augmenter_options(*, p: object = 1.0, cam_scale: object = 1.0, targets: object = "labels",
                             num_classes: object = None, seed: object = None, warmup_steps: object = 0,
-                            ema_decay: object = None, rank: object = None, cam_mode: object = "separate") -> None:
+                            ema_decay: object = None, rank: object = None) -> None:
     """Validate the options shared by :class:`SaliencyAugmenter` and the Lightning callback.
 
     Raises:
@@ -114,7 +111,6 @@ def check_augmenter_options(*, p: object = 1.0, cam_scale: object = 1.0, targets
     check_number("warmup_steps", warmup_steps, integer=True, low=0)
     check_number("ema_decay", ema_decay, low=0.0, high=1.0, low_open=True, high_open=True, optional=True)
     check_number("rank", rank, integer=True, low=0, optional=True)
-    check_choice("cam_mode", cam_mode, _CAM_MODES)
 
 
 class SaliencyAugmenter:
@@ -161,18 +157,6 @@ class SaliencyAugmenter:
             and updated at every call; the model itself is never touched.
         rank: this process's rank for its own random stream; ``None`` asks ``torch.distributed``
             (0 when it is not initialised).
-        cam_mode: ``"separate"`` (default): each batch's CAMs from an extra eval-mode forward of that
-            batch. ``"fused"``: no extra forward; a call arms a one-shot hook that takes the CAMs of
-            the *next* forward of the model (the training forward on the returned batch, train-mode
-            BatchNorm, its graph kept for ``loss.backward()``, no ``.grad`` touched) with the images'
-            own labels as targets, and the following call mixes its images with partners drawn from
-            that previous, clean batch and those CAMs. The trade: the partner maps are one optimizer
-            step old and were computed on the augmented batch (low where a partner's content had
-            been pasted over), the current images' own maps are flat (so ``labels="saliency"`` falls
-            back to area labels), and only mixes (SaliencyMix, SnapMix, AttentiveCutMix,
-            SalientPaste, GuidedMixup with ``pairing="random"``) apply. The first batch, and a batch
-            after a call whose returned images were not fed to the model with gradients, take the
-            separate path. Needs a gradient CAM (or EigenCAM) on an eager model; not with ``ema_decay``.
 
     Attributes:
         last: :class:`AugmenterRecord` of the last call (``None`` before the first).
@@ -200,7 +184,6 @@ class SaliencyAugmenter:
         warmup_steps: int = 0,
         ema_decay: float | None = None,
         rank: int | None = None,
-        cam_mode: Literal["separate", "fused"] = "separate",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be the torch.nn.Module being trained, got {type(model).__name__}")
@@ -210,9 +193,7 @@ class SaliencyAugmenter:
                 f"got {type(transform).__name__}"
             )
         check_augmenter_options(p=p, cam_scale=cam_scale, targets=targets, num_classes=num_classes, seed=seed,
-                                warmup_steps=warmup_steps, ema_decay=ema_decay, rank=rank, cam_mode=cam_mode)
-        if cam_mode == "fused":
-            _check_fused(transform, cam, ema_decay)
+                                warmup_steps=warmup_steps, ema_decay=ema_decay, rank=rank)
         if ema_decay is not None and isinstance(cam, BaseCAM):
             raise ValueError(
                 "ema_decay needs to build the CAM on the moving-average copy of the model, which a CAM object "
@@ -228,7 +209,6 @@ class SaliencyAugmenter:
         self.warmup_steps = int(warmup_steps)
         self.ema_decay = float(ema_decay) if ema_decay is not None else None
         self.rank_override = int(rank) if rank is not None else None
-        self.cam_mode = cam_mode
         self.steps = 0
         self.augmented = 0
         self.last: AugmenterRecord | None = None
@@ -244,9 +224,6 @@ class SaliencyAugmenter:
         self._checked_classes = False
         self._checked_cam = False
         self._generator = torch.Generator()
-        # fused mode: the armed one-shot recording, and the last training forward's batch and CAMs
-        self._armed: tuple[Any, Any] | None = None
-        self._partners: tuple[Tensor, Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -275,7 +252,6 @@ class SaliencyAugmenter:
         cam = self._cam_spec if isinstance(self._cam_spec, str) else type(self._cam_spec).__name__
         layer = self._layer_spec if isinstance(self._layer_spec, (str, type(None))) else type(self._layer_spec).__name__
         extra = f", ema_decay={self.ema_decay}" if self.ema_decay is not None else ""
-        extra += ", cam_mode='fused'" if self.cam_mode == "fused" else ""
         return (f"{type(self).__name__}({type(self.transform).__name__}, cam={cam!r}, target_layer={layer!r}, "
                 f"p={self.p}, cam_scale={self.cam_scale}, warmup_steps={self.warmup_steps}{extra})")
 
@@ -348,8 +324,6 @@ class SaliencyAugmenter:
         """
         images = check_images(images, finite=True)
         self._check_labels(labels, images)
-        if self.cam_mode == "fused":
-            self._disarm()  # a recording whose forward never came
         use_model = saliency is None
         if not self._checked_classes or (use_model and not self._checked_cam):
             self._first_call(images, use_model=use_model)
@@ -363,23 +337,14 @@ class SaliencyAugmenter:
         k = self.num_classes
         augment = self.p >= 1.0 or bool(torch.rand((), generator=generator) < self.p)
         warm = self.in_warmup(step)
-        fused = self.cam_mode == "fused" and use_model
         if not augment:
-            if fused:
-                self._arm(images, labels)
             self.last = AugmenterRecord(step, False, warm, images, labels)
             return images, to_soft_labels(labels, images.shape[0], k, images.device)
-        partners = self._take_partners(images) if fused and not warm else None
-        if warm or partners is not None:  # flat: the warm-up's random placement; fused: maps of this batch unknown
+        if warm:  # flat saliency: the transform's random-placement variant
             saliency = torch.ones((images.shape[0], 1, *images.shape[-2:]), device=images.device)
         elif saliency is None:
             saliency = self.compute_saliency(images, labels)
-        if partners is not None:
-            out, params = self._cross_batch(images, labels, partners, k, generator)
-        else:
-            out, params = self._transform(images, saliency, labels, k, generator)
-        if fused:
-            self._arm(images, labels)
+        out, params = self._transform(images, saliency, labels, k, generator)
         self.augmented += 1
         self.last = AugmenterRecord(step, True, warm, images, labels, saliency, out, params)
         return out.images, out.labels
@@ -505,80 +470,6 @@ class SaliencyAugmenter:
                 f"with num_classes={width} (or fix the model's head)"
             )
 
-    # ------------------------------------------------------------------ fused mode
-    def _arm(self, images: Tensor, labels: Tensor) -> None:
-        """Record the next forward of the model: its CAMs become the next call's partner maps."""
-        cam = self._live_cam(images)
-        try:
-            recording = cam.record()
-            recording.__enter__()
-        except RuntimeError as err:
-            raise ValueError(f"cam_mode='fused' cannot record the training forward: {err}; use cam_mode='separate'") \
-                from err
-        size = tuple(images.shape[-2:])
-        targets = None if self.targets == "predicted" else (labels if labels.ndim == 1 else labels.float())
-
-        def on_forward(_module: nn.Module, _args: Any, output: Any) -> None:
-            self._disarm()
-            if not (isinstance(output, Tensor) and output.requires_grad and output.ndim == 2
-                    and output.shape[0] == images.shape[0]):
-                return  # not a training forward of this batch: the next call takes the separate path
-            try:
-                maps = cam.from_logits(output, targets, output_size=size)
-            except (RuntimeError, TypeError, ValueError):
-                return  # e.g. the target layer did not run with gradients: the separate path again
-            self._partners = (images, labels, maps)
-
-        handle = unwrap_model(self.model).register_forward_hook(on_forward)
-        self._armed = (recording, handle)
-
-    def _disarm(self) -> None:
-        """Close an armed recording (its forward ran, or never came)."""
-        if self._armed is None:
-            return
-        recording, handle = self._armed
-        self._armed = None
-        handle.remove()
-        recording.__exit__(None, None, None)
-
-    def _take_partners(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
-        partners, self._partners = self._partners, None
-        if (partners is None or partners[0].shape[1:] != images.shape[1:] or partners[0].device != images.device
-                or partners[0].shape[0] < images.shape[0]):
-            return None  # another image size or device, or too few partners (after a short last batch)
-        return partners
-
-    def _cross_batch(self, images: Tensor, labels: Tensor, partners: tuple[Tensor, Tensor, Tensor], k: int | None,
-                     generator: torch.Generator) -> tuple[SalientBatch, Params]:
-        """The transform on ``[images, previous batch]`` with every partner of an image in the previous batch.
-
-        Returns the first ``B`` rows; the params describe the whole concatenated batch.
-        """
-        prev_images, prev_labels, prev_maps = partners
-        b, n = images.shape[0], prev_images.shape[0]
-        dev = images.device
-        flat = torch.ones((b, 1, *images.shape[-2:]), device=dev)
-        # labels as (B, K) rows so that index and probability batches can be concatenated
-        soft = torch.cat([to_soft_labels(labels, b, k, dev), to_soft_labels(prev_labels, n, k, dev)])
-        # a permutation of the 2B rows made of swaps (i, B + pick[i]): image i takes previous image
-        # pick[i]; the previous batch's rows (discarded) take the images back, or themselves
-        pick = torch.randperm(n, generator=generator)[:b].to(dev) + b
-        perm = torch.arange(b + n, device=dev)
-        perm[:b] = pick
-        perm[pick] = torch.arange(b, device=dev)
-        transform = self.transform
-        own = transform.__dict__.get("sample_partners")
-        transform.__dict__["sample_partners"] = lambda _size, _device: perm
-        try:
-            out, params = self._transform(torch.cat([images, prev_images.to(images.dtype)]),
-                                          torch.cat([flat, prev_maps]), soft, k, generator)
-        finally:
-            if own is None:
-                del transform.__dict__["sample_partners"]
-            else:
-                transform.__dict__["sample_partners"] = own
-        return SalientBatch(out.images[:b], out.saliency[:b], out.labels[:b]), params
-
     # ------------------------------------------------------------------ EMA
     def _update_ema(self) -> None:
         source = unwrap_model(self.model)
@@ -614,24 +505,3 @@ class SaliencyAugmenter:
         ema.eval()
         self._ema_cam = None
         return ema
-
-
-def _check_fused(transform: SaliencyTransform, cam: object, ema_decay: float | None) -> None:
-    """``cam_mode="fused"`` needs a mix drawing random partners, a recordable CAM and live weights."""
-    if not isinstance(transform, MixTransform) or getattr(transform, "pairing", "random") != "random":
-        raise ValueError(
-            f"cam_mode='fused' mixes each image with a partner from the previous batch, which needs a mix with random "
-            f"partners (SaliencyMix, SnapMix, AttentiveCutMix, SalientPaste, GuidedMixup(pairing='random')), got "
-            f"{type(transform).__name__}; use cam_mode='separate'"
-        )
-    if ema_decay is not None:
-        raise ValueError("cam_mode='fused' takes the CAMs from the training forward of the live weights, so it cannot "
-                         "use ema_decay; drop one of the two")
-    cls = cam if isinstance(cam, type) else type(cam) if isinstance(cam, BaseCAM) else None
-    if isinstance(cam, str):
-        from salaug.cam import CAM_METHODS
-
-        cls = CAM_METHODS.get(cam.lower())
-    if cls is not None and not getattr(cls, "supports_record", False):
-        raise ValueError(f"cam_mode='fused' needs a CAM with a fused (record) mode, such as 'gradcam'; "
-                         f"{getattr(cls, '__name__', cam)} needs extra forwards: use cam_mode='separate'")

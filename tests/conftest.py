@@ -23,3 +23,15 @@ def device(request: pytest.FixtureRequest) -> torch.device:
 def dtype(request: pytest.FixtureRequest) -> torch.dtype:
     """Floating image dtype: float32, float64, float16, bfloat16."""
     return request.param
+
+
+@pytest.fixture
+def no_value_checks():
+    """Value checks off for one test (as ``salaug.set_value_checks("never")`` on a GPU would be)."""
+    import salaug
+    import salaug._checks as checks
+
+    before = checks._value_checks
+    salaug.set_value_checks("never")
+    yield
+    salaug.set_value_checks(before)

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 import salaug
-import salaug._checks as checks
 import salaug.cam as sc
 
 ALL = list(sc.CAM_METHODS)
@@ -53,14 +52,6 @@ def net():
 @pytest.fixture
 def images():
     return torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture
-def no_value_checks():
-    before = checks._value_checks
-    salaug.set_value_checks("never")
-    yield
-    salaug.set_value_checks(before)
 
 
 def hooks_of(model):

@@ -182,17 +182,6 @@ def test_bad_map_inputs() -> None:
 
 
 # ----------------------------------------------------------------- hostile inputs
-@pytest.fixture
-def no_value_checks():
-    import salaug
-    import salaug._checks as checks
-
-    before = checks._value_checks
-    salaug.set_value_checks("never")
-    yield
-    salaug.set_value_checks(before)
-
-
 BOXES = torch.tensor([[2.0, 1.0, 5.0, 4.0], [0.0, 0.0, 3.0, 3.0]])
 
 

@@ -194,17 +194,6 @@ def test_no_parameters_and_works_under_no_grad_and_module_api() -> None:
 
 
 # ----------------------------------------------------------------- hostile inputs
-@pytest.fixture
-def no_value_checks():
-    import salaug
-    import salaug._checks as checks
-
-    before = checks._value_checks
-    salaug.set_value_checks("never")
-    yield
-    salaug.set_value_checks(before)
-
-
 @pytest.mark.parametrize(
     "kwargs, exc, match",
     [
