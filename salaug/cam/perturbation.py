@@ -87,7 +87,8 @@ class ScoreCAM(_PerturbationCAM):
                 img = torch.div(rows, c, rounding_mode="floor")
                 with _no_autocast(images.device):
                     mask = F.interpolate(flat.index_select(0, rows), size=size, mode="bilinear", align_corners=True)
-                    lo, hi = torch.aminmax(mask.flatten(1), dim=1)
+                    flat_mask = mask.flatten(1)
+                    lo, hi = flat_mask.amin(dim=1), flat_mask.amax(dim=1)
                     mask = (mask - lo.view(-1, 1, 1, 1)) / (hi - lo + 1e-8).view(-1, 1, 1, 1)
                 out = self._model(images.index_select(0, img) * mask.to(images.dtype))
                 scores[rows] = tgt.score(out, img)
