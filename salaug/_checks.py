@@ -398,3 +398,21 @@ def zero_nonfinite_maps(maps: Tensor) -> Tensor:
     """
     ok = torch.isfinite(maps).flatten(1).all(dim=1).view((-1,) + (1,) * (maps.ndim - 1))
     return torch.where(ok, maps, torch.zeros((), dtype=maps.dtype, device=maps.device))
+
+
+def size_pair(value: object) -> tuple[int, int] | None:
+    """An ``(H, W)`` pair of positive ints from an int or a 2-sequence (bools refused); else ``None``.
+
+    Example:
+        >>> size_pair(32), size_pair((24, 48)), size_pair((0, 4)), size_pair(True)
+        ((32, 32), (24, 48), None, None)
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        isinstance(value, (tuple, list, torch.Size))
+        and len(value) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        return (int(value[0]), int(value[1]))
+    return None

@@ -12,14 +12,13 @@ without a peak: a pointing-game miss and the whole-image box of :func:`saliency_
 
 from __future__ import annotations
 
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from salaug._checks import value_checks_on
-from salaug._checks import check_finite, check_number
+from salaug._checks import check_finite, check_number, size_pair
 
 __all__ = [
     "box_iou",
@@ -63,14 +62,9 @@ def _check_boxes(boxes: object, batch: int, name: str = "boxes") -> Tensor:
 def _check_image_size(image_size: object) -> tuple[int, int] | None:
     if image_size is None:
         return None
-    if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
-        image_size = (image_size, image_size)
-    if (
-        isinstance(image_size, (tuple, list, torch.Size))
-        and len(image_size) == 2
-        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in image_size)
-    ):
-        return (int(image_size[0]), int(image_size[1]))
+    size = size_pair(image_size)
+    if size is not None:
+        return size
     raise ValueError(
         f"image_size must be None or the (H, W) the boxes refer to, as positive ints, got {image_size!r}"
     )

@@ -47,7 +47,6 @@ raises.
 from __future__ import annotations
 
 import contextlib
-import numbers
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
@@ -60,6 +59,7 @@ from salaug._checks import (
     check_finite,
     check_image_extent,
     check_images,
+    size_pair,
     value_checks_on,
     zero_nonfinite_maps,
 )
@@ -154,14 +154,9 @@ def _check_output_size(output_size: object, images_hw: tuple[int, int] | None) -
         if output_size == "feature":
             return None
         raise ValueError(f"output_size must be None, (H, W), an int or 'feature', got {output_size!r}")
-    if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
-        output_size = (output_size, output_size)
-    if (
-        isinstance(output_size, (tuple, list, torch.Size))
-        and len(output_size) == 2
-        and all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in output_size)
-    ):
-        return (int(output_size[0]), int(output_size[1]))
+    size = size_pair(output_size)
+    if size is not None:
+        return size
     raise ValueError(f"output_size must be None, (H, W) with positive ints, an int or 'feature', got {output_size!r}")
 
 
