@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -168,17 +169,91 @@ def test_runs_are_reproducible_and_arms_share_data_and_init(payoff) -> None:
     assert a["augmenter"] in ("salaug.SaliencyAugmenter", "local stand-in")
 
 
-def test_net_is_demonet_without_lightning(payoff) -> None:
-    from salaug.demo import DemoNet
+def test_models_are_the_library_networks(payoff) -> None:
+    from salaug.models import DemoNet, ResNet8
 
-    torch.manual_seed(3)
-    ours = payoff.Net(num_classes=10, width=8)
-    torch.manual_seed(3)
-    theirs = DemoNet(num_classes=10, width=8)
-    a, b = ours.state_dict(), theirs.state_dict()
-    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
-    x = torch.rand(2, 3, 32, 32)
-    torch.testing.assert_close(ours.eval()(x), theirs.eval()(x))
+    cfg = payoff.Config(**payoff.PRESETS["smoke"])
+    assert type(payoff.build_model(cfg)) is DemoNet and payoff.target_layer(cfg) == "features"
+    cfg.arch = "resnet8"
+    assert type(payoff.build_model(cfg)) is ResNet8
+    cfg.arch = "resnet18"
+    net = payoff.build_model(cfg)
+    assert payoff.target_layer(cfg) == "layer4" and net(torch.rand(2, 3, 32, 32)).shape == (2, cfg.num_classes)
+
+
+def test_crop_flip_moves_masks_with_images_and_is_per_sample(payoff) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 16, 16) + 0.1  # never 0, so padding is recognisable
+    m = (x[:, :1] > 0.6).float()
+    cx, cm = payoff.crop_flip(x, m, padding=1, generator=g)
+    assert cx.shape == x.shape and cm.shape == m.shape
+    torch.testing.assert_close(cm, (cx[:, :1] > 0.6).float())  # the same crop and flip on both
+    padded = (cx == 0).flatten(1).any(1)
+    assert 0 < int(padded.sum()) < 64  # some samples shifted, others not: per-sample offsets
+    flipped = [bool(torch.equal(cx[i], x[i].flip(-1))) for i in range(64)]
+    same = [bool(torch.equal(cx[i], x[i])) for i in range(64)]
+    assert any(flipped) and any(same)
+    again = payoff.crop_flip(x, m, padding=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], cx)
+
+
+def test_every_arm_of_a_seed_gets_the_same_base_augmentation(payoff, monkeypatch) -> None:
+    seen: dict[str, list[torch.Tensor]] = {}
+    real = payoff.apply_base
+
+    def spy(cfg, x, m, generator, step_seed):
+        out = real(cfg, x, m, generator, step_seed)
+        seen.setdefault(current, []).append(out[0].clone())
+        return out
+
+    monkeypatch.setattr(payoff, "apply_base", spy)
+    cfg = payoff.Config(**payoff.PRESETS["smoke"])
+    for current in ("none", "snapmix"):
+        payoff.run_one(cfg, current, 0)
+    assert len(seen["none"]) == len(seen["snapmix"]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(seen["none"], seen["snapmix"]))
+    cfg.base = "trivialaugment"
+    x0 = torch.rand(4, 3, 32, 32)
+    x, m = payoff.apply_base(cfg, x0, torch.rand(4, 1, 32, 32) > 0.5, torch.Generator().manual_seed(0), 5)
+    y, _ = payoff.apply_base(cfg, x0, None, torch.Generator().manual_seed(0), 5)
+    assert x.shape == (4, 3, 32, 32) and m is None and torch.equal(x, y)  # seeded per batch
+    with pytest.raises(SystemExit, match="trivialaugment"):
+        payoff.main(["--preset", "smoke", "--base", "trivialaugment", "--arms", "none,oracle"])
+
+
+def test_resizemix_and_cam_scale_arms_build(payoff) -> None:
+    import salaug
+
+    cfg = payoff.Config(**payoff.PRESETS["smoke"])
+    t = payoff.build_transform(payoff.parse_arm("resizemix"), cfg)
+    assert isinstance(t, salaug.ResizeMix) and payoff.parse_arm("resizemix").saliency == "flat"
+    assert payoff.parse_arm("snapmix:cam_scale=0.5").cam_scale == 0.5
+    result = payoff.run_one(cfg, "snapmix:cam_scale=0.5", 0)
+    assert 0 <= result["acc_id"] <= 1
+
+
+def test_folder_dataset_with_the_cifar_preset(payoff, tmp_path) -> None:
+    from torchvision.utils import save_image
+
+    for split in ("train", "test"):
+        for k in range(3):
+            (tmp_path / split / f"class{k}").mkdir(parents=True)
+            for i in range(4):
+                save_image(torch.full((3, 20, 20), k / 2) + 0.05 * torch.rand(3, 20, 20), tmp_path / split / f"class{k}" / f"{i}.png")
+    data = payoff.load_folder(str(tmp_path), "train", 16, limit_per_class=2)
+    assert data["image"].shape == (6, 3, 16, 16) and data["image"].dtype == torch.uint8
+    assert data["label"].tolist() == [0, 0, 1, 1, 2, 2] and data["classes"] == ["class0", "class1", "class2"]
+    out = tmp_path / "out"
+    rc = payoff.main(["--dataset", "folder", "--root", str(tmp_path), "--preset", "cifar100", "--arms",
+                      "none,snapmix", "--seeds", "1", "--epochs", "1", "--out", str(out), "--name", "f"])
+    assert rc == 0
+    result = json.loads((out / "payoff_f.json").read_text())
+    assert result["config"]["num_classes"] == 3 and result["config"]["arch"] == "resnet18"
+    assert {r["arm"] for r in result["runs"]} == {"none", "snapmix"}
+    with pytest.raises(SystemExit, match="--root"):
+        payoff.main(["--dataset", "folder", "--arms", "none"])
+    with pytest.raises(FileNotFoundError, match="ImageFolder"):
+        payoff.load_folder(str(tmp_path), "val2", 16)
 
 
 def test_bad_arms_and_datasets_fail_clearly(payoff) -> None:
@@ -186,3 +261,18 @@ def test_bad_arms_and_datasets_fail_clearly(payoff) -> None:
         payoff.main(["--preset", "smoke", "--arms", "none,bogus"])
     with pytest.raises(SystemExit, match="masks"):
         payoff.main(["--preset", "smoke", "--dataset", "digits", "--arms", "none,oracle"])
+
+
+def test_regime_table_reads_the_gate_and_the_best_saliency_free_mix(payoff, tmp_path) -> None:
+    accs = {"none": [0.50, 0.52, 0.54], "cutmix": [0.49, 0.50, 0.53], "mixup": [0.53, 0.55, 0.56],
+            "snapmix": [0.56, 0.57, 0.60], "snapmix-flat": [0.52, 0.53, 0.55], "oracle": [0.60, 0.62, 0.65]}
+    runs = [{"arm": a, "seed": s, "acc_id": v[s]} for a, v in accs.items() for s in range(3)]
+    cfg = dataclasses.asdict(payoff.Config(dataset="digits", epochs=150))
+    path = tmp_path / "payoff_x.json"
+    path.write_text(json.dumps({"config": cfg, "runs": runs}))
+    table = payoff.regime_table([str(path)])
+    row = table.splitlines()[2]
+    assert "digits, DemoNet, 50/class, 150 ep, base cropflip | 3 | 0.520" in row
+    assert "+0.103" in row and "passed" in row  # oracle - none
+    assert "id vs mixup +0.030" in row  # the best saliency-free mix is mixup here, not cutmix
+    assert "+0.043" in row  # snapmix - snapmix-flat

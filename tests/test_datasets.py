@@ -188,6 +188,8 @@ def test_bad_arguments_raise_clear_errors() -> None:
         ClutteredObjects(size=8)
     with pytest.raises(ValueError, match="seed"):
         ClutteredObjects(seed=-1)
+    with pytest.raises(TypeError, match="size"):
+        ClutteredObjects(size="32")  # type: ignore[arg-type]
     with pytest.raises(IndexError):
         ClutteredObjects(length=5).render([0, 5])
     with pytest.raises(ValueError, match="draw_shapes"):
@@ -274,9 +276,11 @@ def test_occlusion_and_cache_agree_and_bad_values_raise() -> None:
     lazy, cached = ClutteredObjects(**kw), ClutteredObjects(**kw, cache=True)
     assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(lazy[7], cached[7]))
     assert "occlusion=0.4" in repr(lazy) and "background='shifted'" in repr(lazy)
-    for bad in (-0.1, 0.95, True):
+    for bad in (-0.1, 0.95):
         with pytest.raises(ValueError, match="occlusion"):
             ClutteredObjects(occlusion=bad)
+    with pytest.raises(TypeError, match="occlusion"):
+        ClutteredObjects(occlusion=True)
 
 
 def test_object_scale_makes_smaller_objects_with_true_masks() -> None:
@@ -294,6 +298,70 @@ def test_object_scale_makes_smaller_objects_with_true_masks() -> None:
               .amax(1, keepdim=True) * inner).amax((1, 2, 3))
     assert float(spread[inner.flatten(1).any(1)].max()) < 0.02
     assert "object_scale=(0.08, 0.12)" in repr(ClutteredObjects(object_scale=(0.08, 0.12)))
-    for bad in ((0.2, 0.1), (0.0, 0.1), (0.1, 0.5), (0.1,), "small"):
+    for bad in ((0.2, 0.1), (0.0, 0.1), (0.1, 0.5)):
         with pytest.raises(ValueError, match="object_scale"):
             ClutteredObjects(object_scale=bad)  # type: ignore[arg-type]
+    for bad in ((0.1,), "small"):
+        with pytest.raises(TypeError, match="object_scale"):
+            ClutteredObjects(object_scale=bad)  # type: ignore[arg-type]
+
+
+# --- TexturedBlobs: the held-out dataset -------------------------------------------------------------
+
+def test_textured_blobs_samples_do_not_depend_on_the_batch_and_splits_differ():
+    from salaug.datasets import TexturedBlobs
+
+    ds = TexturedBlobs("train", size=24, length=300, return_mask=True)
+    whole = ds.render(range(300))
+    picked = ds.render([299, 3, 257, 3])
+    for key in whole:
+        assert torch.equal(picked[key], whole[key][[299, 3, 257, 3]]), key
+    image, label, box, mask = ds[257]
+    assert torch.equal(image, whole["image"][257]) and label == int(whole["label"][257]) and mask.dtype == torch.bool
+    other = TexturedBlobs("test", size=24, length=300).render(range(300))
+    assert not torch.equal(other["image"], whole["image"])
+    assert torch.equal(TexturedBlobs("train", size=24, length=300).render(range(300))["image"], whole["image"])
+
+
+def test_textured_blobs_labels_boxes_and_masks_are_consistent():
+    from salaug.datasets import TEXTURE_NAMES, TexturedBlobs
+
+    ds = TexturedBlobs("val", size=32, length=40, num_classes=4, return_mask=True)
+    b = ds.render(range(40))
+    assert b["image"].shape == (40, 3, 32, 32) and 0 <= b["image"].min() and b["image"].max() <= 1
+    for start in range(0, 40, 4):  # balanced within every block of num_classes indices
+        assert sorted(b["label"][start:start + 4].tolist()) == [0, 1, 2, 3]
+    ys, xs = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    for i in range(40):
+        m = b["mask"][i, 0]
+        x1, y1, x2, y2 = b["box"][i].long().tolist()
+        assert m.any() and int(xs[m].min()) == x1 and int(xs[m].max()) + 1 == x2
+        assert int(ys[m].min()) == y1 and int(ys[m].max()) + 1 == y2
+    area = b["mask"].float().mean((1, 2, 3))
+    assert 0.04 < float(area.min()) and float(area.max()) < 0.5
+    assert ds.classes == TEXTURE_NAMES[:4]
+
+
+def test_textured_blobs_shift_options_keep_the_labels():
+    from salaug.datasets import TexturedBlobs
+
+    base = TexturedBlobs("test", size=32, length=20, return_mask=True).render(range(20))
+    shifted = TexturedBlobs("test", size=32, length=20, background="shifted", return_mask=True).render(range(20))
+    small = TexturedBlobs("test", size=32, length=20, object_scale=(0.1, 0.12), return_mask=True).render(range(20))
+    assert torch.equal(base["label"], shifted["label"]) and torch.equal(base["label"], small["label"])
+    assert not torch.equal(base["image"], shifted["image"])
+    assert small["mask"].float().mean() < base["mask"].float().mean()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"split": "dev"}, "split"), ({"size": 8}, "size"), ({"num_classes": 11}, "num_classes"),
+    ({"length": -1}, "length"), ({"seed": -2}, "seed"), ({"background": "plain"}, "background"),
+    ({"object_scale": (0.3, 0.2)}, "object_scale"), ({"object_scale": (0.1, 0.6)}, "object_scale"),
+])
+def test_textured_blobs_bad_arguments_are_named(kwargs, match):
+    from salaug.datasets import TexturedBlobs
+
+    with pytest.raises((ValueError, TypeError), match=match):
+        TexturedBlobs(**kwargs)
+    with pytest.raises(IndexError):
+        TexturedBlobs(length=3)[3]

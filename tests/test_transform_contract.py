@@ -1,4 +1,4 @@
-"""The contract every saliency transform keeps (DESIGN.md, Contracts), checked for all seven.
+"""The contract every saliency transform keeps (DESIGN.md, Contracts), checked for every transform.
 
 Tests that take the ``device`` / ``dtype`` fixtures (tests/conftest.py) run on CPU and, when
 present, CUDA. Per-transform files test each transform's own maths, not this contract.
@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 from salaug.transforms.base import SalientBatch
 from salaug.transforms.crop import SalientCrop
 from salaug.transforms.erase import KeepCutout
-from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, SaliencyMix, SnapMix
+from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, ResizeMix, SaliencyMix, SnapMix
 from salaug.transforms.paste import SalientPaste
 
 K = 5
@@ -27,6 +27,7 @@ FACTORIES = {
     "SaliencyMix": lambda **kw: SaliencyMix(**kw),
     "AttentiveCutMix": lambda **kw: AttentiveCutMix(grid=(4, 4), k=4, **kw),
     "SnapMix": lambda **kw: SnapMix(**kw),
+    "ResizeMix": lambda **kw: ResizeMix(**kw),
     "GuidedMixup": lambda **kw: GuidedMixup(sigma=1.0, **kw),
     "SalientPaste": lambda **kw: SalientPaste(**kw),
     "SalientPaste-reflect": lambda **kw: SalientPaste(background="reflect", **kw),
@@ -35,7 +36,7 @@ FACTORIES = {
     "KeepCutout-random": lambda **kw: KeepCutout(value="random", **kw),
 }
 NAMES = list(FACTORIES)
-MIXES = ["SaliencyMix", "AttentiveCutMix", "SnapMix", "GuidedMixup", "SalientPaste"]
+MIXES = ["SaliencyMix", "AttentiveCutMix", "SnapMix", "ResizeMix", "GuidedMixup", "SalientPaste"]
 
 
 def make(name, seed=0, device="cpu", **kw):
@@ -305,7 +306,7 @@ def test_call_time_generators_are_thread_safe():
 
 
 def test_repr_shows_the_constructor_arguments():
-    assert repr(SaliencyMix(10, alpha=0.5)) == "SaliencyMix(num_classes=10, alpha=0.5, labels='area', p=1.0)"
+    assert repr(SaliencyMix(10, alpha=0.5)) == "SaliencyMix(num_classes=10, alpha=0.5, labels='area', p=0.5)"
     assert "grid=(4, 4), k=4" in repr(make("AttentiveCutMix"))
     assert "background='constant'" in repr(make("SalientPaste-constant"))
 

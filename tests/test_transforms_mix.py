@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
-from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, SaliencyMix, SnapMix, greedy_pairing
+from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, ResizeMix, SaliencyMix, SnapMix, greedy_pairing
 
-ALL = [SaliencyMix, AttentiveCutMix, SnapMix, GuidedMixup]
+ALL = [SaliencyMix, AttentiveCutMix, SnapMix, GuidedMixup, ResizeMix]
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -22,6 +22,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 
 def make(cls, seed: int = 0, **kw):
+    kw.setdefault("p", 1.0)  # the maths tests mix every sample unless they say otherwise
     if cls is AttentiveCutMix:
         kw.setdefault("grid", (4, 4))
         kw.setdefault("k", 5)
@@ -49,7 +50,7 @@ def blob_saliency(b: int, h: int, w: int, seed: int = 0, size: int = 4):
 
 # --- labels are true: the label weight of each class equals its share of the pixels ---------------
 
-@pytest.mark.parametrize("cls", [SaliencyMix, AttentiveCutMix, GuidedMixup])
+@pytest.mark.parametrize("cls", [SaliencyMix, AttentiveCutMix, GuidedMixup, ResizeMix])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_label_equals_pixel_content(cls, seed):
     x, v, y = constant_batch(8)
@@ -245,7 +246,7 @@ def test_guided_mixup_pixel_weights_are_saliency_ratio():
     s = torch.rand(b, 1, h, w, generator=gen(7)) ** 4
     s[2] = 0.0
     x = torch.randn(b, 3, h, w, generator=gen(8))
-    out, params = GuidedMixup(sigma=sigma, pairing="random", num_classes=b, generator=gen(1))(
+    out, params = GuidedMixup(sigma=sigma, pairing="random", num_classes=b, p=1.0, generator=gen(1))(
         x, s, torch.arange(b), return_params=True)
     k = 2 * math.ceil(3 * sigma) + 1
     sm = TF.gaussian_blur(s, [k, k], [sigma, sigma])  # torchvision: an independent blur
@@ -264,7 +265,7 @@ def test_guided_mixup_pixel_weights_are_saliency_ratio():
 
 def test_guided_mixup_zero_pair_is_half():
     x = torch.rand(2, 3, 8, 8)
-    out, params = GuidedMixup(num_classes=2, sigma=1.0)(x, torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]),
+    out, params = GuidedMixup(num_classes=2, sigma=1.0, p=1.0)(x, torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]),
                                                          return_params=True)
     assert torch.allclose(params["own_weight"], torch.full_like(params["own_weight"], 0.5))
     assert torch.allclose(out.labels, torch.full((2, 2), 0.5))
@@ -375,7 +376,7 @@ def test_one_sample_batch_mixes_with_itself(cls):
     x, s = torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8)
     one = make(cls, num_classes=3)(x, s, torch.tensor([2]))  # B=1: the partner is itself
     assert one.labels.tolist() == [[0.0, 0.0, 1.0]] and torch.isfinite(one.images).all()
-    if cls is not SnapMix:  # SnapMix resizes another box of itself in; the others are the identity
+    if cls not in (SnapMix, ResizeMix):  # they resize (part of) itself into a box; the others are the identity
         assert torch.allclose(one.images, x, atol=1e-6)
 
 
@@ -400,3 +401,61 @@ def test_constructor_errors():
     with pytest.raises(ValueError, match="missing"):
         SaliencyMix(num_classes=2)(torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8), torch.tensor([0, 1]),
                                    params={"applied": torch.tensor([True, True])})
+
+
+# --- ResizeMix -------------------------------------------------------------------------------------
+
+def test_resizemix_pastes_the_whole_partner_resized_into_the_box():
+    x = torch.rand(6, 3, 24, 24, generator=gen(4))
+    out, params = make(ResizeMix, 2, num_classes=6, p=1.0)(x, torch.zeros(6, 1, 24, 24), torch.arange(6),
+                                                          return_params=True)
+    assert (params["src_boxes"] == torch.tensor([0, 0, 24, 24])).all()
+    for i in range(6):
+        x1, y1, x2, y2 = params["dst_boxes"][i].tolist()
+        j = int(params["perm"][i])
+        resized = F.interpolate(x[j:j + 1], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
+        torch.testing.assert_close(out.images[i, :, y1:y2, x1:x2], resized, atol=1e-5, rtol=0)
+        outside = torch.ones(24, 24, dtype=torch.bool)
+        outside[y1:y2, x1:x2] = False
+        assert torch.equal(out.images[i][:, outside], x[i][:, outside])
+        share = (x2 - x1) * (y2 - y1) / 576
+        if j != i:
+            assert math.isclose(out.labels[i, j].item(), share, abs_tol=1e-6)
+
+
+def test_resizemix_box_side_follows_scale():
+    t = make(ResizeMix, 0, num_classes=4, p=1.0, scale=(0.25, 0.5))
+    _, params = t(torch.rand(256, 1, 32, 32), torch.zeros(256, 1, 32, 32), torch.zeros(256, dtype=torch.long),
+                  return_params=True)
+    side = (params["dst_boxes"][:, 2] - params["dst_boxes"][:, 0]).float() / 32
+    assert side.min() >= 0.25 - 1 / 32 and side.max() <= 0.5 + 1 / 32 and side.std() > 0.05
+    with pytest.raises(ValueError, match="scale"):
+        ResizeMix(scale=(0.0, 0.5))
+    with pytest.raises(ValueError, match="scale"):
+        ResizeMix(scale=(0.6, 0.3))
+
+
+def test_resizemix_saliency_labels_count_the_whole_partner_and_what_the_box_hides():
+    s = torch.zeros(2, 1, 16, 16)
+    s[:, :, :8] = 1.0  # the object is the top half of each image
+    x, y = torch.rand(2, 3, 16, 16), torch.tensor([0, 1])
+    t = make(ResizeMix, 0, num_classes=2, p=1.0, labels="saliency")
+    out, params = t(x, s, y, return_params=True)
+    x1, y1, x2, y2 = params["dst_boxes"][0].tolist()
+    hidden = max(0, min(y2, 8) - y1) * (x2 - x1) / 128  # share of sample 0's top half under the box
+    partner = 1.0 / ((1 - hidden) + 1.0)
+    assert math.isclose(out.labels[0, 1].item(), partner, abs_tol=1e-5)
+    flat = t(x, torch.zeros(2, 1, 16, 16), y, params=params)
+    area = make(ResizeMix, 0, num_classes=2, p=1.0)(x, s, y, params=params)
+    torch.testing.assert_close(flat.labels, area.labels)  # flat saliency gives the area labels
+
+
+def test_defaults_are_the_benchmarks_choice():
+    # What the with-recipe benchmark chose (README, "Which method, which defaults"): every mix mixes
+    # half the samples; SnapMix keeps its paper's Beta(5, 5) boxes and saliency-mass labels.
+    t = SnapMix(num_classes=10)
+    assert (t.p, t.alpha, t.labels, t.normalize) == (0.5, 5.0, "saliency", True)
+    for cls in (SaliencyMix, AttentiveCutMix, GuidedMixup, ResizeMix):
+        assert cls(num_classes=10).p == 0.5, cls.__name__
+    r = ResizeMix(num_classes=10)
+    assert (r.scale, r.labels) == ((0.1, 0.8), "area")

@@ -10,7 +10,7 @@ from salaug.transforms.base import MixTransform, Params, ParamsRecord, SalientBa
 from salaug.transforms.crop import SalientCrop
 from salaug.transforms.erase import KeepCutout
 from salaug.transforms.labels import mix_soft_labels, to_soft_labels
-from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, SaliencyMix, SnapMix
+from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, ResizeMix, SaliencyMix, SnapMix
 from salaug.transforms.paste import SalientPaste
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "KeepCutout",
     "MixTransform",
     "Params",
+    "ResizeMix",
     "ParamsRecord",
     "SaliencyMix",
     "SaliencyTransform",

@@ -1,4 +1,5 @@
-"""Saliency-guided mixing: SaliencyMix, AttentiveCutMix, SnapMix and GuidedMixup.
+"""Saliency-guided mixing: SaliencyMix, AttentiveCutMix, SnapMix, GuidedMixup, and their saliency-free
+twin ResizeMix.
 
 Every transform here mixes each sample with a *partner* from the same batch, chosen per batch by
 a random permutation (GuidedMixup can instead pair samples whose salient regions overlap little).
@@ -14,6 +15,7 @@ transform          partner's share of the label (the paper's rule)         other
 SaliencyMix        area of the pasted box / image area                     ``labels="saliency"``
 AttentiveCutMix    area of the pasted cells / image area                   ``labels="saliency"``
 SnapMix            saliency mass of the partner pasted vs. target kept     ``labels="area"``
+ResizeMix          area of the box the whole partner is resized into       ``labels="saliency"``
 GuidedMixup        mean over pixels of the partner's mixing weight         (none)
 =================  ======================================================  ==================
 
@@ -38,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import check_choice, check_flag, check_number
+from salaug._checks import check_choice, check_flag, check_interval, check_number, check_size
 from salaug._filters import gaussian_blur
 from salaug.boxes import box_area, box_around, box_mask, box_mass, box_size, cell_mass, cells_mask, grid_cells, \
     peak, row_prefix, top_k_cells
@@ -46,7 +48,7 @@ from salaug.transforms._ops import axis_pixels, batch_step, image_aspect_boxes, 
     paste, separable_grid, warp
 from salaug.transforms.base import MixTransform, ParamSpec, Params, sample_beta, sample_uniform
 
-__all__ = ["AttentiveCutMix", "GuidedMixup", "SaliencyMix", "SnapMix", "greedy_pairing"]
+__all__ = ["AttentiveCutMix", "GuidedMixup", "ResizeMix", "SaliencyMix", "SnapMix", "greedy_pairing"]
 
 
 def _alpha(alpha: object) -> float:
@@ -71,7 +73,8 @@ class SaliencyMix(MixTransform):
         num_classes: number of classes, needed for ``(B,)`` integer labels.
         alpha: concentration of ``Beta(alpha, alpha)`` for the box area, ``> 0``.
         labels: ``"area"`` (the paper's) or ``"saliency"``.
-        p: probability that each sample is mixed.
+        p: probability that each sample is mixed (0.5 by default: the benchmarks' choice; 1.0 trained
+            worse).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -102,7 +105,7 @@ class SaliencyMix(MixTransform):
     clamp_saliency = False  # pixels are copied, never resampled
 
     def __init__(self, num_classes: int | None = None, *, alpha: float = 1.0,
-                 labels: Literal["area", "saliency"] = "area", p: float = 1.0,
+                 labels: Literal["area", "saliency"] = "area", p: float = 0.5,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(num_classes, labels=labels, p=p, generator=generator)
         self.alpha = _alpha(alpha)
@@ -148,7 +151,8 @@ class AttentiveCutMix(MixTransform):
         grid: ``(gh, gw)`` cells (an int means square), each ``>= 1``.
         k: cells to paste, ``1 <= k <= gh * gw``.
         labels: ``"area"`` (the paper's) or ``"saliency"``.
-        p: probability that each sample is mixed.
+        p: probability that each sample is mixed (0.5 by default: the benchmarks' choice; 1.0 trained
+            worse).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -178,14 +182,10 @@ class AttentiveCutMix(MixTransform):
     clamp_saliency = False  # pixels are copied, never resampled
 
     def __init__(self, num_classes: int | None = None, *, grid: int | tuple[int, int] = (7, 7), k: int = 6,
-                 labels: Literal["area", "saliency"] = "area", p: float = 1.0,
+                 labels: Literal["area", "saliency"] = "area", p: float = 0.5,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(num_classes, labels=labels, p=p, generator=generator)
-        pair = (grid, grid) if isinstance(grid, int) and not isinstance(grid, bool) else grid
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise TypeError(f"grid must be a positive int or a pair (gh, gw) of positive ints, got {grid!r}")
-        gh, gw = (check_number(f"grid[{i}]", g, integer=True, low=1) for i, g in enumerate(pair))
-        self.grid = (int(gh), int(gw))  # type: ignore[arg-type]
+        self.grid: tuple[int, int] = check_size("grid", grid)  # type: ignore[assignment]
         self.k = check_number("k", k, integer=True, low=1, high=self.grid[0] * self.grid[1])
 
     def param_dims(self, images: Tensor) -> dict[str, int]:
@@ -287,7 +287,25 @@ def _snap_chunk(x: Tensor, target: Tensor, perm: Tensor, plan: _SnapPlan, clamp:
     return torch.where(plan.mask, warped, target, out=out)
 
 
-class SnapMix(MixTransform):
+class _ResizedBoxMix(MixTransform):
+    """A mix that resizes a source box of the partner (``src_boxes``) into a destination box of the
+    target (``dst_boxes``), bilinearly; the area share is the destination box's (SnapMix, ResizeMix)."""
+
+    required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "src_boxes": ("int", ("B", 4)),
+                                            "dst_boxes": ("int", ("B", 4))}
+    clamp_saliency = False  # the resampled saliency is clamped before the paste
+
+    def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan:
+        return _snap_plan(params["src_boxes"], params["dst_boxes"], params["applied"], size)
+
+    def mix_pixels(self, x: Tensor, params: Params, plan: _SnapPlan, *, is_saliency: bool = False) -> Tensor:
+        return _snap_paste(x.contiguous(), params["perm"], plan, clamp=is_saliency)
+
+    def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
+        return box_area(params["dst_boxes"]) / (size[0] * size[1])
+
+
+class SnapMix(_ResizedBoxMix):
     r"""SnapMix: resize a partner box into a target box, labels by saliency mass (Huang et al., 2021).
 
     For each sample ``i`` with partner ``j = perm[i]``: a destination box of area
@@ -323,7 +341,8 @@ class SnapMix(MixTransform):
         alpha: concentration of ``Beta(alpha, alpha)`` for both box areas, ``> 0``.
         normalize: how the raw weights become the label, see above.
         labels: ``"saliency"`` (the paper's) or ``"area"``.
-        p: probability that each sample is mixed.
+        p: probability that each sample is mixed (0.5 by default: the benchmarks' choice; 1.0 trained
+            worse).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -349,12 +368,10 @@ class SnapMix(MixTransform):
         (torch.Size([4, 2]), True)
     """
 
-    required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "src_boxes": ("int", ("B", 4)),
-                                            "dst_boxes": ("int", ("B", 4)), "weights": ("float", ("B", 2))}
-    clamp_saliency = False  # the resampled saliency is clamped before the paste
+    required_params: ClassVar[ParamSpec] = {**_ResizedBoxMix.required_params, "weights": ("float", ("B", 2))}
 
     def __init__(self, num_classes: int | None = None, *, alpha: float = 5.0, normalize: bool = True,
-                 labels: Literal["area", "saliency"] = "saliency", p: float = 1.0,
+                 labels: Literal["area", "saliency"] = "saliency", p: float = 0.5,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(num_classes, labels=labels, p=p, generator=generator)
         self.alpha = _alpha(alpha)
@@ -372,15 +389,6 @@ class SnapMix(MixTransform):
         pasted = partner_box_mass(saliency, src, perm, prefix)
         weights = torch.stack((torch.where(applied, 1 - removed, 1.0), torch.where(applied, pasted, 0.0)), 1)
         return {"src_boxes": src, "dst_boxes": dst, "weights": weights}
-
-    def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan:
-        return _snap_plan(params["src_boxes"], params["dst_boxes"], params["applied"], size)
-
-    def mix_pixels(self, x: Tensor, params: Params, plan: _SnapPlan, *, is_saliency: bool = False) -> Tensor:
-        return _snap_paste(x.contiguous(), params["perm"], plan, clamp=is_saliency)
-
-    def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
-        return box_area(params["dst_boxes"]) / (size[0] * size[1])
 
     def saliency_masses(self, saliency: Tensor, params: Params) -> tuple[Tensor, Tensor]:
         wt, wp = params["weights"].to(torch.float32).unbind(1)  # measured when sampled
@@ -416,6 +424,70 @@ class SnapMix(MixTransform):
         ce_partner = -(y[params["perm"]] * logp).sum(1)
         wt, wp = params["weights"].to(logits.dtype).unbind(1)
         return (wt * ce_own + wp * ce_partner).mean()
+
+
+class ResizeMix(_ResizedBoxMix):
+    r"""ResizeMix: the whole partner image, shrunk, pasted into a box of the target (Qin et al., 2020).
+
+    For each sample ``i`` with partner ``j = perm[i]``: a scale ``tau ~ U(scale)`` of the image
+    side, a destination box of the image's aspect with sides ``tau * (H, W)`` at a uniform
+    position in ``i``, and all of ``j`` resized bilinearly (``align_corners=False``) into it. No
+    saliency is needed to place anything: this is the saliency-free twin of :class:`SnapMix`'s
+    paste (the whole partner instead of a random box of it), the control that tells whether a
+    saliency method adds anything beyond "paste a whole object".
+
+    Labels: ``labels="area"`` (the paper's, the default) gives the partner the destination box's
+    share of the image area. ``labels="saliency"`` gives ``pasted / (kept + pasted)`` with
+    ``pasted = 1`` (the whole partner map is pasted) and ``kept`` the target's mass outside the
+    box; where either map is flat the area share is used.
+
+    Args:
+        num_classes: number of classes, needed for ``(B,)`` integer labels.
+        scale: ``(lo, hi)`` range of the pasted side as a fraction of the image side, within
+            ``(0, 1]`` (the paper's ``(0.1, 0.8)``).
+        labels: ``"area"`` (the paper's) or ``"saliency"``.
+        p: probability that each sample is mixed (0.5 by default, as for every mix here).
+        generator: optional ``torch.Generator`` for reproducible sampling.
+
+    Shape:
+        - images: :math:`(B, C, H, W)`; saliency: :math:`(B, 1, H, W)`; labels: :math:`(B,)` or
+          :math:`(B, K)`.
+        - Output: :class:`SalientBatch`; the saliency is resized and pasted like the images.
+
+    Params:
+        ``applied`` ``(B,)`` bool, ``perm`` ``(B,)`` int64, ``src_boxes`` ``(B, 4)`` int64 (the
+        whole image), ``dst_boxes`` ``(B, 4)`` int64 boxes the partner is resized into.
+
+    Raises:
+        ValueError: if ``scale`` is not an increasing pair within ``(0, 1]``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.stack((torch.zeros(3, 16, 16), torch.ones(3, 16, 16)))
+        >>> t = ResizeMix(num_classes=2, p=1.0, scale=(0.5, 0.5), generator=torch.Generator().manual_seed(0))
+        >>> out = t(x, torch.zeros(2, 1, 16, 16), torch.tensor([0, 1]))
+        >>> out.labels[0].tolist(), out.images[0].mean().item()  # an 8x8 copy of the ones image in sample 0
+        ([0.75, 0.25], 0.25)
+    """
+
+    def __init__(self, num_classes: int | None = None, *, scale: tuple[float, float] = (0.1, 0.8),
+                 labels: Literal["area", "saliency"] = "area", p: float = 0.5,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(num_classes, labels=labels, p=p, generator=generator)
+        self.scale = check_interval("scale", scale, low=0.0, high=1.0, low_open=True)
+
+    def sample_mix(self, images: Tensor, saliency: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
+        b, _, h, w = images.shape
+        dev, g = images.device, self.active_generator
+        lo, hi = self.scale
+        tau = sample_uniform((b,), dev, g, lo, hi)
+        dst = image_aspect_boxes(tau * tau, sample_uniform((b, 2), dev, g), (h, w))
+        src = torch.tensor([0, 0, w, h], device=dev).expand(b, 4)
+        return {"src_boxes": src.contiguous(), "dst_boxes": dst}
+
+    def saliency_masses(self, saliency: Tensor, params: Params) -> tuple[Tensor, Tensor]:
+        kept = 1 - box_mass(saliency, params["dst_boxes"])
+        return kept, torch.ones_like(kept)
 
 
 def greedy_pairing(similarity: Tensor, crowding: float = 0.05) -> Tensor:
@@ -507,7 +579,8 @@ class GuidedMixup(MixTransform):
             kernel spans ``+-3 sigma``, capped by the image size.
         pairing: ``"greedy"`` or ``"random"``.
         eps: added to both maps in the weight ratio, ``> 0``.
-        p: probability that each sample is mixed.
+        p: probability that each sample is mixed (0.5 by default: the benchmarks' choice; 1.0 trained
+            worse).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -538,7 +611,7 @@ class GuidedMixup(MixTransform):
                                             "own_weight": ("float", ("B", 1, "H", "W"))}
 
     def __init__(self, num_classes: int | None = None, *, sigma: float = 3.0,
-                 pairing: Literal["greedy", "random"] = "greedy", eps: float = 1e-8, p: float = 1.0,
+                 pairing: Literal["greedy", "random"] = "greedy", eps: float = 1e-8, p: float = 0.5,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(num_classes, p=p, generator=generator)
         self.sigma = check_number("sigma", sigma, low=0.0)

@@ -1,4 +1,4 @@
-"""The embedded dataset: procedural objects on clutter, with their true boxes and masks.
+"""ClutteredObjects: procedural objects on clutter, with their true boxes and masks.
 
 ``ClutteredObjects`` draws one object of a known class per image (disc, ring, square, frame,
 triangle, cross, plus, bars, diamond, star, crescent, tee) in a random colour, scale, rotation
@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from salaug._checks import check_choice, check_interval, check_number
 
 __all__ = ["CLASS_NAMES", "ClutteredObjects", "draw_shapes"]
 
@@ -303,16 +305,11 @@ def _mask_boxes(mask: Tensor) -> Tensor:
 
 
 def _check_object_scale(object_scale: object) -> tuple[float, float]:
+    """The object radius range as fractions of the side (default ``(0.14, 0.26)``; e.g. ``(0.08, 0.14)``
+    gives small objects)."""
     if object_scale is None:
         return _OBJECT_RADIUS
-    ok = isinstance(object_scale, (tuple, list)) and len(object_scale) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in object_scale)
-    if not ok or not 0 < object_scale[0] <= object_scale[1] <= 0.4:
-        raise ValueError(
-            "object_scale must be a pair (lo, hi) of radius fractions of the image side with "
-            f"0 < lo <= hi <= 0.4 (default {_OBJECT_RADIUS}; e.g. (0.08, 0.14) for small objects), got {object_scale!r}"
-        )
-    return float(object_scale[0]), float(object_scale[1])
+    return check_interval("object_scale", object_scale, low=0.0, high=0.4, low_open=True)
 
 
 # --------------------------------------------------------------------------- the dataset
@@ -402,27 +399,16 @@ class ClutteredObjects(Dataset):
         occlusion: float = 0.0,
         object_scale: tuple[float, float] | None = None,
     ) -> None:
-        if split not in _SPLIT_IDS:
-            raise ValueError(f"split must be one of {sorted(_SPLIT_IDS)}, got {split!r}")
-        if not isinstance(size, int) or size < 16:
-            raise ValueError(f"size must be an int >= 16, got {size!r}")
+        check_choice("split", split, tuple(_SPLIT_IDS))
+        check_number("size", size, integer=True, low=16)
         if length is None:
             length = _DEFAULT_LENGTHS[split]
-        if not isinstance(length, int) or length < 0:
-            raise ValueError(f"length must be a non-negative int (or None for the default), got {length!r}")
-        if not isinstance(num_classes, int) or not 2 <= num_classes <= len(CLASS_NAMES):
-            raise ValueError(f"num_classes must be an int in [2, {len(CLASS_NAMES)}], got {num_classes!r}")
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-        if not clutter >= 0:
-            raise ValueError(f"clutter must be >= 0 (0 = clean images), got {clutter!r}")
-        if background not in _BACKGROUNDS:
-            raise ValueError(f"background must be one of {_BACKGROUNDS}, got {background!r}")
-        if isinstance(occlusion, bool) or not isinstance(occlusion, (int, float)) or not 0 <= occlusion <= _MAX_OCCLUSION:
-            raise ValueError(
-                f"occlusion must be a fraction of the object's area in [0, {_MAX_OCCLUSION}] (0 = no occluder), "
-                f"got {occlusion!r}"
-            )
+        check_number("length", length, integer=True, low=0)
+        check_number("num_classes", num_classes, integer=True, low=2, high=len(CLASS_NAMES))
+        check_number("seed", seed, integer=True, low=0)
+        check_number("clutter", clutter, low=0)
+        check_choice("background", background, _BACKGROUNDS)
+        check_number("occlusion", occlusion, low=0, high=_MAX_OCCLUSION)
         object_radius = _check_object_scale(object_scale)
         self.split = split
         self.size = size
