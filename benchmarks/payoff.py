@@ -45,7 +45,8 @@ Arms (all through ``salaug.SaliencyAugmenter``, the in-loop path, except ``none`
   partner resized into a box, area labels: the saliency-free twin of SnapMix's paste);
 * CAM-driven salaug mixes (GradCAM of the live model at its last spatial layer): ``saliencymix``,
   ``saliencymix-mass`` (``labels="saliency"``), ``attentivecutmix``, ``salientpaste``,
-  ``guidedmixup``, ``snapmix``;
+  ``guidedmixup``, ``snapmix``, ``puzzlemix`` and ``puzzlemix-transport`` (:class:`salaug.PuzzleMix`
+  without / with its block transport);
 * controls that isolate what saliency adds: ``snapmix-flat`` (flat saliency: the same boxes with
   area labels) and ``snapmix-area`` (``labels="area"``);
 * ``oracle``: SnapMix fed the true object masks (the ceiling a CAM could reach),
@@ -186,6 +187,7 @@ class Arm:
     off: int | None = None
     cam: str = "gradcam"
     cam_scale: float = 1.0
+    transport: bool = False
 
 
 _BASE_ARMS: dict[str, dict[str, Any]] = {
@@ -193,6 +195,8 @@ _BASE_ARMS: dict[str, dict[str, Any]] = {
     "mixup": {"kind": "mixup"},
     "cutmix": {"kind": "saliencymix", "saliency": "flat"},
     "resizemix": {"kind": "resizemix", "saliency": "flat"},
+    "puzzlemix": {"kind": "puzzlemix"},
+    "puzzlemix-transport": {"kind": "puzzlemix", "transport": True},
     "saliencymix": {"kind": "saliencymix"},
     "saliencymix-mass": {"kind": "saliencymix", "labels": "saliency"},
     "attentivecutmix": {"kind": "attentivecutmix"},
@@ -242,11 +246,13 @@ def build_transform(arm: Arm, cfg: Config) -> Any:
         return None
     classes = {"saliencymix": salaug.SaliencyMix, "snapmix": salaug.SnapMix,
                "attentivecutmix": salaug.AttentiveCutMix, "salientpaste": salaug.SalientPaste,
-               "guidedmixup": salaug.GuidedMixup, "resizemix": salaug.ResizeMix}
+               "guidedmixup": salaug.GuidedMixup, "resizemix": salaug.ResizeMix, "puzzlemix": salaug.PuzzleMix}
     cls = classes[arm.kind]
     kwargs: dict[str, Any] = {"num_classes": cfg.num_classes, "p": cfg.p if arm.p is None else arm.p}
     if arm.alpha is not None:
         kwargs["alpha"] = arm.alpha
+    if arm.transport:
+        kwargs["transport"] = True
     if arm.labels is not None:
         if not _supports_labels(cls):
             raise NotImplementedError(f"{cls.__name__} has no labels= option in this salaug")
@@ -998,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         accs = " ".join(f"{s} {r[f'acc_{s}']:.3f}" for s in splits)
         mae = r.get("label_mae")
-        print(f"seed {r['seed']} {r['arm']:28s} train {r['train_acc']:.3f} {accs} pg {r['pointing_game'] or float('nan'):.2f} "
+        print(f"seed {r['seed']} {r['arm']:28s} train {r['train_acc']:.3f} {accs} pg {float('nan') if r['pointing_game'] is None else r['pointing_game']:.2f} "
               f"mae {'-' if mae is None else f'{mae:.3f}'} {r['seconds']:.0f}s [{time.perf_counter() - t0:.0f}s]",
               flush=True)
 

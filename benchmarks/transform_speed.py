@@ -9,9 +9,10 @@ write), and ``torchvision.transforms.v2.CutMix(num_classes=K)``. Prints a markdo
 
 Targets on CPU: the box-paste transforms (SaliencyMix, AttentiveCutMix, SalientPaste, KeepCutout)
 within 1.5x of ``v2.CutMix``, the resizing ones (SalientCrop, SnapMix) within 2.0x; GuidedMixup is
-reported. On a CPU shared with other jobs, compare ``--threads 1`` too: with two threads every op
-above PyTorch's parallel grain waits for both threads to be scheduled, which there costs
-milliseconds per op and penalises transforms with many ops far more than ``v2.CutMix`` (three).
+reported; PuzzleMix (every sample mixed, ``p=1``) within 3x, with ``transport=True`` within 5x.
+On a CPU shared with other jobs, compare ``--threads 1`` too: with two threads every op above
+PyTorch's parallel grain waits for both threads to be scheduled, which there costs milliseconds per
+op and penalises transforms with many ops far more than ``v2.CutMix`` (three).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from salaug.transforms.crop import SalientCrop
 from salaug.transforms.erase import KeepCutout
 from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, SaliencyMix, SnapMix, greedy_pairing
 from salaug.transforms.paste import SalientPaste
+from salaug.transforms.puzzle import PuzzleMix, block_costs, solve_mask, transport_blocks
 
 # -- per-sample loop references (the same algorithms, one sample at a time) ----------------------------------
 
@@ -195,6 +197,42 @@ def loop_keep_cutout(x, s, y, k, threshold=0.1, num=16):
     return out, sal, F.one_hot(y, k).float()
 
 
+def _blocks_moved(img, src, n):
+    c, h, w = img.shape
+    blocks = img.reshape(c, n, h // n, n, w // n).permute(1, 3, 0, 2, 4).reshape(n * n, c, h // n, w // n)
+    return blocks[src].reshape(n, n, c, h // n, w // n).permute(2, 0, 3, 1, 4).reshape(c, h, w)
+
+
+def loop_puzzlemix(x, s, y, k, grid=(2, 4, 8), transport=False):
+    """One sample at a time: the same energy, solver and transport on a batch of one (sizes divisible by n)."""
+    b, _, h, w = x.shape
+    perm = torch.randperm(b)
+    out, sal, lab = x.clone(), s.clone(), F.one_hot(y, k).float()
+    beta = torch.distributions.Beta(1.0, 1.0)
+    for i in range(b):
+        j = int(perm[i])
+        n = grid[int(torch.randint(0, len(grid), ()))]
+        lam = beta.sample((1,))
+        mt = F.adaptive_avg_pool2d(s[i:i + 1, 0], n)
+        mp = F.adaptive_avg_pool2d(s[j:j + 1, 0], n)
+        mt, mp = mt / mt.sum().clamp(min=1e-12), mp / mp.sum().clamp(min=1e-12)
+        z = solve_mask(block_costs(mt, mp, lam, 0.2), lam, beta=1.2, gamma=0.5)
+        zf = z.view(1, -1)
+        if transport:
+            st = transport_blocks(mt.view(1, -1), ~zf, move_cost=0.25)[0]
+            sp = transport_blocks(mp.view(1, -1), zf, move_cost=0.25)[0]
+            xi, xj = _blocks_moved(x[i], st, n), _blocks_moved(x[j], sp, n)
+            si, sj = _blocks_moved(s[i], st, n), _blocks_moved(s[j], sp, n)
+        else:
+            xi, xj, si, sj = x[i], x[j], s[i], s[j]
+        mask = F.interpolate(z[:, None].float(), size=(h, w), mode="nearest")[0] > 0.5
+        out[i] = torch.where(mask, xj, xi)
+        sal[i] = torch.where(mask, sj, si)
+        share = float(z.float().mean())
+        lab[i] = (1 - share) * lab[i] + share * F.one_hot(y[j], k).float()
+    return out, sal, lab
+
+
 # -- the run -------------------------------------------------------------------------------------------------------
 
 
@@ -236,6 +274,9 @@ def main() -> None:
         "SalientPaste": (SalientPaste(num_classes=k), loop_salient_paste, "<= 1.5"),
         "KeepCutout": (KeepCutout(num_classes=k), loop_keep_cutout, "<= 1.5"),
         "SalientPaste nearest": (SalientPaste(num_classes=k, interpolation="nearest"), loop_salient_paste, "<= 1.5"),
+        "PuzzleMix": (PuzzleMix(num_classes=k, p=1.0), loop_puzzlemix, "<= 3.0"),
+        "PuzzleMix transport": (PuzzleMix(num_classes=k, transport=True, p=1.0),
+                                lambda *a: loop_puzzlemix(*a, transport=True), "<= 5.0"),
     }
     if args.only:
         cases = {name: v for name, v in cases.items() if name in args.only}

@@ -18,6 +18,7 @@ from salaug.transforms.crop import SalientCrop
 from salaug.transforms.erase import KeepCutout
 from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, ResizeMix, SaliencyMix, SnapMix
 from salaug.transforms.paste import SalientPaste
+from salaug.transforms.puzzle import PuzzleMix
 
 K = 5
 
@@ -28,6 +29,8 @@ FACTORIES = {
     "AttentiveCutMix": lambda **kw: AttentiveCutMix(grid=(4, 4), k=4, **kw),
     "SnapMix": lambda **kw: SnapMix(**kw),
     "ResizeMix": lambda **kw: ResizeMix(**kw),
+    "PuzzleMix": lambda **kw: PuzzleMix(**{"p": 1.0, **kw}),
+    "PuzzleMix-transport": lambda **kw: PuzzleMix(**{"p": 1.0, "transport": True, "labels": "saliency", **kw}),
     "GuidedMixup": lambda **kw: GuidedMixup(sigma=1.0, **kw),
     "SalientPaste": lambda **kw: SalientPaste(**kw),
     "SalientPaste-reflect": lambda **kw: SalientPaste(background="reflect", **kw),
@@ -36,7 +39,7 @@ FACTORIES = {
     "KeepCutout-random": lambda **kw: KeepCutout(value="random", **kw),
 }
 NAMES = list(FACTORIES)
-MIXES = ["SaliencyMix", "AttentiveCutMix", "SnapMix", "ResizeMix", "GuidedMixup", "SalientPaste"]
+MIXES = ["SaliencyMix", "AttentiveCutMix", "SnapMix", "ResizeMix", "GuidedMixup", "SalientPaste", "PuzzleMix"]
 
 
 def make(name, seed=0, device="cpu", **kw):

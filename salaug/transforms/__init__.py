@@ -12,6 +12,7 @@ from salaug.transforms.erase import KeepCutout
 from salaug.transforms.labels import mix_soft_labels, to_soft_labels
 from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, ResizeMix, SaliencyMix, SnapMix
 from salaug.transforms.paste import SalientPaste
+from salaug.transforms.puzzle import PuzzleMix
 
 __all__ = [
     "AttentiveCutMix",
@@ -19,6 +20,7 @@ __all__ = [
     "KeepCutout",
     "MixTransform",
     "Params",
+    "PuzzleMix",
     "ResizeMix",
     "ParamsRecord",
     "SaliencyMix",
