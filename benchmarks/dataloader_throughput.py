@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     full = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
     t0 = time.perf_counter()
     mask_file = precompute_masks(cnn, PNGDataset(pngs, labels, full), Path(tmp.name) / "masks.salm",
-                                 batch_size=64, targets="label")
+                                 batch_size=64, targets="labels")
     precompute_s = time.perf_counter() - t0
 
     def mix() -> SaliencyMix:
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         "SaliencyMix + SpectralResidual(32)": (plain_ds, SaliencyCollate(mix(), SpectralResidual(size=32),
                                                                           seed=0)),
         "SaliencyMix + frozen CNN GradCAM": (
-            plain_ds, SaliencyCollate(mix(), CAMSaliency(cnn, "gradcam", targets="label", output_size="feature"),
+            plain_ds, SaliencyCollate(mix(), CAMSaliency(cnn, "gradcam", targets="labels", output_size="feature"),
                                       seed=0)),
         "stored masks, default_collate": (masked_ds, default_collate),
         "SaliencyMix + stored masks": (masked_ds, SaliencyCollate(mix(), "mask", seed=0)),

@@ -97,12 +97,44 @@ def _stride_compatible(small: tuple[int, int], large: tuple[int, int]) -> bool:
     return max(ylo, xlo) <= min(yhi, xhi)
 
 
+def check_saliency_shape(saliency: object, name: str = "saliency") -> Tensor:
+    """Check that ``saliency`` is a floating-point ``(B, 1, h, w)`` (or ``(B, h, w)``) map batch with pixels.
+
+    The one shape check of saliency maps (transforms, metrics, pictures); values are not read.
+
+    Returns:
+        The maps as ``(B, 1, h, w)`` (a ``(B, h, w)`` input gets its channel dimension).
+
+    Raises:
+        TypeError: not a tensor, or not floating point.
+        ValueError: another shape, or no pixels.
+
+    Example:
+        >>> check_saliency_shape(torch.zeros(2, 4, 4)).shape
+        torch.Size([2, 1, 4, 4])
+    """
+    if not isinstance(saliency, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 1, H, W), got {type(saliency).__name__}")
+    if saliency.ndim == 3:
+        saliency = saliency.unsqueeze(1)
+    if saliency.ndim != 4 or saliency.shape[1] != 1:
+        hint = f"; average the channels with {name}.mean(1, keepdim=True)" if saliency.ndim == 4 else ""
+        raise ValueError(f"{name} must have shape (B, 1, H, W) (or (B, H, W)), got {tuple(saliency.shape)}{hint}")
+    if not saliency.is_floating_point():
+        raise TypeError(f"{name} must be floating point in [0, 1], got {saliency.dtype}; convert a 0/1 mask with "
+                        f"{name}.float() (an 8-bit map with {name}.float() / 255)")
+    if saliency.shape[-2] == 0 or saliency.shape[-1] == 0:
+        raise ValueError(f"{name} has no pixels: shape {tuple(saliency.shape)}")
+    return saliency
+
+
 def check_saliency(saliency: object, images: Tensor) -> Tensor:
     """Validate a saliency map against its images and bring it to their size, as float32.
 
     Args:
         saliency: ``(B, 1, h, w)`` (or ``(B, h, w)``) values in ``[0, 1]``; a map of another size
-            is resized bilinearly (``align_corners=False``). Its size must be the images' divided
+            is resized with :func:`resize_saliency` (area average when larger than the images,
+            bilinear when smaller). Its size must be the images' divided
             by one stride (each side within one pixel), like a feature map of the images.
             A map on another device is moved to the images' device.
         images: ``(B, C, H, W)``.
@@ -116,23 +148,12 @@ def check_saliency(saliency: object, images: Tensor) -> Tensor:
             images' by more than a feature-map stride's rounding, or (value checks) values outside
             ``[0, 1]`` or NaN / inf.
     """
-    if not isinstance(saliency, Tensor):
-        raise TypeError(f"saliency must be a torch.Tensor of shape (B, 1, H, W), got {type(saliency).__name__}")
-    if saliency.ndim == 3:
-        saliency = saliency.unsqueeze(1)
-    if saliency.ndim != 4 or saliency.shape[1] != 1:
-        hint = "; average the channels with saliency.mean(1, keepdim=True)" if saliency.ndim == 4 else ""
-        raise ValueError(f"saliency must have shape (B, 1, H, W), got {tuple(saliency.shape)}{hint}")
-    if not saliency.is_floating_point():
-        raise TypeError(f"saliency must be floating point in [0, 1], got {saliency.dtype}; convert a 0/1 mask with "
-                        "saliency.float() (an 8-bit map with saliency.float() / 255)")
+    saliency = check_saliency_shape(saliency)
     if saliency.shape[0] != images.shape[0]:
         raise ValueError(
             f"saliency batch size {saliency.shape[0]} does not match images batch size {images.shape[0]}"
         )
     size, big = tuple(saliency.shape[-2:]), tuple(images.shape[-2:])
-    if 0 in size:
-        raise ValueError(f"saliency has no pixels: shape {tuple(saliency.shape)}")
     if size != big:
         small, large = (size, big) if size[0] * size[1] <= big[0] * big[1] else (big, size)
         if not _stride_compatible(small, large):  # type: ignore[arg-type]
@@ -153,9 +174,31 @@ def check_saliency(saliency: object, images: Tensor) -> Tensor:
                 "normalise it per image, e.g. with salaug.normalize_saliency(saliency)"
             )
     if size != big:
-        saliency = F.interpolate(saliency, size=big, mode="bilinear", align_corners=False)
-        saliency = saliency.clamp_(0, 1)
+        saliency = resize_saliency(saliency, big)
     return saliency
+
+
+def resize_saliency(saliency: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize ``(B, 1, h, w)`` maps to ``size`` without losing mass, clamped to ``[0, 1]``.
+
+    Downscaling (both sides shrink or stay) averages each output pixel's area, so a small salient
+    region keeps its share of the map (bilinear sampling would step over it and give zeros);
+    otherwise bilinear interpolation (``align_corners=False``, antialiased where a side shrinks).
+
+    Example:
+        >>> s = torch.zeros(1, 1, 8, 8); s[..., 0, 0] = 1.0
+        >>> resize_saliency(s, (2, 2)).flatten().tolist()
+        [0.0625, 0.0, 0.0, 0.0]
+    """
+    h, w = saliency.shape[-2:]
+    if (h, w) == tuple(size):
+        return saliency
+    if size[0] <= h and size[1] <= w:
+        out = F.interpolate(saliency, size=size, mode="area")
+    else:
+        out = F.interpolate(saliency, size=size, mode="bilinear", align_corners=False,
+                            antialias=size[0] < h or size[1] < w)
+    return out.clamp_(0, 1)
 
 
 def normalize_saliency(saliency: Tensor, eps: float = 1e-7) -> Tensor:
@@ -342,6 +385,43 @@ def check_flag(name: str, value: object) -> bool:
     return value
 
 
+def check_key(name: str, value: object, *, optional: bool = False) -> int | str | None:
+    """Check a field key: an int position (tuple / list samples) or a str key (dict samples).
+
+    Raises:
+        TypeError: for anything else (bools included), naming the argument.
+
+    Example:
+        >>> check_key("image_key", "image"), check_key("box_key", None, optional=True)
+        ('image', None)
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"{name} must be an int position (tuple/list samples) or a str key (dict samples)"
+                        f"{' or None' if optional else ''}, got {value!r}")
+    return value
+
+
+def check_targets(name: str, value: object, owner: str) -> str:
+    """Check a ``targets`` choice, ``"labels"`` or ``"predicted"``; the old ``"label"`` warns and maps to ``"labels"``.
+
+    Raises:
+        ValueError: any other value, naming the argument and the allowed values.
+
+    Example:
+        >>> check_targets("targets", "predicted", "CAMSaliency")
+        'predicted'
+    """
+    if isinstance(value, str) and value == "label":
+        import warnings
+
+        warnings.warn(f"{owner}({name}='label') is deprecated: the spelling is {name}='labels' everywhere in salaug",
+                      DeprecationWarning, stacklevel=3)
+        return "labels"
+    return check_choice(name, value, ("labels", "predicted"))
+
+
 def check_generator(generator: object, name: str = "generator") -> torch.Generator | None:
     """Check an optional ``torch.Generator``.
 
@@ -416,3 +496,32 @@ def size_pair(value: object) -> tuple[int, int] | None:
     ):
         return (int(value[0]), int(value[1]))
     return None
+
+
+def check_size(name: str, value: object, *, optional: bool = False) -> tuple[int, int] | None:
+    """Check an ``(H, W)`` size argument (an int means square) with :func:`size_pair`, raising if it is not one.
+
+    Raises:
+        TypeError: neither an int nor a pair (bools and strings included), or a non-int side.
+        ValueError: a side below 1, named by its position (``size[0]``).
+
+    Example:
+        >>> check_size("size", 8), check_size("size", (4, 6)), check_size("size", None, optional=True)
+        ((8, 8), (4, 6), None)
+        >>> check_size("size", (0, 8))
+        Traceback (most recent call last):
+        ...
+        ValueError: size[0] must be an int >= 1, got 0
+    """
+    if value is None and optional:
+        return None
+    size = size_pair(value)
+    if size is not None:
+        return size
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        check_number(name, value, integer=True, low=1)
+    if isinstance(value, (tuple, list, torch.Size)) and len(value) == 2:
+        for i, side in enumerate(value):
+            check_number(f"{name}[{i}]", side, integer=True, low=1)
+    raise TypeError(f"{name} must be a positive int or an (h, w) pair of positive ints"
+                    f"{' or None' if optional else ''}, got {value!r}")

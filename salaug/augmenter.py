@@ -8,9 +8,10 @@
         images, soft_labels = aug(images, labels)        # (B, C, H, W), (B, K)
         loss = F.cross_entropy(model(images), soft_labels)
 
-Per call it draws whether the batch is augmented (``p``), computes CAMs of the batch with the
-model (at ``cam_scale``, of each image's label or of the predicted class), applies the transform
-and returns the new images and ``(B, K)`` soft labels. It owns everything a loop would otherwise
+Per call it computes CAMs of the batch with the model (at ``cam_scale``, of each image's label or
+of the predicted class), applies the transform (whose own ``p`` decides, per sample, which images
+are mixed) and returns the new images and ``(B, K)`` soft labels. ``batch_p`` (default 1.0: every
+batch) can additionally skip whole batches. It owns everything a loop would otherwise
 have to get right:
 
 * **Reproducible randomness.** Call ``n`` draws from a generator seeded by ``(seed, rank, n)``, so a
@@ -40,6 +41,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,13 +50,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salaug._checks import check_choice, check_class_indices, check_images, check_number, to_soft_labels
+from salaug._checks import (
+    check_choice,
+    check_class_indices,
+    check_images,
+    check_number,
+    check_targets,
+    to_soft_labels,
+)
 from salaug.cam import create_cam
-from salaug.cam.base import BaseCAM, eval_mode
+from salaug.cam.base import BaseCAM, eval_mode, model_dtype
 from salaug.cam.layers import probe_target_layer, unwrap_model
 from salaug.transforms.base import Params, SalientBatch, SaliencyTransform
 
-__all__ = ["AugmenterRecord", "SaliencyAugmenter", "check_augmenter_options"]
+__all__ = ["AugmenterRecord", "SaliencyAugmenter", "check_augmenter_options", "resolve_batch_p"]
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads consecutive counters over the seed space
 _RANK_STRIDE = 1_000_003
@@ -68,7 +78,7 @@ class AugmenterRecord:
 
     Attributes:
         step: 0-based index of the call.
-        augmented: whether the batch was transformed (the per-batch ``p`` draw).
+        augmented: whether the batch was transformed (the per-batch ``batch_p`` draw).
         warmup: whether the call fell in the warm-up (flat saliency).
         images: ``(B, C, H, W)`` input images.
         labels: the input labels, ``(B,)`` or ``(B, K)``.
@@ -87,7 +97,37 @@ class AugmenterRecord:
     params: Params | None = None
 
 
-def check_augmenter_options(*, p: object = 1.0, cam_scale: object = 1.0, targets: object = "labels",
+def resolve_batch_p(batch_p: object, p: object, owner: str) -> float:
+    """The per-batch gate from ``batch_p`` and the deprecated ``p=`` spelling (warned about).
+
+    Args:
+        batch_p: the new spelling, a probability in ``[0, 1]``.
+        p: the deprecated spelling, or ``None`` when not passed.
+        owner: the class name, for the message.
+
+    Returns:
+        The gate as a float.
+
+    Raises:
+        TypeError, ValueError: a gate that is not a probability; both spellings given.
+    """
+    check_number("batch_p", batch_p, low=0.0, high=1.0)
+    if p is None:
+        return float(batch_p)  # type: ignore[arg-type]
+    check_number("p", p, low=0.0, high=1.0)
+    if batch_p != 1.0:
+        raise ValueError(f"{owner} got both p={p!r} and batch_p={batch_p!r}; p is the old name of batch_p, pass "
+                         "batch_p only")
+    warnings.warn(
+        f"{owner}(p=...) is deprecated: it is the per-batch gate, now batch_p=. The per-sample probability "
+        "belongs to the transform (e.g. salaug.SnapMix(num_classes=10, p=0.5)); with batch_p=1.0 (the default) "
+        "every batch goes to the transform and its p decides",
+        DeprecationWarning, stacklevel=3,
+    )
+    return float(p)  # type: ignore[arg-type]
+
+
+def check_augmenter_options(*, batch_p: object = 1.0, cam_scale: object = 1.0, targets: object = "labels",
                             num_classes: object = None, seed: object = None, warmup_steps: object = 0,
                             ema_decay: object = None, rank: object = None) -> None:
     """Validate the options shared by :class:`SaliencyAugmenter` and the Lightning callback.
@@ -97,13 +137,13 @@ def check_augmenter_options(*, p: object = 1.0, cam_scale: object = 1.0, targets
         ValueError: an option out of range.
 
     Example:
-        >>> check_augmenter_options(p=0.5, cam_scale=0.5)
+        >>> check_augmenter_options(batch_p=0.5, cam_scale=0.5)
         >>> check_augmenter_options(cam_scale=0)
         Traceback (most recent call last):
         ...
         ValueError: cam_scale must be a number in (0, 1], got 0
     """
-    check_number("p", p, low=0.0, high=1.0)
+    check_number("batch_p", batch_p, low=0.0, high=1.0)
     check_number("cam_scale", cam_scale, low=0.0, high=1.0, low_open=True)
     check_choice("targets", targets, _TARGETS)
     check_number("num_classes", num_classes, integer=True, low=1, optional=True)
@@ -111,6 +151,25 @@ def check_augmenter_options(*, p: object = 1.0, cam_scale: object = 1.0, targets
     check_number("warmup_steps", warmup_steps, integer=True, low=0)
     check_number("ema_decay", ema_decay, low=0.0, high=1.0, low_open=True, high_open=True, optional=True)
     check_number("rank", rank, integer=True, low=0, optional=True)
+
+
+class DeprecatedBatchP:
+    """The deprecated ``p`` attribute of the augmenter and the callback: ``batch_p``, with a ``DeprecationWarning``."""
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        self._warn(obj)
+        return obj.batch_p
+
+    def __set__(self, obj: Any, value: float) -> None:
+        self._warn(obj)
+        obj.batch_p = float(check_number("batch_p", value, low=0.0, high=1.0))  # type: ignore[arg-type]
+
+    @staticmethod
+    def _warn(obj: Any) -> None:
+        warnings.warn(f"{type(obj).__name__}.p is deprecated: use batch_p (the per-batch gate)", DeprecationWarning,
+                      stacklevel=3)
 
 
 class SaliencyAugmenter:
@@ -141,8 +200,12 @@ class SaliencyAugmenter:
         target_layer: dotted name of the CAM layer inside ``model`` (``"layer4"``), a module of
             ``model``, or ``None`` for the last layer with a spatial ``(B, C, h, w)`` output (found on
             the first call from full-size images).
-        p: probability that a batch is augmented, drawn once per call. A skipped batch still gets
-            ``(B, K)`` one-hot labels, so the label format never flickers.
+        batch_p: probability that a batch goes to the transform at all, drawn once per call; the
+            default 1.0 sends every batch, and the transform's own ``p`` (per sample) decides which
+            images are mixed. A skipped batch still gets ``(B, K)`` one-hot labels, so the label
+            format never flickers.
+        p: deprecated name of ``batch_p`` (a ``DeprecationWarning``); set the per-sample
+            probability on the transform instead.
         cam_scale: resolution factor of the CAM forward, in ``(0, 1]``; ``0.5`` runs it on half-size
             images (about 4x cheaper for a CNN) and upsamples the maps.
         targets: ``"labels"`` (CAM of each image's label; ``(B, K)`` labels act as class weights) or
@@ -169,6 +232,8 @@ class SaliencyAugmenter:
         ValueError: options out of range; unknown CAM name or target layer.
     """
 
+    p = DeprecatedBatchP()  # the old name of batch_p
+
     def __init__(
         self,
         model: nn.Module,
@@ -176,7 +241,7 @@ class SaliencyAugmenter:
         cam: str | type[BaseCAM] | BaseCAM = "gradcam",
         target_layer: str | nn.Module | None = None,
         *,
-        p: float = 1.0,
+        batch_p: float = 1.0,
         cam_scale: float = 1.0,
         targets: Literal["labels", "predicted"] = "labels",
         num_classes: int | None = None,
@@ -184,6 +249,7 @@ class SaliencyAugmenter:
         warmup_steps: int = 0,
         ema_decay: float | None = None,
         rank: int | None = None,
+        p: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be the torch.nn.Module being trained, got {type(model).__name__}")
@@ -192,8 +258,10 @@ class SaliencyAugmenter:
                 f"transform must be a salaug transform (e.g. salaug.SaliencyMix(num_classes=10)), "
                 f"got {type(transform).__name__}"
             )
-        check_augmenter_options(p=p, cam_scale=cam_scale, targets=targets, num_classes=num_classes, seed=seed,
-                                warmup_steps=warmup_steps, ema_decay=ema_decay, rank=rank)
+        batch_p = resolve_batch_p(batch_p, p, type(self).__name__)
+        targets = check_targets("targets", targets, type(self).__name__)  # type: ignore[assignment]
+        check_augmenter_options(batch_p=batch_p, cam_scale=cam_scale, targets=targets, num_classes=num_classes,
+                                seed=seed, warmup_steps=warmup_steps, ema_decay=ema_decay, rank=rank)
         if ema_decay is not None and isinstance(cam, BaseCAM):
             raise ValueError(
                 "ema_decay needs to build the CAM on the moving-average copy of the model, which a CAM object "
@@ -201,7 +269,7 @@ class SaliencyAugmenter:
             )
         self.model = model
         self.transform = transform
-        self.p = float(p)
+        self.batch_p = batch_p
         self.cam_scale = float(cam_scale)
         self.targets = targets
         self.num_classes: int | None = int(num_classes) if num_classes is not None else transform.num_classes
@@ -216,13 +284,15 @@ class SaliencyAugmenter:
         self._layer_spec = target_layer
         # Built now when the layer is known, so a wrong name fails here and not at the first batch.
         self._cam: BaseCAM | None = None
+        if isinstance(cam, BaseCAM):
+            _check_cam_model(cam, model)
         if isinstance(cam, BaseCAM) or target_layer is not None:
             self._cam = create_cam(cam, model, target_layer)
         self._ema: nn.Module | None = None
         self._ema_cam: BaseCAM | None = None
         self._ema_pending: dict[str, Tensor] | None = None
         self._checked_classes = False
-        self._checked_cam = False
+        self._checked_sizes: set[tuple[int, int]] = set()  # image sizes whose CAM layer output was checked
         self._generator = torch.Generator()
 
     # ------------------------------------------------------------------ properties
@@ -253,7 +323,7 @@ class SaliencyAugmenter:
         layer = self._layer_spec if isinstance(self._layer_spec, (str, type(None))) else type(self._layer_spec).__name__
         extra = f", ema_decay={self.ema_decay}" if self.ema_decay is not None else ""
         return (f"{type(self).__name__}({type(self.transform).__name__}, cam={cam!r}, target_layer={layer!r}, "
-                f"p={self.p}, cam_scale={self.cam_scale}, warmup_steps={self.warmup_steps}{extra})")
+                f"batch_p={self.batch_p}, cam_scale={self.cam_scale}, warmup_steps={self.warmup_steps}{extra})")
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -266,11 +336,18 @@ class SaliencyAugmenter:
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; missing entries (older checkpoints) keep their defaults."""
-        self.seed = int(state_dict.get("seed", self.seed))
-        self.steps = int(state_dict.get("steps", 0))
-        self.augmented = int(state_dict.get("augmented", 0))
+        """Restore :meth:`state_dict`: the stream position and, with ``ema_decay``, the EMA weights.
+
+        Raises:
+            TypeError: ``state_dict`` is not a mapping, or an entry has the wrong type.
+            ValueError: a missing or out-of-range entry (``seed``, ``steps``, ``augmented``), or EMA
+                weights that do not fit the model (another architecture).
+        """
+        seed, steps, augmented = check_stream_state(state_dict, type(self).__name__)
         ema = state_dict.get("ema")
+        if ema is not None and self.ema_decay is not None:
+            check_ema_state(ema, unwrap_model(self.model), type(self).__name__)
+        self.seed, self.steps, self.augmented = int(seed), steps, augmented  # type: ignore[arg-type]
         if ema is not None and self.ema_decay is not None:
             if self._ema is not None:
                 self._ema.load_state_dict(ema)
@@ -325,7 +402,7 @@ class SaliencyAugmenter:
         images = check_images(images, finite=True)
         self._check_labels(labels, images)
         use_model = saliency is None
-        if not self._checked_classes or (use_model and not self._checked_cam):
+        if not self._checked_classes or (use_model and tuple(images.shape[-2:]) not in self._checked_sizes):
             self._first_call(images, use_model=use_model)
         if labels.ndim == 1 and self.num_classes is not None:
             check_class_indices(labels, self.num_classes, "label indices", f"num_classes={self.num_classes}")
@@ -335,7 +412,7 @@ class SaliencyAugmenter:
         if self.ema_decay is not None:
             self._update_ema()
         k = self.num_classes
-        augment = self.p >= 1.0 or bool(torch.rand((), generator=generator) < self.p)
+        augment = self.batch_p >= 1.0 or bool(torch.rand((), generator=generator) < self.batch_p)
         warm = self.in_warmup(step)
         if not augment:
             self.last = AugmenterRecord(step, False, warm, images, labels)
@@ -371,9 +448,15 @@ class SaliencyAugmenter:
             # collapse to 1x1 and the probe would silently pick an earlier one.
             inner = unwrap_model(self.model)
             with self.forward_context(), eval_mode(inner):
-                name, _ = probe_target_layer(inner, images[:1])
+                name, _ = probe_target_layer(inner, self._as_model_dtype(images[:1], inner))
             self._cam = create_cam(self._cam_spec, self.model, name)
         return self._cam
+
+    @staticmethod
+    def _as_model_dtype(images: Tensor, model: nn.Module) -> Tensor:
+        """Images cast to the model's parameter dtype, as the CAM engine casts them."""
+        dtype = model_dtype(model)
+        return images if dtype is None or images.dtype == dtype else images.to(dtype)
 
     def _check_labels(self, labels: object, images: Tensor) -> None:
         b = images.shape[0]
@@ -404,13 +487,23 @@ class SaliencyAugmenter:
             )
 
     def _first_call(self, images: Tensor, *, use_model: bool) -> None:
-        """One-image probe: the model's output width against ``num_classes``; the CAM layer's size."""
+        """One-image probe: the model's output width against ``num_classes``; the CAM layer's size.
+
+        Runs on the first call and again for every new image size (when the CAM is used).
+        """
+        inner = unwrap_model(self.model)
+        if any(t.is_meta for t in inner.parameters()) or any(t.is_meta for t in inner.buffers()):
+            raise ValueError(
+                f"the model ({type(inner).__name__}) has parameters on the 'meta' device: they hold no values, so "
+                "it can compute neither logits nor CAMs; materialise it first (model.to_empty(device=...) and load "
+                "or initialise the weights) before augmenting"
+            )
         if use_model and min(math.floor(n * self.cam_scale) for n in images.shape[-2:]) < 1:
             raise ValueError(
                 f"cam_scale={self.cam_scale} shrinks the {images.shape[-2]}x{images.shape[-1]} images to nothing; "
                 "raise cam_scale (1.0 runs the CAM at full size)"
             )
-        x = self._cam_input(images[:1]) if use_model else images[:1]
+        x = self._as_model_dtype(self._cam_input(images[:1]) if use_model else images[:1], inner)
         layer = self._live_cam(images).target_layer if use_model else None
         found: dict[str, Any] = {}
 
@@ -418,7 +511,6 @@ class SaliencyAugmenter:
             if isinstance(output, Tensor):
                 found["shape"] = tuple(output.shape)
 
-        inner = unwrap_model(self.model)
         handle = layer.register_forward_hook(hook) if layer is not None else None
         try:
             with self.forward_context(), torch.no_grad(), eval_mode(inner):
@@ -448,7 +540,7 @@ class SaliencyAugmenter:
                 "(every map would be flat and the transform would place its boxes at random). Raise cam_scale, "
                 "use larger images, or choose a target layer before the last downsampling"
             )
-        self._checked_cam = True
+        self._checked_sizes.add(tuple(images.shape[-2:]))  # type: ignore[arg-type]
 
     def _check_num_classes(self, logits: object) -> None:
         width = int(logits.shape[1]) if isinstance(logits, Tensor) and logits.ndim == 2 else None
@@ -472,6 +564,12 @@ class SaliencyAugmenter:
 
     # ------------------------------------------------------------------ EMA
     def _update_ema(self) -> None:
+        # Under torch.inference_mode() the copy and the update would make inference tensors, which
+        # the EMA model's later CAM backward cannot save; both run outside it.
+        with torch.inference_mode(False):
+            self._update_ema_weights()
+
+    def _update_ema_weights(self) -> None:
         source = unwrap_model(self.model)
         if self._ema is None:
             self._ema = self._copy_model(source)
@@ -485,8 +583,8 @@ class SaliencyAugmenter:
         live = [p.detach() for p in source.parameters()]
         floats = [(e, w) for e, w in zip(ema_params, live) if e.is_floating_point()]
         with torch.no_grad():
-            if floats:
-                torch._foreach_lerp_([e for e, _ in floats], [w for _, w in floats], 1.0 - decay)
+            for e, w in floats:
+                e.lerp_(w, 1.0 - decay)
             for e, w in zip(self._ema.buffers(), source.buffers()):
                 e.copy_(w)
 
@@ -505,3 +603,71 @@ class SaliencyAugmenter:
         ema.eval()
         self._ema_cam = None
         return ema
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _check_cam_model(cam: BaseCAM, model: nn.Module) -> None:
+    """Refuse a CAM object built on a model other than ``model`` (or one of its submodules)."""
+    inner = unwrap_model(model)
+    if not any(m is cam.model for m in inner.modules()):
+        raise ValueError(
+            f"cam={type(cam).__name__}(...) was built on another model ({type(cam.model).__name__}) than the one "
+            f"being trained ({type(inner).__name__}): its CAMs would not follow the training. Build it on this "
+            f"model ({type(cam).__name__}(model, target_layer)) or pass the method's name (cam='gradcam')"
+        )
+
+
+def check_stream_state(state: object, owner: str, names: tuple[str, str, str] = ("seed", "steps", "augmented"), *,
+                       seed_optional: bool = False) -> tuple[int | None, int, int]:
+    """``(seed, steps, augmented)`` from a state dict, each entry checked and named in the error.
+
+    Args:
+        state: what ``load_state_dict`` received.
+        owner: the class name, for the message.
+        names: the keys of the seed, the step counter and the augmented-batch counter.
+        seed_optional: accept a ``None`` seed (a callback saved before its seed was drawn).
+
+    Raises:
+        TypeError: ``state`` is not a mapping, or an entry is not an int.
+        ValueError: a missing entry, a negative counter, or more augmented batches than steps.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(
+            f"{owner}.load_state_dict needs the dict its state_dict() returned, got {type(state).__name__}"
+        )
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise ValueError(
+            f"{owner}.load_state_dict: the state has no {', '.join(repr(m) for m in missing)} entr"
+            f"{'y' if len(missing) == 1 else 'ies'} (it has {sorted(map(str, state))[:8]}); pass what "
+            f"{owner}.state_dict() returned, not another object's state (a model's state_dict, a truncated dict)"
+        )
+    seed_name, steps_name, aug_name = names
+    seed = check_number(f"state_dict[{seed_name!r}]", state[seed_name], integer=True, optional=seed_optional)
+    steps, augmented = (check_number(f"state_dict[{n!r}]", state[n], integer=True, low=0) for n in names[1:])
+    if augmented > steps:  # type: ignore[operator]
+        raise ValueError(f"{owner}.load_state_dict: state_dict[{aug_name!r}]={augmented} exceeds "
+                         f"state_dict[{steps_name!r}]={steps}; the state is corrupt")
+    return (None if seed is None else int(seed)), int(steps), int(augmented)  # type: ignore[arg-type]
+
+
+def check_ema_state(ema: object, model: nn.Module, owner: str) -> None:
+    """Refuse EMA weights whose entries or shapes differ from ``model``'s state dict."""
+    if not isinstance(ema, Mapping):
+        raise TypeError(f"{owner}.load_state_dict: state_dict['ema'] must be the EMA model's state dict, got "
+                        f"{type(ema).__name__}")
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(ema)), sorted(set(ema) - set(own))
+    wrong = [k for k in own if k in ema and isinstance(ema[k], Tensor) and tuple(ema[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        details = "; ".join(part for part in (
+            f"missing {missing[:4]}" if missing else "",
+            f"unexpected {unexpected[:4]}" if unexpected else "",
+            "shape of " + ", ".join(f"{k!r} {tuple(ema[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
+            if wrong else "",
+        ) if part)
+        raise ValueError(
+            f"{owner}.load_state_dict: state_dict['ema'] (the moving-average weights) does not fit the model "
+            f"{type(model).__name__} ({details}); it was saved from another architecture. Resume with the same "
+            "model, or drop the 'ema' entry to start the average afresh"
+        )

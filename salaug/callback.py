@@ -30,8 +30,18 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 from torch import Tensor, nn
 
-from salaug._checks import check_number
-from salaug.augmenter import AugmenterRecord, SaliencyAugmenter, check_augmenter_options
+from salaug._batch import get_field
+from salaug._checks import check_images, check_key, check_number, check_targets
+from salaug.augmenter import (
+    AugmenterRecord,
+    DeprecatedBatchP,
+    SaliencyAugmenter,
+    check_augmenter_options,
+    check_ema_state,
+    check_stream_state,
+    resolve_batch_p,
+)
+from salaug.cam.layers import unwrap_model
 from salaug.transforms.base import SaliencyTransform
 
 if sys.version_info >= (3, 12):
@@ -39,7 +49,7 @@ if sys.version_info >= (3, 12):
 else:
     from typing_extensions import override
 
-__all__ = ["SaliencyAugmentation", "callback_bases"]
+__all__ = ["SaliencyAugmentation", "callback_bases", "picture_sinks"]
 
 
 def callback_bases() -> tuple[type, ...]:
@@ -81,6 +91,28 @@ def _uncompiled_forward(pl_module: nn.Module) -> Iterator[None]:
         pl_module.forward = compiled  # type: ignore[method-assign]
 
 
+def picture_sinks(trainer: pl.Trainer, picture_dir: str | None, subdir: str) -> tuple[list[Any], str | None]:
+    """Where a callback's pictures go: the one rule of :class:`SaliencyAugmentation` and the monitor.
+
+    Nothing on ranks other than 0 or under ``fast_dev_run``. Otherwise every logger with an
+    ``add_image`` experiment (TensorBoard) gets the picture, and PNG files go to ``picture_dir``
+    when given, else (no logger takes images) to ``<log_dir>/<subdir>`` of a file logger (CSV). A
+    ``DummyLogger`` (``logger=False``) counts as no logger: without one and without ``picture_dir``
+    nothing is drawn or written.
+
+    Returns:
+        ``(loggers, directory)``: the loggers taking images, and the PNG directory or ``None``.
+    """
+    if not trainer.is_global_zero or trainer.fast_dev_run:
+        return [], None
+    loggers = [lg for lg in trainer.loggers if not isinstance(lg, DummyLogger)]
+    takes_images = [lg for lg in loggers if hasattr(getattr(lg, "experiment", None), "add_image")]
+    directory = picture_dir
+    if directory is None and not takes_images and loggers and trainer.log_dir is not None:
+        directory = os.path.join(trainer.log_dir, subdir)  # a file logger (CSV): PNGs beside its metrics
+    return takes_images, directory
+
+
 class _LightningAugmenter(SaliencyAugmenter):
     """The augmenter with the Trainer's precision context and the callback's ``compute_saliency`` hook."""
 
@@ -108,7 +140,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
     Example:
         >>> import salaug
         >>> cb = salaug.SaliencyAugmentation(salaug.SaliencyMix(num_classes=10), cam="gradcam",
-        ...                                  target_layer="net.layer4", p=0.5)
+        ...                                  target_layer="net.layer4")
         >>> cb.state_key
         "SaliencyAugmentation{'transform': 'SaliencyMix', 'cam': 'gradcam', 'target_layer': 'net.layer4', 'image_key': 0, 'label_key': 1}"
 
@@ -119,8 +151,10 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
             on the LightningModule.
         target_layer: dotted module name relative to the LightningModule (``"net.layer4"``), or
             ``None`` for the last layer with a spatial ``(B, C, h, w)`` output.
-        p: probability that a batch is augmented. Skipped batches still get ``(B, K)`` one-hot
-            labels, so the label format does not flicker between steps.
+        batch_p: probability that a batch goes to the transform at all; the default 1.0 sends every
+            batch, and the transform's own ``p`` (per sample) decides which images are mixed.
+            Skipped batches still get ``(B, K)`` one-hot labels, so the label format does not
+            flicker between steps.
         start_epoch: first epoch (0-based) to augment.
         stop_epoch: epoch at which augmentation stops (exclusive), e.g. to train the last epochs
             on clean data; ``None`` augments to the end. Outside the window batches are untouched.
@@ -146,6 +180,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         ema_decay: ``None`` or a decay in ``(0, 1)``: CAMs from an exponential moving average of the
             weights (see :class:`salaug.SaliencyAugmenter`).
         picture_dir: directory for PNG pictures (created when the first one is written).
+        p: deprecated name of ``batch_p`` (a ``DeprecationWarning``).
 
     Raises:
         TypeError: if ``transform`` is not a salaug transform, or (at run time) the batch is a
@@ -155,13 +190,15 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         RuntimeError: under strategies that shard the model (FSDP, DeepSpeed, model parallel) or XLA.
     """
 
+    p = DeprecatedBatchP()  # the old name of batch_p
+
     def __init__(
         self,
         transform: SaliencyTransform,
         cam: str | Any = "gradcam",
         target_layer: str | nn.Module | None = None,
         *,
-        p: float = 1.0,
+        batch_p: float = 1.0,
         start_epoch: int = 0,
         stop_epoch: int | None = None,
         cam_scale: float = 1.0,
@@ -175,24 +212,29 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         warmup_steps: int = 0,
         ema_decay: float | None = None,
         picture_dir: str | os.PathLike[str] | None = None,
+        p: float | None = None,
     ) -> None:
         if not isinstance(transform, SaliencyTransform):
             raise TypeError(
                 f"transform must be a salaug transform (e.g. salaug.SaliencyMix(num_classes=10)), "
                 f"got {type(transform).__name__}"
             )
-        check_augmenter_options(p=p, cam_scale=cam_scale, targets=targets, num_classes=num_classes, seed=seed,
-                                warmup_steps=warmup_steps, ema_decay=ema_decay)
+        batch_p = resolve_batch_p(batch_p, p, type(self).__name__)
+        targets = check_targets("targets", targets, type(self).__name__)  # type: ignore[assignment]
+        check_augmenter_options(batch_p=batch_p, cam_scale=cam_scale, targets=targets, num_classes=num_classes,
+                                seed=seed, warmup_steps=warmup_steps, ema_decay=ema_decay)
         check_number("start_epoch", start_epoch, integer=True, low=0)
         check_number("stop_epoch", stop_epoch, integer=True, low=0, optional=True)
         check_number("warmup_epochs", warmup_epochs, integer=True, low=0)
         check_number("log_every_n_steps", log_every_n_steps, integer=True, low=0)
+        check_key("image_key", image_key)
+        check_key("label_key", label_key)
         if stop_epoch is not None and stop_epoch <= start_epoch:
             raise ValueError(f"need 0 <= start_epoch < stop_epoch, got {start_epoch} and {stop_epoch}")
         self.transform = transform
         self.cam = cam
         self.target_layer = target_layer
-        self.p = float(p)
+        self.batch_p = batch_p
         self.start_epoch = start_epoch
         self.stop_epoch = stop_epoch
         self.cam_scale = float(cam_scale)
@@ -284,7 +326,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
             self.seed = torch.initial_seed() % (2**62)
         self._augmenter = _LightningAugmenter(
             self, trainer, pl_module, transform=self.transform, cam=self.cam, target_layer=self.target_layer,
-            p=self.p, cam_scale=self.cam_scale, targets=self.targets, num_classes=self._num_classes, seed=self.seed,
+            batch_p=self.batch_p, cam_scale=self.cam_scale, targets=self.targets, num_classes=self._num_classes, seed=self.seed,
             warmup_steps=self.warmup_steps, ema_decay=self.ema_decay, rank=trainer.global_rank,
         )
         self._augmenter.steps = self._counts["steps"]
@@ -318,17 +360,26 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # .get with defaults: checkpoints of older versions may lack entries.
-        self.seed = state_dict.get("seed", self.seed)
-        self.batches_seen = state_dict.get("batches_seen", 0)
-        self.batches_augmented = state_dict.get("batches_augmented", 0)
+        """Restore :meth:`state_dict` (Lightning calls it on resume).
+
+        Raises:
+            TypeError, ValueError: a state that is not this callback's (a missing, mistyped or
+                negative entry, EMA weights of another architecture), naming the entry.
+        """
+        seed, seen, augmented = check_stream_state(state_dict, type(self).__name__,
+                                                   ("seed", "batches_seen", "batches_augmented"), seed_optional=True)
+        if self._augmenter is not None and state_dict.get("ema") is not None and self.ema_decay is not None:
+            check_ema_state(state_dict["ema"], unwrap_model(self._augmenter.model), type(self).__name__)
+        self.seed = seed if seed is not None else self.seed
+        self.batches_seen = seen
+        self.batches_augmented = augmented
         inner = {"seed": self.seed, "steps": self.batches_seen, "augmented": self.batches_augmented}
         if "ema" in state_dict:
             inner["ema"] = state_dict["ema"]
         if self._augmenter is not None:
             self._augmenter.load_state_dict(inner)
-        else:
-            self._pending_state = inner
+        elif inner["seed"] is not None:
+            self._pending_state = inner  # applied (and its EMA checked) at setup
 
     # -- the work ---------------------------------------------------------------------------------
     @override
@@ -337,6 +388,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         if not self._in_window(trainer.current_epoch) or self._augmenter is None:
             return
         images, labels = self._read(batch)
+        self._augmenter.batch_p = self.batch_p  # a gate changed during training (e.g. off for the last epochs)
         new_images, soft_labels = self._augmenter(images, labels)
         self._write(batch, new_images, soft_labels)
         record = self._augmenter.last
@@ -401,18 +453,9 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
             raise TypeError(
                 f"SaliencyAugmentation needs a list or dict batch to rewrite, got {type(batch).__name__}"
             )
-        try:
-            images, labels = batch[self.image_key], batch[self.label_key]
-        except (KeyError, IndexError) as err:
-            raise KeyError(
-                f"batch has no entry {err}: set image_key / label_key to the positions or keys of the "
-                f"images and labels (now {self.image_key!r} and {self.label_key!r})"
-            ) from None
-        if not isinstance(images, Tensor) or images.ndim != 4:
-            raise ValueError(
-                f"batch[{self.image_key!r}] must be images of shape (B, C, H, W), got "
-                f"{getattr(images, 'shape', type(images).__name__)}; check image_key"
-            )
+        images = get_field(batch, self.image_key, "images", "image_key", kind="batch")
+        labels = get_field(batch, self.label_key, "labels", "label_key", kind="batch")
+        check_images(images, f"batch[{self.image_key!r}] (image_key)")
         return images, labels
 
     def _write(self, batch: Any, images: Tensor, labels: Tensor) -> None:
@@ -438,13 +481,9 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
 
     def _find_picture_sinks(self, trainer: pl.Trainer) -> tuple[list[Any], str | None]:
         """Loggers taking ``add_image`` pictures, and the PNG directory (``None``: write no files)."""
-        if not self.log_every_n_steps or not trainer.is_global_zero or trainer.fast_dev_run:
+        if not self.log_every_n_steps:
             return [], None
-        loggers = [lg for lg in trainer.loggers if not isinstance(lg, DummyLogger)]
-        takes_images = [lg for lg in loggers if hasattr(getattr(lg, "experiment", None), "add_image")]
-        directory = self.picture_dir
-        if directory is None and not takes_images and loggers and trainer.log_dir is not None:
-            directory = os.path.join(trainer.log_dir, "salaug")  # a file logger (CSV): PNGs beside its metrics
+        takes_images, directory = picture_sinks(trainer, self.picture_dir, "salaug")
         # Imports paid here, at the start of training, not by the step that logs the first picture.
         if takes_images:
             importlib.import_module("torchvision.utils")

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from salaug.callback import callback_bases
+from salaug._batch import get_field
+from salaug._checks import check_flag, check_key, check_number
+from salaug.callback import callback_bases, picture_sinks
 from salaug.cam import create_cam
-from salaug.diagnosis import localisation_score
-from salaug.metrics import cam_box_iou, pointing_game
+from salaug.metrics import cam_box_iou, localisation_score, pointing_game
+
+if sys.version_info >= (3, 12):
+    from typing import override
+else:
+    from typing_extensions import override
 
 __all__ = ["SaliencyMonitor"]
 
@@ -40,9 +48,14 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
     (``BACKBONE_THRESHOLD``, ``HEAD_THRESHOLD``) apply to the two scores. Everything is logged as
     ``salaug_monitor/<name>``, each a mean over the images it was measured on, together with a
     picture of a fixed set of validation images and their GradCAM, EigenCAM (and AblationCAM)
-    overlays: to loggers that take images (TensorBoard), else as PNG files into ``picture_dir``
-    when given, else into ``<log_dir>/salaug_monitor/`` of a file logger (CSV). Without a logger
-    (``logger=False``, ``fast_dev_run``) and without ``picture_dir`` no picture is drawn or written.
+    overlays, by the rule of :class:`salaug.SaliencyAugmentation`: to loggers that take images
+    (TensorBoard), as PNG files into ``picture_dir`` when given, else into
+    ``<log_dir>/salaug_monitor/`` of a file logger (CSV) that takes no images. Without a logger
+    (``logger=False``) and without ``picture_dir``, or under ``fast_dev_run``, no picture is drawn
+    or written.
+
+    :attr:`history` (one dict of means per monitored epoch) is saved in checkpoints and restored
+    on resume (:meth:`state_dict`).
 
     Args:
         cam: CAM method name or CAM object (see :class:`salaug.SaliencyAugmentation`).
@@ -60,7 +73,9 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
         picture_dir: directory for PNG pictures (created when the first one is written).
 
     Raises:
-        ValueError: for ``num_images < 1``, ``every_n_epochs < 1`` or ``head_max_batches < 1``.
+        TypeError: an argument of the wrong type (a key that is neither an int nor a str, ...).
+        ValueError: for ``num_images``, ``every_n_epochs``, ``max_batches`` or ``head_max_batches``
+            below 1.
     """
 
     def __init__(self, cam: str | Any = "gradcam", target_layer: str | nn.Module | None = None, *,
@@ -68,11 +83,17 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
                  box_key: int | str | None = None, max_batches: int | None = None,
                  every_n_epochs: int = 1, head_check: bool = True, head_max_batches: int | None = 2,
                  picture_dir: str | os.PathLike[str] | None = None) -> None:
-        if num_images < 1 or every_n_epochs < 1:
-            raise ValueError("num_images and every_n_epochs must be >= 1")
-        if head_max_batches is not None and head_max_batches < 1:
+        check_number("num_images", num_images, integer=True, low=1)
+        check_number("every_n_epochs", every_n_epochs, integer=True, low=1)
+        check_number("max_batches", max_batches, integer=True, low=1, optional=True)
+        check_flag("head_check", head_check)
+        if isinstance(head_max_batches, int) and not isinstance(head_max_batches, bool) and head_max_batches < 1:
             raise ValueError(f"head_max_batches must be >= 1 or None, got {head_max_batches!r}; turn the head "
                              "check off with head_check=False")
+        check_number("head_max_batches", head_max_batches, integer=True, low=1, optional=True)
+        check_key("image_key", image_key)
+        check_key("label_key", label_key, optional=True)
+        check_key("box_key", box_key, optional=True)
         self.cam = cam
         self.target_layer = target_layer
         self.num_images = num_images
@@ -90,24 +111,48 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
         self._count = 0
         self.picture_dir = os.fspath(picture_dir) if picture_dir is not None else None
 
+    @property
+    @override
+    def state_key(self) -> str:
+        layer = self.target_layer if isinstance(self.target_layer, (str, type(None))) else type(self.target_layer).__name__
+        cam = self.cam if isinstance(self.cam, str) else type(self.cam).__name__
+        return self._generate_state_key(cam=cam, target_layer=layer, image_key=self.image_key,
+                                        label_key=self.label_key, box_key=self.box_key)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(h) for h in self.history]}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :attr:`history` from :meth:`state_dict` (Lightning calls it on resume).
+
+        Raises:
+            TypeError, ValueError: a state that is not this monitor's (no ``history`` list of
+                ``{name: number}`` dicts with an ``epoch``), naming the entry.
+        """
+        if not isinstance(state_dict, Mapping) or "history" not in state_dict:
+            got = sorted(map(str, state_dict))[:8] if isinstance(state_dict, Mapping) else type(state_dict).__name__
+            raise ValueError(f"SaliencyMonitor.load_state_dict needs the dict its state_dict() returned, with a "
+                             f"'history' entry; got {got}")
+        history = state_dict["history"]
+        if not isinstance(history, list) or not all(
+            isinstance(h, Mapping) and "epoch" in h
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in h.values())
+            for h in history
+        ):
+            raise TypeError("SaliencyMonitor.load_state_dict: state_dict['history'] must be a list of {name: number} "
+                            "dicts with an 'epoch' entry, as state_dict() returns")
+        self.history = [{str(k): float(v) for k, v in h.items()} for h in history]
+
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._cam = create_cam(self.cam, pl_module, self.target_layer)
-
-    def _picture_target(self, trainer: pl.Trainer) -> Any:
-        """The logger experiment that takes images, else a PNG directory, else ``None`` (no picture)."""
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_image"):
-                return experiment
-        if self.picture_dir is not None:
-            return self.picture_dir
-        if trainer.loggers and trainer.log_dir is not None:
-            return os.path.join(trainer.log_dir, "salaug_monitor")  # a file logger (CSV)
-        return None
 
     def _enabled(self, trainer: pl.Trainer) -> bool:
         return not trainer.sanity_checking and trainer.current_epoch % self.every_n_epochs == 0
 
+    @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sums, self._count = {}, 0
 
@@ -123,14 +168,16 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
         if self._ablation is None and self.head_check:
             self._ablation = AblationCAM(pl_module, self._cam.target_layer)
 
+    @override
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if not self._enabled(trainer) or (self.max_batches is not None and batch_idx >= self.max_batches):
             return
         # Lightning validates under inference_mode; CAMs need autograd on fresh, normal tensors.
         with torch.inference_mode(False), torch.enable_grad():
-            images = batch[self.image_key].clone()
-            labels = None if self.label_key is None else batch[self.label_key].clone()
+            images = get_field(batch, self.image_key, "images", "image_key", kind="batch").clone()
+            labels = None if self.label_key is None else \
+                get_field(batch, self.label_key, "labels", "label_key", kind="batch").clone()
             if self._fixed is None:
                 k = self.num_images
                 self._fixed = (images[:k], None if labels is None else labels[:k])
@@ -142,7 +189,7 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
             if head_maps is not None:
                 stats["head_agreement"] = _cosine(head_maps, eigen_maps)
             if self.box_key is not None:
-                boxes = batch[self.box_key].clone().to(images.device)
+                boxes = get_field(batch, self.box_key, "boxes", "box_key", kind="batch").clone().to(images.device)
                 stats["pointing_game"] = pointing_game(grad_maps, boxes).float()
                 stats["box_iou"] = cam_box_iou(grad_maps, boxes)
                 score, hit, _ = localisation_score(eigen_maps, boxes)
@@ -157,6 +204,7 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
             total[1] = total[1] + value.numel()
         self._count += images.shape[0]
 
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._enabled(trainer) or self._count == 0:
             return
@@ -167,8 +215,8 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
             self._log_picture(trainer)
 
     def _log_picture(self, trainer: pl.Trainer) -> None:
-        target = self._picture_target(trainer)
-        if target is None:
+        loggers, directory = picture_sinks(trainer, self.picture_dir, "salaug_monitor")
+        if not loggers and directory is None:
             return
         from salaug.viz import overlay, save_grid, to_display
 
@@ -179,14 +227,15 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
                     overlay(shown, self._eigen(images, labels).float())]
             if self._ablation is not None:
                 rows.append(overlay(shown, self._ablation(images, labels).float()))
-        if not isinstance(target, str):
+        if loggers:
             import torchvision
 
             grid = torchvision.utils.make_grid(torch.cat(rows), nrow=images.shape[0])
-            target.add_image("salaug_monitor/gradcam_eigencam_ablationcam", grid, trainer.global_step)
-            return
-        named = dict(zip(["validation images", "GradCAM", "EigenCAM (backbone)", "AblationCAM (head)"], rows))
-        save_grid(named, os.path.join(target, f"epoch{trainer.current_epoch:04d}.png"), nrow=images.shape[0])
+            for logger in loggers:
+                logger.experiment.add_image("salaug_monitor/gradcam_eigencam_ablationcam", grid, trainer.global_step)
+        if directory is not None:
+            named = dict(zip(["validation images", "GradCAM", "EigenCAM (backbone)", "AblationCAM (head)"], rows))
+            save_grid(named, os.path.join(directory, f"epoch{trainer.current_epoch:04d}.png"), nrow=images.shape[0])
 
 
 def _cosine(a: Tensor, b: Tensor) -> Tensor:

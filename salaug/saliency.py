@@ -14,8 +14,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from salaug._filters import gaussian_blur
-from salaug._checks import check_images, normalize_saliency
-from salaug._checks import check_finite, check_image_extent, check_number, zero_nonfinite_maps
+from salaug._checks import (
+    check_choice,
+    check_finite,
+    check_image_extent,
+    check_images,
+    check_number,
+    normalize_saliency,
+    zero_nonfinite_maps,
+)
 
 __all__ = ["SpectralResidual"]
 
@@ -75,14 +82,13 @@ class SpectralResidual(nn.Module):
         eps: float = 1e-3,
     ) -> None:
         super().__init__()
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 4):
-            raise ValueError(f"size must be an int >= 4 (or None to keep the input size), got {size!r}")
-        if isinstance(avg_kernel, bool) or not isinstance(avg_kernel, int) or avg_kernel < 1 or avg_kernel % 2 == 0:
+        check_number("size", size, integer=True, low=4, optional=True)
+        check_number("avg_kernel", avg_kernel, integer=True, low=1)
+        if avg_kernel % 2 == 0:
             raise ValueError(f"avg_kernel must be a positive odd int (the paper uses 3), got {avg_kernel!r}")
         if sigma is not None:
             sigma = check_number("sigma", sigma, low=0)
-        if not isinstance(grayscale, str) or grayscale not in ("mean", "luma"):
-            raise ValueError(f"grayscale must be 'mean' or 'luma', got {grayscale!r}")
+        check_choice("grayscale", grayscale, ("mean", "luma"))
         self.size = size
         self.avg_kernel = avg_kernel
         self.sigma = sigma

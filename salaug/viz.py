@@ -12,24 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import check_images
+from salaug._checks import check_images, check_number, check_saliency_shape, resize_saliency
 
 __all__ = ["colorize", "draw_boxes", "overlay", "save_grid", "to_display"]
-
-
-def _check_map(saliency: object) -> Tensor:
-    if not isinstance(saliency, Tensor):
-        raise TypeError(f"saliency must be a torch.Tensor of shape (B, 1, H, W), got {type(saliency).__name__}")
-    if saliency.ndim == 3:
-        saliency = saliency.unsqueeze(1)
-    if saliency.ndim != 4 or saliency.shape[1] != 1:
-        raise ValueError(f"saliency must have shape (B, 1, H, W) (or (B, H, W)), got {tuple(saliency.shape)}")
-    if not saliency.is_floating_point():
-        raise TypeError(f"saliency must be floating point in [0, 1], got {saliency.dtype}")
-    return saliency
 
 
 def colorize(saliency: Tensor) -> Tensor:
@@ -47,7 +34,7 @@ def colorize(saliency: Tensor) -> Tensor:
         >>> colorize(torch.tensor([0.0, 0.5, 1.0]).view(1, 1, 1, 3))[0, :, 0].T.tolist()
         [[0.0, 0.0, 0.5], [0.5, 1.0, 0.5], [0.5, 0.0, 0.0]]
     """
-    s = torch.nan_to_num(_check_map(saliency).to(torch.float32), nan=0.0).clamp(0, 1)
+    s = torch.nan_to_num(check_saliency_shape(saliency).to(torch.float32), nan=0.0).clamp(0, 1)
     centers = torch.tensor([3.0, 2.0, 1.0], device=s.device).view(1, 3, 1, 1)  # R, G, B peaks (x 1/4)
     return (1.5 - (4 * s - centers).abs()).clamp(0, 1)
 
@@ -111,30 +98,18 @@ def overlay(images: Tensor, saliency: Tensor, alpha: float = 0.5) -> Tensor:
         >>> out.shape, out[0, :, 0, 0].tolist()
         (torch.Size([2, 3, 8, 8]), [0.25, 0.0, 0.0])
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a number in [0, 1], got {type(alpha).__name__}")
-    if not 0 <= alpha <= 1:  # NaN fails too
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    alpha = check_number("alpha", alpha, low=0.0, high=1.0)  # type: ignore[assignment]
     rgb = torch.nan_to_num(_as_rgb(images).to(torch.float32), nan=0.0).clamp(0, 1)
-    s = _check_map(saliency).to(device=rgb.device, dtype=torch.float32)
+    s = check_saliency_shape(saliency).to(device=rgb.device, dtype=torch.float32)
     if s.shape[0] != rgb.shape[0]:
         raise ValueError(f"saliency batch size {s.shape[0]} does not match images batch size {rgb.shape[0]}")
-    if s.shape[-2:] != rgb.shape[-2:]:
-        s = F.interpolate(s, size=rgb.shape[-2:], mode="bilinear", align_corners=False)
+    s = resize_saliency(s, tuple(rgb.shape[-2:]))  # type: ignore[arg-type]
     return torch.lerp(rgb, colorize(s), alpha)
 
 
 def _to_uint8(images: Tensor) -> Tensor:
     x = torch.nan_to_num(images.detach().to(torch.float32), nan=0.0, posinf=1.0, neginf=0.0)
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def draw_boxes(
@@ -169,7 +144,7 @@ def draw_boxes(
 
     rgb = _as_rgb(images)
     b, _, h, w = rgb.shape
-    _check_int(width, "width", 1)
+    check_number("width", width, integer=True, low=1)
     if isinstance(boxes, Tensor):
         if boxes.ndim != 2 or boxes.shape != (b, 4):
             raise ValueError(
@@ -261,10 +236,10 @@ def save_grid(
         if t.shape[-2:] != (h, w):
             raise ValueError(f"all rows must share one image size, got {tuple(t.shape[-2:])} and {(h, w)}")
     if nrow is not None:
-        _check_int(nrow, "nrow", 1)
+        check_number("nrow", nrow, integer=True, low=1)
     if scale is not None:
-        _check_int(scale, "scale", 1)
-    _check_int(padding, "padding", 0)
+        check_number("scale", scale, integer=True, low=1)
+    check_number("padding", padding, integer=True, low=0)
     from salaug.data._paths import check_output_file
 
     path = check_output_file(path, "picture file")  # before drawing anything

@@ -1,7 +1,10 @@
-"""Shared fixtures: the devices and dtypes the transform contract runs on.
+"""Shared fixtures: the devices and dtypes the hot paths (transforms, CAM engine, augmenter) run on.
 
-``device`` is CPU always and CUDA when one is present; ``dtype`` is every floating dtype the
-transforms accept for images. A test that takes them runs once per combination.
+``device`` follows the ``--device`` option, as in kornia's test suite: ``cpu`` (the default) runs
+on the CPU only; ``cuda`` runs every device test on the CPU and on the GPU (an error when CUDA is
+not available). So one ``pytest --device cuda`` covers the hot paths on a GPU machine. ``dtype``
+is every floating dtype the transforms accept for images. A test that takes them runs once per
+combination.
 """
 
 from __future__ import annotations
@@ -9,14 +12,30 @@ from __future__ import annotations
 import pytest
 import torch
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
-@pytest.fixture(params=DEVICES)
-def device(request: pytest.FixtureRequest) -> torch.device:
-    """``torch.device`` to run on: ``cpu``, and ``cuda`` when available."""
-    return torch.device(request.param)
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device", action="store", default="cpu", choices=("cpu", "cuda"),
+        help="devices for the tests that take the `device` fixture: cpu (default) or cuda (cpu and cuda)",
+    )
+
+
+def devices(config: pytest.Config) -> list[str]:
+    """The device names ``--device`` asks for."""
+    if config.getoption("--device") == "cpu":
+        return ["cpu"]
+    if not torch.cuda.is_available():
+        raise pytest.UsageError("--device cuda was given but torch.cuda.is_available() is False")
+    return ["cpu", "cuda"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``device``: ``torch.device`` to run on, one test per device of ``--device``."""
+    if "device" in metafunc.fixturenames:
+        names = devices(metafunc.config)
+        metafunc.parametrize("device", [torch.device(n) for n in names], ids=names)
 
 
 @pytest.fixture(params=DTYPES, ids=lambda d: str(d).removeprefix("torch."))

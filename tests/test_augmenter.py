@@ -36,7 +36,7 @@ def make(model: nn.Module | None = None, transform: SaliencyTransform | None = N
     kw.setdefault("seed", 0)
     kw.setdefault("target_layer", "features")
     model = model if model is not None else net()
-    return SaliencyAugmenter(model, transform or salaug.SaliencyMix(num_classes=K), **kw)
+    return SaliencyAugmenter(model, transform or salaug.SaliencyMix(num_classes=K, p=1.0), **kw)
 
 
 def is_flat(s: torch.Tensor) -> bool:
@@ -85,20 +85,20 @@ def test_num_classes_inferred_from_the_model():
     assert aug.num_classes == K and soft.shape == (8, K)
 
 
-def test_p_per_batch():
-    aug = make(p=0.0)
+def test_batch_p_per_batch():
+    aug = make(batch_p=0.0)
     x, y = batch()
     images, soft = aug(x, y)
     assert images is x and torch.equal(soft, F.one_hot(y, K).float())
     assert aug.last is not None and not aug.last.augmented and aug.last.output is None
-    half = make(p=0.5, seed=3)
+    half = make(batch_p=0.5, seed=3)
     flags = []
     for i in range(20):
         half(*batch(seed=i))
         assert half.last is not None
         flags.append(half.last.augmented)
     assert 0 < sum(flags) < 20 and sum(flags) == half.augmented and half.steps == 20
-    again = make(p=0.5, seed=3)
+    again = make(batch_p=0.5, seed=3)
     assert [again(*batch(seed=i)) and again.last.augmented for i in range(20)] == flags  # type: ignore[union-attr]
 
 
@@ -209,28 +209,20 @@ def run(aug: SaliencyAugmenter, start: int, stop: int):
 @pytest.mark.parametrize("ema_decay", [None, 0.5])
 def test_state_dict_resume_gives_the_same_stream(ema_decay):
     model = net()
-    full = make(model, p=0.7, seed=5, ema_decay=ema_decay)
+    full = make(model, batch_p=0.7, seed=5, ema_decay=ema_decay)
     outputs = run(full, 0, 5)
     model2 = net()
-    first = make(model2, p=0.7, seed=5, ema_decay=ema_decay)
+    first = make(model2, batch_p=0.7, seed=5, ema_decay=ema_decay)
     run(first, 0, 2)
     state = copy.deepcopy(first.state_dict())
     assert state["steps"] == 2 and ("ema" in state) == (ema_decay is not None)
-    resumed = make(net(), p=0.7, seed=999, ema_decay=ema_decay)
+    resumed = make(net(), batch_p=0.7, seed=999, ema_decay=ema_decay)
     resumed.load_state_dict(state)
     assert resumed.seed == 5
     for (a_img, a_lab), (b_img, b_lab) in zip(outputs[2:], run(resumed, 2, 5)):
         torch.testing.assert_close(a_img, b_img)
         torch.testing.assert_close(a_lab, b_lab)
     assert not torch.equal(outputs[0][0], outputs[1][0])
-
-
-def test_load_state_dict_tolerates_missing_entries():
-    aug = make(seed=4)
-    aug.load_state_dict({})
-    assert (aug.seed, aug.steps, aug.augmented) == (4, 0, 0)
-    aug.load_state_dict({"seed": 9, "steps": 3})
-    assert (aug.seed, aug.steps, aug.augmented) == (9, 3, 0)
 
 
 def test_seed_none_follows_torch_manual_seed():
@@ -393,9 +385,9 @@ def test_cam_scale_check_picks_the_layer_at_full_size():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(p="0.5"), TypeError, r"p must be a number in \[0, 1\]"),
-    (dict(p=1.5), ValueError, r"p must be a number in \[0, 1\]"),
-    (dict(p=True), TypeError, "p must be"),
+    (dict(batch_p="0.5"), TypeError, r"batch_p must be a number in \[0, 1\]"),
+    (dict(batch_p=1.5), ValueError, r"batch_p must be a number in \[0, 1\]"),
+    (dict(batch_p=True), TypeError, "batch_p must be"),
     (dict(cam_scale=0.0), ValueError, r"cam_scale must be a number in \(0, 1\]"),
     (dict(cam_scale=float("nan")), ValueError, "cam_scale must be"),
     (dict(targets="logits"), ValueError, "targets must be one of"),
@@ -423,10 +415,51 @@ def test_constructor_types():
 
 def test_repr():
     assert repr(make(ema_decay=0.9)) == (
-        "SaliencyAugmenter(SaliencyMix, cam='gradcam', target_layer='features', p=1.0, cam_scale=1.0, "
+        "SaliencyAugmenter(SaliencyMix, cam='gradcam', target_layer='features', batch_p=1.0, cam_scale=1.0, "
         "warmup_steps=0, ema_decay=0.9)"
     )
 
 
 def test_lazy_export():
     assert salaug.SaliencyAugmenter is SaliencyAugmenter
+
+
+# -- one p: per sample, in the transform --------------------------------------------------------------
+def test_defaults_send_every_batch_to_the_transform_with_its_own_p():
+    # Nothing set but the transform's num_classes: every batch reaches the transform, and its own
+    # per-sample p decides which images are mixed.
+    transform = salaug.SnapMix(num_classes=K)
+    aug = SaliencyAugmenter(net(), transform, seed=0)
+    assert aug.batch_p == 1.0
+    applied = []
+    for i in range(12):
+        aug(*batch(seed=i))
+        assert aug.last is not None and aug.last.augmented and aug.last.params is not None
+        applied.append(aug.last.params["applied"].float())
+    rate = torch.cat(applied).mean().item()
+    assert transform.p < 1.0  # the per-sample default; an ignored p would mix every image
+    assert abs(rate - transform.p) < 0.2, (rate, transform.p)  # 96 Bernoulli draws: sd <= 0.05
+    assert aug.augmented == aug.steps == 12
+
+
+def test_p_is_a_deprecated_name_of_batch_p():
+    with pytest.warns(DeprecationWarning, match="batch_p"):
+        aug = make(p=0.25)
+    assert aug.batch_p == 0.25
+    with pytest.warns(DeprecationWarning, match="batch_p"):
+        assert aug.p == 0.25
+    with pytest.warns(DeprecationWarning, match="batch_p"):
+        aug.p = 0.0  # timm-style switch-off still works
+    images, soft = aug(*batch())
+    assert aug.batch_p == 0.0 and aug.last is not None and not aug.last.augmented
+    with pytest.raises(ValueError, match="both p=0.5 and batch_p=0.3"):
+        make(p=0.5, batch_p=0.3)
+    with pytest.raises(ValueError, match=r"p must be a number in \[0, 1\]"):
+        make(p=1.5)
+
+
+def test_targets_label_is_the_deprecated_spelling_of_labels():
+    with pytest.warns(DeprecationWarning, match="targets='labels'"):
+        aug = make(targets="label")
+    assert aug.targets == "labels"
+    torch.testing.assert_close(aug(*batch())[1], make(targets="labels")(*batch())[1])

@@ -94,6 +94,7 @@ def loader(ds=None, **kw) -> DataLoader:
 
 
 def mix(**kw) -> SaliencyTransform:
+    kw.setdefault("p", 1.0)  # every sample mixed: the tests look at mixed images
     return salaug.SaliencyMix(num_classes=K, **kw)
 
 
@@ -150,8 +151,8 @@ def test_constructor_validation():
         SaliencyAugmentation(lambda *a: a)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="cam_scale"):
         SaliencyAugmentation(mix(), cam_scale=0.0)
-    with pytest.raises(ValueError, match="p must be"):
-        SaliencyAugmentation(mix(), p=1.5)
+    with pytest.raises(ValueError, match="batch_p must be"):
+        SaliencyAugmentation(mix(), batch_p=1.5)
     with pytest.raises(ValueError, match="start_epoch"):
         SaliencyAugmentation(mix(), start_epoch=2, stop_epoch=1)
 
@@ -228,9 +229,9 @@ def test_cam_scale_maps_find_the_same_object(tmp_path):
         assert ((peak[:, 1] >= r * 8 + 1) & (peak[:, 1] < r * 8 + 7)).all()
 
 
-def test_p_and_epoch_window(tmp_path):
+def test_batch_p_and_epoch_window(tmp_path):
     model = Net()
-    cb = SaliencyAugmentation(mix(), target_layer="net.5", start_epoch=1, stop_epoch=2, p=0.5, seed=3)
+    cb = SaliencyAugmentation(mix(p=1.0), target_layer="net.5", start_epoch=1, stop_epoch=2, batch_p=0.5, seed=3)
     trainer(tmp_path, [cb], max_epochs=3).fit(model, loader(Squares(n=64)))
     per_epoch = [model.seen[i * 8 : (i + 1) * 8] for i in range(3)]
     assert all(y.ndim == 1 for _, y in per_epoch[0] + per_epoch[2])  # outside the window: untouched
@@ -408,12 +409,37 @@ def test_hooks_are_marked_override():
     assert SaliencyAugmentation.state_key.fget.__override__
 
 
-def test_load_state_dict_tolerates_older_checkpoints():
+@pytest.mark.parametrize("state, error, match", [
+    ({}, ValueError, r"no 'seed', 'batches_seen', 'batches_augmented' entries"),
+    ({"seed": 9, "batches_seen": 3}, ValueError, r"no 'batches_augmented' entry"),
+    ({"seed": "abc", "batches_seen": 3, "batches_augmented": 0}, TypeError, r"state_dict\['seed'\]"),
+    ({"seed": 1, "batches_seen": -4, "batches_augmented": 0}, ValueError, r"state_dict\['batches_seen'\]"),
+    (None, TypeError, "needs the dict its state_dict"),
+    ([], TypeError, "needs the dict its state_dict"),
+])
+def test_load_state_dict_refuses_foreign_or_broken_states(state, error, match):
     cb = SaliencyAugmentation(mix(), seed=4)
-    cb.load_state_dict({})
+    with pytest.raises(error, match=match):
+        cb.load_state_dict(state)
     assert (cb.seed, cb.batches_seen, cb.batches_augmented) == (4, 0, 0)
-    cb.load_state_dict({"seed": 9, "batches_seen": 3})
-    assert (cb.seed, cb.batches_seen, cb.batches_augmented) == (9, 3, 0)
+
+
+def test_p_is_a_deprecated_name_of_batch_p():
+    with pytest.warns(DeprecationWarning, match="batch_p"):
+        cb = SaliencyAugmentation(mix(), p=0.25)
+    assert cb.batch_p == 0.25
+    with pytest.warns(DeprecationWarning, match="batch_p"):
+        cb.p = 0.5
+    assert cb.batch_p == 0.5
+
+
+def test_ema_state_of_another_architecture_is_refused(tmp_path):
+    cb = SaliencyAugmentation(mix(), target_layer="net.5", seed=1, ema_decay=0.9)
+    trainer(tmp_path, [cb], max_steps=1).fit(Net(), loader())
+    state = cb.state_dict()
+    state["ema"] = {k: v[..., :1] if v.ndim else v for k, v in state["ema"].items()}
+    with pytest.raises(ValueError, match=r"state_dict\['ema'\].*another architecture"):
+        cb.load_state_dict(state)
 
 
 @pytest.mark.parametrize("kind", ["epochs", "steps"])

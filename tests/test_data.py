@@ -423,7 +423,7 @@ def test_cam_saliency_side_effect_free_and_in_workers():
     net = _tiny_net().train()
     bn_mean = net[1].running_mean.clone()
     ds = RandomImages()
-    src = CAMSaliency(net, "gradcam", target_layer="4", targets="label")
+    src = CAMSaliency(net, "gradcam", target_layer="4", targets="labels")
     sal = src(ds.images, ds.labels)
     assert sal.shape == (8, 1, 16, 16) and sal.dtype == torch.float32
     assert all(m.training for m in net.modules())  # modes restored
@@ -480,38 +480,15 @@ def test_precompute_masks_matches_the_cam_and_feeds_masked_dataset(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []  # no partial file left
 
 
-def test_precompute_main_end_to_end(tmp_path, capsys):
+def test_precompute_cli_usage_errors_come_before_any_cam_pass(tmp_path, capsys):
+    # (the end-to-end runs of the command are in test_cli.py)
     import torchvision
-    from PIL import Image
 
-    from salaug.data import precompute_main
+    from salaug.cli.precompute_masks import main as precompute_main
 
-    model = torchvision.models.resnet18(weights=None, num_classes=3)
     weights = tmp_path / "r18.pt"
-    torch.save(model.state_dict(), weights)
-    out = tmp_path / "cluttered.salm"
-    rc = precompute_main(["--dataset", "cluttered", "--split", "val", "--limit", "6", "--image-size", "32",
-                          "--arch", "resnet18", "--weights", str(weights), "--num-classes", "3",
-                          "--layer", "layer3", "--out", str(out), "--batch-size", "4"])
-    assert rc == 0
-    assert "wrote 6 masks of 2x2" in capsys.readouterr().out
-    bank = MaskBank(out, length=6)
-    assert bank.description["arch"] == "resnet18" and bank.description["target_layer"] == "layer3"
-    assert bank.description["image_size"] == [32, 32]
-
-    # an image folder of mixed sizes, resized for the CAM
-    for cls in ("a", "b"):
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for k, size in enumerate([(40, 30), (24, 36)]):
-            Image.fromarray(np.random.RandomState(k).randint(0, 255, (*size, 3), dtype=np.uint8)).save(
-                tmp_path / "imgs" / cls / f"{k}.png")
-    out2 = tmp_path / "folder.salm"
-    rc = precompute_main([str(tmp_path / "imgs"), "--image-size", "32", "--arch", "resnet18",
-                          "--weights", str(weights), "--num-classes", "3", "--layer", "layer2",
-                          "--normalize", "imagenet", "--dtype", "float16", "--out", str(out2)])
-    assert rc == 0 and MaskBank(out2).mask_size == (4, 4) and len(MaskBank(out2)) == 4
-
-    # weights for another architecture / class count: a usage error (exit code 2), before any CAM pass
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=3).state_dict(), weights)
+    # weights for another architecture / class count: a usage error (exit code 2)
     with pytest.raises(SystemExit) as err:
         precompute_main(["--dataset", "cluttered", "--limit", "2", "--image-size", "32", "--arch", "resnet18",
                          "--weights", str(weights), "--num-classes", "5", "--out", str(tmp_path / "x.salm")])
@@ -534,3 +511,35 @@ def test_cam_saliency_bad_arguments():
         CAMSaliency(_tiny_net(), targets="truth")
     with pytest.raises(TypeError, match="nn.Module"):
         CAMSaliency(lambda x: x)
+
+
+def test_label_spelling_is_labels_and_label_is_deprecated(tmp_path):
+    from salaug.data import CAMSaliency, precompute_masks
+
+    net, ds = _tiny_net(), RandomImages()
+    with pytest.warns(DeprecationWarning, match="targets='labels'"):
+        old = CAMSaliency(net, "gradcam", target_layer="4", targets="label")
+    assert old.targets == "labels" and old.uses_labels
+    torch.testing.assert_close(old(ds.images, ds.labels),
+                               CAMSaliency(net, "gradcam", target_layer="4", targets="labels")(ds.images, ds.labels))
+    with pytest.warns(DeprecationWarning, match="targets='labels'"):
+        precompute_masks(net, ds, tmp_path / "old.salm", target_layer="4", targets="label")
+    assert MaskBank(tmp_path / "old.salm").description["targets"] == "labels"
+
+
+def test_cam_saliency_and_precompute_leave_the_callers_model_where_it_was(tmp_path):
+    from salaug.data import CAMSaliency, precompute_masks
+
+    net, ds = _tiny_net().train(), RandomImages()
+    to_calls = []
+    net.to = lambda *a, **k: to_calls.append((a, k))  # type: ignore[method-assign]
+    src = CAMSaliency(net, "gradcam", target_layer="4", device="cpu", targets="labels")  # the model's device
+    src(ds.images, ds.labels)
+    precompute_masks(net, ds, tmp_path / "m.salm", target_layer="4", device="cpu")
+    assert to_calls == [] and all(m.training for m in net.modules())
+    # another device: the source runs its own copy there; the caller's model is not moved
+    del net.to
+    elsewhere = CAMSaliency(net, "gradcam", target_layer="4", device="meta")
+    cam = elsewhere._get_cam()
+    assert cam.model is not net and next(cam.model.parameters()).is_meta
+    assert all(p.device.type == "cpu" for p in net.parameters())

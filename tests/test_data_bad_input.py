@@ -277,13 +277,14 @@ def test_precompute_missing_parent_is_created(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, error, fragment", [
-    ({"batch_size": 0}, ValueError, "batch_size must be a positive int"),
-    ({"batch_size": True}, ValueError, "batch_size must be a positive int"),
-    ({"batch_size": 2.0}, ValueError, "batch_size must be a positive int"),
+    ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1"),
+    ({"batch_size": True}, TypeError, "batch_size must be an int >= 1"),
+    ({"batch_size": 2.0}, TypeError, "batch_size must be an int >= 1"),
     ({"num_workers": -1}, ValueError, "num_workers must be an int >= 0"),
-    ({"dtype": "float32"}, ValueError, "dtype must be 'uint8' or 'float16'"),
-    ({"targets": "truth"}, ValueError, "targets must be 'label' or 'predicted'"),
-    ({"label_key": None}, ValueError, "targets='label' needs label_key"),
+    ({"dtype": "float32"}, ValueError, r"dtype must be one of \('uint8', 'float16'\)"),
+    ({"targets": "truth"}, ValueError, r"targets must be one of \('labels', 'predicted'\)"),
+    ({"label_key": None}, ValueError, "targets='labels' needs label_key"),
+    ({"image_key": 1.5}, TypeError, "image_key must be an int position"),
 ])
 def test_precompute_bad_arguments(tmp_path, kwargs, error, fragment):
     net = CountingNet()
@@ -363,7 +364,7 @@ def test_collate_string_labels():
 def test_collate_non_finite_pixels_are_named(bad):
     samples = [(torch.rand(3, 8, 8), 0) for _ in range(3)]
     samples[2][0][1, 2, 3] = bad
-    with pytest.raises(ValueError, match=r"images contain NaN or inf \(batch positions \[2\]\); fix the dataset"):
+    with pytest.raises(ValueError, match=r"images contain \d+ NaN or inf value\(s\) of \d+ in sample\(s\) \[2\]; fix the dataset"):
         _collate()(samples)
 
 
@@ -403,7 +404,7 @@ def test_collate_masks_of_a_wrong_shape_kind_or_value():
     with pytest.raises(TypeError, match="must be a tensor"):
         _collate(saliency="mask")(listed)
     nan = [(s[0], s[1], torch.full((1, 4, 4), float("nan"))) for s in good]
-    with pytest.raises(ValueError, match="masks at mask_key=-1 contain NaN or inf.*recompute"):
+    with pytest.raises(ValueError, match=r"masks at mask_key=-1 contain 32 NaN or inf value\(s\) of 32 in sample\(s\) \[0, 1\]; recompute"):
         _collate(saliency="mask")(nan)
     over = [(s[0], s[1], torch.full((1, 4, 4), 255.0)) for s in good]
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
@@ -427,12 +428,16 @@ def test_collate_keys_naming_the_same_field_or_of_a_wrong_type():
         _collate(label_key=True)
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    ({"num_classes": True}, ValueError), ({"num_classes": 2.5}, ValueError), ({"num_classes": 0}, ValueError),
-    ({"seed": True}, TypeError), ({"seed": 1.5}, TypeError), ({"return_saliency": "yes"}, TypeError),
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"num_classes": True}, TypeError, "num_classes must be an int >= 1"),
+    ({"num_classes": 2.5}, TypeError, "num_classes must be an int >= 1"),
+    ({"num_classes": 0}, ValueError, "num_classes must be an int >= 1"),
+    ({"seed": True}, TypeError, "seed must be an int"), ({"seed": 1.5}, TypeError, "seed must be an int"),
+    ({"return_saliency": "yes"}, TypeError, "return_saliency must be True or False"),
+    ({"mask_key": 1.5}, TypeError, "mask_key must be an int position"),
 ])
-def test_collate_constructor_types(kwargs, error):
-    with pytest.raises(error):
+def test_collate_constructor_types(kwargs, error, match):
+    with pytest.raises(error, match=match):
         SaliencyCollate(Identity(), mean_source, **kwargs)
 
 
@@ -499,7 +504,7 @@ def test_collate_legacy_callable_without_a_generator_argument_still_gets_the_str
 # CAMSaliency
 # ---------------------------------------------------------------------------------------------
 def test_cam_saliency_label_targets_without_labels():
-    source = CAMSaliency(CountingNet(), target_layer="features.0", targets="label")
+    source = CAMSaliency(CountingNet(), target_layer="features.0", targets="labels")
     with pytest.raises(ValueError, match="needs the batch's labels"):
         source(torch.rand(2, 3, 8, 8))
     maps = source(torch.rand(2, 3, 8, 8), torch.tensor([0, 1]))

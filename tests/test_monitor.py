@@ -167,3 +167,58 @@ def test_bad_arguments():
         SaliencyMonitor(every_n_epochs=0)
     with pytest.raises(ValueError, match="head_max_batches.*head_check=False"):
         SaliencyMonitor(head_max_batches=0)
+
+
+def test_more_bad_arguments_are_refused_at_construction():
+    with pytest.raises(ValueError, match="max_batches must be an int >= 1 or None"):
+        SaliencyMonitor(max_batches=0)
+    with pytest.raises(TypeError, match="max_batches must be an int"):
+        SaliencyMonitor(max_batches=1.5)
+    with pytest.raises(TypeError, match="box_key must be an int position"):
+        SaliencyMonitor(box_key=2.0)
+    with pytest.raises(TypeError, match="head_check must be True or False"):
+        SaliencyMonitor(head_check="yes")
+
+
+def test_hooks_are_marked_override():
+    for name in ("setup", "on_validation_epoch_start", "on_validation_batch_end", "on_validation_epoch_end",
+                 "state_dict", "load_state_dict"):
+        assert getattr(getattr(SaliencyMonitor, name), "__override__", False), name
+    assert SaliencyMonitor.state_key.fget.__override__
+
+
+def test_history_survives_a_resume(tmp_path):
+    def run(epochs, ckpt=None):
+        monitor = SaliencyMonitor(target_layer="net.5", box_key=2, max_batches=1, head_check=False)
+        checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[monitor, checkpoint], num_sanity_val_steps=0,
+                             limit_val_batches=1, default_root_dir=str(tmp_path))
+        trainer.fit(ValNet(), DataLoader(Squares(16), batch_size=8), DataLoader(SquaresWithBoxes(), batch_size=8),
+                    ckpt_path=ckpt)
+        return monitor
+
+    first = run(1)
+    resumed = run(2, ckpt=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert [h["epoch"] for h in first.history] == [0.0]
+    assert [h["epoch"] for h in resumed.history] == [0.0, 1.0]  # epoch 0 came back from the checkpoint
+    assert resumed.history[0] == first.history[0]
+
+
+@pytest.mark.parametrize("state", [{}, {"seed": 1}, None])
+def test_load_state_dict_refuses_a_foreign_state(state):
+    with pytest.raises(ValueError, match="'history' entry"):
+        SaliencyMonitor().load_state_dict(state)
+    with pytest.raises(TypeError, match="list of .name: number. dicts"):
+        SaliencyMonitor().load_state_dict({"history": [{"loss": "high"}]})
+
+
+def test_fast_dev_run_draws_no_picture(tmp_path, monkeypatch):
+    import salaug.viz
+
+    monkeypatch.setattr(salaug.viz, "save_grid", lambda *a, **k: pytest.fail("a picture was written"))
+    monitor = SaliencyMonitor(target_layer="net.5", box_key=2, num_images=4, picture_dir=tmp_path / "pictures")
+    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[monitor], default_root_dir=str(tmp_path))
+    trainer.fit(brightness_net(), DataLoader(Squares(16), batch_size=8), DataLoader(SquaresWithBoxes(), batch_size=8))
+    assert not (tmp_path / "pictures").exists()

@@ -109,7 +109,7 @@ def old_snapmix(x, params):
 # -- SalientCrop ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("size,out", [((24, 24), (24, 24)), ((30, 40), (12, 16)), ((17, 23), (31, 9))])
 def test_crop_equals_kornia_crop_and_resize(size, out):
-    from kornia.geometry.transform import crop_and_resize
+    crop_and_resize = pytest.importorskip("kornia.geometry.transform").crop_and_resize  # the test extra's reference
 
     g = gen(1)
     x = torch.rand(16, 3, *size, generator=g)
@@ -272,3 +272,18 @@ def test_crop_scores_in_chunks_give_the_one_chunk_boxes(monkeypatch):
     many, p2 = SalientCrop(keep=0.5, num_classes=2, generator=gen(21))(x, s, torch.zeros(9, dtype=torch.long),
                                                                       return_params=True)
     assert all(torch.equal(p1[k], p2[k]) for k in p1) and torch.equal(one.images, many.images)
+
+
+@pytest.mark.parametrize("size, sigma", [((16, 24), 1.0), ((31, 9), 2.5), ((8, 8), 0.7)])
+def test_gaussian_blur_equals_kornia_gaussian_blur2d(size, sigma):
+    import math
+
+    from salaug._filters import gaussian_blur
+
+    filters = pytest.importorskip("kornia.filters")  # the test extra's reference
+    maps = torch.rand(3, 1, *size, generator=torch.Generator().manual_seed(0))
+    k = 2 * math.ceil(3 * sigma) + 1
+    if k // 2 >= min(size):  # kornia's reflect padding needs the image to be larger than the radius
+        pytest.skip("kernel larger than the image")
+    expected = filters.gaussian_blur2d(maps, (k, k), (sigma, sigma), border_type="reflect")
+    torch.testing.assert_close(gaussian_blur(maps, sigma), expected, atol=1e-5, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""The contract every saliency transform keeps (DESIGN.md, Contracts), checked for every transform.
+"""The contract every saliency transform keeps, checked for every transform.
 
 Tests that take the ``device`` / ``dtype`` fixtures (tests/conftest.py) run on CPU and, when
 present, CUDA. Per-transform files test each transform's own maths, not this contract.

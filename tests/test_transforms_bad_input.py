@@ -145,7 +145,7 @@ CALL_ERRORS = {  # name -> (bad input builder, error, message)
     "saliency-negative": (lambda x, s, y: (x, s - 1, y), ValueError, r"\[0, 1\].*normalize_saliency"),
     "saliency-uint8-mask": (lambda x, s, y: (x, (s > 0.5).to(torch.uint8), y), TypeError, r"saliency.float\(\)"),
     "saliency-3-channels": (lambda x, s, y: (x, s.expand(-1, 3, -1, -1), y), ValueError,
-                            r"\(B, 1, H, W\), got \(4, 3, 16, 16\); average the channels"),
+                            r"\(B, 1, H, W\) \(or \(B, H, W\)\), got \(4, 3, 16, 16\); average the channels"),
     "saliency-batch": (lambda x, s, y: (x, s[:3], y), ValueError,
                        r"saliency batch size 3 does not match images batch size 4"),
     "saliency-aspect": (lambda x, s, y: (x, s[..., :4, :], y), ValueError,

@@ -152,7 +152,7 @@ def test_overlay_nan_images_and_bad_alpha() -> None:
     assert torch.isfinite(out).all()
     with pytest.raises(TypeError, match="alpha must be a number"):
         overlay(images, torch.rand(2, 1, 4, 4), alpha="0.5")
-    with pytest.raises(ValueError, match="alpha must lie in"):
+    with pytest.raises(ValueError, match=r"alpha must be a number in \[0, 1\], got nan"):
         overlay(images, torch.rand(2, 1, 4, 4), alpha=float("nan"))
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
         overlay(images, torch.rand(2, 3, 4, 4))

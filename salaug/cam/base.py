@@ -36,7 +36,7 @@ a feature map) is detected on its first call and keeps the contiguous layout fro
 
 The caller's grad mode, inference mode, module modes and hooks are restored on exit, also when
 the call raises. Inside ``torch.inference_mode()`` the engine locally leaves inference mode (the
-backward needs ordinary tensors) and works on a copy of inference-tensor images.
+backward needs ordinary tensors) and works on copies of inference-tensor images and targets.
 
 A ``torch.compile``'d model (``OptimizedModule``) is run through its eager ``_orig_mod``: hooks
 added after compilation are ignored by compiled code, and the parameters are shared, so the maps
@@ -84,6 +84,38 @@ def model_dtype(model: nn.Module) -> torch.dtype | None:
         if tensor.is_floating_point():
             return tensor.dtype
     return None
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter (or buffer); ``None`` if it has neither."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return None
+
+
+def model_on(model: nn.Module, device: torch.device | None) -> nn.Module:
+    """``model`` itself when it already lives on ``device`` (or ``device`` is ``None``), else a copy moved there.
+
+    The caller's model is never moved: a frozen saliency model asked to run elsewhere gets its own
+    ``copy.deepcopy`` on ``device`` (a snapshot of the weights at this call).
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> model_on(net, torch.device("cpu")) is net, model_on(net, torch.device("meta")) is net
+        (True, False)
+        >>> next(net.parameters()).device
+        device(type='cpu')
+    """
+    if device is None or model_device(model) in (None, device):
+        return model
+    here = model_device(model)
+    if here is not None and here.type == device.type and (device.index is None or here.index == device.index):
+        return model
+    import copy
+
+    return copy.deepcopy(model).to(device)
 
 
 _EPS = 1e-7
@@ -469,6 +501,8 @@ class BaseCAM:
         with _isolated(self._model):
             if images.is_inference():
                 images = images.clone()
+            if checked is not None and checked.is_inference():
+                checked = checked.clone()  # the backward saves the targets (gather index / weights)
             layer = self._resolve_layer(images)
             raw = self._compute_fast(images, checked, layer)
         return finalize_cam(raw, size)

@@ -12,8 +12,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate, get_worker_info
 
-from salaug._checks import check_images, value_checks_on
-from salaug.data._access import _get, _position
+from salaug._checks import (
+    check_choice,
+    check_finite,
+    check_flag,
+    check_images,
+    check_key,
+    check_number,
+    check_targets,
+)
+from salaug.cam import create_cam
+from salaug.cam.base import model_device, model_on
+from salaug._batch import field_position, get_field
 from salaug.data.masks import MASK_KEY
 
 # ---------------------------------------------------------------------------------------------
@@ -22,11 +32,15 @@ from salaug.data.masks import MASK_KEY
 class CAMSaliency:
     """A saliency source from a frozen model and a CAM, for :class:`SaliencyCollate`.
 
-    Calling it runs the CAM on ``device`` with every submodule in eval mode (BatchNorm uses its
-    running statistics, dropout is off) and restores each submodule's train/eval mode afterwards.
-    The model is not trained: it is a snapshot that each DataLoader worker copies when it starts
-    (with the default ``fork`` start method, workers see the weights as they were when the
-    iterator was created).
+    Calling it runs the CAM, which puts every submodule in eval mode for the call (BatchNorm uses
+    its running statistics, dropout is off) and restores each one's mode afterwards. The model is
+    not trained: it is a snapshot that each DataLoader worker copies when it starts (with the
+    default ``fork`` start method, workers see the weights as they were when the iterator was
+    created).
+
+    The caller's model is never moved. With no ``device`` (or the model's own) the CAM runs the
+    model where it is; with another ``device`` it runs a copy of the model on that device, made on
+    the first call (a snapshot of the weights then).
 
     The CAM object is rebuilt in each process (it is not pickled), so the source can be sent to
     DataLoader workers. With a CUDA ``device``, use ``num_workers=0`` or a DataLoader with
@@ -36,12 +50,12 @@ class CAMSaliency:
         model: a classifier ``(B, C, H, W) -> (B, K)`` logits.
         cam: a CAM name for :func:`salaug.cam.create_cam` (``"gradcam"``, ...) or a CAM class.
         target_layer: dotted name or module of the target layer; ``None`` picks the last conv.
-        device: where the model and CAM run (default: the model's device). Maps are returned on
-            the images' device.
-        targets: ``"predicted"`` (CAM of the predicted class) or ``"label"`` (CAM of the batch's
-            labels, passed by :class:`SaliencyCollate`).
+        device: where the CAM runs (default: the model's device). Maps are returned on the
+            images' device.
+        targets: ``"predicted"`` (CAM of the predicted class) or ``"labels"`` (CAM of the batch's
+            labels, passed by :class:`SaliencyCollate`); ``"label"`` is the deprecated spelling.
         output_size: ``None`` (the images' size) or ``"feature"`` (feature-map resolution; the
-            transforms resize it bilinearly, which saves work).
+            transforms resize it, which saves work).
 
     Shape:
         - images: ``(B, C, H, W)`` float; labels (optional) ``(B,)`` or ``(B, K)``.
@@ -50,21 +64,19 @@ class CAMSaliency:
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
         ValueError: an unknown CAM, target layer, ``targets``, ``output_size`` or ``device``;
-            on a call, ``targets="label"`` without labels.
+            on a call, ``targets="labels"`` without labels.
     """
 
     uses_labels: bool
 
     def __init__(self, model: nn.Module, cam: Any = "gradcam", target_layer: Any = None,
                  device: str | torch.device | None = None, *,
-                 targets: Literal["predicted", "label"] = "predicted",
+                 targets: Literal["predicted", "labels"] = "predicted",
                  output_size: Literal["feature"] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if targets not in ("predicted", "label"):
-            raise ValueError(f"targets must be 'predicted' or 'label', got {targets!r}")
-        if output_size not in (None, "feature"):
-            raise ValueError(f"output_size must be None (image size) or 'feature', got {output_size!r}")
+        targets = check_targets("targets", targets, "CAMSaliency")  # type: ignore[assignment]
+        check_choice("output_size", output_size, (None, "feature"))
         self.model = model
         self.cam_name = cam
         self.target_layer = target_layer
@@ -73,10 +85,10 @@ class CAMSaliency:
         except (RuntimeError, TypeError):
             raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
         self.targets = targets
-        self.uses_labels = targets == "label"
+        self.uses_labels = targets == "labels"
         self.output_size = output_size
         self._cam = None
-        self._get_cam()  # fail early on an unknown CAM name or target layer
+        create_cam(cam, model, target_layer=target_layer)  # fail early on an unknown CAM name or target layer
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -85,36 +97,22 @@ class CAMSaliency:
 
     def _get_cam(self):
         if self._cam is None:
-            from salaug.cam import create_cam
-
-            device = self.device
-            if device is not None:
-                self.model.to(device)
-            self._cam = create_cam(self.cam_name, self.model, target_layer=self.target_layer)
+            self._cam = create_cam(self.cam_name, model_on(self.model, self.device), target_layer=self.target_layer)
         return self._cam
 
     def __call__(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
         images = check_images(images)
         if self.uses_labels and labels is None:
             raise ValueError(
-                "CAMSaliency(targets='label') needs the batch's labels: call source(images, labels) "
+                "CAMSaliency(targets='labels') needs the batch's labels: call source(images, labels) "
                 "(SaliencyCollate does), or use targets='predicted'"
             )
         cam = self._get_cam()
-        device = self.device
-        if device is None:
-            param = next(self.model.parameters(), None)
-            device = param.device if param is not None else images.device
+        device = model_device(cam.model) or images.device
         x = images.to(device)
         targets = labels.to(device) if (self.uses_labels and labels is not None) else None
         size = "feature" if self.output_size == "feature" else tuple(images.shape[-2:])
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
-            maps = cam(x, targets=targets, output_size=size)
-        finally:
-            for m, training in modes:
-                m.training = training
+        maps = cam(x, targets=targets, output_size=size)
         return maps.detach().to(device=images.device, dtype=torch.float32)
 
     def __repr__(self) -> str:
@@ -154,16 +152,16 @@ def _check_samples(samples: Sequence, image_key: int | str, label_key: int | str
             )
         if not is_map and len(sample) != len(first):
             raise ValueError(f"sample {i} has {len(sample)} fields but sample 0 has {len(first)}")
-    _get(first, image_key, "image", "image_key")
-    _get(first, label_key, "label", "label_key")
+    get_field(first, image_key, "images", "image_key")
+    get_field(first, label_key, "labels", "label_key")
     if mask_key is not None:
-        _get(first, mask_key, "mask (saliency='mask')", "mask_key")
+        get_field(first, mask_key, "masks (saliency='mask')", "mask_key")
     if not is_map:
         n = len(first)
-        where = {"image_key": _position(image_key, n), "label_key": _position(label_key, n)}  # type: ignore[arg-type]
+        where = {"image_key": field_position(image_key, n), "label_key": field_position(label_key, n)}  # type: ignore[arg-type]
         if where["image_key"] == where["label_key"]:
             raise ValueError(f"image_key={image_key!r} and label_key={label_key!r} name the same field")
-        if mask_key is not None and _position(mask_key, n) in where.values():  # type: ignore[arg-type]
+        if mask_key is not None and field_position(mask_key, n) in where.values():  # type: ignore[arg-type]
             raise ValueError(
                 f"saliency='mask' but the samples have only {n} fields and mask_key={mask_key!r} "
                 "points at the image or the label; wrap the dataset with MaskedDataset (which appends "
@@ -180,7 +178,7 @@ def _check_samples(samples: Sequence, image_key: int | str, label_key: int | str
 def _check_one_shape(samples: Sequence, key: int | str, what: str, arg: str, fix: str) -> None:
     shapes: dict[tuple, int] = {}
     for i, sample in enumerate(samples):
-        value = _get(sample, key, what, arg)
+        value = get_field(sample, key, f"{what}s", arg)
         if not isinstance(value, Tensor):
             if what != "image":
                 return  # reported with its batch (see _mask_batch)
@@ -193,13 +191,6 @@ def _check_one_shape(samples: Sequence, key: int | str, what: str, arg: str, fix
     if len(shapes) > 1:
         (a, i), (b, j) = list(shapes.items())[:2]
         raise ValueError(f"the {what}s of a batch must share one shape: sample {i} is {a}, sample {j} is {b}; {fix}")
-
-
-def _check_finite(tensor: Tensor, what: str, fix: str) -> None:
-    """Refuse NaN / inf, on CPU only (the value check would sync with an accelerator)."""
-    if value_checks_on(tensor) and not bool(torch.isfinite(tensor).all()):
-        bad = (~torch.isfinite(tensor)).flatten(1).any(1).nonzero().flatten()[:8].tolist()
-        raise ValueError(f"{what} contain NaN or inf (batch positions {bad}); {fix}")
 
 
 def _mask_batch(stored: object, mask_key: int | str | None) -> Tensor:
@@ -220,7 +211,7 @@ def _mask_batch(stored: object, mask_key: int | str | None) -> Tensor:
     if saliency.is_complex():
         raise TypeError(f"the mask at mask_key={mask_key!r} must be real, got {saliency.dtype}")
     saliency = saliency.to(torch.float32)
-    _check_finite(saliency, f"the masks at mask_key={mask_key!r}",
+    check_finite(saliency, f"the masks at mask_key={mask_key!r}",
                   "recompute them (salaug precompute-masks) or clean the dataset's masks")
     return saliency
 
@@ -236,7 +227,7 @@ def _check_source_output(saliency: object, images: Tensor, source: object) -> No
             f"the saliency source {name} returned shape {shape} for images {tuple(images.shape)}; it must "
             f"return ({images.shape[0]}, 1, h, w), one map per image"
         )
-    _check_finite(saliency, f"the maps of the saliency source {name}",
+    check_finite(saliency, f"the maps of the saliency source {name}",
                   "the source must map every image to finite values in [0, 1]")
 
 
@@ -326,19 +317,14 @@ class SaliencyCollate:
                 "saliency must be a callable source images -> (B, 1, H, W) (e.g. SpectralResidual(), "
                 f"CAMSaliency(model)) or 'mask', got {type(saliency).__name__}"
             )
-        for arg, key in (("image_key", image_key), ("label_key", label_key), ("mask_key", mask_key)):
-            if (key is not None or arg != "mask_key") and (isinstance(key, bool) or not isinstance(key, (int, str))):
-                raise TypeError(f"{arg} must be an int position (tuple samples) or a str key (dict samples), "
-                                f"got {key!r}")
+        check_key("image_key", image_key)
+        check_key("label_key", label_key)
+        check_key("mask_key", mask_key, optional=True)
         if image_key == label_key:
             raise ValueError(f"image_key and label_key must differ, both are {image_key!r}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        if not isinstance(return_saliency, bool):
-            raise TypeError(f"return_saliency must be True or False, got {return_saliency!r}")
+        check_number("num_classes", num_classes, integer=True, low=1, optional=True)
+        check_number("seed", seed, integer=True, optional=True)
+        check_flag("return_saliency", return_saliency)
         self.transform = transform
         self.saliency = saliency
         self.image_key = image_key
@@ -442,10 +428,10 @@ class SaliencyCollate:
                 "(tensors of one shape, numbers, strings): pad variable-size fields such as per-object "
                 "boxes in the dataset, or drop them"
             ) from exc
-        images = check_images(_get(batch, image_key, "image", "image_key"))
-        _check_finite(images, "images", "fix the dataset or its transform (a NaN pixel makes the mixed "
+        images = check_images(get_field(batch, image_key, "images", "image_key", kind="batch"))
+        check_finite(images, "images", "fix the dataset or its transform (a NaN pixel makes the mixed "
                       "image and its saliency NaN)")
-        labels = _get(batch, label_key, "label", "label_key")
+        labels = get_field(batch, label_key, "labels", "label_key", kind="batch")
         if not isinstance(labels, Tensor):
             raise TypeError(
                 f"the labels at label_key={label_key!r} collate to {type(labels).__name__}, not a tensor; "
@@ -453,7 +439,7 @@ class SaliencyCollate:
             )
 
         if use_mask:
-            stored = _get(batch, mask_key, "mask", "mask_key")
+            stored = get_field(batch, mask_key, "masks", "mask_key", kind="batch")
             saliency = _mask_batch(stored, mask_key)
         else:
             if getattr(self.saliency, "uses_labels", False):
@@ -485,9 +471,9 @@ class SaliencyCollate:
                 result[MASK_KEY] = new_saliency
             return result
         n = len(batch)
-        skip = {_position(image_key, n), _position(label_key, n)}  # type: ignore[arg-type]
+        skip = {field_position(image_key, n), field_position(label_key, n)}  # type: ignore[arg-type]
         if use_mask:
-            skip.add(_position(mask_key, n))  # type: ignore[arg-type]
+            skip.add(field_position(mask_key, n))  # type: ignore[arg-type]
         extras = [batch[i] for i in range(n) if i not in skip]
         tail = [new_saliency] if self.return_saliency else []
         return (new_images, soft, *extras, *tail)

@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from salaug.data._access import _get
+from salaug._batch import get_field
+from salaug._checks import check_choice, check_key, check_number, check_targets
+from salaug.cam.base import model_device, model_on
 from salaug.data._paths import as_path, check_output_file, new_file_mode
 
 MASK_KEY = "saliency"
@@ -327,14 +329,13 @@ def save_masks(path: str | os.PathLike, masks: Tensor, *, dtype: Literal["uint8"
 
     Example:
         >>> import tempfile, os
-        >>> f = os.path.join(tempfile.mkdtemp(), "m.salm")
-        >>> _ = save_masks(f, torch.tensor([[[0.0, 0.5], [1.0, 0.25]]]))
-        >>> bank = MaskBank(f)
-        >>> len(bank), bank.mask_size, [round(v, 2) for v in bank[0].flatten().tolist()]
-        (1, (2, 2), [0.0, 0.5, 1.0, 0.25])
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     f = save_masks(os.path.join(folder, "m.salm"), torch.tensor([[[0.0, 0.5], [1.0, 0.25]]]))
+        ...     bank = MaskBank(f)
+        ...     print(len(bank), bank.mask_size, [round(v, 2) for v in bank[0].flatten().tolist()])
+        1 (2, 2) [0.0, 0.5, 1.0, 0.25]
     """
-    if dtype not in _DTYPE_CODES:
-        raise ValueError(f"dtype must be 'uint8' or 'float16', got {dtype!r}")
+    check_choice("dtype", dtype, tuple(_DTYPE_CODES))
     if not isinstance(masks, Tensor) or not masks.is_floating_point():
         raise TypeError("masks must be a floating-point tensor (N, 1, h, w) or (N, h, w) in [0, 1]")
     if masks.ndim == 4 and masks.shape[1] == 1:
@@ -406,11 +407,12 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
                      dtype: Literal["uint8", "float16"] = "uint8",
                      device: str | torch.device | None = None, num_workers: int = 0,
                      image_key: int | str = 0, label_key: int | str | None = 1,
-                     targets: Literal["label", "predicted"] = "label",
+                     targets: Literal["labels", "predicted"] = "labels",
                      description: dict | None = None) -> Path:
     """Run a CAM over a whole dataset at feature-map resolution and store the masks compactly.
 
-    The model runs in eval mode (its modes are restored afterwards) on ``device``. Each mask is
+    The CAM runs the model in eval mode (each module's mode is restored afterwards) on ``device``;
+    the caller's model is never moved (another ``device`` than the model's runs a copy). Each mask is
     the CAM at the target layer's resolution ``(h, w)``, min-max normalised to ``[0, 1]``, stored
     as ``uint8`` (``round(255 * x)``, 1 byte per cell) or ``float16``. The file is written to a
     temporary name next to ``path`` and renamed when complete, so a crash leaves no partial file.
@@ -428,9 +430,11 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
         target_layer: dotted name or module; ``None`` picks the last conv layer.
         batch_size, num_workers: of the DataLoader that reads the dataset (in order).
         dtype: ``"uint8"`` (default, 1 byte per cell) or ``"float16"``.
-        device: where the model runs (default: the model's device).
+        device: where the CAM runs (default: the model's device; another device gets a copy of
+            the model, the caller's stays where it is).
         image_key, label_key: where the image and the label are in a sample.
-        targets: ``"label"`` (CAM of the true class; needs ``label_key``) or ``"predicted"``.
+        targets: ``"labels"`` (CAM of the true class; needs ``label_key``) or ``"predicted"``;
+            ``"label"`` is the deprecated spelling.
         description: extra JSON-serialisable entries stored in the header's description (the
             entries describing the file itself, ``image_size``, ``mask_size``, ``num_samples`` and
             ``dtype``, are always the file's own).
@@ -446,16 +450,14 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
     """
     from salaug.cam import create_cam
 
-    if dtype not in _DTYPE_CODES:
-        raise ValueError(f"dtype must be 'uint8' or 'float16', got {dtype!r}")
-    if targets not in ("label", "predicted"):
-        raise ValueError(f"targets must be 'label' or 'predicted', got {targets!r}")
-    if targets == "label" and label_key is None:
-        raise ValueError("targets='label' needs label_key; pass targets='predicted' for unlabelled data")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+    check_choice("dtype", dtype, tuple(_DTYPE_CODES))
+    targets = check_targets("targets", targets, "precompute_masks")  # type: ignore[assignment]
+    check_key("image_key", image_key)
+    check_key("label_key", label_key, optional=True)
+    if targets == "labels" and label_key is None:
+        raise ValueError("targets='labels' needs label_key; pass targets='predicted' for unlabelled data")
+    check_number("batch_size", batch_size, integer=True, low=1)
+    check_number("num_workers", num_workers, integer=True, low=0)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
@@ -468,14 +470,13 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:
         raise ValueError("the dataset is empty: nothing to precompute")
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
-    model.to(device)
+    try:
+        run_on = torch.device(device) if device is not None else None
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}") from None
 
     def collate(samples: list) -> tuple[Tensor, Tensor | None]:
-        images = [_image_tensor(_get(s, image_key, "image", "image_key"), "precompute_masks") for s in samples]
+        images = [_image_tensor(get_field(s, image_key, "images", "image_key"), "precompute_masks") for s in samples]
         sizes = sorted({tuple(im.shape) for im in images})
         if len(sizes) > 1:
             raise ValueError(
@@ -483,13 +484,14 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
                 "transform (a full resize, e.g. v2.Resize((224, 224)), keeps the masks aligned)"
             )
         labels = None
-        if targets == "label":
-            labels = torch.as_tensor([_label_index(_get(s, label_key, "label", "label_key")) for s in samples])
+        if targets == "labels":
+            labels = torch.as_tensor([_label_index(get_field(s, label_key, "labels", "label_key")) for s in samples])
         return torch.stack(images), labels
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers, collate_fn=collate)
-    cam_obj = create_cam(cam, model, target_layer=target_layer)
+    cam_obj = create_cam(cam, model_on(model, run_on), target_layer=target_layer)
+    device = model_device(cam_obj.model) or torch.device("cpu")
     cam_label = cam if isinstance(cam, str) else getattr(cam, "__name__", type(cam).__name__)
 
     def write(f) -> None:
@@ -528,13 +530,7 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
         if written != n:
             raise ValueError(f"the dataset yielded {written} samples but has length {n}")
 
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        _atomic_write(path, write)
-    finally:
-        for m, training in modes:
-            m.training = training
+    _atomic_write(path, write)  # the CAM engine keeps every module's mode (eval for its forwards)
     return path
 
 
@@ -584,6 +580,7 @@ class MaskedDataset(Dataset):
             )
         if transforms is not None and not callable(transforms):
             raise TypeError(f"transforms must be a torchvision v2 transform (callable), got {type(transforms).__name__}")
+        check_key("image_key", image_key)
         if not isinstance(mask_key, str):
             raise TypeError(f"mask_key must be a str (the key added to dict samples), got {mask_key!r}")
         self.dataset = dataset
@@ -619,7 +616,7 @@ class MaskedDataset(Dataset):
         from torchvision import tv_tensors
         from torchvision.transforms.v2 import functional as TF
 
-        image = _get(sample, self.image_key, "image", "image_key")
+        image = get_field(sample, self.image_key, "images", "image_key")
         if isinstance(image, Tensor):
             if image.ndim not in (2, 3):
                 raise ValueError(f"MaskedDataset: images must be (C, H, W) or (H, W), got {tuple(image.shape)}")

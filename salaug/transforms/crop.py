@@ -7,7 +7,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from salaug._checks import check_interval, check_number
+from salaug._checks import check_interval, check_number, check_size
 from salaug.boxes import box_mass, row_prefix
 from salaug.transforms._ops import (
     by_chunks, first_true, needs_graph, pick, rrc_boxes, separable_grid, serial_step, warp,
@@ -15,17 +15,6 @@ from salaug.transforms._ops import (
 from salaug.transforms.base import ParamSpec, Params, SalientBatch, SaliencyTransform
 
 __all__ = ["SalientCrop"]
-
-
-def _parse_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if isinstance(size, int) and not isinstance(size, bool):
-        size = (size, size)
-    if not isinstance(size, (tuple, list)) or len(size) != 2:
-        raise TypeError(f"size must be a positive int or an (h, w) pair of positive ints, got {size!r}")
-    h, w = (check_number(f"size[{i}]", v, integer=True, low=1) for i, v in enumerate(size))
-    return int(h), int(w)  # type: ignore[arg-type]
 
 
 class SalientCrop(SaliencyTransform):
@@ -91,7 +80,7 @@ class SalientCrop(SaliencyTransform):
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), num_candidates: int = 16, p: float = 1.0,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(num_classes, p=p, generator=generator)
-        self.size = _parse_size(size)
+        self.size = check_size("size", size, optional=True)
         self.keep = check_number("keep", keep, low=0.0, high=1.0)
         self.scale = check_interval("scale", scale, low=0.0, high=1.0, low_open=True)
         self.ratio = check_interval("ratio", ratio, low=0.0, low_open=True)
