@@ -104,6 +104,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from salaug.transforms.base import sample_beta
+from salaug.transforms.recipe import crop_flip
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:  # so that `benchmarks/quality.py` (ClutteredDigits) imports when run as a script
@@ -500,25 +501,6 @@ def load_data(cfg: Config, seed: int) -> tuple[dict[str, Tensor], dict[str, dict
 
 
 # --------------------------------------------------------------------------- the standard recipe
-def crop_flip(images: Tensor, *others: Tensor, padding: int, generator: torch.Generator) -> list[Tensor]:
-    """The CIFAR recipe, per sample and batched: a random ``H x W`` crop of the zero-padded image and a
-    horizontal flip with probability 1/2, the same for ``images (B, C, H, W)`` and every ``(B, c, H, W)``
-    tensor in ``others`` (masks), which are padded with zeros too."""
-    b, _, h, w = images.shape
-    offset = torch.randint(0, 2 * padding + 1, (b, 2), generator=generator).to(images.device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)
-    cols = torch.arange(w, device=images.device)
-    cols = torch.where(flip.view(-1, 1), w - 1 - cols, cols) + offset[:, :1]  # (B, W) in the padded frame
-    rows = torch.arange(h, device=images.device) + offset[:, 1:]  # (B, H)
-    out = []
-    for x in (images, *others):
-        padded = F.pad(x, (padding,) * 4)
-        c = x.shape[1]
-        x = padded.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, padded.shape[-1]))
-        out.append(x.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w)))
-    return out
-
-
 def trivial_augment(images: Tensor, seed: int) -> Tensor:
     """torchvision's ``TrivialAugmentWide`` per sample (uint8 round trip).
 

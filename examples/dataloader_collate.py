@@ -3,7 +3,9 @@
 ``SaliencyCollate(SaliencyMix, SpectralResidual)`` is the ``collate_fn`` of a DataLoader with two
 worker processes: each worker collates a batch, computes model-free spectral-residual saliency for
 it, and pastes a box around each partner's saliency peak (SaliencyMix), returning images and
-``(B, K)`` soft labels. The training loop is unchanged except that ``F.cross_entropy`` gets soft
+``(B, K)`` soft labels. Each sample first gets the standard recipe in the worker (``salaug.crop_flip``:
+4-px padded random crop + horizontal flip), and SaliencyMix mixes half of the samples of a batch
+(its default ``p=0.5``). The training loop is unchanged except that ``F.cross_entropy`` gets soft
 labels. Data: the embedded ``ClutteredObjects`` (objects on clutter; nothing is downloaded).
 
 Run::
@@ -22,17 +24,32 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 try:
     import salaug  # noqa: F401
 except ModuleNotFoundError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+
 from salaug.data import SaliencyCollate
 from salaug.datasets import ClutteredObjects
 from salaug.saliency import SpectralResidual
 from salaug.transforms.mix import SaliencyMix
+
+
+class WithRecipe(Dataset):
+    """``(image, label)`` samples of ``dataset`` after the standard recipe (drawn in the worker)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple:
+        image, label, *_ = self.dataset[index]  # the box is dropped: the crop would move it
+        return salaug.crop_flip(image[None])[0][0], label
 
 
 def small_cnn(num_classes: int) -> nn.Module:
@@ -71,12 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    train = ClutteredObjects("train", size=args.size, length=args.limit, num_classes=args.num_classes)
+    train = WithRecipe(ClutteredObjects("train", size=args.size, length=args.limit, num_classes=args.num_classes))
     val_n = args.val_limit if args.val_limit is not None else max(args.batch_size, args.limit // 4)
     val = ClutteredObjects("val", size=args.size, length=val_n, num_classes=args.num_classes)
 
     # The augmentation lives in the collate_fn: it runs in the worker processes, on CPU.
-    collate = SaliencyCollate(SaliencyMix(alpha=1.0, p=0.5), SpectralResidual(size=32),
+    collate = SaliencyCollate(SaliencyMix(), SpectralResidual(size=32),
                               num_classes=args.num_classes, seed=args.seed)
     train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, drop_last=True,
                               num_workers=args.workers, collate_fn=collate,
@@ -93,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     for epoch in range(args.epochs):
         model.train()
         start, total, seen = time.perf_counter(), 0.0, 0
-        for step, (images, soft_labels, _boxes) in enumerate(train_loader):
+        for step, (images, soft_labels) in enumerate(train_loader):
             if step >= steps_per_epoch:
                 break
             # images (B, 3, H, W) already mixed; soft_labels (B, K) rows summing to 1

@@ -10,6 +10,9 @@ forward, exactly as in a plain loop. Two details:
 * under DDP each process draws from its own stream: the rank is read from ``torch.distributed``
   (which Fabric initialises), so the ranks mix their batches differently from one seed.
 
+Every batch first gets the standard recipe (``salaug.crop_flip``: 4-px padded random crop + horizontal
+flip, batched on the device); SaliencyMix then mixes half of the samples (its default ``p=0.5``).
+
 Run::
 
     python examples/fabric_loop.py                                  # one process
@@ -75,13 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     model, optimizer = fabric.setup(net, torch.optim.AdamW(net.parameters(), lr=args.lr))
     # Built on the network itself (model.module is net), not on Fabric's / DDP's wrapper.
     aug = salaug.SaliencyAugmenter(model.module, salaug.SaliencyMix(num_classes=k), cam="gradcam",
-                                   target_layer="features", p=0.5, warmup_steps=5, seed=args.seed)
+                                   target_layer="features", warmup_steps=5, seed=args.seed)
     for epoch in range(args.epochs):
         model.train()
         for step, (images, labels, _boxes) in enumerate(train_loader):
             if args.steps is not None and step >= args.steps:
                 break
-            images, soft_labels = aug(images, labels)  # batches are already on this process's device
+            images = salaug.crop_flip(images)[0]  # the standard recipe first; batches are already on this process's device
+            images, soft_labels = aug(images, labels)
             loss = F.cross_entropy(model(images), soft_labels)
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)

@@ -4,7 +4,9 @@
 of the batch with the model being trained, mixes the images with a saliency transform (here
 SaliencyMix: a box around each partner's CAM peak is pasted in), and writes the new images and
 ``(B, K)`` soft labels back into the batch. ``training_step`` keeps its ordinary
-``F.cross_entropy(logits, y)``: cross-entropy accepts class probabilities as targets.
+``F.cross_entropy(logits, y)``: cross-entropy accepts class probabilities as targets. Training
+images first get the standard recipe in ``on_after_batch_transfer`` (``salaug.crop_flip``: 4-px padded
+random crop + horizontal flip, batched on the device), which Lightning runs before the callback.
 
 ``salaug.SaliencyMonitor`` watches the validation set: pointing game (is the CAM peak inside the
 true object box?), CAM box IoU, and an overlay picture per epoch.
@@ -82,6 +84,11 @@ class Classifier(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def on_after_batch_transfer(self, batch: list[Tensor], dataloader_idx: int) -> list[Tensor]:
+        if self.trainer.training:  # the standard recipe on training images, before SaliencyAugmentation
+            batch[0] = salaug.crop_flip(batch[0])[0]  # (the training boxes are not used, so they are not moved)
+        return batch
+
     def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
         x, y, _boxes = batch  # y: (B, K) soft labels written by SaliencyAugmentation
         loss = F.cross_entropy(self(x), y)  # unchanged: soft targets work as they are
@@ -129,10 +136,9 @@ def main(argv: list[str] | None = None) -> None:
 
     model = Classifier(args.arch, NUM_CLASSES, args.lr)
     augment = salaug.SaliencyAugmentation(
-        TRANSFORMS[args.method](),      # per-sample p=1: every image of an augmented batch is mixed
+        TRANSFORMS[args.method](),      # the transform's defaults (a mix: half of the samples, p=0.5)
         cam=args.cam,                   # CAMs of the model being trained, of each image's own label
         target_layer=model.cam_layer,   # "net.features" / "net.layer4"
-        p=0.5,                          # half of the batches are augmented, half stay clean
         log_every_n_steps=50,           # a picture (batch / CAM / augmented + soft labels) every 50
     )
     monitor = salaug.SaliencyMonitor(target_layer=model.cam_layer, box_key=2, max_batches=4)

@@ -34,11 +34,15 @@ try:
 except ModuleNotFoundError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import salaug
-from salaug.demo import DemoNet
+from salaug.demo import DemoNet, crop_flip_collate
 
 
 class ClutteredObjectsDataModule(pl.LightningDataModule):
     """Train / validation loaders over ``salaug.ClutteredObjects``; batches ``[images, labels, boxes]``.
+
+    Training batches get the standard recipe (``salaug.demo.crop_flip_collate``: 4-px padded random
+    crop + horizontal flip per sample, the box moved with the object) before the callback's
+    augmentation.
 
     Args:
         size: image side in pixels.
@@ -48,10 +52,11 @@ class ClutteredObjectsDataModule(pl.LightningDataModule):
         batch_size: training batch size (validation uses twice as many).
         num_workers: DataLoader worker processes.
         seed: dataset seed (the images are a pure function of seed, split and index).
+        recipe: apply the standard recipe to the training batches.
     """
 
     def __init__(self, size: int = 64, limit: int = 4000, val_limit: int = 500, num_classes: int = 10,
-                 batch_size: int = 64, num_workers: int = 0, seed: int = 0) -> None:
+                 batch_size: int = 64, num_workers: int = 0, seed: int = 0, recipe: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters()
 
@@ -67,7 +72,8 @@ class ClutteredObjectsDataModule(pl.LightningDataModule):
         # default_collate turns the (image, label, box) samples into a *list* batch, which the
         # callback can rewrite in place (a tuple batch would be rejected with an explanation).
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0,
+                          collate_fn=crop_flip_collate if self.hparams.recipe else None)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=2 * self.hparams.batch_size,

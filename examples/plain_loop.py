@@ -6,11 +6,13 @@ the device and before the forward::
     images, soft_labels = aug(images, labels)       # (B, 3, H, W), (B, K)
     loss = F.cross_entropy(model(images), soft_labels)
 
-Per batch it draws whether to augment (``p``), computes GradCAM maps of the batch with the model
-(side-effect free: modes, BatchNorm statistics and ``.grad`` stay as they are), mixes the images
-with SnapMix (a box around each partner's salient region is resized into the image, labels by
-saliency mass) and returns ``(B, K)`` soft labels. For the first ``--warmup-steps`` batches, while
-the young network's CAMs are noise, the boxes are placed at random with area labels.
+Every batch first gets the standard recipe (``salaug.crop_flip``: 4-px padded random crop + horizontal
+flip, batched on the device). The augmenter then computes GradCAM maps of the batch with the model
+(side-effect free: modes, BatchNorm statistics and ``.grad`` stay as they are), mixes half of the
+samples with SnapMix (its default ``p=0.5``: a box around each partner's salient region is resized
+into the image, labels by saliency mass) and returns ``(B, K)`` soft labels. For the first
+``--warmup-steps`` batches, while the young network's CAMs are noise, the boxes are placed at random
+with area labels.
 
 ``aug.state_dict()`` goes into the checkpoint next to the model's and the optimizer's, so a resumed
 run continues the same augmentation stream. Data: the embedded ``ClutteredObjects`` (objects on
@@ -20,8 +22,8 @@ Run::
 
     python examples/plain_loop.py                                  # 3 epochs on 3000 images
     python examples/plain_loop.py --method saliencymix --cam-scale 0.5
-    python examples/plain_loop.py --epochs 1 --steps 3 --limit 128 --checkpoint ckpt.pt   # smoke run
-    python examples/plain_loop.py --epochs 2 --steps 3 --limit 128 --resume ckpt.pt        # resume it
+    python examples/plain_loop.py --epochs 1 --steps 3 --limit 128 --checkpoint out/ckpt.pt   # smoke run
+    python examples/plain_loop.py --epochs 2 --steps 3 --limit 128 --resume out/ckpt.pt        # resume it
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--method", default="snapmix", choices=sorted(TRANSFORMS))
     p.add_argument("--cam", default="gradcam", choices=sorted(salaug.CAM_METHODS))
     p.add_argument("--cam-scale", type=float, default=1.0)
-    p.add_argument("--p", type=float, default=0.5, help="probability that a batch is augmented")
+    p.add_argument("--no-recipe", action="store_true", help="no padded crop + flip before the augmenter")
     p.add_argument("--warmup-steps", type=int, default=50, help="first batches with random placement")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     aug = salaug.SaliencyAugmenter(
         model, TRANSFORMS[args.method](num_classes=k),
         cam=args.cam, target_layer="features",   # CAMs of the model being trained, of each image's label
-        p=args.p, cam_scale=args.cam_scale,
+        cam_scale=args.cam_scale,
         warmup_steps=args.warmup_steps, seed=args.seed,
     )
     start_epoch = 0
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.steps is not None and step >= args.steps:
                 break
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if not args.no_recipe:
+                images = salaug.crop_flip(images)[0]                      # the standard recipe first
             images, soft_labels = aug(images, labels)           # (B, 3, H, W), (B, K) rows summing to 1
             loss = F.cross_entropy(model(images), soft_labels)  # cross-entropy takes soft targets as they are
             opt.zero_grad(set_to_none=True)
@@ -142,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
               f"({seen / (time.perf_counter() - start):.0f} img/s) | val loss {val_loss:.3f} acc {val_acc:.3f}",
               flush=True)
         if args.checkpoint:
+            Path(args.checkpoint).parent.mkdir(parents=True, exist_ok=True)
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                         "augmenter": aug.state_dict(), "epoch": epoch}, args.checkpoint)
     print(f"augmented {aug.augmented} of {aug.steps} batches with {args.method} "

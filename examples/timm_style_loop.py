@@ -10,8 +10,11 @@ this script reproduces the shape of that loop (timm itself is not needed):
 * ``SoftTargetCrossEntropy`` when ``mixup_fn`` is set, ``CrossEntropyLoss(label_smoothing=...)``
   otherwise; with the augmenter, smoothing is applied to its soft targets (timm's Mixup does the
   same inside);
-* ``--mixup-off-epoch``: from that epoch on, batches are no longer mixed (``mixup_fn.p = 0``; timm
-  sets ``mixup_fn.mixup_enabled = False``); targets stay ``(B, K)`` so the loss does not change.
+* ``--mixup-off-epoch``: from that epoch on, batches are no longer mixed (``mixup_fn.batch_p = 0``;
+  timm sets ``mixup_fn.mixup_enabled = False``); targets stay ``(B, K)`` so the loss does not change;
+* the standard recipe first, as timm's transforms do before the mix: a 4-px padded random crop and a
+  horizontal flip (``salaug.crop_flip``, batched on the device); SnapMix then mixes half of the samples
+  (its default ``p=0.5``).
 
 Run::
 
@@ -63,13 +66,14 @@ def create_model(num_classes: int) -> nn.Module:
 def train_one_epoch(epoch: int, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     loss_fn: nn.Module, args: argparse.Namespace, mixup_fn=None) -> float:
     if mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-        mixup_fn.p = 0.0  # timm: mixup_fn.mixup_enabled = False
+        mixup_fn.batch_p = 0.0  # timm: mixup_fn.mixup_enabled = False
     model.train()
     total, seen = 0.0, 0
     for batch_idx, (input, target, _box) in enumerate(loader):
         if args.steps is not None and batch_idx >= args.steps:
             break
         input, target = input.to(args.device), target.to(args.device)
+        input = salaug.crop_flip(input)[0]  # timm's train transforms (random crop + flip) before the mix
         if mixup_fn is not None:
             input, target = mixup_fn(input, target)  # the one line timm's loop has for Mixup / CutMix
             if args.smoothing:
@@ -106,7 +110,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
     p.add_argument("--no-salaug", dest="salaug", action="store_false", help="train without mixing")
-    p.add_argument("--mix-prob", type=float, default=0.5, help="probability that a batch is mixed")
     p.add_argument("--cam-scale", type=float, default=0.5)
     p.add_argument("--mixup-off-epoch", type=int, default=0, help="stop mixing from this epoch on (0: never)")
     p.add_argument("--seed", type=int, default=0)
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     mixup_fn = None
     if args.salaug:
         mixup_fn = salaug.SaliencyAugmenter(model, salaug.SnapMix(num_classes=k), cam="gradcam",
-                                            target_layer="stages", p=args.mix_prob, cam_scale=args.cam_scale,
+                                            target_layer="stages", cam_scale=args.cam_scale,
                                             warmup_steps=20, seed=args.seed)
     # -- and picks the loss: soft targets with mixing, label smoothing otherwise -----------------------
     if mixup_fn is not None:

@@ -38,6 +38,7 @@ from salaug.transforms import (
     SalientCrop,
     SalientPaste,
     SnapMix,
+    crop_flip,
 )
 
 __version__ = "0.2.0"
@@ -102,6 +103,7 @@ __all__ = [
     "boxes",
     "cam_box_iou",
     "create_cam",
+    "crop_flip",
     "diagnose",
     "label_fidelity",
     "normalize_saliency",

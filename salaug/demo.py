@@ -1,17 +1,18 @@
 """``salaug demo``: train a small CNN on the embedded ClutteredObjects data with saliency augmentation.
 
 Nothing is downloaded: the data is generated procedurally and the model is trained from scratch on
-the CPU in a few minutes. The demo prints a results table (accuracy, pointing game, CAM box IoU,
-label fidelity, time) and writes pictures to ``--out``.
+the CPU in a minute or two. Every arm gets the standard recipe first (a 4-px padded random crop and
+a horizontal flip of each training image, its box moved with it); the method under test is applied
+on top. :func:`run` trains and measures one arm (accuracy, pointing game, CAM box IoU, label
+fidelity, time); :func:`format_table` and :func:`write_pictures` report them. The command line
+(``salaug demo``) is :mod:`salaug.cli.demo`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
-import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from salaug import models
 from salaug.callback import SaliencyAugmentation
 from salaug.cam import GradCAM
 from salaug.datasets import ClutteredObjects
@@ -35,35 +37,69 @@ from salaug.transforms import (
     SalientPaste,
     SaliencyTransform,
     SnapMix,
+    crop_flip,
 )
 
-__all__ = ["METHODS", "DemoNet", "RunResult", "build_transform", "main", "run"]
+__all__ = ["METHODS", "SALIENCY_FREE", "DemoNet", "RunResult", "build_transform", "format_table",
+           "crop_flip_collate", "make_data", "run", "soft_label_captions", "write_pictures"]
 
 METHODS = ("saliencymix", "snapmix", "salientcrop", "keepcutout", "guidedmixup", "salientpaste",
-           "attentivecutmix", "cutmix", "none")
+           "attentivecutmix", "puzzlemix", "cutmix", "resizemix", "none")
+# Methods that use no saliency: the demo feeds them a flat map instead of running a CAM per batch.
+SALIENCY_FREE = ("cutmix", "resizemix")
 TARGET_LAYER = "features"
 
 
-def build_transform(method: str, num_classes: int) -> SaliencyTransform | None:
-    """The transform behind a demo method name (``"none"`` -> ``None``).
+def _optional(method: str, module: str, name: str, num_classes: int) -> SaliencyTransform:
+    """``module.name(num_classes=...)`` with its defaults, or a clear error where this salaug version
+    does not have that transform."""
+    import importlib
 
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ValueError(f"method {method!r} is not available in this salaug version (no {module}.{name})") from None
+    return cls(num_classes=num_classes)
+
+
+def build_transform(method: str, num_classes: int) -> SaliencyTransform | None:
+    """The transform behind a demo method name (``"none"`` -> ``None``), with the library's defaults.
+
+    Mixing transforms are built with ``num_classes`` only (their defaults mix half of the samples of
+    each batch); SalientCrop and KeepCutout, which keep one class per image, get ``p=0.5``.
     ``"cutmix"`` is SaliencyMix fed a flat saliency map: its box centre then falls back to a
     random point, which is plain CutMix (see :class:`salaug.SaliencyMix`), so it shares the same
-    label rule and code path and isolates what the saliency adds.
+    label rule and code path and isolates what the saliency adds. ``"resizemix"`` is
+    :class:`salaug.ResizeMix` (the whole partner image resized into a box; saliency-free);
+    ``"puzzlemix"`` is PuzzleMix (``salaug.transforms.puzzle``).
+
+    Args:
+        method: one of :data:`METHODS`.
+        num_classes: number of classes ``K`` of the labels.
+
+    Returns:
+        The transform, or ``None`` for ``"none"``.
 
     Raises:
-        ValueError: for an unknown method.
+        ValueError: for an unknown method, or one this salaug version does not have.
+
+    Example:
+        >>> type(build_transform("snapmix", 10)).__name__, build_transform("none", 10)
+        ('SnapMix', None)
     """
     k = num_classes
-    table: dict[str, Any] = {
-        "saliencymix": lambda: SaliencyMix(num_classes=k, p=0.5),
-        "cutmix": lambda: SaliencyMix(num_classes=k, p=0.5),
-        "snapmix": lambda: SnapMix(num_classes=k, p=0.5),
+    table: dict[str, Callable[[], SaliencyTransform | None]] = {
+        "saliencymix": lambda: SaliencyMix(num_classes=k),
+        "cutmix": lambda: SaliencyMix(num_classes=k),
+        "snapmix": lambda: SnapMix(num_classes=k),
         "salientcrop": lambda: SalientCrop(num_classes=k, p=0.5),
         "keepcutout": lambda: KeepCutout(num_classes=k, p=0.5),
-        "guidedmixup": lambda: GuidedMixup(num_classes=k, p=0.5),
-        "salientpaste": lambda: SalientPaste(num_classes=k, p=0.5),
-        "attentivecutmix": lambda: AttentiveCutMix(num_classes=k, p=0.5),
+        "guidedmixup": lambda: GuidedMixup(num_classes=k),
+        "salientpaste": lambda: SalientPaste(num_classes=k),
+        "attentivecutmix": lambda: AttentiveCutMix(num_classes=k),
+        "resizemix": lambda: _optional("resizemix", "salaug.transforms.mix", "ResizeMix", k),
+        # PuzzleMix (salaug.transforms.puzzle): new in this version; the guard keeps the table honest
+        "puzzlemix": lambda: _optional("puzzlemix", "salaug.transforms.puzzle", "PuzzleMix", k),
         "none": lambda: None,
     }
     if method not in table:
@@ -71,35 +107,39 @@ def build_transform(method: str, num_classes: int) -> SaliencyTransform | None:
     return table[method]()
 
 
-class DemoNet(pl.LightningModule):
-    """A small CNN: four conv blocks (``features``, the CAM layer) and a linear head on pooled features."""
+class DemoNet(models.DemoNet, pl.LightningModule):
+    """:class:`salaug.models.DemoNet` trained by Lightning: the same ``features`` (the CAM layer),
+    ``head``, forward and state-dict keys, plus the training and validation steps.
+
+    Input ``(B, 3, H, W)`` images, output ``(B, num_classes)`` logits. Training takes hard ``(B,)``
+    or soft ``(B, K)`` labels (what the augmentation callback leaves in the batch); validation
+    appends each epoch's accuracy to :attr:`curve`.
+
+    Args:
+        num_classes: number of output logits.
+        width: channels of the first block (the last two have ``4 * width``).
+        lr: peak learning rate of the one-cycle AdamW schedule.
+        epochs: the schedule's length (kept as a hyperparameter; the Trainer's ``max_epochs`` decides).
+
+    Example:
+        >>> net = DemoNet(num_classes=4, width=8)
+        >>> net(torch.rand(2, 3, 32, 32)).shape, list(net.state_dict())[0]
+        (torch.Size([2, 4]), 'features.0.weight')
+    """
 
     def __init__(self, num_classes: int = 10, width: int = 32, lr: float = 3e-3, epochs: int = 8) -> None:
-        super().__init__()
+        super().__init__(num_classes=num_classes, width=width)
         self.save_hyperparameters()
-
-        def block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
-            layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                                       nn.ReLU(inplace=True)]
-            return layers + ([nn.MaxPool2d(2)] if pool else [])
-
-        w = width
-        self.features = nn.Sequential(*block(3, w, True), *block(w, 2 * w, True), *block(2 * w, 4 * w, True),
-                                      *block(4 * w, 4 * w, False))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, num_classes))
         self.curve: list[float] = []
         self._correct = 0
         self._seen = 0
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         loss = F.cross_entropy(self(batch[0]), batch[1])
         self.log("train_loss", loss, prog_bar=True, batch_size=batch[0].shape[0])
         return loss
 
-    def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         pred = self(batch[0]).argmax(1)
         self._correct += int((pred == batch[1]).sum())
         self._seen += batch[1].numel()
@@ -116,6 +156,21 @@ class DemoNet(pl.LightningModule):
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def crop_flip_collate(samples: Sequence[Any]) -> list[Any]:
+    """A DataLoader ``collate_fn``: ``default_collate`` of ``(image, label, box, ...)`` samples, then
+    :func:`salaug.crop_flip` on the images (field 0) and boxes (field 2) of the batch.
+
+    Returns:
+        The batch as a list ``[images (B, C, H, W), labels (B,), boxes (B, 4), ...]`` (a list, so
+        the augmentation callback can rewrite it in place).
+    """
+    from torch.utils.data import default_collate
+
+    batch = list(default_collate(samples))
+    batch[0], batch[2] = crop_flip(batch[0], boxes=batch[2])
+    return batch
 
 
 class _FlatSaliency(SaliencyAugmentation):
@@ -135,24 +190,36 @@ class RunResult:
     box_iou: float
     label_fidelity: float | None
     seconds: float
+    recipe: bool = True
     curve: list[float] = field(default_factory=list)
     model: DemoNet | None = field(default=None, repr=False)
     callback: SaliencyAugmentation | None = field(default=None, repr=False)
 
 
 def make_data(size: int, train_size: int, val_size: int, test_size: int, seed: int, batch_size: int,
-              workers: int, make_dataset: Any = None) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Loaders over the three splits, each batch ``[images, labels, boxes]``.
+              workers: int, make_dataset: Any = None, recipe: bool = True
+              ) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Loaders over the three splits, each batch ``[images (B, 3, size, size), labels (B,), boxes (B, 4)]``.
 
-    ``make_dataset(split, size, length, seed)`` builds a split; ClutteredObjects by default.
+    Args:
+        size, train_size, val_size, test_size, seed: the data (image side, images per split, seed).
+        batch_size, workers: the DataLoaders'.
+        make_dataset: ``make_dataset(split, size, length, seed)`` builds a split; ClutteredObjects
+            by default.
+        recipe: give the training batches the standard recipe (:func:`crop_flip_collate`);
+            validation and test stay unaugmented.
+
+    Returns:
+        The train (shuffled), validation and test loaders.
     """
     make_dataset = make_dataset or (lambda split, size, n, seed: ClutteredObjects(
         split=split, size=size, length=n, seed=seed, cache=True))
 
     def loader(split: str, n: int, shuffle: bool) -> DataLoader:
         ds = make_dataset(split, size, n, seed)
+        collate = crop_flip_collate if recipe and split == "train" else None
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          persistent_workers=workers > 0)
+                          persistent_workers=workers > 0, collate_fn=collate)
     return loader("train", train_size, True), loader("val", val_size, False), loader("test", test_size, False)
 
 
@@ -221,8 +288,23 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
 def run(method: str = "snapmix", *, epochs: int = 40, size: int = 32, train_size: int = 500,
         val_size: int = 200, test_size: int = 1000, batch_size: int = 64, seed: int = 0, width: int = 16,
         device: str = "cpu", out: str | None = None, progress: bool = True, workers: int = 0,
-        cam_scale: float = 1.0, make_dataset: Any = None, fidelity: bool = True) -> RunResult:
-    """Train :class:`DemoNet` with one augmentation method and measure it.
+        cam_scale: float = 1.0, make_dataset: Any = None, fidelity: bool = True, recipe: bool = True) -> RunResult:
+    """Train :class:`DemoNet` with one augmentation method (on top of the standard recipe) and measure it.
+
+    Args:
+        method: one of :data:`METHODS` (``"none"``: the recipe alone).
+        epochs, size, train_size, val_size, test_size, batch_size, seed, width, device: the run.
+        out: directory whose ``runs/<method>/`` receives the CSV log and the monitor's pictures
+            (default ``salaug_demo``).
+        progress: show Lightning's progress bar.
+        workers: DataLoader worker processes.
+        cam_scale: resolution factor of the CAM forward of the augmentation, in ``(0, 1]``.
+        make_dataset: see :func:`make_data`.
+        fidelity: measure the label fidelity of mixing methods.
+        recipe: apply the standard recipe (:func:`salaug.crop_flip`) to the training batches of the run.
+
+    Returns:
+        The measurements, with the trained model (CPU, eval mode) and the callback.
 
     Raises:
         ValueError: for an unknown method.
@@ -230,7 +312,8 @@ def run(method: str = "snapmix", *, epochs: int = 40, size: int = 32, train_size
     pl.seed_everything(seed, workers=True, verbose=False)
     num_classes = 10
     transform = build_transform(method, num_classes)
-    train, val, test = make_data(size, train_size, val_size, test_size, seed, batch_size, workers, make_dataset)
+    train, val, test = make_data(size, train_size, val_size, test_size, seed, batch_size, workers, make_dataset,
+                                 recipe=recipe)
     model = DemoNet(num_classes=num_classes, width=width, epochs=epochs)
     # The head check (AblationCAM) is left to `salaug diagnose`: the demo watches GradCAM and EigenCAM.
     monitor = SaliencyMonitor(target_layer=TARGET_LAYER, box_key=2, max_batches=2, every_n_epochs=max(epochs // 4, 1),
@@ -238,7 +321,7 @@ def run(method: str = "snapmix", *, epochs: int = 40, size: int = 32, train_size
     callbacks: list[Any] = [monitor]
     augmentation = None
     if transform is not None:
-        kind = _FlatSaliency if method == "cutmix" else SaliencyAugmentation
+        kind = _FlatSaliency if method in SALIENCY_FREE else SaliencyAugmentation
         augmentation = kind(transform, cam="gradcam", target_layer=TARGET_LAYER, seed=seed,
                             cam_scale=cam_scale, stop_epoch=max(epochs - 1, 1) if epochs > 2 else None,
                             log_every_n_steps=0)
@@ -256,31 +339,64 @@ def run(method: str = "snapmix", *, epochs: int = 40, size: int = 32, train_size
     pg, iou = localisation(model, test)
     score = None
     if fidelity and transform is not None:
-        score = measure_label_fidelity(transform, model, size, seed, num_classes, flat_saliency=method == "cutmix")
-    return RunResult(method, acc, pg, iou, score, seconds, list(model.curve), model, augmentation)
+        score = measure_label_fidelity(transform, model, size, seed, num_classes,
+                                       flat_saliency=method in SALIENCY_FREE)
+    return RunResult(method, acc, pg, iou, score, seconds, recipe, list(model.curve), model, augmentation)
+
+
+def _class_name(names: Sequence[str] | None, k: int) -> str:
+    return names[k] if names is not None and 0 <= k < len(names) else str(k)
+
+
+def soft_label_captions(labels: Tensor, names: Sequence[str] | None = None, top: int = 2) -> list[str]:
+    """One caption per row of soft labels ``(B, K)``: the ``top`` classes with their weight, by name
+    where ``names`` (e.g. the dataset's ``classes``) has them, else by index.
+
+    Example:
+        >>> soft_label_captions(torch.tensor([[0.0, 0.7, 0.3], [1.0, 0.0, 0.0]]), ["disc", "ring", "star"])
+        ['ring .70 star .30', 'disc 1.00']
+    """
+    def weight(v: float) -> str:
+        return f"{v:.2f}".removeprefix("0")
+
+    captions = []
+    for row in labels:  # a handful of captions for a picture, not a hot path
+        values, classes = row.topk(min(top, row.numel()))
+        captions.append(" ".join(f"{_class_name(names, int(k))} {weight(float(v))}"
+                                 for v, k in zip(values, classes) if float(v) > 0))
+    return captions
 
 
 def write_pictures(result: RunResult, others: list[RunResult], out: str, size: int, seed: int) -> list[str]:
-    """CAM overlays on validation images, augmented samples with soft labels, accuracy curves."""
+    """CAM overlays on validation images, augmented samples with soft labels, accuracy curves.
+
+    Captions name the classes (the dataset's ``classes``). Writes ``cam_overlays.png``,
+    ``augmented.png`` (not for ``"none"``) and ``accuracy.png`` (needs matplotlib) into ``out``.
+
+    Returns:
+        The paths written.
+    """
     from salaug.viz import draw_boxes, overlay, save_grid
 
     os.makedirs(out, exist_ok=True)
     model = result.model
     assert model is not None
     ds = ClutteredObjects(split="val", size=size, length=16, seed=seed)
+    names: Sequence[str] | None = getattr(ds, "classes", None)
     x, y, boxes = (torch.stack([torch.as_tensor(ds[i][j]) for i in range(16)]) for j in range(3))
+    truth = [_class_name(names, int(k)) for k in y]
     maps = GradCAM(model, TARGET_LAYER)(x, y)
     rows = {"validation images, true boxes": draw_boxes(x, boxes), "GradCAM of the true class": overlay(x, maps)}
-    paths = [save_grid(rows, os.path.join(out, "cam_overlays.png"), nrow=16)]
-    transform = build_transform(result.method, 10)
+    paths = [save_grid(rows, os.path.join(out, "cam_overlays.png"), nrow=16, captions=[truth, truth])]
+    transform = build_transform(result.method, len(names) if names is not None else 10)
     if transform is not None:
         transform.generator = torch.Generator().manual_seed(seed)
-        if result.method == "cutmix":
+        if result.method in SALIENCY_FREE:
             maps = torch.zeros_like(maps)
         mixed = transform(x, maps, y)
-        captions = [" ".join(f"{int(i)}:{float(v):.2f}" for v, i in zip(*row.topk(2)) if float(v) > 0)
-                    for row in mixed.labels]
-        rows = {"images": x, "GradCAM of the true class": overlay(x, maps), f"{result.method} (soft labels below)": mixed.images}
+        rows = {"images": x, "GradCAM of the true class": overlay(x, maps),
+                f"{result.method} (soft labels below)": mixed.images}
+        captions = [truth, None, soft_label_captions(mixed.labels, names)]
         paths.append(save_grid(rows, os.path.join(out, "augmented.png"), nrow=16, captions=captions))
     try:
         import matplotlib
@@ -304,7 +420,10 @@ def write_pictures(result: RunResult, others: list[RunResult], out: str, size: i
 
 
 def format_table(results: list[RunResult]) -> str:
-    """A markdown table of the runs."""
+    """A markdown table of the runs, and a line saying which base augmentation every arm had.
+
+    Times are relative to the ``"none"`` run where there is one.
+    """
     base = next((r.seconds for r in results if r.method == "none"), None)
     lines = ["| method | test acc | pointing game | CAM box IoU | label fidelity | train time |",
              "|---|---|---|---|---|---|"]
@@ -312,71 +431,10 @@ def format_table(results: list[RunResult]) -> str:
         fid = "n/a" if r.label_fidelity is None else f"{r.label_fidelity:.3f}"
         t = f"{r.seconds:.0f} s" + (f" ({r.seconds / base:.2f}x)" if base else "")
         lines.append(f"| {r.method} | {r.test_acc:.3f} | {r.pointing_game:.3f} | {r.box_iou:.3f} | {fid} | {t} |")
+    recipes = {r.recipe for r in results}
+    if recipes == {True}:
+        lines.append("\nEvery arm trains on the standard recipe (4-px padded random crop + horizontal flip); "
+                     "each method is applied on top of it.")
+    elif recipes == {False}:
+        lines.append("\nNo base augmentation (--no-recipe): each method is the only augmentation of its arm.")
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``salaug demo`` argument parser: every argument typed and range-checked by argparse."""
-    from salaug.cli import accelerator, fraction, int_range, output_dir, positive_int, seed
-
-    parser = argparse.ArgumentParser(prog="salaug demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="snapmix", choices=METHODS)
-    parser.add_argument("--epochs", type=positive_int, default=40)
-    parser.add_argument("--out", type=output_dir, default="salaug_demo",
-                        help="directory for the results and pictures (created if missing)")
-    parser.add_argument("--device", type=accelerator, default="cpu", help="cpu, cuda, mps or auto")
-    parser.add_argument("--seed", type=seed, default=0)
-    parser.add_argument("--compare", nargs="*", default=None, choices=["none", "cutmix"],
-                        help="also train these baselines on the same schedule (default with the flag: none cutmix)")
-    parser.add_argument("--train-size", type=positive_int, default=500,
-                        help="training images; few per class (50) is where mixing pays")
-    parser.add_argument("--val-size", type=positive_int, default=200)
-    parser.add_argument("--test-size", type=positive_int, default=1000)
-    parser.add_argument("--size", type=int_range(16, 512, "ClutteredObjects draws 16 to 512 px images here"),
-                        default=32, help="image side in pixels")
-    parser.add_argument("--width", type=positive_int, default=16, help="DemoNet's base channel width")
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--cam-scale", type=fraction, default=1.0,
-                        help="resolution factor of the CAM forward, in (0, 1]")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and cross-check the demo's arguments; a bad one exits with argparse's code 2."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if round(args.size * args.cam_scale) < 8:  # DemoNet halves the CAM input three times
-        parser.error(f"--cam-scale {args.cam_scale} on {args.size} px images runs the CAM on "
-                     f"{round(args.size * args.cam_scale)} px, below the 8 px the network needs; raise it")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``salaug demo [--method M] [--epochs N] [--out DIR] [--device D] [--seed S] [--compare B]``."""
-    args = parse_args(argv)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation noise
-    common = dict(epochs=args.epochs, size=args.size, train_size=args.train_size, val_size=args.val_size,
-                  test_size=args.test_size, batch_size=args.batch_size,
-                  seed=args.seed, device=args.device, out=args.out, progress=not args.no_progress,
-                  cam_scale=args.cam_scale, width=args.width)
-    main_run = run(args.method, **common)
-    baselines = [] if args.compare is None else (args.compare or ["none", "cutmix"])
-    others = [run(b, **common) for b in baselines if b != args.method]
-    results = [main_run, *others]
-    table = format_table(results)
-    paths = write_pictures(main_run, others, args.out, args.size, args.seed)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump([{k: v for k, v in vars(r).items() if k not in ("model", "callback")} for r in results], f, indent=1)
-    weights = os.path.join(args.out, "model.pt")
-    torch.save(main_run.model.state_dict(), weights)  # type: ignore[union-attr]
-    print()
-    print(table)
-    if others:
-        print("\nOne seed: differences of a few points are noise here. benchmarks/payoff.py measures the same "
-              "regime over paired seeds with confidence intervals (README, 'Does it help?').")
-    print("\npictures: " + ", ".join(str(p) for p in paths))
-    print(f"model ({args.method}): {weights}; check it with `salaug diagnose --checkpoint {weights} --size {args.size}`")
-    return 0

@@ -17,13 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import value_checks_on
-from salaug._checks import check_finite, check_number, size_pair
+from salaug._checks import check_finite, check_number, check_saliency_shape, size_pair, value_checks_on
+from salaug.boxes import box_area, box_mask
 
 __all__ = [
+    "box_energy",
     "box_iou",
+    "box_share",
     "cam_box_iou",
     "label_fidelity",
+    "localisation_score",
     "mix_visibility",
     "pointing_game",
     "saliency_box",
@@ -32,16 +35,8 @@ __all__ = [
 
 
 def _check_maps(saliency: object, name: str = "saliency") -> Tensor:
-    if not isinstance(saliency, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 1, H, W), got {type(saliency).__name__}")
-    if saliency.ndim == 3:
-        saliency = saliency.unsqueeze(1)
-    if saliency.ndim != 4 or saliency.shape[1] != 1:
-        raise ValueError(f"{name} must have shape (B, 1, H, W) (or (B, H, W)), got {tuple(saliency.shape)}")
-    if not saliency.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {saliency.dtype}; convert with .float()")
-    if saliency.shape[-1] == 0 or saliency.shape[-2] == 0:
-        raise ValueError(f"{name} must have at least one pixel, got shape {tuple(saliency.shape)}")
+    """The shared saliency shape check, plus finite values (value checks)."""
+    saliency = check_saliency_shape(saliency, name)
     check_finite(
         saliency, name, "metrics need finite maps (salaug's CAMs never return NaN; check where they come from)"
     )
@@ -125,6 +120,100 @@ def pointing_game(
     hit = torch.hypot(dx, dy) <= tolerance
     has_peak = flat.amax(dim=1) > flat.amin(dim=1)
     return hit & has_peak
+
+
+def box_share(boxes: Tensor, image_size: tuple[int, int] | int) -> Tensor:
+    """Share of the image each box covers, counting only its part inside the image.
+
+    What a map blind to the object scores on :func:`box_energy` (a uniform map puts this share of
+    its mass in the box), hence the *chance* level of :func:`localisation_score`. A box reaching
+    past the border counts only its in-image part (so the share never exceeds 1).
+
+    Args:
+        boxes: ``(B, 4)`` half-open ``xyxy`` boxes in pixels.
+        image_size: ``(H, W)`` of the image (or one int for a square image).
+
+    Returns:
+        ``(B,)`` float32 in ``[0, 1]``.
+
+    Raises:
+        TypeError / ValueError: non-tensor, badly shaped or non-finite boxes (value checks), a bad
+            ``image_size``.
+
+    Example:
+        >>> box_share(torch.tensor([[0.0, 0.0, 4.0, 4.0], [-4.0, 0.0, 4.0, 8.0]]), (8, 8)).tolist()
+        [0.25, 0.5]
+    """
+    size = _check_image_size(image_size)
+    if size is None:
+        raise ValueError("image_size must be the (H, W) of the image the boxes refer to")
+    boxes = _check_boxes(boxes, boxes.shape[0] if isinstance(boxes, Tensor) and boxes.ndim == 2 else -1)
+    h, w = size
+    b = boxes.to(torch.float32)
+    lo = torch.zeros(2, device=b.device)
+    hi = torch.tensor([float(w), float(h)], device=b.device)
+    clipped = torch.cat([torch.maximum(b[:, :2], lo), torch.minimum(b[:, 2:], hi)], dim=1)
+    return box_area(clipped) / (h * w)
+
+
+def box_energy(saliency: Tensor, boxes: Tensor, image_size: tuple[int, int] | None = None) -> Tensor:
+    """Fraction of each map's mass inside its box (the energy-based pointing game).
+
+    Negative map values count as 0. A map that ignores the object (uniform) scores the box's
+    :func:`box_share`; one wholly inside the box scores 1; an all-zero map scores 0.
+
+    Args:
+        saliency: ``(B, 1, h, w)`` (or ``(B, h, w)``) float maps, non-negative.
+        boxes: ``(B, 4)`` half-open ``xyxy`` boxes in pixels of the (resized) maps.
+        image_size: ``(H, W)`` the boxes refer to; the maps are resized bilinearly to it first.
+            ``None``: the boxes are in the maps' own pixel grid.
+
+    Returns:
+        ``(B,)`` float32 in ``[0, 1]``.
+
+    Raises:
+        TypeError / ValueError: as for :func:`pointing_game`.
+
+    Example:
+        >>> s = torch.zeros(2, 1, 4, 4)
+        >>> s[0, 0, :2, :2] = 1.0
+        >>> s[1] = 1.0
+        >>> box_energy(s, torch.tensor([[0.0, 0.0, 2.0, 2.0]]).expand(2, 4)).tolist()
+        [1.0, 0.25]
+    """
+    s = _resize(_check_maps(saliency), image_size).to(torch.float32).clamp_min(0)
+    boxes = _check_boxes(boxes, s.shape[0]).to(device=s.device)
+    inside = box_mask(boxes, (s.shape[-2], s.shape[-1]))
+    total = s.flatten(1).sum(1)
+    return (s * inside).flatten(1).sum(1) / total.clamp_min(1e-12) * (total > 0)
+
+
+def localisation_score(
+    saliency: Tensor, boxes: Tensor, image_size: tuple[int, int] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The box score of :func:`salaug.diagnose`: the mean of pointing game and energy inside the box.
+
+    Args:
+        saliency: ``(B, 1, h, w)`` (or ``(B, h, w)``) float maps, non-negative.
+        boxes: ``(B, 4)`` half-open ``xyxy`` boxes in pixels of the (resized) maps.
+        image_size: as for :func:`box_energy`.
+
+    Returns:
+        ``(score, pointing, energy)``, each ``(B,)`` float32 in ``[0, 1]``.
+
+    Raises:
+        TypeError / ValueError: as for :func:`pointing_game`.
+
+    Example:
+        >>> s = torch.zeros(1, 1, 4, 4)
+        >>> s[0, 0, 0, 0] = 1.0
+        >>> [t.tolist() for t in localisation_score(s, torch.tensor([[0.0, 0.0, 2.0, 2.0]]))]
+        [[1.0], [1.0], [1.0]]
+    """
+    saliency = _resize(_check_maps(saliency), image_size)
+    pointing = pointing_game(saliency, boxes).to(torch.float32)
+    energy = box_energy(saliency, boxes)
+    return (pointing + energy) / 2, pointing, energy
 
 
 def saliency_box(saliency: Tensor, threshold: float = 0.5) -> Tensor:

@@ -44,8 +44,9 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
       ``head_score``.
 
     A falling ``head_score`` under a steady ``backbone_score`` means the head drifts off the object
-    (a shortcut); both low, the backbone. The thresholds of :mod:`salaug.diagnosis`
-    (``BACKBONE_THRESHOLD``, ``HEAD_THRESHOLD``) apply to the two scores. Everything is logged as
+    (a shortcut); both low, the backbone. These are raw scores;
+    :func:`salaug.diagnose` judges them by their margin over chance and a random-initialisation
+    reference (:mod:`salaug.diagnosis.report`). Everything is logged as
     ``salaug_monitor/<name>``, each a mean over the images it was measured on, together with a
     picture of a fixed set of validation images and their GradCAM, EigenCAM (and AblationCAM)
     overlays, by the rule of :class:`salaug.SaliencyAugmentation`: to loggers that take images

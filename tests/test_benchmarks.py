@@ -181,22 +181,6 @@ def test_models_are_the_library_networks(payoff) -> None:
     assert payoff.target_layer(cfg) == "layer4" and net(torch.rand(2, 3, 32, 32)).shape == (2, cfg.num_classes)
 
 
-def test_crop_flip_moves_masks_with_images_and_is_per_sample(payoff) -> None:
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(64, 3, 16, 16) + 0.1  # never 0, so padding is recognisable
-    m = (x[:, :1] > 0.6).float()
-    cx, cm = payoff.crop_flip(x, m, padding=1, generator=g)
-    assert cx.shape == x.shape and cm.shape == m.shape
-    torch.testing.assert_close(cm, (cx[:, :1] > 0.6).float())  # the same crop and flip on both
-    padded = (cx == 0).flatten(1).any(1)
-    assert 0 < int(padded.sum()) < 64  # some samples shifted, others not: per-sample offsets
-    flipped = [bool(torch.equal(cx[i], x[i].flip(-1))) for i in range(64)]
-    same = [bool(torch.equal(cx[i], x[i])) for i in range(64)]
-    assert any(flipped) and any(same)
-    again = payoff.crop_flip(x, m, padding=1, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(again[0], cx)
-
-
 def test_every_arm_of_a_seed_gets_the_same_base_augmentation(payoff, monkeypatch) -> None:
     seen: dict[str, list[torch.Tensor]] = {}
     real = payoff.apply_base

@@ -625,3 +625,46 @@ def test_models_without_convolutions_keep_their_layout(images):
     cam = sc.EigenCAM(model, "0")
     assert cam._channels_last is False
     assert cam(images, output_size="feature").shape == (4, 1, 16, 16)
+
+
+# ---------------------------------------------------------------------------- AblationCAM across images
+def test_ablation_across_images_matches_the_per_image_path_and_falls_back_where_inexact():
+    from salaug.models import DemoNet, ResNet8
+
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 16, 16)
+    for model, layer, shared in ((DemoNet(6, 4).eval(), "features", True), (ResNet8(6, 4).eval(), "features", True),
+                                 (ResNet8(6, 4).eval(), "features.3.body", False),  # the shortcut is carried
+                                 (Residual(False).eval(), "conv1", False)):
+        fast = sc.AblationCAM(model, layer, batch_size=5)  # chunks straddle images
+        got = fast(x)
+        per_image = sc.AblationCAM(model, layer, batch_size=5)
+        per_image._shared_trunk[id(per_image.target_layer)] = False  # force the per-image trunk
+        full = sc.AblationCAM(model, layer, batch_size=5, trunk_once=False)
+        assert list(fast._shared_trunk.values()) == [shared], (type(model).__name__, layer)
+        torch.testing.assert_close(got, per_image(x), atol=1e-4, rtol=0)
+        torch.testing.assert_close(got, full(x), atol=1e-4, rtol=0)
+        assert float(got.amax()) > 0.5
+
+
+def test_ablation_trunk_errors_other_than_shapes_propagate(images, monkeypatch):
+    torch.manual_seed(3)
+    model = Residual(False).eval()
+    cam = sc.AblationCAM(model, "conv1", batch_size=4)
+    calls = [0]
+    real = model.fc.forward
+
+    def flaky(x):
+        calls[0] += 1
+        if calls[0] > 1:  # the CAM's capture forward passes, the ablated forwards run out of memory
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(x)
+
+    monkeypatch.setattr(model.fc, "forward", flaky)
+    with pytest.raises(torch.OutOfMemoryError):
+        cam(images)
+    from salaug.cam.perturbation import _is_shape_error
+
+    assert _is_shape_error(RuntimeError("Sizes of tensors must match except in dimension 1"))
+    assert not _is_shape_error(RuntimeError("CUDA out of memory"))
+    assert not _is_shape_error(RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"))

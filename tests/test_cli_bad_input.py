@@ -29,14 +29,14 @@ def _usage_error(argv: list[str], capsys) -> str:
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if validation lets a command reach training or the CAM pass."""
-    import salaug.data.cli as data_cli
+    import salaug.cli.precompute_masks as precompute_cli
     import salaug.demo as demo
 
     def forbidden(*args, **kwargs):
         raise AssertionError("argument validation must fail before any work starts")
 
     monkeypatch.setattr(demo, "run", forbidden)
-    monkeypatch.setattr(data_cli, "precompute_masks", forbidden)
+    monkeypatch.setattr(precompute_cli, "precompute_masks", forbidden)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,6 +58,7 @@ def no_work(monkeypatch):
     (["--seed", "-1"], "--seed: must be an integer in [0, 4294967295]"),
     (["--device", "gpu9"], "--device: unknown device 'gpu9'"),
     (["--method", "magic"], "--method: invalid choice: 'magic'"),
+    (["--compare", "none", "magic"], "--compare: invalid choice: 'magic'"),
 ])
 def test_demo_bad_arguments(argv, fragment, capsys, no_work):
     assert fragment in _usage_error(["demo", *argv], capsys)
@@ -95,7 +96,39 @@ def test_demo_good_arguments_reach_run(monkeypatch, tmp_path):
         main(["demo", "--epochs", "1", "--size", "32", "--cam-scale", "0.5", "--out", str(tmp_path / "o")])
     method, kwargs = calls[0]
     assert method == "snapmix" and kwargs["epochs"] == 1 and kwargs["cam_scale"] == 0.5 and kwargs["width"] == 16
+    assert kwargs["recipe"] is True  # the standard recipe by default
     assert not (tmp_path / "o").exists()  # validation creates nothing
+
+
+@pytest.mark.parametrize("argv, order, recipe", [
+    (["--compare"], ["none", "cutmix", "snapmix"], True),  # base-only, base + CutMix, base + the default method
+    (["--compare", "none", "--no-recipe"], ["none", "snapmix"], False),
+    (["--method", "resizemix", "--compare", "resizemix", "none"], ["none", "resizemix"], True),
+])
+def test_demo_compare_trains_every_arm_on_one_schedule(argv, order, recipe, monkeypatch, tmp_path):
+    import salaug.demo as demo
+
+    calls = []
+
+    def fake_run(method, **kwargs):
+        calls.append((method, kwargs))
+        if len(calls) == len(order):
+            raise KeyboardInterrupt  # every arm was started
+        return None
+
+    monkeypatch.setattr(demo, "run", fake_run)
+    with pytest.raises(KeyboardInterrupt):
+        main(["demo", *argv, "--epochs", "2", "--out", str(tmp_path / "o")])
+    assert [m for m, _ in calls] == order
+    assert all(k == calls[0][1] for _, k in calls) and calls[0][1]["recipe"] is recipe
+
+
+def test_demo_refuses_a_method_this_version_lacks(monkeypatch, capsys, no_work):
+    import salaug.transforms.mix as mix
+
+    monkeypatch.delattr(mix, "ResizeMix")
+    line = _usage_error(["demo", "--compare", "resizemix"], capsys)
+    assert "'resizemix' is not available" in line
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +256,7 @@ def test_weights_file_loads_a_lightning_checkpoint_state_dict(tmp_path):
     torch.save({"state_dict": {"model.w": torch.ones(2)}, "epoch": 3}, path)
     loaded = cli.weights_file(str(path))
     assert loaded.path == str(path) and list(loaded.state) == ["model.w"]
+    assert loaded.checkpoint["epoch"] == 3  # the whole file stays available (metadata beside the weights)
     assert pickle.loads(pickle.dumps(loaded)).path == str(path)
 
 
@@ -234,3 +268,101 @@ def test_precompute_runtime_failure_is_one_line_with_exit_code_2(tmp_path, capsy
     assert rc == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("salaug precompute-masks: error:")
     assert not (tmp_path / "m.salm").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# salaug diagnose
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def no_diagnosis(monkeypatch):
+    """Fail the test if validation lets `salaug diagnose` reach training or the CAM passes."""
+    import salaug.diagnosis as diagnosis
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("argument validation must fail before any work starts")
+
+    monkeypatch.setattr(diagnosis, "diagnose", forbidden)
+    monkeypatch.setattr(diagnosis, "train_demo_model", forbidden)
+
+
+def _demo_state(num_classes: int = 6) -> dict:
+    from salaug.models import DemoNet
+
+    torch.manual_seed(0)
+    return DemoNet(num_classes=num_classes, width=8).state_dict()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "-1"], "--epochs: must be an integer >= 0"),
+    (["--size", "8"], "--size: must be an integer in [16, 512]"),
+    (["--num-images", "x"], "--num-images: expected an integer, got 'x'"),
+    (["--examples", "-1"], "--examples: must be an integer >= 0"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--checkpoint", "/nonexistent/model.ckpt"], "does not exist"),
+])
+def test_diagnose_bad_arguments(argv, message, capsys, no_diagnosis):
+    assert message in _usage_error(["diagnose", *argv], capsys)
+
+
+@pytest.mark.parametrize("kind, fragment", [
+    ("text", "cannot read"),
+    ("pickled-module", "cannot read"),  # a whole pickled module would run code from the file: refused
+    ("other-architecture", "do not fit salaug.models.DemoNet"),
+    ("missing-key", "missing key 'features.4.weight'"),
+    ("unexpected-key", "unexpected key 'extra.weight'"),
+    ("wide", "20 outputs"),
+])
+def test_diagnose_bad_checkpoints(kind, fragment, tmp_path, capsys, no_diagnosis):
+    path = tmp_path / f"{kind}.pt"
+    if kind == "text":
+        path.write_text("not a checkpoint")
+    elif kind == "pickled-module":
+        from salaug.models import DemoNet
+
+        torch.save(DemoNet(num_classes=4, width=8), path)
+    elif kind == "other-architecture":
+        torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2)).state_dict(), path)
+    elif kind == "missing-key":
+        state = _demo_state()
+        del state["features.4.weight"]
+        torch.save(state, path)
+    elif kind == "unexpected-key":
+        torch.save({**_demo_state(), "extra.weight": torch.zeros(2)}, path)
+    else:
+        torch.save(_demo_state(num_classes=20), path)
+    line = _usage_error(["diagnose", "--checkpoint", str(path), "--size", "32"], capsys)
+    assert "--checkpoint" in line and fragment in line
+
+
+def test_diagnose_needs_the_checkpoints_image_size(tmp_path, capsys, no_diagnosis):
+    from salaug.diagnosis import demo_checkpoint
+    from salaug.models import DemoNet
+
+    bare = tmp_path / "bare.pt"
+    torch.save(_demo_state(), bare)  # no metadata: the size cannot be checked
+    line = _usage_error(["diagnose", "--checkpoint", str(bare)], capsys)
+    assert "--size" in line and "does not record" in line
+    recorded = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    torch.save(demo_checkpoint(DemoNet(num_classes=6, width=8), 32), recorded)
+    line = _usage_error(["diagnose", "--checkpoint", str(recorded), "--size", "64"], capsys)
+    assert "--size 64" in line and "32" in line
+
+
+def test_diagnose_refuses_a_model_with_nan_logits(tmp_path, capsys):
+    state = _demo_state()
+    state["head.2.bias"] = torch.full_like(state["head.2.bias"], float("nan"))
+    path = tmp_path / "nan.pt"
+    torch.save(state, path)
+    line = _usage_error(["diagnose", "--checkpoint", str(path), "--size", "32", "--num-images", "8",
+                         "--batch-size", "8", "--out", str(tmp_path / "rep")], capsys)
+    assert "nan" in line.lower()
+    assert not (tmp_path / "rep").exists()
+
+
+def test_diagnose_out_is_a_file(tmp_path, capsys, no_diagnosis):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    assert "is a file, not a directory" in _usage_error(["diagnose", "--out", str(taken)], capsys)
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in _usage_error(["diagnose", "--device", "cuda"], capsys)

@@ -115,6 +115,7 @@ def test_lightning_cli(tmp_path: Path) -> None:
     transform = re.search(r"class_path: salaug.SaliencyMix\s+init_args:\n((?:\s{8,}.*\n)+)", saved)
     assert transform, saved
     assert re.search(r"num_classes: 10\n", transform[1]) and re.search(r"\bp: 0\.5\n", transform[1]), saved
+    assert re.search(r"\bbatch_p: 1\.0\n", saved) and re.search(r"\brecipe: true\n", saved), saved
 
 
 def test_dataloader_collate(tmp_path: Path) -> None:
@@ -124,14 +125,15 @@ def test_dataloader_collate(tmp_path: Path) -> None:
 
 def test_plain_loop_with_checkpoint_and_resume(tmp_path: Path) -> None:
     common = [str(EXAMPLES / "plain_loop.py"), "--steps", "2", "--limit", "64", "--val-limit", "32",
-              "--batch-size", "16", "--size", "32", "--warmup-steps", "1", "--checkpoint", "ckpt.pt"]
+              "--batch-size", "16", "--size", "32", "--warmup-steps", "1", "--checkpoint", "out/ckpt.pt"]
     out = run([*common, "--epochs", "1"], tmp_path)
     assert re.search(r"epoch 1/1: train loss \d+\.\d{3} .* val loss \d+\.\d{3} acc \d\.\d{3}", out), out[-3000:]
     assert re.search(r"augmented \d of 2 batches with snapmix \(1 in warm-up\)", out), out[-3000:]
-    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the checkpoint where it was asked, nothing else
+    state = torch.load(tmp_path / "out" / "ckpt.pt", weights_only=True)
     assert state["augmenter"]["steps"] == 2 and state["epoch"] == 0
     # resumed: the augmenter continues its stream (4 calls in all), the first epoch is not rerun
-    out = run([*common, "--epochs", "2", "--resume", "ckpt.pt"], tmp_path)
+    out = run([*common, "--epochs", "2", "--resume", "out/ckpt.pt"], tmp_path)
     assert "epoch 1/2" not in out and re.search(r"epoch 2/2: train loss", out), out[-3000:]
     assert re.search(r"augmented \d of 4 batches with snapmix", out), out[-3000:]
 
@@ -168,8 +170,19 @@ def test_demo(tmp_path: Path) -> None:
     assert re.search(r"\| snapmix \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \|", out), out[-3000:]
     assert re.search(r"\| none \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| n/a \| \d+ s \(1\.00x\) \|", out), out[-3000:]
     assert re.search(r"\| cutmix \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| \d+ s \(\d\.\d\dx\) \|", out), out[-3000:]
+    assert out.index("| none |") < out.index("| cutmix |") < out.index("| snapmix |")  # base-only first
+    assert "standard recipe" in out
     demo = tmp_path / "demo"
-    state = torch.load(demo / "model.pt", weights_only=True)  # what `salaug diagnose --checkpoint` reads
-    assert state["features.0.weight"].shape[0] == 16
+    saved = torch.load(demo / "model.pt", weights_only=True)  # what `salaug diagnose --checkpoint` reads
+    assert saved["state_dict"]["features.0.weight"].shape[0] == 16 and saved["salaug"]["image_size"] == 32
     assert (demo / "results.md").is_file() and (demo / "results.json").is_file()
     assert is_png(demo / "cam_overlays.png") and is_png(demo / "augmented.png") and is_png(demo / "accuracy.png")
+    assert sorted(p.name for p in (demo / "runs").iterdir()) == ["cutmix", "none", "snapmix"]
+    assert list(tmp_path.iterdir()) == [demo]  # nothing outside --out
+
+
+def test_examples_pass_no_deprecated_arguments() -> None:
+    for path in [*EXAMPLES.glob("*.py"), *EXAMPLES.glob("*.yaml")]:
+        text = path.read_text()
+        assert not re.search(r"SaliencyAugment(?:er|ation)\([^)]*\bp=", text, re.S), path.name
+        assert not re.search(r"^\s+p: 1\.0", text, re.M), path.name

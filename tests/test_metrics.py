@@ -243,7 +243,7 @@ def test_nonfinite_or_bool_boxes() -> None:
 
 
 def test_maps_without_pixels_are_refused() -> None:
-    with pytest.raises(ValueError, match="at least one pixel"):
+    with pytest.raises(ValueError, match="saliency has no pixels"):  # the shared check of salaug._checks
         saliency_box(torch.zeros(2, 1, 0, 4))
     assert pointing_game(torch.zeros(0, 1, 4, 4), torch.zeros(0, 4)).shape == (0,)  # empty batch: empty result
 
@@ -277,3 +277,34 @@ def test_mix_visibility_hostile_inputs() -> None:
     with pytest.raises(ValueError, match=r"mix_weight values must lie in \[0, 1\]"):
         mix_visibility(masks, torch.tensor([1, 0]), m - 0.5)
     assert mix_visibility(masks, torch.tensor([1, 0]), m).tolist() == [[1.0, 0.0], [1.0, 0.0]]
+
+
+# ---------------------------------------------------------------------------- the diagnosis' box scores
+def test_box_share_counts_only_the_in_image_part() -> None:
+    from salaug.metrics import box_share
+
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [-4.0, 0.0, 4.0, 8.0], [-10.0, -10.0, 20.0, 20.0]])
+    assert box_share(boxes, (8, 8)).tolist() == [0.25, 0.5, 1.0]  # never above 1
+    assert box_share(boxes[:1], 4).tolist() == [1.0]
+    with pytest.raises(ValueError, match="image_size"):
+        box_share(boxes, (0, 8))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        box_share(torch.tensor([[0.0, 0.0, float("nan"), 1.0]]), (8, 8))
+
+
+def test_box_energy_and_localisation_score_resize_and_check() -> None:
+    from salaug.metrics import box_energy, localisation_score
+
+    s = torch.zeros(2, 1, 4, 4)
+    s[0, 0, 0, 0] = 1.0  # a peak in the top-left cell
+    s[1] = 1.0  # uniform: scores the box share
+    boxes = torch.tensor([[0.0, 0.0, 8.0, 8.0]]).expand(2, 4)
+    energy = box_energy(s, boxes, image_size=(16, 16))  # maps upsampled to the boxes' 16x16 grid
+    assert energy[0] > 0.9 and energy[1] == pytest.approx(0.25)
+    score, hit, e = localisation_score(s, boxes, image_size=16)
+    assert hit.tolist() == [1.0, 0.0] and torch.equal(e, energy) and torch.allclose(score, (hit + e) / 2)
+    assert box_energy(-s, boxes[:, :] / 4).tolist() == [0.0, 0.0]  # negative maps count as zero mass
+    with pytest.raises(ValueError, match=r"shape \(2, 4\)"):
+        box_energy(s, boxes[:1])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        localisation_score(torch.full((1, 1, 4, 4), float("nan")), boxes[:1])

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import torch
@@ -113,15 +114,25 @@ class AblationCAM(_PerturbationCAM):
     ablation, so in that second case its value drifts by another ``-1e7`` per channel of a chunk;
     here every channel gets the same ``min - 1e7`` (its result with ``batch_size=1``).
 
-    **Trunk once** (``trunk_once=True``, default): a chunk holds up to ``batch_size`` channels of
-    *one* image; the layers before the target run on that single image and the hook expands the
-    target output to the chunk's ``n`` ablated copies, so only the rest of the network runs ``n``
-    times (pytorch-grad-cam re-runs the whole model for every ablated copy). Tensors the model
-    carries from before the target layer (e.g. a residual shortcut) have batch 1 and broadcast
-    against the ``n`` rows, which is exactly the per-row result because in eval mode every row
-    would have computed the same values. If the model's code does not broadcast (an error, or
-    logits whose batch is not ``n``), the engine falls back, for that call, to running the whole
-    model on the ``n`` repeated images. ``trunk_once=False`` always does the latter.
+    **Trunk once** (``trunk_once=True``, default): the layers before the target never run per
+    ablated copy (pytorch-grad-cam re-runs the whole model for every one). The hook replaces the
+    target output with a chunk of ``n`` ablated rows and only the rest of the network runs on
+    them, while the trunk runs on a single image:
+
+    * **across images** (the fast path): when the rest of the network depends on nothing but the
+      target output (the usual case: a whole stage or the last block as target), a chunk mixes
+      (image, channel) rows of *all* images and the trunk runs on one image per chunk. This is
+      checked once per CAM (one host sync, on the first call): the rest re-run on the batch's own
+      activations behind a one-image trunk must reproduce the batch's logits;
+    * **per image** otherwise (e.g. a target inside a residual block, whose shortcut the model
+      carries from before the target): a chunk holds up to ``batch_size`` channels of one image,
+      the trunk runs on that image, and its carried tensors (batch 1) broadcast against the
+      ``n`` rows, which is exactly the per-row result in eval mode.
+
+    If the model's code does not broadcast (a shape error, or logits whose batch is not ``n``),
+    the engine falls back, for that call, to running the whole model on the ``n`` repeated
+    images; other errors (out of memory included) propagate. ``trunk_once=False`` always runs
+    the whole model per row.
 
     Args:
         model, target_layer: see :class:`~salaug.cam.base.BaseCAM`. ``reshape`` is not supported
@@ -149,6 +160,7 @@ class AblationCAM(_PerturbationCAM):
             )
         super().__init__(model, target_layer, reshape=reshape, batch_size=batch_size)
         self.trunk_once = bool(trunk_once)
+        self._shared_trunk: dict[int, bool] = {}  # id(target layer) -> the across-images path is exact
 
     def _compute(self, images: Tensor, targets: Tensor | None, layer: nn.Module) -> Tensor:
         acts, logits = self._forward_capture(images, layer)
@@ -169,7 +181,10 @@ class AblationCAM(_PerturbationCAM):
             with torch.no_grad():
                 ablated = None
                 if self.trunk_once:
-                    ablated = self._ablate_trunk_once(images, acts, value, tgt, pending)
+                    if b > 1 and self._trunk_is_shared(images, acts, logits, layer, pending):
+                        ablated = self._ablate_across_images(images, acts, value, tgt, pending)
+                    else:
+                        ablated = self._ablate_trunk_once(images, acts, value, tgt, pending)
                 if ablated is None:
                     ablated = self._ablate_full(images, acts, value, tgt, pending)
         finally:
@@ -186,6 +201,24 @@ class AblationCAM(_PerturbationCAM):
         self, images: Tensor, acts: Tensor, value: Tensor, tgt: _Targets, pending: dict[str, Tensor]
     ) -> Tensor:
         """Chunks of ``batch_size`` (image, channel) rows across images; the whole model per row."""
+        out = self._ablate_rows(acts, value, tgt, pending, lambda img: images.index_select(0, img), tolerant=False)
+        assert out is not None
+        return out
+
+    def _ablate_rows(
+        self,
+        acts: Tensor,
+        value: Tensor,
+        tgt: _Targets,
+        pending: dict[str, Tensor],
+        inputs: Callable[[Tensor], Tensor],
+        tolerant: bool,
+    ) -> Tensor | None:
+        """Chunks of ``batch_size`` (image, channel) rows across images; the model runs on
+        ``inputs(image index of each row)`` while the hook feeds the chunk's ablated rows.
+
+        With ``tolerant``, returns ``None`` when the model does not broadcast its input against the chunk.
+        """
         b, c = acts.shape[:2]
         ablated = torch.empty(b * c, device=acts.device, dtype=torch.float32)
         for rows in self._chunks(b * c, acts.device):
@@ -195,9 +228,49 @@ class AblationCAM(_PerturbationCAM):
             n = rows.shape[0]
             rep[torch.arange(n, device=rep.device), chan] = value.index_select(0, img).view(n, 1, 1)
             pending["acts"] = rep
-            out = self._model(images.index_select(0, img))
+            if not tolerant:
+                ablated[rows] = tgt.score(self._model(inputs(img)), img)
+                continue
+            out = _run_or_none(self._model, inputs(img))
+            if out is None or not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != n:
+                return None
             ablated[rows] = tgt.score(out, img)
         return ablated
+
+    def _trunk_is_shared(
+        self, images: Tensor, acts: Tensor, logits: Tensor, layer: nn.Module, pending: dict[str, Tensor]
+    ) -> bool:
+        """Whether the rest of the network reads nothing but the target output (cached per layer).
+
+        Re-runs the rest on the batch's own activations behind a one-image trunk; the across-images
+        path is exact iff that reproduces the batch's logits (one host sync, on the first call).
+        """
+        key = id(layer)
+        if key not in self._shared_trunk:
+            pending["acts"] = acts
+            try:
+                out = self._model(images[:1])
+            except RuntimeError as err:
+                if not _is_shape_error(err):
+                    raise
+                out = None
+            ok = isinstance(out, Tensor) and out.shape == logits.shape
+            if ok:
+                ref = logits.float()
+                tol = (1e-4 if logits.dtype == torch.float32 else 1e-2) * float(ref.abs().amax().clamp_min(1.0))
+                ok = bool(((out.float() - ref).abs() <= tol).all())  # type: ignore[union-attr]
+            self._shared_trunk[key] = ok
+        return self._shared_trunk[key]
+
+    def _ablate_across_images(
+        self, images: Tensor, acts: Tensor, value: Tensor, tgt: _Targets, pending: dict[str, Tensor]
+    ) -> Tensor | None:
+        """Chunks of ``batch_size`` (image, channel) rows across images; the trunk on one image.
+
+        Returns ``None`` when the model does not broadcast a batch-1 trunk against the chunk.
+        """
+        first = images[:1]
+        return self._ablate_rows(acts, value, tgt, pending, lambda _img: first, tolerant=True)
 
     def _ablate_trunk_once(
         self, images: Tensor, acts: Tensor, value: Tensor, tgt: _Targets, pending: dict[str, Tensor]
@@ -216,11 +289,29 @@ class AblationCAM(_PerturbationCAM):
                 rep = acts[i : i + 1].expand(n, *acts.shape[1:]).clone()
                 rep[torch.arange(n, device=rep.device), chan] = value[i : i + 1].view(1, 1, 1)
                 pending["acts"] = rep
-                try:
-                    out = self._model(images[i : i + 1])
-                except RuntimeError:
-                    return None
-                if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != n:
+                out = _run_or_none(self._model, images[i : i + 1])
+                if out is None or not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != n:
                     return None
                 ablated[i * c + c0 : i * c + c0 + n] = tgt.score(out, img.expand(n))
         return ablated
+
+
+_SHAPE_ERROR = re.compile(r"size|shape|dimension|broadcast|expand|must match|mat1 and mat2", re.IGNORECASE)
+
+
+def _is_shape_error(err: RuntimeError) -> bool:
+    """Whether ``err`` is a batch-shape mismatch (what a model that does not broadcast raises), not
+    an out-of-memory or any other failure, which must propagate."""
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower():
+        return False
+    return bool(_SHAPE_ERROR.search(str(err)))
+
+
+def _run_or_none(model: nn.Module, x: Tensor) -> Any:
+    """``model(x)``, or ``None`` when it fails on a batch-shape mismatch (other errors propagate)."""
+    try:
+        return model(x)
+    except RuntimeError as err:
+        if not _is_shape_error(err):
+            raise
+        return None

@@ -14,10 +14,10 @@ Three ways to get saliency for a batch inside DataLoader workers (on CPU):
 :class:`SaliencyCollate` wraps :func:`torch.utils.data.default_collate` and applies any salaug
 transform (``SaliencyMix``, ``SalientCrop``, ...) to the collated batch.
 
-See :mod:`salaug.data.masks` for the mask file format.
+See :mod:`salaug.data.masks` for the mask file format; ``salaug precompute-masks`` (the command
+line, :mod:`salaug.cli.precompute_masks`) writes such a file.
 """
 
-from salaug.data.cli import precompute_main
 from salaug.data.collate import CAMSaliency, SaliencyCollate
 from salaug.data.masks import MASK_KEY, MaskBank, MaskedDataset, precompute_masks, read_mask_header, save_masks
 
@@ -27,7 +27,6 @@ __all__ = [
     "MaskBank",
     "MaskedDataset",
     "SaliencyCollate",
-    "precompute_main",
     "precompute_masks",
     "read_mask_header",
     "save_masks",

@@ -13,6 +13,7 @@ from salaug.transforms.labels import mix_soft_labels, to_soft_labels
 from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, ResizeMix, SaliencyMix, SnapMix
 from salaug.transforms.paste import SalientPaste
 from salaug.transforms.puzzle import PuzzleMix
+from salaug.transforms.recipe import crop_flip
 
 __all__ = [
     "AttentiveCutMix",
@@ -29,6 +30,7 @@ __all__ = [
     "SalientCrop",
     "SalientPaste",
     "SnapMix",
+    "crop_flip",
     "mix_soft_labels",
     "to_soft_labels",
 ]

@@ -1,4 +1,9 @@
-"""``salaug precompute-masks``: CAM masks of an image folder or the embedded dataset, to a file."""
+"""``salaug precompute-masks``: CAM masks of an image folder or the embedded dataset, to a file.
+
+The command-line face of :func:`salaug.data.precompute_masks`: a torchvision architecture with
+local weights (nothing is downloaded), a CAM over every image at feature-map resolution, one
+compact mask file for :class:`salaug.data.MaskBank` / ``SaliencyCollate(saliency="mask")``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from salaug.cli import (
+from salaug.cli._types import (
+    HelpFormatter,
     LoadedWeights,
     at_least,
     cam_name,
@@ -24,9 +30,9 @@ from salaug.cli import (
 )
 from salaug.data.masks import MaskBank, precompute_masks
 
-# ---------------------------------------------------------------------------------------------
-# Command line: salaug precompute-masks
-# ---------------------------------------------------------------------------------------------
+__all__ = ["build_parser", "main"]
+
+
 def _load_state_dict(model: nn.Module, weights: LoadedWeights) -> None:
     """Load ``weights`` into ``model``; a Lightning checkpoint's prefix (``"model."``) is stripped.
 
@@ -66,9 +72,10 @@ def _arch(text: str) -> str:
     return text
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``salaug precompute-masks`` argument parser: every argument typed and range-checked."""
     p = argparse.ArgumentParser(
-        prog="salaug precompute-masks",
+        prog="salaug precompute-masks", formatter_class=HelpFormatter,
         description="Run a CAM over a dataset at feature-map resolution and store the masks in a compact "
                     "file for MaskedDataset / SaliencyCollate(saliency='mask'). Nothing is downloaded.",
     )
@@ -76,7 +83,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="image folder (torchvision ImageFolder layout: root/class/img.png)")
     p.add_argument("--dataset", choices=("folder", "cluttered"), default="folder",
                    help="'folder' (ImageFolder at ROOT) or 'cluttered' (the embedded ClutteredObjects)")
-    p.add_argument("--split", default="train", help="ClutteredObjects split (default: train)")
+    p.add_argument("--split", default="train", help="ClutteredObjects split")
     p.add_argument("--image-size", type=at_least(16, "smaller images leave the CAM no spatial resolution"),
                    default=None,
                    help="resize every image to SIZE x SIZE (full resize, no crop; needed for folders of "
@@ -88,16 +95,16 @@ def _build_parser() -> argparse.ArgumentParser:
                         "random weights (only useful for testing)")
     p.add_argument("--num-classes", type=positive_int, required=True, help="number of classes of the model")
     p.add_argument("--layer", default=None, help="target layer, dotted name (default: the last conv layer)")
-    p.add_argument("--cam", type=cam_name, default="gradcam", help="CAM method (default: gradcam)")
+    p.add_argument("--cam", type=cam_name, default="gradcam", help="CAM method")
     p.add_argument("--targets", choices=("label", "predicted"), default="label",
-                   help="CAM of the true label (default) or of the predicted class")
+                   help="CAM of the true label or of the predicted class")
     p.add_argument("--normalize", choices=("none", "imagenet"), default="none",
-                   help="input normalisation the model was trained with (default: none, images in [0, 1])")
+                   help="input normalisation the model was trained with (none: images in [0, 1])")
     p.add_argument("--out", required=True, type=output_file, help="output mask file")
-    p.add_argument("--dtype", choices=("uint8", "float16"), default="uint8")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--num-workers", type=nonnegative_int, default=0)
-    p.add_argument("--device", type=torch_device, default="cpu")
+    p.add_argument("--dtype", choices=("uint8", "float16"), default="uint8", help="stored mask precision")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per CAM pass")
+    p.add_argument("--num-workers", type=nonnegative_int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", type=torch_device, default="cpu", help="torch device of the CAM pass")
     return p
 
 
@@ -130,7 +137,7 @@ class _Normalized(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
-def precompute_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Command-line entry ``salaug precompute-masks`` (see ``--help``). Returns the exit code.
 
     Example (shell)::
@@ -138,7 +145,7 @@ def precompute_main(argv: list[str] | None = None) -> int:
         salaug precompute-masks data/train --image-size 224 --arch resnet50 \\
             --weights resnet50_mine.pt --num-classes 10 --layer layer4 --out train_masks.salm
     """
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
     import torchvision

@@ -1,22 +1,20 @@
-"""Command line: ``salaug demo``, ``salaug precompute-masks`` and ``salaug diagnose``.
+"""Typed ``argparse`` helpers shared by every ``salaug`` subcommand.
 
-The subcommands are imported lazily (``salaug demo`` pulls in Lightning, the others need not).
-This module also holds the small typed ``argparse`` helpers every subcommand's parser shares, so
-that a bad argument always ends in argparse's one-line ``error:`` and exit code 2, before any
+Each one parses one string or raises :class:`argparse.ArgumentTypeError` with the reason and the
+fix, so that a bad argument always ends in argparse's one-line ``error:`` and exit code 2, before any
 work (training, CAM passes) starts.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "HelpFormatter",
     "LoadedWeights",
     "accelerator",
     "at_least",
@@ -24,7 +22,6 @@ __all__ = [
     "existing_dir",
     "fraction",
     "int_range",
-    "main",
     "nonnegative_int",
     "output_dir",
     "output_file",
@@ -36,11 +33,15 @@ __all__ = [
     "weights_file",
 ]
 
-_COMMANDS = {
-    "demo": ("salaug.demo", "main", "train a small CNN on the embedded data and compare augmentations"),
-    "precompute-masks": ("salaug.data.cli", "precompute_main", "store CAM masks of a dataset in a file"),
-    "diagnose": ("salaug.diagnosis", "main", "diagnose what a trained model attends to"),
-}
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, ``(default: ...)``, except where there is none to show
+    (``None``, a ``store_true`` flag's ``False``) or the help text already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,10 +176,17 @@ def output_dir(text: str) -> str:
 
 @dataclass(frozen=True)
 class LoadedWeights:
-    """A weights file read by :func:`weights_file`: its path and the state it holds."""
+    """A weights file read by :func:`weights_file`.
+
+    Attributes:
+        path: the file.
+        state: its state dict (name -> tensor), unwrapped from a checkpoint's ``"state_dict"``.
+        checkpoint: everything the file holds (e.g. ``salaug demo``'s metadata beside the weights).
+    """
 
     path: str
     state: Any
+    checkpoint: Any = None
 
 
 def weights_file(text: str) -> LoadedWeights:
@@ -194,12 +202,13 @@ def weights_file(text: str) -> LoadedWeights:
     if not p.is_file():
         raise argparse.ArgumentTypeError(f"weights file {text!r} does not exist")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load fails in many ways on a foreign file (KeyError on text, ...)
         raise argparse.ArgumentTypeError(
             f"cannot read {text!r} as PyTorch weights: {_why_unreadable(p, exc)}; give a file written by "
             "torch.save(model.state_dict(), path)"
         ) from None
+    state = checkpoint
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -207,7 +216,7 @@ def weights_file(text: str) -> LoadedWeights:
             f"{text!r} does not hold a state_dict of tensors (got {type(state).__name__}); save it with "
             "torch.save(model.state_dict(), path)"
         )
-    return LoadedWeights(str(p), state)
+    return LoadedWeights(str(p), state, checkpoint)
 
 
 def _why_unreadable(path: Any, exc: BaseException) -> str:
@@ -275,51 +284,3 @@ def cam_name(text: str) -> str:
     if key not in CAM_METHODS:
         raise argparse.ArgumentTypeError(f"unknown CAM method {text!r}; choose one of {', '.join(CAM_METHODS)}")
     return key
-
-
-# ---------------------------------------------------------------------------------------------
-# Dispatch
-# ---------------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="salaug", description="Saliency-guided data augmentation.",
-        epilog="\n".join(f"  {name:18s}{help_}" for name, (_, _, help_) in _COMMANDS.items()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("command", choices=list(_COMMANDS), help="what to run (COMMAND --help for its options)")
-    return parser
-
-
-def _load(command: str) -> Callable[[list[str]], int]:
-    module_name, attr, _ = _COMMANDS[command]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:  # a dependency of the module is missing: that is another problem
-            raise
-        print(f"salaug {command}: error: this salaug installation has no {module_name} module; "
-              "update salaug to a version with this command", file=sys.stderr)
-        raise SystemExit(2) from None
-    return getattr(module, attr)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``salaug`` console script (also ``python -m salaug``).
-
-    Returns:
-        The exit code: 0 on success, 2 on a usage error (argparse exits with 2 itself).
-    """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _parser()
-    if not argv or argv[0] in ("-h", "--help"):
-        parser.print_help()
-        return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
-    if command not in _COMMANDS:
-        parser.parse_args(argv[:1])  # prints the usage error and exits with 2
-        return 2
-    return _load(command)(rest)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

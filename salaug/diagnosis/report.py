@@ -1,0 +1,487 @@
+"""The result of :func:`salaug.diagnose`: scores beside their references, the reliance test, the verdict.
+
+Verdict rules and thresholds
+----------------------------
+The verdict never reads an absolute score: absolute localisation scores depend on the object's
+size and contrast and on the feature map's resolution. It reads **margins** over two references
+measured on the same images:
+
+* ``chance``: the in-image share of the image the true box covers, what a map blind to the object
+  scores (box measure only);
+* ``random init``: the same architecture with re-drawn weights (see
+  :func:`salaug.diagnosis.random_reference`), which already lights up a bright object; the
+  highest score of three draws (one draw varies by about 0.1 from the next).
+
+``margin = score - max(chance, random-init score)``. And it reads the **reliance test** (see
+:mod:`salaug.diagnosis.reliance`), which does not depend on the maps at all. In this order:
+
+1. **background**: ``BG-gap >= BG_GAP_THRESHOLD`` or background-only accuracy at least
+   ``BACKGROUND_ONLY_MARGIN`` above chance (``1 / K``): the decision depends on the background
+   (a shortcut: a class-coded mark, a background colour).
+2. **unjudged**: the target layer's cells are at least as large as the typical object (mean box
+   side): the maps cannot say where inside the object the model looks; the report names a finer
+   layer instead of judging them.
+3. **backbone**: EigenCAM margin ``< BACKBONE_MARGIN``: the backbone's principal feature is no
+   better placed than a random network's.
+4. **head**: AblationCAM margin ``< HEAD_MARGIN``: the head's channels are no better placed.
+5. **healthy** otherwise.
+
+The thresholds were set once, on the tiny CNNs with known faults that ``tests/test_diagnosis.py``
+trains in-process on 32-pixel ClutteredObjects (4 classes, 768 training images, 128 test images
+with boxes and masks; seed 0), and checked unchanged on the fault matrix of
+``benchmarks/diagnosis_matrix.py`` (two more datasets, other seeds, another network): they are
+never set per dataset. Margins and reliance of those models:
+
+======================================  ===============  ==================  ======  ===============
+model (test images)                     EigenCAM margin  AblationCAM margin  BG-gap  background only
+======================================  ===============  ==================  ======  ===============
+healthy (clean)                         +0.22            +0.34               +0.00   0.23 (chance 0.25)
+healthy (with the class-coded mark)     +0.30            +0.33               +0.02   0.30
+mark shortcut (with the mark)           -0.29            -0.14               +0.63   0.98
+background-colour shortcut (tinted)     -0.02            -0.09               +0.73   1.00
+random frozen backbone, fitted head     -0.08            (not read)          +0.04   0.28
+======================================  ===============  ==================  ======  ===============
+
+The random backbone's absolute EigenCAM score (0.40) is three times chance (0.13): only its
+margin over the random-initialisation reference (0.48) exposes it. :data:`BACKBONE_MARGIN` (0.10)
+lies between the random backbone's -0.08 and the healthy model's lowest +0.22;
+:data:`HEAD_MARGIN` (0.10) between the shortcut heads' -0.14 / -0.09 and the healthy +0.33;
+:data:`BG_GAP_THRESHOLD` (0.15) and :data:`BACKGROUND_ONLY_MARGIN` (0.25) far from both the
+healthy model's +0.02 / +0.05 and the shortcuts' +0.63 / +0.73. On the fault matrix (45 models:
+three datasets, three seeds, another network) the healthy models' lowest EigenCAM margin is
++0.14 and the random backbones' highest +0.07: that is the narrowest gap the verdict relies on.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from salaug._checks import check_number
+from salaug.diagnosis.reliance import VARIANTS
+
+__all__ = [
+    "BACKBONE_MARGIN",
+    "BACKGROUND_ONLY_MARGIN",
+    "BG_GAP_THRESHOLD",
+    "HEAD_MARGIN",
+    "KINDS",
+    "METHODS",
+    "MIN_CLASS_IMAGES",
+    "Diagnosis",
+]
+
+#: EigenCAM's margin over its references below which the backbone's features miss the object.
+BACKBONE_MARGIN = 0.10
+#: AblationCAM's margin over its references below which the head ignores object features.
+HEAD_MARGIN = 0.10
+#: BG-gap (mixed-same minus mixed-rand accuracy) from which the model relies on the background.
+BG_GAP_THRESHOLD = 0.15
+#: Background-only accuracy above chance (``1 / K``) from which the model relies on the background.
+BACKGROUND_ONLY_MARGIN = 0.25
+#: Per-class findings are reported only for classes with at least this many images.
+MIN_CLASS_IMAGES = 4
+
+#: The verdict's kinds (:attr:`Diagnosis.kind`), in the order the rules are tried.
+KINDS = ("background", "unjudged", "backbone", "head", "healthy")
+#: method -> what it checks; the order of the report's columns.
+METHODS: dict[str, str] = {"gradcam": "reference", "eigencam": "backbone", "ablationcam": "head"}
+_TITLES = {"gradcam": "GradCAM", "eigencam": "EigenCAM", "ablationcam": "AblationCAM"}
+_VARIANT_TITLES = {"original": "original", "object_only": "object only", "background_only": "background only",
+                   "mixed_same": "mixed-same", "mixed_rand": "mixed-rand"}
+
+
+@dataclass
+class Diagnosis:
+    """What :func:`salaug.diagnose` measured: scores beside their references, reliance, verdict.
+
+    Attributes:
+        measure: ``"box"`` (pointing game / energy inside the true box) or ``"evidence"`` (the
+            box-free score of :func:`salaug.diagnosis.evidence_score`).
+        scores: method (``"gradcam"``, ``"eigencam"``, ``"ablationcam"``) -> ``{"score": ...,
+            "pointing": ..., "energy": ...}`` (box measure) or ``{"score": ...}`` (evidence),
+            means over all images.
+        class_scores: class index -> the same dict per method, means over that class's images.
+        counts: class index -> number of images.
+        accuracy: top-1 accuracy on the diagnosed images (``None`` without labels).
+        class_accuracy: class index -> accuracy.
+        chance: mean in-image share of the image covered by the true box (what a map blind to the
+            object scores on the box measure), or ``None`` for the evidence measure.
+        num_images: images diagnosed.
+        num_classes: classes of the model's output.
+        target_layer: name of the CAM layer.
+        class_names: optional names, indexable by class.
+        examples: pictures for :meth:`save` (CPU tensors).
+        random_scores: the same as ``scores`` for the random-initialisation reference (per method,
+            the highest of the draws), or ``None`` (``references=0``).
+        random_class_scores: per class, like ``class_scores`` (the highest draw per class).
+        random_accuracy: the references' mean accuracy (about chance).
+        random_draws: each draw's overall score per method.
+        class_chance: class index -> mean box share of that class's images.
+        reliance: variant (see :data:`salaug.diagnosis.VARIANTS`) -> accuracy, or ``None`` (no
+            boxes, no labels, or ``reliance=False``).
+        class_reliance: class index -> the same per class.
+        cell: pixels per cell of the target layer's feature map (image side / feature side).
+        box_side: mean side (square root of the area) of the true boxes in pixels, or ``None``.
+        finer_layer: a layer with cells at most half the typical box side, when ``cell`` is too
+            coarse (``None`` otherwise or when none exists).
+        kept_parameters: parameters the random reference could not re-draw.
+    """
+
+    measure: str
+    scores: dict[str, dict[str, float]]
+    class_scores: dict[int, dict[str, dict[str, float]]]
+    counts: dict[int, int]
+    accuracy: float | None
+    class_accuracy: dict[int, float]
+    chance: float | None
+    num_images: int
+    num_classes: int
+    target_layer: str
+    class_names: tuple[str, ...] | None = None
+    examples: dict[str, Any] = field(default_factory=dict, repr=False)
+    random_scores: dict[str, dict[str, float]] | None = None
+    random_class_scores: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict, repr=False)
+    random_accuracy: float | None = None
+    random_draws: list[dict[str, float]] = field(default_factory=list, repr=False)
+    class_chance: dict[int, float] = field(default_factory=dict, repr=False)
+    reliance: dict[str, float] | None = None
+    class_reliance: dict[int, dict[str, float]] = field(default_factory=dict, repr=False)
+    cell: float | None = None
+    box_side: float | None = None
+    finer_layer: str | None = None
+    kept_parameters: int = 0
+
+    # ------------------------------------------------------------------ headline numbers
+    @property
+    def backbone_score(self) -> float:
+        """EigenCAM's localisation score in ``[0, 1]``: do the backbone's features sit on the object?"""
+        return self.scores["eigencam"]["score"]
+
+    @property
+    def head_score(self) -> float:
+        """AblationCAM's localisation score in ``[0, 1]``: does the head rely on object channels?"""
+        return self.scores["ablationcam"]["score"]
+
+    @property
+    def gradcam_score(self) -> float:
+        """GradCAM's localisation score in ``[0, 1]`` (for reference)."""
+        return self.scores["gradcam"]["score"]
+
+    def reference(self, method: str, k: int | None = None) -> float:
+        """``max(chance, random-init score)`` of ``method`` overall (or for class ``k``)."""
+        chance = self.chance if k is None else self.class_chance.get(k, self.chance)
+        rand = self.random_scores if k is None else self.random_class_scores.get(k)
+        refs = [v for v in (chance, None if rand is None else rand[method]["score"]) if v is not None]
+        return max(refs) if refs else 0.0
+
+    def margin(self, method: str, k: int | None = None) -> float:
+        """``score - reference(method)`` overall (or for class ``k``): what the verdict reads."""
+        score = (self.scores if k is None else self.class_scores[k])[method]["score"]
+        return score - self.reference(method, k)
+
+    @property
+    def backbone_margin(self) -> float:
+        """EigenCAM's margin over its references."""
+        return self.margin("eigencam")
+
+    @property
+    def head_margin(self) -> float:
+        """AblationCAM's margin over its references."""
+        return self.margin("ablationcam")
+
+    @property
+    def bg_gap(self) -> float | None:
+        """Mixed-same minus mixed-rand accuracy (``None`` without the reliance test)."""
+        if self.reliance is None:
+            return None
+        return self.reliance["mixed_same"] - self.reliance["mixed_rand"]
+
+    @property
+    def coarse(self) -> bool:
+        """Whether the target layer's cells are at least as large as the typical object."""
+        return self.cell is not None and self.box_side is not None and self.cell >= self.box_side
+
+    @property
+    def per_class(self) -> dict[int, dict[str, float]]:
+        """class -> ``backbone_score``, ``head_score``, ``gradcam_score``, their margins,
+        ``accuracy`` and ``count``."""
+        out: dict[int, dict[str, float]] = {}
+        for k, s in self.class_scores.items():
+            row = {"backbone_score": s["eigencam"]["score"], "head_score": s["ablationcam"]["score"],
+                   "gradcam_score": s["gradcam"]["score"], "backbone_margin": self.margin("eigencam", k),
+                   "head_margin": self.margin("ablationcam", k), "count": float(self.counts[k])}
+            if k in self.class_accuracy:
+                row["accuracy"] = self.class_accuracy[k]
+            out[k] = row
+        return out
+
+    def class_name(self, k: int) -> str:
+        """``"3 (frame)"`` when names are known, else ``"3"``."""
+        if self.class_names is not None and 0 <= k < len(self.class_names):
+            return f"{k} ({self.class_names[k]})"
+        return str(k)
+
+    # ------------------------------------------------------------------ verdict
+    def _background_reliant(self) -> bool:
+        if self.reliance is None:
+            return False
+        gap = self.bg_gap
+        assert gap is not None
+        return gap >= BG_GAP_THRESHOLD or self.reliance["background_only"] - 1 / self.num_classes >= BACKGROUND_ONLY_MARGIN
+
+    @property
+    def kind(self) -> str:
+        """The overall verdict as one word of :data:`KINDS` (see the module docstring)."""
+        if self._background_reliant():
+            return "background"
+        if self.coarse:
+            return "unjudged"
+        if self.backbone_margin < BACKBONE_MARGIN:
+            return "backbone"
+        if self.head_margin < HEAD_MARGIN:
+            return "head"
+        return "healthy"
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the overall verdict is healthy."""
+        return self.kind == "healthy"
+
+    def _reliance_text(self) -> str:
+        r = self.reliance
+        if r is None:
+            return "no reliance test (it needs labels and boxes)"
+        return (f"BG-gap {self.bg_gap:+.2f}: accuracy {r['mixed_same']:.2f} on backgrounds of the same class vs "
+                f"{r['mixed_rand']:.2f} on random ones; background alone {r['background_only']:.2f}, object alone "
+                f"{r['object_only']:.2f}, chance {1 / self.num_classes:.2f}")
+
+    def _map_text(self, method: str) -> str:
+        rand = "n/a" if self.random_scores is None else f"{self.random_scores[method]['score']:.2f}"
+        chance = "n/a" if self.chance is None else f"{self.chance:.2f}"
+        return (f"{self.scores[method]['score']:.2f} vs random init {rand}, chance {chance}: margin "
+                f"{self.margin(method):+.2f}")
+
+    @property
+    def verdict(self) -> list[str]:
+        """Short sentences, one per finding; the first is the overall one and starts with its
+        :attr:`kind` (``"healthy: ..."``, ``"background reliance: ..."``, ...)."""
+        kind = self.kind
+        b, h = self._map_text("eigencam"), self._map_text("ablationcam")
+        if kind == "background":
+            first = (f"background reliance: the decision depends on the background, not only on the object "
+                     f"({self._reliance_text()})")
+        elif kind == "unjudged":
+            finer = f"; use a finer layer, e.g. target_layer={self.finer_layer!r}" if self.finer_layer else (
+                "; use a layer with a finer feature map or larger images")
+            first = (f"unjudged maps: the target layer {self.target_layer!r} has {self.cell:.0f}-pixel cells, as large "
+                     f"as the objects (about {self.box_side:.0f} px), so its maps cannot show where on the object "
+                     f"the model looks{finer}")
+        elif kind == "backbone":
+            first = (f"backbone features miss the object: the principal feature of the target layer (EigenCAM) "
+                     f"sits no better than a random network's ({b}; needs {BACKBONE_MARGIN:+.2f})")
+        elif kind == "head":
+            first = (f"head ignores object features: the backbone's features sit on the object but the channels "
+                     f"the head relies on (AblationCAM) do not ({h}; needs {HEAD_MARGIN:+.2f})")
+        else:
+            first = (f"healthy: the backbone's features (EigenCAM {b}) and the head's channels (AblationCAM {h}) "
+                     "sit on the object beyond chance and beyond a random network")
+        lines = [first]
+        if kind in ("background", "unjudged", "healthy") and self.reliance is not None and kind != "background":
+            lines.append(f"the decision does not depend on the background ({self._reliance_text()})")
+        if kind == "background" and not self.coarse:
+            if self.backbone_margin < BACKBONE_MARGIN:
+                lines.append(f"the backbone's principal feature sits off the object too (EigenCAM {b})")
+            if self.head_margin < HEAD_MARGIN:
+                lines.append(f"the head's channels sit off the object (AblationCAM {h})")
+        if self.accuracy is not None and self.accuracy < 1.5 / self.num_classes:
+            lines.append(f"accuracy {self.accuracy:.2f} is close to chance ({1 / self.num_classes:.2f}): the maps "
+                         "explain a model that has not learned the task yet")
+        if kind == "healthy":
+            for k in sorted(self.class_scores):
+                if self.counts[k] < MIN_CLASS_IMAGES:
+                    continue
+                if self.margin("eigencam", k) < BACKBONE_MARGIN:
+                    lines.append(f"backbone features miss the object for class {self.class_name(k)} "
+                                 f"(EigenCAM margin {self.margin('eigencam', k):+.2f})")
+                if self.margin("ablationcam", k) < HEAD_MARGIN:
+                    lines.append(f"head ignores object features for class {self.class_name(k)} "
+                                 f"(AblationCAM margin {self.margin('ablationcam', k):+.2f})")
+        if self.random_scores is None:
+            lines.append("measured without the random-initialisation reference (references=0): margins are over "
+                         "chance only")
+        if self.kept_parameters:
+            lines.append(f"{self.kept_parameters} parameters have no reset_parameters() and kept their trained values "
+                         "in the random reference")
+        if self.measure == "evidence":
+            lines.append("measured without boxes (evidence score): a shortcut the model uses counts as evidence and "
+                         "the reliance test cannot run; pass box_key= to check that the maps sit on the object")
+        return lines
+
+    # ------------------------------------------------------------------ output
+    def table(self, details: bool = False) -> str:
+        """The scores as a Markdown table: overall, the references and the margin, then one row per
+        class; then the reliance test's accuracies.
+
+        Args:
+            details: also the pointing game and energy columns of each method (box measure).
+        """
+        parts = ["pointing", "energy"] if self.measure == "box" and details else []
+        head = ["", "images", "accuracy", "backbone (EigenCAM)", "head (AblationCAM)", "GradCAM"]
+        head += [f"{_TITLES[m]} {p}" for m in METHODS for p in parts]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+        def fmt(v: float | None, sign: bool = False) -> str:
+            return "" if v is None else (f"{v:+.3f}" if sign else f"{v:.3f}")
+
+        def row(name: str, n: int | None, acc: float | None, s: dict[str, dict[str, float]]) -> str:
+            cells = [name, "" if n is None else str(n), "n/a" if acc is None else f"{acc:.3f}"]
+            cells += [fmt(s[m]["score"]) for m in ("eigencam", "ablationcam", "gradcam")]
+            cells += [fmt(s[m][p]) for m in METHODS for p in parts]
+            return "| " + " | ".join(cells) + " |"
+
+        blank = [""] * len(parts) * len(METHODS)
+        lines.append(row("**all**", self.num_images, self.accuracy, self.scores))
+        if self.random_scores is not None:
+            lines.append(row("random init (reference)", None, self.random_accuracy, self.random_scores))
+        if self.chance is not None:
+            lines.append("| " + " | ".join(["chance (box share)", "", f"{1 / self.num_classes:.3f}",
+                                             *[fmt(self.chance)] * 3, *blank]) + " |")
+        lines.append("| " + " | ".join(["**margin**", "", "", *[fmt(self.margin(m), True) for m in
+                                                                 ("eigencam", "ablationcam", "gradcam")], *blank]) + " |")
+        for k in sorted(self.class_scores):
+            lines.append(row(self.class_name(k), self.counts[k], self.class_accuracy.get(k), self.class_scores[k]))
+        if self.reliance is not None:
+            titles = [_VARIANT_TITLES[v] for v in VARIANTS]
+            lines += ["", "| reliance (accuracy) | " + " | ".join(titles) + " | BG-gap |",
+                      "|" + "---|" * (len(titles) + 2),
+                      "| **all** | " + " | ".join(f"{self.reliance[v]:.3f}" for v in VARIANTS) +
+                      f" | {self.bg_gap:+.3f} |"]
+            for k in sorted(self.class_reliance):
+                r = self.class_reliance[k]
+                lines.append(f"| {self.class_name(k)} | " + " | ".join(f"{r[v]:.3f}" for v in VARIANTS) +
+                             f" | {r['mixed_same'] - r['mixed_rand']:+.3f} |")
+        return "\n".join(lines)
+
+    def _resolution_text(self) -> str:
+        if self.cell is None:
+            return ""
+        side = "" if self.box_side is None else f", typical object side {self.box_side:.1f} px"
+        return f"; feature cells of {self.cell:.1f} px{side}"
+
+    def __str__(self) -> str:
+        measure = ("box measure: mean of pointing game and energy inside the true box" if self.measure == "box"
+                   else "box-free evidence measure")
+        return "\n".join([f"salaug diagnosis of layer {self.target_layer!r} on {self.num_images} images ({measure}"
+                          f"{self._resolution_text()})", "", self.table(), "", *(f"- {v}" for v in self.verdict)])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the example pictures, as plain (JSON-serialisable) Python values."""
+        return {
+            "kind": self.kind,
+            "healthy": self.healthy,
+            "verdict": self.verdict,
+            "measure": self.measure,
+            "num_images": self.num_images,
+            "num_classes": self.num_classes,
+            "target_layer": self.target_layer,
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "accuracy": self.accuracy,
+            "chance": self.chance,
+            "backbone_score": self.backbone_score,
+            "head_score": self.head_score,
+            "gradcam_score": self.gradcam_score,
+            "margins": {m: self.margin(m) for m in METHODS},
+            "thresholds": {"backbone_margin": BACKBONE_MARGIN, "head_margin": HEAD_MARGIN,
+                           "bg_gap": BG_GAP_THRESHOLD, "background_only_margin": BACKGROUND_ONLY_MARGIN},
+            "scores": copy.deepcopy(self.scores),
+            "random_init": None if self.random_scores is None else {
+                "scores": copy.deepcopy(self.random_scores), "accuracy": self.random_accuracy,
+                "kept_parameters": self.kept_parameters, "draws": copy.deepcopy(self.random_draws)},
+            "reliance": None if self.reliance is None else {**self.reliance, "bg_gap": self.bg_gap},
+            "resolution": {"cell": self.cell, "box_side": self.box_side, "coarse": self.coarse,
+                           "finer_layer": self.finer_layer},
+            "per_class": {str(k): {**v, "scores": copy.deepcopy(self.class_scores[k]),
+                                   "reliance": copy.deepcopy(self.class_reliance.get(k))}
+                          for k, v in self.per_class.items()},
+        }
+
+    def save(self, path: str | os.PathLike, *, examples: int | None = None, scale: int | None = None) -> list[Path]:
+        """Write the report into the folder ``path``: ``report.md`` and (with examples) ``report.png``.
+
+        The picture has one row per class: for each example image, the image with its true box, then
+        GradCAM, EigenCAM and AblationCAM overlays (the box drawn on each). The Markdown file holds
+        the verdict, the tables and the picture.
+
+        Args:
+            path: output folder (created).
+            examples: example images per class in the picture (``None``: all that were kept; ``0``:
+                no picture, only ``report.md``).
+            scale: tile upscale factor for the picture (``None``: automatic, about 128 px tiles).
+
+        Returns:
+            The paths written.
+
+        Raises:
+            TypeError / ValueError: ``examples`` or ``scale`` not a non-negative (positive) int.
+        """
+        examples = check_number("examples", examples, integer=True, low=0, optional=True)  # type: ignore[assignment]
+        scale = check_number("scale", scale, integer=True, low=1, optional=True)  # type: ignore[assignment]
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        picture = None if examples == 0 else self._save_picture(out / "report.png", examples, scale)
+        if picture is not None:
+            written.append(picture)
+        md = ["# salaug diagnosis", "", *(f"- {v}" for v in self.verdict), "", self.table(details=True), ""]
+        md += [f"Target layer `{self.target_layer}`, {self.num_images} images{self._resolution_text()}. " + (
+            "Scores: mean of pointing game and energy inside the true box." if self.measure == "box" else
+            "Scores: box-free evidence score (see `salaug.diagnosis.evidence_score`).")]
+        md += ["Backbone = EigenCAM (the target layer's principal feature, no classifier), head = AblationCAM "
+               "(channels weighted by how much their removal lowers the class score), GradCAM for reference. "
+               "Each score is judged by its margin over two references: chance (the box's share of the image, "
+               "where a map blind to the object lands) and the same network at random initialisation. "
+               "The reliance test shows the model the object alone, the background alone and the object on the "
+               "background of another image of the same class (mixed-same) or of any class (mixed-rand); the "
+               "BG-gap (mixed-same - mixed-rand) is what the background's class information is worth to it."]
+        if picture is not None:
+            md += ["", f"![examples]({picture.name})", "",
+                   "Each row: a class; per example the image with its true box, then GradCAM, EigenCAM and "
+                   "AblationCAM overlays."]
+        (out / "report.md").write_text("\n".join(md) + "\n")
+        written.append(out / "report.md")
+        return written
+
+    def _save_picture(self, path: Path, examples: int | None, scale: int | None) -> Path | None:
+        from salaug.viz import draw_boxes, overlay, save_grid, to_display
+
+        ex = self.examples
+        if not ex or ex["images"].shape[0] == 0:
+            return None
+        images, labels, boxes = ex["images"], ex["labels"], ex.get("boxes")
+        shown = to_display(images)
+        tiles = [draw_boxes(shown, boxes) if boxes is not None else shown]
+        for m in METHODS:
+            o = overlay(shown, ex[m])
+            tiles.append(draw_boxes(o, boxes, color="white") if boxes is not None else o)
+        stacked = torch.stack(tiles, dim=1)  # (N, 4, 3, H, W): image, then the three overlays
+        rows: dict[str, Tensor] = {}
+        captions: list[list[str]] = []
+        per_class = self.per_class
+        for k in sorted(set(labels.tolist())):
+            sel = (labels == k).nonzero().flatten()
+            if examples is not None:
+                sel = sel[:examples]
+            r = per_class.get(k)
+            title = f"class {self.class_name(k)}"
+            if r is not None:
+                title += f": backbone {r['backbone_score']:.2f}, head {r['head_score']:.2f}"
+            rows[title] = stacked[sel].flatten(0, 1)
+            captions.append(["image", "GradCAM", "EigenCAM", "AblationCAM"] * sel.numel())
+        return save_grid(rows, path, nrow=max(t.shape[0] for t in rows.values()), captions=captions, scale=scale)

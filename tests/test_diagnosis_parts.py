@@ -1,0 +1,172 @@
+"""The parts of salaug.diagnosis: the random reference, the reliance images, checkpoints, the package's imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from salaug.diagnosis import (
+    VARIANTS,
+    check_image_size,
+    demo_checkpoint,
+    demo_model_from_state,
+    load_demo_model,
+    random_reference,
+    reliance_images,
+    same_class_partners,
+)
+from salaug.diagnosis.reliance import random_partners
+from salaug.models import DemoNet
+
+
+# ---------------------------------------------------------------------------- random reference
+def test_random_reference_redraws_weights_renormalises_bn_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    images = torch.rand(8, 3, 6, 6) * 3 + 1
+    model(images)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    ref, kept = random_reference(model, images, seed=0)
+    assert torch.equal(torch.get_rng_state(), rng) and kept == 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert not torch.equal(ref[0].weight, model[0].weight) and not ref.training
+    assert all(not p.requires_grad for p in ref.parameters())
+    # BatchNorm statistics are those of the re-drawn conv on these images (cumulative, one batch)
+    with torch.no_grad():
+        z = ref[0](images)
+    torch.testing.assert_close(ref[1].running_mean, z.mean((0, 2, 3)))
+    again, _ = random_reference(model, images, seed=0)
+    other, _ = random_reference(model, images, seed=1)
+    assert torch.equal(again[0].weight, ref[0].weight) and not torch.equal(other[0].weight, ref[0].weight)
+
+
+def test_random_reference_counts_parameters_it_cannot_redraw():
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3))
+            self.conv = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return self.conv(x * self.scale.view(1, 3, 1, 1)).mean((2, 3))
+
+    _, kept = random_reference(Scaled(), torch.rand(2, 3, 4, 4))
+    assert kept == 3
+
+
+# ---------------------------------------------------------------------------- reliance images
+def test_same_class_and_random_partners():
+    g = torch.Generator().manual_seed(0)
+    classes = torch.tensor([0, 1, 0, 1, 2, 0, 1, 0])
+    p = same_class_partners(classes, g)
+    assert torch.equal(classes[p], classes) and p[4] == 4  # the only image of class 2 keeps itself
+    assert bool((p != torch.arange(8))[classes != 2].all())  # the others get another image
+    assert sorted(p.tolist()) == list(range(8))  # a permutation: every background used once
+    r = random_partners(8, torch.device("cpu"), g)
+    assert sorted(r.tolist()) == list(range(8)) and bool((r != torch.arange(8)).all())
+
+
+def test_reliance_images_are_built_from_object_and_background():
+    x = torch.stack([torch.full((3, 8, 8), v) for v in (0.2, 0.4, 0.6, 0.8)])
+    x[:, :, 2:4, 2:4] = 1.0  # the object: a white 2x2 square in every image
+    boxes = torch.tensor([[2.0, 2.0, 4.0, 4.0]]).expand(4, 4)
+    classes = torch.tensor([0, 0, 1, 1])
+    v = reliance_images(x, classes, boxes, generator=torch.Generator().manual_seed(0))
+    assert v.shape == (len(VARIANTS), 4, 3, 8, 8) and torch.equal(v[0], x)
+    neutral = x.mean((0, 2, 3))
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[2:4, 2:4] = True
+    obj, bg, same, rand = v[1], v[2], v[3], v[4]
+    assert torch.equal(obj[:, :, inside], x[:, :, inside])  # the object kept ...
+    assert torch.allclose(obj[:, :, ~inside], neutral.view(1, 3, 1).expand(4, 3, 60))  # ... on the neutral colour
+    assert torch.allclose(bg[:, :, inside], neutral.view(1, 3, 1).expand(4, 3, 4)) and torch.equal(
+        bg[:, :, ~inside], x[:, :, ~inside])
+    for mixed in (same, rand):
+        assert torch.equal(mixed[:, :, inside], x[:, :, inside])
+    corner = same[:, 0, 0, 0]  # the background colour says whose background it is
+    assert bool((corner[:2] < 0.5).all()) and bool((corner[2:] > 0.5).all())  # class 0: 0.2 / 0.4, class 1: 0.6 / 0.8
+    assert not torch.equal(rand[:, 0, 0, 0], x[:, 0, 0, 0])  # a derangement: nobody keeps its own
+
+
+def test_reliance_images_use_masks_for_the_object():
+    x = torch.rand(2, 3, 8, 8)
+    masks = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    masks[:, :, 3, 3] = True
+    boxes = torch.tensor([[1.0, 1.0, 6.0, 6.0]]).expand(2, 4)
+    obj = reliance_images(x, torch.tensor([0, 1]), boxes, masks)[1]
+    kept = (obj == x).all(1)  # the grown mask (3x3), not the whole 5x5 box
+    assert kept[:, 2:5, 2:5].all() and int(kept.sum()) == 2 * 9
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _demo(num_classes: int = 6) -> DemoNet:
+    torch.manual_seed(0)
+    return DemoNet(num_classes=num_classes, width=4).eval()
+
+
+@pytest.mark.parametrize("kind", ["salaug", "lightning", "prefixed", "bare"])
+def test_demo_checkpoints_round_trip(kind, tmp_path):
+    model = _demo()
+    if kind == "salaug":
+        ckpt = demo_checkpoint(model, 32)
+    elif kind == "lightning":
+        ckpt = {"state_dict": {"model." + k: v for k, v in model.state_dict().items()}, "epoch": 3}
+    elif kind == "prefixed":
+        ckpt = {"module." + k: v for k, v in model.state_dict().items()}
+    else:
+        ckpt = model.state_dict()
+    torch.save(ckpt, tmp_path / "m.pt")
+    loaded = load_demo_model(torch.load(tmp_path / "m.pt", weights_only=True))
+    assert loaded.num_classes == 6 and loaded.width == 4 and loaded.in_channels == 3
+    assert loaded.image_size == (32 if kind == "salaug" else None) and not loaded.model.training
+    assert loaded.metadata.get("model") == ("DemoNet" if kind == "salaug" else None)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.model(x), model(x))
+    assert isinstance(demo_model_from_state(ckpt), DemoNet)
+
+
+def test_bad_checkpoints_name_the_first_wrong_key():
+    state = _demo().state_dict()
+    missing = {k: v for k, v in state.items() if k != "features.4.weight"}
+    with pytest.raises(ValueError, match="missing key 'features.4.weight'"):
+        load_demo_model(missing)
+    with pytest.raises(ValueError, match="unexpected key 'extra.bias'"):
+        load_demo_model({**state, "extra.bias": torch.zeros(1)})
+    with pytest.raises(ValueError, match="missing key 'head.2.weight'"):
+        load_demo_model({k: v for k, v in state.items() if not k.startswith("head")})
+    wrong = dict(state)
+    wrong["features.4.weight"] = torch.zeros(3, 3, 3, 3)
+    with pytest.raises(ValueError, match=r"'features.4.weight' has shape \(3, 3, 3, 3\), expected \(8, 4, 3, 3\)"):
+        load_demo_model(wrong)
+    ckpt = demo_checkpoint(_demo(), 32)
+    ckpt["salaug"]["num_classes"] = 5
+    with pytest.raises(ValueError, match="metadata says num_classes=5 but its weights have 6"):
+        load_demo_model(ckpt)
+    with pytest.raises(ValueError, match="'note' is not a tensor"):
+        load_demo_model({**state, "note": "hello"})
+
+
+def test_image_size_is_checked_against_the_checkpoint():
+    recorded = load_demo_model(demo_checkpoint(_demo(), 48))
+    assert check_image_size(recorded, None) == 48 == check_image_size(recorded, 48)
+    with pytest.raises(ValueError, match="--size 32 does not match the checkpoint's training image size 48"):
+        check_image_size(recorded, 32)
+    bare = load_demo_model(_demo().state_dict())
+    assert check_image_size(bare, 40) == 40
+    with pytest.raises(ValueError, match="does not record its training image size; pass --size"):
+        check_image_size(bare, None)
+
+
+# ---------------------------------------------------------------------------- structure
+def test_the_package_imports_no_lightning_demo_or_cli():
+    code = ("import sys, salaug.diagnosis; bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('lightning', 'pytorch_lightning') or m in ('salaug.demo', 'salaug.cli', 'salaug.callback', "
+            "'salaug.monitor')]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,50 @@
+"""salaug.crop_flip: the standard recipe (padded random crop + flip), batched, moving masks and boxes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from salaug import crop_flip
+from salaug.datasets.objects import _mask_boxes
+
+
+def test_masks_move_with_images_and_each_sample_gets_its_own_window(device):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(64, 3, 16, 16) + 0.1).to(device)  # never 0, so padding is recognisable
+    m = (x[:, :1] > 0.6).float()
+    cx, cm = crop_flip(x, m, padding=1, generator=g)
+    assert cx.shape == x.shape and cm.shape == m.shape and cx.device == x.device
+    torch.testing.assert_close(cm, (cx[:, :1] > 0.6).float())  # the same window and flip on both
+    padded = (cx == 0).flatten(1).any(1)
+    assert 0 < int(padded.sum()) < 64  # per-sample offsets: some shifted, others not
+    flipped = [bool(torch.equal(cx[i], x[i].flip(-1))) for i in range(64)]
+    same = [bool(torch.equal(cx[i], x[i])) for i in range(64)]
+    assert any(flipped) and any(same)
+    again = crop_flip(x, m, padding=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], cx)
+
+
+def test_boxes_stay_the_tight_boxes_of_their_moved_masks():
+    g = torch.Generator().manual_seed(1)
+    mask = torch.zeros(256, 1, 32, 32, dtype=torch.bool)
+    x1, y1 = torch.randint(0, 27, (256,), generator=g), torch.randint(0, 23, (256,), generator=g)
+    for i in range(256):
+        mask[i, 0, y1[i]:y1[i] + 10, x1[i]:x1[i] + 6] = True
+    boxes = torch.stack([x1, y1, x1 + 6, y1 + 10], 1)
+    _, moved, moved_boxes = crop_flip(mask.float(), mask, boxes=boxes, generator=g)
+    assert moved.dtype == torch.bool and moved.flatten(1).any(1).all()
+    assert torch.equal(_mask_boxes(moved), moved_boxes)  # shifted, clipped at the border, mirrored
+
+
+def test_no_padding_and_no_flip_is_the_identity_and_bad_inputs_are_named():
+    x = torch.rand(3, 3, 8, 8)
+    assert torch.equal(crop_flip(x, padding=0, flip=False)[0], x)
+    with pytest.raises(ValueError, match="padding"):
+        crop_flip(x, padding=-1)
+    with pytest.raises(ValueError, match=r"maps\[0\]"):
+        crop_flip(x, torch.rand(3, 1, 4, 4))
+    with pytest.raises(ValueError, match="boxes"):
+        crop_flip(x, boxes=torch.zeros(2, 4))
+    with pytest.raises(TypeError, match="floating-point"):
+        crop_flip(x.to(torch.uint8))
