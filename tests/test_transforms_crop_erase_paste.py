@@ -175,7 +175,7 @@ def zeros_ones(b, size):
 def test_salient_paste_area_labels_are_visible_fractions(background, size):
     x, y = zeros_ones(32, size)
     s = torch.rand(32, 1, *size, generator=gen(15))
-    t = SalientPaste(background=background, fill=-1.0, num_classes=2, generator=gen(16))
+    t = SalientPaste(p=1.0, background=background, fill=-1.0, num_classes=2, generator=gen(16))
     out, params = t(x, s, y, return_params=True)
     ones = (out.images - 1).abs().lt(1e-4).float().mean((1, 2, 3))
     zeros = out.images.abs().lt(1e-4).float().mean((1, 2, 3))
@@ -199,7 +199,7 @@ def test_salient_paste_lands_on_least_salient_region():
         s[b, :, y1:y1 + 18, x1:x1 + 18] = 0.0
         holes.append((x1, y1))
     x = torch.rand(16, 3, *size, generator=g)
-    _, params = SalientPaste(scale=(0.1, 0.4), num_classes=2, generator=gen(18))(
+    _, params = SalientPaste(p=1.0, scale=(0.1, 0.4), num_classes=2, generator=gen(18))(
         x, s, torch.zeros(16, dtype=torch.long), return_params=True)
     for b, (hx, hy) in enumerate(holes):
         x1, y1, x2, y2 = params["dst_boxes"][b].tolist()
@@ -213,7 +213,7 @@ def test_salient_paste_least_salient_on_pooled_search(size):
     s = torch.ones(8, 1, h, w)
     s[:, :, h // 2:, : w // 2] = 0.0  # bottom-left quarter empty
     x = torch.rand(8, 3, h, w, generator=gen(19))
-    _, params = SalientPaste(scale=(0.05, 0.12), num_classes=2, generator=gen(20))(
+    _, params = SalientPaste(p=1.0, scale=(0.05, 0.12), num_classes=2, generator=gen(20))(
         x, s, torch.zeros(8, dtype=torch.long), return_params=True)
     for b in range(8):
         assert ref_mass(s[b], params["dst_boxes"][b]) == 0.0
@@ -223,7 +223,7 @@ def test_salient_paste_pastes_the_partner_source_box():
     x = torch.rand(12, 3, 30, 30, generator=gen(21))
     s = torch.rand(12, 1, 30, 30, generator=gen(22))
     for interpolation in ("bilinear", "nearest"):
-        t = SalientPaste(zoom=(1.0, 1.0), interpolation=interpolation, num_classes=2, generator=gen(23))
+        t = SalientPaste(p=1.0, zoom=(1.0, 1.0), interpolation=interpolation, num_classes=2, generator=gen(23))
         out, params = t(x, s, torch.zeros(12, dtype=torch.long), return_params=True)
         perm = params["perm"]
         assert sorted(perm.tolist()) == list(range(12))
@@ -249,12 +249,12 @@ def test_salient_paste_source_box_holds_partner_peak_or_mass():
         s[b, 0, max(py - 2, 0):py + 3, max(px - 2, 0):px + 3] += 0.5
     s = s.clamp(0, 1)
     x = torch.rand(16, 3, 24, 24, generator=g)
-    _, params = SalientPaste(num_classes=2, generator=gen(25))(x, s, torch.zeros(16, dtype=torch.long),
+    _, params = SalientPaste(p=1.0, num_classes=2, generator=gen(25))(x, s, torch.zeros(16, dtype=torch.long),
                                                                return_params=True)
     for i, j in enumerate(params["perm"].tolist()):
         x1, y1, x2, y2 = params["src_boxes"][i].tolist()
         assert x1 <= peaks[j, 0] < x2 and y1 <= peaks[j, 1] < y2
-    _, params = SalientPaste(source="mass", num_classes=2, generator=gen(26))(
+    _, params = SalientPaste(p=1.0, source="mass", num_classes=2, generator=gen(26))(
         x, s, torch.zeros(16, dtype=torch.long), return_params=True)
     for i, j in enumerate(params["perm"].tolist()):
         x1, y1, x2, y2 = params["src_boxes"][i].tolist()
@@ -268,7 +268,7 @@ def test_salient_paste_padded_canvas_geometry(background):
     h, w = 36, 48
     x = torch.rand(32, 3, h, w, generator=gen(27))
     s = torch.rand(32, 1, h, w, generator=gen(28))
-    t = SalientPaste(background=background, fill=5.0, num_classes=2, generator=gen(29))
+    t = SalientPaste(p=1.0, background=background, fill=5.0, num_classes=2, generator=gen(29))
     out, params = t(x, s, torch.zeros(32, dtype=torch.long), return_params=True)
     sides = set()
     for i in range(32):
@@ -299,7 +299,7 @@ def test_salient_paste_mass_rule():
     x = torch.rand(16, 3, 24, 24, generator=gen(30))
     s = torch.rand(16, 1, 24, 24, generator=gen(31)) ** 4
     for background in ("image", "constant"):
-        t = SalientPaste(labels="saliency", background=background, num_classes=16, generator=gen(32))
+        t = SalientPaste(p=1.0, labels="saliency", background=background, num_classes=16, generator=gen(32))
         out, params = t(x, s, torch.arange(16), return_params=True)
         for i, j in enumerate(params["perm"].tolist()):
             m_p = ref_mass(s[j], params["src_boxes"][i])
@@ -311,6 +311,6 @@ def test_salient_paste_mass_rule():
 def test_salient_paste_flat_maps_get_random_positions():
     x = torch.rand(32, 3, 40, 40, generator=gen(33))
     for s in (torch.zeros(32, 1, 40, 40), torch.full((32, 1, 40, 40), 0.5)):
-        _, params = SalientPaste(scale=(0.1, 0.1), num_classes=2, generator=gen(34))(
+        _, params = SalientPaste(p=1.0, scale=(0.1, 0.1), num_classes=2, generator=gen(34))(
             x, s, torch.zeros(32, dtype=torch.long), return_params=True)
         assert len({tuple(b) for b in params["dst_boxes"][:, :2].tolist()}) > 10

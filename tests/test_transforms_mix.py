@@ -455,7 +455,9 @@ def test_defaults_are_the_benchmarks_choice():
     # half the samples; SnapMix keeps its paper's Beta(5, 5) boxes and saliency-mass labels.
     t = SnapMix(num_classes=10)
     assert (t.p, t.alpha, t.labels, t.normalize) == (0.5, 5.0, "saliency", True)
-    for cls in (SaliencyMix, AttentiveCutMix, GuidedMixup, ResizeMix):
+    from salaug import PuzzleMix, SalientPaste
+
+    for cls in (SaliencyMix, AttentiveCutMix, GuidedMixup, ResizeMix, SalientPaste, PuzzleMix):
         assert cls(num_classes=10).p == 0.5, cls.__name__
     r = ResizeMix(num_classes=10)
     assert (r.scale, r.labels) == ((0.1, 0.8), "area")

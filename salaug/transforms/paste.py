@@ -119,7 +119,7 @@ class SalientPaste(MixTransform):
         interpolation: ``"bilinear"`` or ``"nearest"`` resampling of the pasted region (both at
             patch size, about the same cost on CPU).
         fill: the padding value for ``background="constant"``.
-        p: probability that each sample receives a paste.
+        p: probability that each sample receives a paste (0.5 by default, as for every mix here).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -160,7 +160,7 @@ class SalientPaste(MixTransform):
     def __init__(self, num_classes: int | None = None, *, scale: tuple[float, float] = (0.1, 0.4),
                  zoom: tuple[float, float] = (0.75, 1.33), background: str = "image",
                  labels: Literal["area", "saliency"] = "area", source: str = "peak",
-                 interpolation: str = "bilinear", fill: float = 0.0, p: float = 1.0,
+                 interpolation: str = "bilinear", fill: float = 0.0, p: float = 0.5,
                  generator: torch.Generator | None = None, label_rule: str | None = None) -> None:
         if label_rule is not None:
             warnings.warn("SalientPaste(label_rule=...) is deprecated: use labels='area' or labels='saliency'",
