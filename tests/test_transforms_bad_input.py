@@ -66,7 +66,7 @@ OWN_ARGS = [  # (class, kwargs, error, message)
     (SaliencyMix, {"alpha": math.inf}, ValueError, r"alpha must be a number > 0, got inf"),
     (SnapMix, {"normalize": "yes"}, TypeError, r"normalize must be True or False, got 'yes'"),
     (AttentiveCutMix, {"grid": (2.5, 2)}, TypeError, r"grid\[0\] must be an int >= 1, got 2.5"),
-    (AttentiveCutMix, {"grid": "7"}, TypeError, r"grid must be a positive int or a pair"),
+    (AttentiveCutMix, {"grid": "7"}, TypeError, r"grid must be a positive int or an \(h, w\) pair"),
     (AttentiveCutMix, {"grid": (2, 2), "k": 1.0}, TypeError, r"k must be an int in \[1, 4\]"),
     (GuidedMixup, {"sigma": -1.0}, ValueError, r"sigma must be a number >= 0, got -1.0"),
     (GuidedMixup, {"eps": 0.0}, ValueError, r"eps must be a number > 0"),

@@ -144,7 +144,7 @@ class SalientPaste(MixTransform):
         >>> import torch
         >>> x = torch.cat((torch.zeros(1, 3, 16, 16), torch.ones(1, 3, 16, 16)))
         >>> s = torch.zeros(2, 1, 16, 16); s[:, :, :8] = 1.0   # salient top half
-        >>> paste = SalientPaste(scale=(0.25, 0.25), zoom=(1.0, 1.0), num_classes=2,
+        >>> paste = SalientPaste(scale=(0.25, 0.25), zoom=(1.0, 1.0), num_classes=2, p=1.0,
         ...                      generator=torch.Generator().manual_seed(0))
         >>> out, params = paste(x, s, torch.tensor([0, 1]), return_params=True)
         >>> params["dst_boxes"][:, 1].ge(8).tolist()           # pasted in the bottom half
