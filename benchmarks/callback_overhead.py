@@ -8,7 +8,8 @@ once per configuration, in interleaved rounds (so a busy machine slows every con
   from before the augmenter call to after ``optimizer.step()``, and the configurations take turns
   step by step (a load change on a shared machine hits them all); the median is over every timed
   step of every round. Rows: no augmenter; GradCAM at
-  ``cam_scale=1.0`` and ``0.5`` with SaliencyMix and with SnapMix.
+  ``cam_scale=1.0`` and ``0.5`` with SaliencyMix and with SnapMix; in the plain loop also PuzzleMix
+  (without and with transport; its target: within 1.35x of a plain step).
 * **Lightning** (``lightning`` rows): the :class:`salaug.SaliencyAugmentation` callback, each batch
   timed from the first ``on_train_batch_start`` to ``on_train_batch_end``. Rows: no callback; the
   same four salaug configurations; the same SaliencyMix driven by pytorch-grad-cam (the
@@ -133,6 +134,9 @@ def loop_configurations(num_classes: int) -> dict[str, Any]:
         "loop: SaliencyAugmenter GradCAM x0.5 + SaliencyMix": ours(salaug.SaliencyMix, 0.5),
         "loop: SaliencyAugmenter GradCAM x1.0 + SnapMix": ours(salaug.SnapMix, 1.0),
         "loop: SaliencyAugmenter GradCAM x0.5 + SnapMix": ours(salaug.SnapMix, 0.5),
+        "loop: SaliencyAugmenter GradCAM x1.0 + PuzzleMix": ours(salaug.PuzzleMix, 1.0),
+        "loop: SaliencyAugmenter GradCAM x1.0 + PuzzleMix transport": ours(
+            lambda num_classes: salaug.PuzzleMix(num_classes=num_classes, transport=True), 1.0),
     }
 
 
