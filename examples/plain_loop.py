@@ -9,10 +9,10 @@ the device and before the forward::
 Every batch first gets the standard recipe (``salaug.crop_flip``: 4-px padded random crop + horizontal
 flip, batched on the device). The augmenter then computes GradCAM maps of the batch with the model
 (side-effect free: modes, BatchNorm statistics and ``.grad`` stay as they are), mixes half of the
-samples with SnapMix (its default ``p=0.5``: a box around each partner's salient region is resized
-into the image, labels by saliency mass) and returns ``(B, K)`` soft labels. For the first
-``--warmup-steps`` batches, while the young network's CAMs are noise, the boxes are placed at random
-with area labels.
+samples with SnapMix (its default ``p=0.5``: a random box of each partner is resized into a random
+box of the image, and the label shares follow the CAM mass pasted and kept) and returns ``(B, K)``
+soft labels. For the first ``--warmup-steps`` batches, while the young network's CAMs are noise,
+the labels follow box areas instead.
 
 ``aug.state_dict()`` goes into the checkpoint next to the model's and the optimizer's, so a resumed
 run continues the same augmentation stream. Data: the embedded ``ClutteredObjects`` (objects on

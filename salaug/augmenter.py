@@ -61,7 +61,7 @@ from salaug._checks import (
 from salaug.cam import create_cam
 from salaug.cam.base import BaseCAM, eval_mode, model_dtype
 from salaug.cam.layers import probe_target_layer, unwrap_model
-from salaug.transforms.base import Params, SalientBatch, SaliencyTransform
+from salaug.transforms.base import Params, SalientBatch, SaliencyTransform, check_transform
 
 __all__ = ["AugmenterRecord", "SaliencyAugmenter", "check_augmenter_options", "resolve_batch_p"]
 
@@ -253,11 +253,7 @@ class SaliencyAugmenter:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be the torch.nn.Module being trained, got {type(model).__name__}")
-        if not isinstance(transform, SaliencyTransform):
-            raise TypeError(
-                f"transform must be a salaug transform (e.g. salaug.SaliencyMix(num_classes=10)), "
-                f"got {type(transform).__name__}"
-            )
+        check_transform(transform)
         batch_p = resolve_batch_p(batch_p, p, type(self).__name__)
         targets = check_targets("targets", targets, type(self).__name__)  # type: ignore[assignment]
         check_augmenter_options(batch_p=batch_p, cam_scale=cam_scale, targets=targets, num_classes=num_classes,

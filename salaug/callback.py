@@ -42,7 +42,7 @@ from salaug.augmenter import (
     resolve_batch_p,
 )
 from salaug.cam.layers import unwrap_model
-from salaug.transforms.base import SaliencyTransform
+from salaug.transforms.base import SaliencyTransform, check_transform
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -214,11 +214,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         picture_dir: str | os.PathLike[str] | None = None,
         p: float | None = None,
     ) -> None:
-        if not isinstance(transform, SaliencyTransform):
-            raise TypeError(
-                f"transform must be a salaug transform (e.g. salaug.SaliencyMix(num_classes=10)), "
-                f"got {type(transform).__name__}"
-            )
+        check_transform(transform)
         batch_p = resolve_batch_p(batch_p, p, type(self).__name__)
         targets = check_targets("targets", targets, type(self).__name__)  # type: ignore[assignment]
         check_augmenter_options(batch_p=batch_p, cam_scale=cam_scale, targets=targets, num_classes=num_classes,

@@ -29,6 +29,7 @@ from salaug.transforms.labels import mix_soft_labels
 
 __all__ = [
     "MixTransform",
+    "check_transform",
     "Params",
     "ParamsRecord",
     "SalientBatch",
@@ -360,6 +361,18 @@ class SaliencyTransform(nn.Module):
         names = [n for n in inspect.signature(type(self).__init__).parameters
                  if n not in ("self", "generator") and hasattr(self, n)]
         return ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
+
+
+def check_transform(transform: object) -> SaliencyTransform:
+    """The one check that ``transform`` is a salaug transform (the augmenter's and the callback's).
+
+    Raises:
+        TypeError: anything else, with an example of what to pass.
+    """
+    if not isinstance(transform, SaliencyTransform):
+        raise TypeError(f"transform must be a salaug transform (e.g. salaug.SaliencyMix(num_classes=10)), "
+                        f"got {type(transform).__name__}")
+    return transform
 
 
 def _qualname(cls: type) -> str:
