@@ -71,7 +71,7 @@ Usage::
     python benchmarks/payoff.py --quick --workers 2            # 6 arms x 3 seeds at 40 epochs
     python benchmarks/payoff.py --epochs 150 --arms none,cutmix,mixup,resizemix,snapmix,snapmix-flat,oracle \
         --workers 2 --out benchmarks/results --name objects_recipe150       # a with-recipe cell
-    python benchmarks/payoff.py --dataset textures --epochs 150 --workers 2 --out benchmarks/results
+    python benchmarks/payoff.py --dataset textures --epochs 150 --workers 2 --out benchmarks/results  # held out
     python benchmarks/payoff.py --base none --workers 2 --out benchmarks/results   # the no-recipe table
     python benchmarks/payoff.py --dataset folder --root ~/data/cifar100 --preset cifar100 --device cuda \
         --arms none,cutmix,resizemix,snapmix,snapmix-flat --out results       # the published setting
