@@ -7,7 +7,6 @@ import os
 import pickle
 import struct
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
