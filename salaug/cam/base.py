@@ -63,6 +63,7 @@ from salaug._checks import (
     value_checks_on,
     zero_nonfinite_maps,
 )
+from salaug.cam.hooks import Hooks
 from salaug.cam.layers import (
     _POOLING_HEADS,
     is_compiled,
@@ -547,11 +548,12 @@ class BaseCAM:
         model = self._model
         has_reshape = self.reshape is not None
 
-        def size_hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+        def size_hook(_module: nn.Module, args: tuple[Any, ...], _kwargs: dict[str, Any]) -> None:
             if rec["size"] is None and args and isinstance(args[0], Tensor) and args[0].ndim == 4:
                 rec["size"] = (int(args[0].shape[-2]), int(args[0].shape[-1]))
 
-        handles = [model.register_forward_pre_hook(size_hook)]
+        hooks = Hooks()
+        hooks.on_input(model, size_hook)
         try:
             if self._layer is not None:
                 name = self._layer_name or type(self._layer).__name__
@@ -564,24 +566,17 @@ class BaseCAM:
                     rec["acts"] = acts.detach().clone() if keep_copy else acts
                     rec["calls"] += 1
 
-                handles.append(self._layer.register_forward_hook(layer_hook))
+                hooks.on_output(self._layer, layer_hook)
             else:
-
                 seen: list[tuple[nn.Module, Tensor]] = []
                 rec["seen"] = seen
-
-                def any_hook(module: nn.Module, _inputs: Any, output: Any) -> None:
-                    if isinstance(output, Tensor) and output.ndim == 4 and not isinstance(module, _POOLING_HEADS):
-                        seen.append((module, output))
-
-                handles.extend(m.register_forward_hook(any_hook) for m in model.modules() if m is not model)
+                hooks.on_spatial_outputs(model, seen, skip=_POOLING_HEADS)
             self._recording = None
             self._record_active = True
             yield self
         finally:
             self._record_active = False
-            for h in handles:
-                h.remove()
+            hooks.remove()
         if self._layer is None:
             chosen = pick_recorded_layer(rec.get("seen", []))
             if chosen is not None:
@@ -706,12 +701,9 @@ class BaseCAM:
             return leaf.clone()  # a non-leaf, so in-place consumers (ReLU(inplace=True)) are fine
 
         calls = [0]
-        handle = layer.register_forward_hook(hook)
-        try:
-            with torch.no_grad():
-                logits = self._model(images)
-        finally:
-            handle.remove()
+        with Hooks() as hooks, torch.no_grad():
+            hooks.on_output(layer, hook)
+            logits = self._model(images)
         _check_ran_once(calls[0], name)
         return store["acts"], _check_logits(logits, images.shape[0])
 
@@ -731,15 +723,13 @@ class BaseCAM:
             calls[0] += 1
 
         calls = [0]
-        handle = layer.register_forward_hook(hook)
         logits = None
-        try:
-            with torch.no_grad():
+        with Hooks() as hooks, torch.no_grad():
+            hooks.on_output(layer, hook)
+            try:
                 logits = self._model(images)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
+            except _StopForward:
+                pass
         if "acts" not in store:
             raise RuntimeError(f"target layer {name!r} did not run during the model's forward")
         if not stop:

@@ -26,6 +26,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from salaug.cam.hooks import Hooks
+
 __all__ = ["unwrap_model", "resolve_target_layer", "probe_target_layer", "vit_reshape", "is_compiled"]
 
 _POOLING_HEADS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -163,18 +165,9 @@ def probe_target_layer(model: nn.Module, images: Tensor) -> tuple[str, nn.Module
         ValueError: if no module outputs a 4-D tensor.
     """
     records: list[tuple[nn.Module, Tensor]] = []
-
-    def hook(module: nn.Module, _inputs: object, output: object) -> None:
-        if isinstance(output, Tensor) and output.ndim == 4 and not isinstance(module, _POOLING_HEADS):
-            records.append((module, output))
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
-    try:
-        with torch.no_grad():
-            model(images[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    with Hooks() as hooks, torch.no_grad():
+        hooks.on_spatial_outputs(model, records, skip=_POOLING_HEADS)
+        model(images[:1])
     chosen = pick_recorded_layer(records)
     module = chosen[0] if chosen is not None else None
     if module is None:

@@ -1,0 +1,228 @@
+"""Forward labels: soft labels of a mixed batch filled by the user's own forward of it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import salaug
+from salaug.models import DemoNet
+from salaug.forward_labels import ForwardLabels, evidence_share, pasted_region, supports_forward_labels
+from salaug.transforms.labels import mix_soft_labels
+
+
+class MaskNet(nn.Module):
+    """A model whose CAM for class c is exactly input channel c (identity 1x1 conv, GAP + identity linear)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(k, k, 1, bias=False)  # identity weights, trainable like a real trunk
+        self.head = nn.Linear(k, k, bias=False)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.eye(k).view(k, k, 1, 1))
+            self.head.weight.copy_(torch.eye(k))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.features(x)
+        return self.head(a.mean((2, 3)))
+
+
+def object_images(b: int, k: int, size: int = 16, side: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image i shows one square object of class i % k, drawn in channel i % k, same size for all."""
+    labels = torch.arange(b) % k
+    x = torch.zeros(b, k, size, size)
+    for i in range(b):
+        top, left = (3 * i) % (size - side), (5 * i) % (size - side)
+        x[i, labels[i], top:top + side, left:left + side] = 1.0
+    return x, labels
+
+
+def mixed_batch(transform, x, labels, k, seed=0):
+    soft = F.one_hot(labels, k).float()
+    flat = torch.ones(x.shape[0], 1, *x.shape[-2:])
+    out, params = transform(x, flat, soft, return_params=True, generator=torch.Generator().manual_seed(seed))
+    area = transform.area_share(params, x.shape[-2:]) * params["applied"]
+    return soft, out, params, area
+
+
+@pytest.mark.parametrize("transform", [salaug.SnapMix(num_classes=4, p=1.0), salaug.SaliencyMix(num_classes=4, p=1.0),
+                                       salaug.ResizeMix(num_classes=4, p=1.0)])
+def test_labels_from_true_mask_cams_are_the_visible_object_shares(transform):
+    k = 4
+    net = MaskNet(k)
+    x, labels = object_images(8, k)
+    soft, out, params, area = mixed_batch(transform, x, labels, k)
+    fwd = ForwardLabels(net, "features", blend=1.0)
+    y = out.labels
+    fwd.arm(out.images, y, soft, params, area)
+    assert fwd.pending
+    net(out.images)
+    assert not fwd.pending
+    # what each mixed image shows: pixels of its own object outside the box, of the partner's inside it
+    region = pasted_region(params, x.shape[-2:])[:, 0]
+    own = out.images[torch.arange(8), labels]
+    partner = out.images[torch.arange(8), labels[params["perm"]]]
+    vis_own, vis_partner = (own * (1 - region)).sum((1, 2)), (partner * region).sum((1, 2))
+    share = torch.where(vis_own + vis_partner > 0, vis_partner / (vis_own + vis_partner), area)
+    expected = mix_soft_labels(soft, params["perm"], share * params["applied"])
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(y, mix_soft_labels(soft, params["perm"], area))
+
+
+def test_blend_mixes_evidence_and_area():
+    own, partner = torch.rand(3, 4, 4), torch.rand(3, 4, 4)
+    region = torch.zeros(3, 4, 4)
+    region[:, :2, :2] = 1
+    area = torch.full((3,), 0.25)
+    e = evidence_share(own, partner, region, area, 1.0)
+    torch.testing.assert_close(evidence_share(own, partner, region, area, 0.5), 0.5 * e + 0.125)
+    torch.testing.assert_close(evidence_share(own, partner, region, area, 0.0), area)
+
+
+def test_no_evidence_or_nan_falls_back_to_area():
+    region = torch.zeros(2, 2, 2)
+    region[:, 0, 0] = 1
+    area = torch.tensor([0.25, 0.25])
+    zero = torch.zeros(2, 2, 2)
+    nan = torch.full((2, 2, 2), float("nan"))
+    torch.testing.assert_close(evidence_share(zero, zero, region, area, 1.0), area)
+    torch.testing.assert_close(evidence_share(nan, nan, region, area, 0.7), area)
+
+
+def counting(model):
+    calls = []
+    model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    return calls
+
+
+def test_one_forward_per_step_and_no_hooks_left():
+    torch.manual_seed(0)
+    net = DemoNet(num_classes=5, width=8)
+    calls = counting(net)
+    fwd = ForwardLabels(net, "features")
+    t = salaug.SnapMix(num_classes=5, p=1.0)
+    x, labels = torch.rand(6, 3, 32, 32), torch.arange(6) % 5
+    hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
+    soft, out, params, area = mixed_batch(t, x, labels, 5)
+    fwd.arm(out.images, out.labels, soft, params, area)
+    loss = F.cross_entropy(net(out.images), out.labels)
+    loss.backward()
+    assert len(calls) == 1
+    hooks_after = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
+    assert hooks_after == hooks_before
+    torch.testing.assert_close(out.labels.sum(1), torch.ones(6))
+
+
+def test_labels_do_not_touch_grads_or_change_the_backward():
+    torch.manual_seed(0)
+    net = DemoNet(num_classes=5, width=8)
+    t = salaug.SnapMix(num_classes=5, p=1.0)
+    x, labels = torch.rand(6, 3, 32, 32), torch.arange(6) % 5
+    soft, out, params, area = mixed_batch(t, x, labels, 5)
+    fwd = ForwardLabels(net, "features")
+    fwd.arm(out.images, out.labels, soft, params, area)
+    logits = net(out.images)
+    assert all(p.grad is None for p in net.parameters())
+    F.cross_entropy(logits, out.labels).backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad(set_to_none=True)
+    F.cross_entropy(net(out.images), out.labels.clone()).backward()  # same labels, no hooks
+    for g, p in zip(grads, net.parameters()):
+        torch.testing.assert_close(g, p.grad)
+
+
+def test_automatic_layer_is_chosen_in_the_armed_forward():
+    net = DemoNet(num_classes=5, width=8)
+    fwd = ForwardLabels(net)
+    assert fwd.kind == "auto"
+    t = salaug.SnapMix(num_classes=5, p=1.0)
+    soft, out, params, area = mixed_batch(t, torch.rand(4, 3, 32, 32), torch.arange(4), 5)
+    fwd.arm(out.images, out.labels, soft, params, area)
+    net(out.images)
+    assert fwd.kind == "cam" and fwd.target_layer_name is not None
+    assert not fwd.pending
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_labels_are_finite(dtype):
+    if dtype == torch.float16:
+        pytest.importorskip("torch")  # CPU autocast supports float16 in recent torch
+    net = DemoNet(num_classes=5, width=8)
+    t = salaug.SnapMix(num_classes=5, p=1.0)
+    soft, out, params, area = mixed_batch(t, torch.rand(6, 3, 32, 32), torch.arange(6) % 5, 5)
+    fwd = ForwardLabels(net, "features")
+    fwd.arm(out.images, out.labels, soft, params, area)
+    with torch.autocast("cpu", dtype=dtype):
+        net(out.images)
+    assert out.labels.dtype == torch.float32 and torch.isfinite(out.labels).all()
+    torch.testing.assert_close(out.labels.sum(1), torch.ones(6))
+
+
+# ----------------------------------------------------------------------------- clear errors
+def armed(net, layer="features", b=4):
+    t = salaug.SnapMix(num_classes=5, p=1.0)
+    soft, out, params, area = mixed_batch(t, torch.rand(b, 3, 32, 32), torch.arange(b) % 5, 5)
+    fwd = ForwardLabels(net, layer)
+    fwd.arm(out.images, out.labels, soft, params, area)
+    return fwd, out, (soft, params, area)
+
+
+def test_arming_again_before_the_forward_is_refused():
+    net = DemoNet(num_classes=5, width=8)
+    fwd, out, (soft, params, area) = armed(net)
+    with pytest.raises(RuntimeError, match="never filled"):
+        fwd.arm(out.images, out.labels, soft, params, area)
+    assert not fwd.pending and not any(m._forward_hooks for m in net.modules())
+
+
+def test_forward_of_other_images_is_refused():
+    net = DemoNet(num_classes=5, width=8)
+    fwd, out, _ = armed(net)
+    with pytest.raises(RuntimeError, match="other inputs"):
+        net(torch.rand(7, 3, 32, 32))
+    assert not fwd.pending
+
+
+@pytest.mark.parametrize("ctx", [torch.no_grad, torch.inference_mode])
+def test_forward_without_gradients_is_refused(ctx):
+    net = DemoNet(num_classes=5, width=8)
+    fwd, out, _ = armed(net)
+    with pytest.raises(RuntimeError, match="without gradients"), ctx():
+        net(out.images)
+    assert not fwd.pending
+
+
+def test_target_layer_that_does_not_run_is_refused():
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = DemoNet(num_classes=5, width=8)
+            self.unused = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.net(x)
+
+    model = Skip()
+    fwd, out, _ = armed(model, layer="unused")
+    with pytest.raises(RuntimeError, match="did not run"):
+        model(out.images)
+
+
+def test_compiled_model_and_bad_blend_are_refused():
+    net = DemoNet(num_classes=5, width=8)
+    with pytest.raises(RuntimeError, match="torch.compile"):
+        ForwardLabels(torch.compile(net))
+    with pytest.raises(ValueError, match="blend"):
+        ForwardLabels(net, blend=1.5)
+    with pytest.raises(ValueError):
+        ForwardLabels(net, "no.such.layer")
+
+
+def test_which_transforms_support_forward_labels():
+    assert supports_forward_labels(salaug.SnapMix(num_classes=3))
+    assert supports_forward_labels(salaug.SaliencyMix(num_classes=3))
+    assert supports_forward_labels(salaug.ResizeMix(num_classes=3))
+    assert not supports_forward_labels(salaug.GuidedMixup(num_classes=3))
+    assert not supports_forward_labels(salaug.SalientCrop())
