@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,83 +28,15 @@ from salaug.cam import GradCAM
 from salaug.datasets import ClutteredObjects
 from salaug.metrics import cam_box_iou, label_fidelity, mix_visibility, pointing_game
 from salaug.monitor import SaliencyMonitor
-from salaug.transforms import (
-    AttentiveCutMix,
-    GuidedMixup,
-    KeepCutout,
-    SaliencyMix,
-    SalientCrop,
-    SalientPaste,
-    SaliencyTransform,
-    SnapMix,
-    crop_flip,
-)
+from salaug.transforms.base import SaliencyTransform
+from salaug.transforms.mix import GuidedMixup
+from salaug.transforms.recipe import crop_flip
+from salaug.transforms.registry import SALIENCY_FREE, create_transform
 
-__all__ = ["METHODS", "SALIENCY_FREE", "DemoNet", "RunResult", "build_transform", "format_table",
-           "crop_flip_collate", "make_data", "run", "soft_label_captions", "write_pictures"]
+__all__ = ["DemoNet", "RunResult", "format_table", "crop_flip_collate", "make_data", "run", "soft_label_captions",
+           "write_pictures"]
 
-METHODS = ("saliencymix", "snapmix", "salientcrop", "keepcutout", "guidedmixup", "salientpaste",
-           "attentivecutmix", "puzzlemix", "cutmix", "resizemix", "none")
-# Methods that use no saliency: the demo feeds them a flat map instead of running a CAM per batch.
-SALIENCY_FREE = ("cutmix", "resizemix")
 TARGET_LAYER = "features"
-
-
-def _optional(method: str, module: str, name: str, num_classes: int) -> SaliencyTransform:
-    """``module.name(num_classes=...)`` with its defaults, or a clear error where this salaug version
-    does not have that transform."""
-    import importlib
-
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        raise ValueError(f"method {method!r} is not available in this salaug version (no {module}.{name})") from None
-    return cls(num_classes=num_classes)
-
-
-def build_transform(method: str, num_classes: int) -> SaliencyTransform | None:
-    """The transform behind a demo method name (``"none"`` -> ``None``), with the library's defaults.
-
-    Mixing transforms are built with ``num_classes`` only (their defaults mix half of the samples of
-    each batch); SalientCrop and KeepCutout, which keep one class per image, get ``p=0.5``.
-    ``"cutmix"`` is SaliencyMix fed a flat saliency map: its box centre then falls back to a
-    random point, which is plain CutMix (see :class:`salaug.SaliencyMix`), so it shares the same
-    label rule and code path and isolates what the saliency adds. ``"resizemix"`` is
-    :class:`salaug.ResizeMix` (the whole partner image resized into a box; saliency-free);
-    ``"puzzlemix"`` is PuzzleMix (``salaug.transforms.puzzle``).
-
-    Args:
-        method: one of :data:`METHODS`.
-        num_classes: number of classes ``K`` of the labels.
-
-    Returns:
-        The transform, or ``None`` for ``"none"``.
-
-    Raises:
-        ValueError: for an unknown method, or one this salaug version does not have.
-
-    Example:
-        >>> type(build_transform("snapmix", 10)).__name__, build_transform("none", 10)
-        ('SnapMix', None)
-    """
-    k = num_classes
-    table: dict[str, Callable[[], SaliencyTransform | None]] = {
-        "saliencymix": lambda: SaliencyMix(num_classes=k),
-        "cutmix": lambda: SaliencyMix(num_classes=k),
-        "snapmix": lambda: SnapMix(num_classes=k),
-        "salientcrop": lambda: SalientCrop(num_classes=k, p=0.5),
-        "keepcutout": lambda: KeepCutout(num_classes=k, p=0.5),
-        "guidedmixup": lambda: GuidedMixup(num_classes=k),
-        "salientpaste": lambda: SalientPaste(num_classes=k),
-        "attentivecutmix": lambda: AttentiveCutMix(num_classes=k),
-        "resizemix": lambda: _optional("resizemix", "salaug.transforms.mix", "ResizeMix", k),
-        # PuzzleMix (salaug.transforms.puzzle): new in this version; the guard keeps the table honest
-        "puzzlemix": lambda: _optional("puzzlemix", "salaug.transforms.puzzle", "PuzzleMix", k),
-        "none": lambda: None,
-    }
-    if method not in table:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return table[method]()
 
 
 class DemoNet(models.DemoNet, pl.LightningModule):
@@ -292,7 +224,7 @@ def run(method: str = "snapmix", *, epochs: int = 40, size: int = 32, train_size
     """Train :class:`DemoNet` with one augmentation method (on top of the standard recipe) and measure it.
 
     Args:
-        method: one of :data:`METHODS` (``"none"``: the recipe alone).
+        method: a name of :data:`salaug.transforms.registry.TRANSFORM_NAMES` (``"none"``: the recipe alone).
         epochs, size, train_size, val_size, test_size, batch_size, seed, width, device: the run.
         out: directory whose ``runs/<method>/`` receives the CSV log and the monitor's pictures
             (default ``salaug_demo``).
@@ -311,7 +243,7 @@ def run(method: str = "snapmix", *, epochs: int = 40, size: int = 32, train_size
     """
     pl.seed_everything(seed, workers=True, verbose=False)
     num_classes = 10
-    transform = build_transform(method, num_classes)
+    transform = create_transform(method, num_classes)
     train, val, test = make_data(size, train_size, val_size, test_size, seed, batch_size, workers, make_dataset,
                                  recipe=recipe)
     model = DemoNet(num_classes=num_classes, width=width, epochs=epochs)
@@ -363,7 +295,7 @@ def soft_label_captions(labels: Tensor, names: Sequence[str] | None = None, top:
     for row in labels:  # a handful of captions for a picture, not a hot path
         values, classes = row.topk(min(top, row.numel()))
         captions.append(" ".join(f"{_class_name(names, int(k))} {weight(float(v))}"
-                                 for v, k in zip(values, classes) if float(v) > 0))
+                                 for v, k in zip(values, classes, strict=True) if float(v) > 0))
     return captions
 
 
@@ -388,7 +320,7 @@ def write_pictures(result: RunResult, others: list[RunResult], out: str, size: i
     maps = GradCAM(model, TARGET_LAYER)(x, y)
     rows = {"validation images, true boxes": draw_boxes(x, boxes), "GradCAM of the true class": overlay(x, maps)}
     paths = [save_grid(rows, os.path.join(out, "cam_overlays.png"), nrow=16, captions=[truth, truth])]
-    transform = build_transform(result.method, len(names) if names is not None else 10)
+    transform = create_transform(result.method, len(names) if names is not None else 10)
     if transform is not None:
         transform.generator = torch.Generator().manual_seed(seed)
         if result.method in SALIENCY_FREE:

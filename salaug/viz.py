@@ -257,7 +257,7 @@ def save_grid(
                     f"({len(tensors)} rows), got {len(captions)} entries"
                 )
             row_captions = captions  # type: ignore[assignment]
-    for t, caps in zip(tensors, row_captions):
+    for t, caps in zip(tensors, row_captions, strict=True):
         if caps is not None and len(caps) < min(ncol, t.shape[0]):
             raise ValueError(f"a row of {min(ncol, t.shape[0])} tiles needs as many captions, got {len(caps)}")
 
@@ -273,7 +273,7 @@ def save_grid(
 
     y = padding
     text_items: list[tuple[int, int, str]] = []
-    for t, name, caps, rh in zip(tensors, names, row_captions, row_heights):
+    for t, name, caps, rh in zip(tensors, names, row_captions, row_heights, strict=True):
         if name is not None:
             text_items.append((padding, y, str(name)))
         tiles = _to_uint8(t[:ncol])

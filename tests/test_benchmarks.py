@@ -1,12 +1,14 @@
-"""benchmarks/payoff.py: arm parsing, paired statistics, label error, and a tiny end-to-end preset."""
+"""benchmarks/payoff/: arm parsing, paired statistics, label error, reuse of the committed results, and a
+tiny end-to-end preset."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import importlib
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -15,14 +17,14 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
 @pytest.fixture(scope="module")
 def payoff():
-    path = os.path.join(ROOT, "benchmarks", "payoff.py")
-    spec = importlib.util.spec_from_file_location("payoff_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    return importlib.import_module("benchmarks.payoff")
 
 
 def test_parse_arm_reads_options_and_rejects_unknown_ones(payoff) -> None:
@@ -166,7 +168,7 @@ def test_runs_are_reproducible_and_arms_share_data_and_init(payoff) -> None:
     assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
     c = payoff.run_one(cfg, "none", 0)
     assert "label_mae" not in c and c["augmenter"] == "-"
-    assert a["augmenter"] in ("salaug.SaliencyAugmenter", "local stand-in")
+    assert a["augmenter"] == "salaug.SaliencyAugmenter"
 
 
 def test_models_are_the_library_networks(payoff) -> None:
@@ -182,6 +184,8 @@ def test_models_are_the_library_networks(payoff) -> None:
 
 
 def test_every_arm_of_a_seed_gets_the_same_base_augmentation(payoff, monkeypatch) -> None:
+    from benchmarks.payoff import training
+
     seen: dict[str, list[torch.Tensor]] = {}
     real = payoff.apply_base
 
@@ -190,7 +194,7 @@ def test_every_arm_of_a_seed_gets_the_same_base_augmentation(payoff, monkeypatch
         seen.setdefault(current, []).append(out[0].clone())
         return out
 
-    monkeypatch.setattr(payoff, "apply_base", spy)
+    monkeypatch.setattr(training, "apply_base", spy)
     cfg = payoff.Config(**payoff.PRESETS["smoke"])
     for current in ("none", "snapmix"):
         payoff.run_one(cfg, current, 0)
@@ -223,7 +227,8 @@ def test_folder_dataset_with_the_cifar_preset(payoff, tmp_path) -> None:
         for k in range(3):
             (tmp_path / split / f"class{k}").mkdir(parents=True)
             for i in range(4):
-                save_image(torch.full((3, 20, 20), k / 2) + 0.05 * torch.rand(3, 20, 20), tmp_path / split / f"class{k}" / f"{i}.png")
+                image = torch.full((3, 20, 20), k / 2) + 0.05 * torch.rand(3, 20, 20)
+                save_image(image, tmp_path / split / f"class{k}" / f"{i}.png")
     data = payoff.load_folder(str(tmp_path), "train", 16, limit_per_class=2)
     assert data["image"].shape == (6, 3, 16, 16) and data["image"].dtype == torch.uint8
     assert data["label"].tolist() == [0, 0, 1, 1, 2, 2] and data["classes"] == ["class0", "class1", "class2"]
@@ -260,3 +265,53 @@ def test_regime_table_reads_the_gate_and_the_best_saliency_free_mix(payoff, tmp_
     assert "+0.103" in row and "passed" in row  # oracle - none
     assert "id vs mixup +0.030" in row  # the best saliency-free mix is mixup here, not cutmix
     assert "+0.043" in row  # snapmix - snapmix-flat
+
+
+@pytest.mark.parametrize(("name", "argv", "runs"), [
+    ("objects_recipe150", ["--epochs", "150", "--seeds", "5"], 35),
+    ("objects200_recipe150", ["--train-per-class", "200", "--epochs", "150", "--seeds", "2"], 6),
+    # written before the fields base / arch / optimizer / root existed (the no-recipe table)
+    ("objects_final", ["--base", "none", "--seeds", "5"], 25),
+])
+def test_reuse_finds_the_runs_of_a_committed_results_file(payoff, name, argv, runs) -> None:
+    path = os.path.join(RESULTS, f"payoff_{name}.json")
+    cfg = payoff.cli.make_config(payoff.cli.build_parser().parse_args(argv), "full")
+    found = payoff.load_reusable([path], cfg)
+    with open(path) as f:
+        committed = json.load(f)
+    assert len(found) == runs == len(committed["runs"])
+    assert {arm for arm, _ in found} == set(committed["arms"])
+    cfg.epochs += 1
+    assert payoff.load_reusable([path], cfg) == {}
+
+
+def test_reuse_skips_runs_of_another_in_loop_path(payoff) -> None:
+    # the 400-epoch cell ran its mixing arms through an older stand-in of the augmenter
+    cfg = payoff.cli.make_config(payoff.cli.build_parser().parse_args(["--epochs", "400", "--seeds", "2"]), "full")
+    found = payoff.load_reusable([os.path.join(RESULTS, "payoff_objects_recipe400.json")], cfg)
+    assert {arm for arm, _ in found} == {"none", "mixup"} and len(found) == 4  # no augmenter: "-"
+
+
+def test_arms_build_their_transforms_through_the_registry(payoff) -> None:
+    from salaug.transforms.registry import create_transform
+
+    cfg = payoff.Config(**payoff.PRESETS["smoke"])
+    for spec, name, options in [("cutmix", "cutmix", {}),
+                                ("snapmix:p=1.0,alpha=1", "snapmix", {"p": 1.0, "alpha": 1.0}),
+                                ("puzzlemix-transport", "puzzlemix", {"transport": True}),
+                                ("saliencymix-mass", "saliencymix", {"labels": "saliency"})]:
+        built = payoff.build_transform(payoff.parse_arm(spec), cfg)
+        assert repr(built) == repr(create_transform(name, cfg.num_classes, **{"p": cfg.p, **options}))
+    assert payoff.build_transform(payoff.parse_arm("mixup"), cfg) is None
+    with pytest.raises(ValueError, match="guidedmixup:labels=area.*no option labels"):
+        payoff.build_transform(payoff.parse_arm("guidedmixup:labels=area"), cfg)
+    with pytest.raises(ValueError, match="no option labels"):  # refused before any training
+        payoff.main(["--preset", "smoke", "--arms", "none,guidedmixup:labels=area"])
+
+
+@pytest.mark.parametrize("how", [["-m", "benchmarks.payoff"], [os.path.join("benchmarks", "payoff")]])
+def test_the_command_line_runs_as_a_module_and_as_a_directory(how) -> None:
+    out = subprocess.run([sys.executable, *how, "--regimes", os.path.join(RESULTS, "payoff_objects_recipe150.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "objects, DemoNet, 50/class, 150 ep, base cropflip | 5 | 0.896" in out.stdout

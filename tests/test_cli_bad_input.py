@@ -123,14 +123,6 @@ def test_demo_compare_trains_every_arm_on_one_schedule(argv, order, recipe, monk
     assert all(k == calls[0][1] for _, k in calls) and calls[0][1]["recipe"] is recipe
 
 
-def test_demo_refuses_a_method_this_version_lacks(monkeypatch, capsys, no_work):
-    import salaug.transforms.mix as mix
-
-    monkeypatch.delattr(mix, "ResizeMix")
-    line = _usage_error(["demo", "--compare", "resizemix"], capsys)
-    assert "'resizemix' is not available" in line
-
-
 # ---------------------------------------------------------------------------------------------
 # salaug precompute-masks
 # ---------------------------------------------------------------------------------------------

@@ -41,15 +41,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(command: str) -> Callable[[list[str]], int]:
     module_name, _ = COMMANDS[command]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:  # a dependency of the module is missing: that is another problem
-            raise
-        print(f"salaug {command}: error: this salaug installation has no {module_name} module; "
-              "update salaug to a version with this command", file=sys.stderr)
-        raise SystemExit(2) from None
-    return module.main
+    main_of_command: Callable[[list[str]], int] = importlib.import_module(module_name).main
+    return main_of_command
 
 
 def main(argv: list[str] | None = None) -> int:

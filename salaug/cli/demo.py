@@ -25,16 +25,17 @@ DEFAULT_BASELINES = ("none", "cutmix")
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``salaug demo`` argument parser: every argument typed and range-checked by argparse."""
-    from salaug.demo import METHODS
+    from salaug.transforms.registry import TRANSFORM_NAMES
 
     parser = argparse.ArgumentParser(
         prog="salaug demo", formatter_class=HelpFormatter,
         description="Train a small CNN on the embedded ClutteredObjects data (nothing is downloaded) with the "
                     "standard recipe (4-px padded random crop + horizontal flip) and one augmentation method on "
                     "top, measure it, and write the results, the weights and pictures into --out.")
-    parser.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, metavar="METHOD",
-                        help=f"augmentation on top of the recipe: {', '.join(METHODS)} (none: the recipe alone)")
-    parser.add_argument("--compare", nargs="*", default=None, choices=METHODS, metavar="METHOD",
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=TRANSFORM_NAMES, metavar="METHOD",
+                        help=f"augmentation on top of the recipe: {', '.join(TRANSFORM_NAMES)} "
+                             "(none: the recipe alone)")
+    parser.add_argument("--compare", nargs="*", default=None, choices=TRANSFORM_NAMES, metavar="METHOD",
                         help="also train these on the same schedule; the flag alone: "
                              f"{' '.join(DEFAULT_BASELINES)} (base-only and base + CutMix)")
     parser.add_argument("--no-recipe", action="store_true",
@@ -65,13 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if round(args.size * args.cam_scale) < 8:  # DemoNet halves the CAM input three times
         parser.error(f"--cam-scale {args.cam_scale} on {args.size} px images runs the CAM on "
                      f"{round(args.size * args.cam_scale)} px, below the 8 px the network needs; raise it")
-    from salaug.demo import build_transform
-
-    for method in dict.fromkeys([args.method, *(args.compare or ())]):
-        try:  # a method this salaug version lacks is a usage error, before any training
-            build_transform(method, 2)
-        except ValueError as exc:
-            parser.error(str(exc))
     return args
 
 

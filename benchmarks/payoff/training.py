@@ -1,0 +1,242 @@
+"""One run (an arm on a seed) of the plain training loop, its measurements, and the runs of a cell."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchmarks.payoff.arms import (
+    AUGMENTER,
+    Arm,
+    build_transform,
+    make_augmenter,
+    mixup,
+    parse_arm,
+)
+from benchmarks.payoff.config import Config
+from benchmarks.payoff.data import apply_base, load_data
+from salaug.cam import create_cam
+from salaug.metrics import mix_visibility, pointing_game
+from salaug.models import DemoNet, ResNet8
+
+TARGET_LAYER = "features"
+
+
+def build_model(cfg: Config) -> nn.Module:
+    """The network of ``cfg.arch``: salaug.models.DemoNet / ResNet8 (CAM layer ``features``), or a
+    CIFAR-style torchvision ResNet-18 (3x3 stem, no max-pool; CAM layer ``layer4``)."""
+    if cfg.arch == "demonet":
+        return DemoNet(num_classes=cfg.num_classes, width=cfg.width)
+    if cfg.arch == "resnet8":
+        return ResNet8(num_classes=cfg.num_classes, width=cfg.width)
+    if cfg.arch == "resnet18":
+        import torchvision
+
+        net = torchvision.models.resnet18(num_classes=cfg.num_classes)
+        net.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
+        net.maxpool = nn.Identity()  # type: ignore[assignment]
+        return net
+    raise ValueError(f"unknown arch {cfg.arch!r}; choose demonet, resnet8 or resnet18")
+
+
+def target_layer(cfg: Config) -> str:
+    return "layer4" if cfg.arch == "resnet18" else TARGET_LAYER
+
+
+# --------------------------------------------------------------------------- measurements
+@torch.no_grad()
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 500) -> float:
+    model.eval()
+    pairs = zip(images.split(batch), labels.split(batch), strict=True)
+    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in pairs)
+    return correct / max(labels.numel(), 1)
+
+
+def pointing(model: nn.Module, data: dict[str, Tensor], n: int, layer: str) -> float | None:
+    """Pointing game of GradCAM (true class) on the first ``n`` test images; ``None`` without boxes."""
+    if n <= 0 or "box" not in data:
+        return None
+    cam = create_cam("gradcam", model, layer)
+    x, y, boxes = data["image"][:n], data["label"][:n], data["box"][:n]
+    return float(pointing_game(cam(x, y), boxes).float().mean())
+
+
+def _paste_scale(params: dict[str, Tensor]) -> Tensor | float:
+    """Source over destination box area of a rescaled paste (SnapMix, SalientPaste), else 1.
+
+    A partner object pasted at half the area is still wholly visible: its visible fraction is
+    counted in the partner's own pixels, not the destination's.
+    """
+    dst = params.get("dst_boxes", params.get("boxes")) if "src_boxes" in params else None
+    if dst is None:
+        return 1.0
+
+    def area(b: Tensor) -> Tensor:
+        return ((b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)).to(torch.float32)
+
+    return area(params["src_boxes"]) / area(dst).clamp(min=1)
+
+
+def label_error(transform: Any, params: dict[str, Tensor], soft: Tensor, labels: Tensor, masks: Tensor,
+                num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per mixed sample: the label's partner share minus the true visible share, and a validity mask.
+
+    The sampled params are replayed on a two-channel "image" (each object's mask, each pixel's
+    source index) to find which fraction of each object stays visible (fractions of the object's
+    area; a rescaled paste's pixels count at the source scale, see :func:`_paste_scale`). For
+    GuidedMixup and MixUp (``transform`` ``None``) the visible fractions are the mask-weighted mixing
+    weights. Returns ``(B,)`` errors and ``(B,)`` bool "mixed with an object of another class" (only
+    those have a partner share to get wrong).
+    """
+    n = labels.shape[0]
+    partner = params["perm"]
+    applied = params["applied"]
+    if transform is None or "own_weight" in params:  # MixUp / GuidedMixup: pixel-wise weights
+        weight = params["weight"].view(n, 1, 1, 1).expand_as(masks).float() if transform is None \
+            else 1.0 - params["own_weight"]
+        visible = mix_visibility(masks, partner, weight)
+    else:
+        index = torch.arange(n, dtype=torch.float32, device=masks.device).view(n, 1, 1, 1).expand_as(masks)
+        flat = torch.zeros_like(masks, dtype=torch.float32)
+        replay = transform(torch.cat([masks.float(), index], 1), flat, labels, num_classes=num_classes,
+                           params=params).images
+        shown, source = replay[:, :1] > 0.5, replay[:, 1:].round().long()
+        own = torch.arange(n, device=masks.device).view(n, 1, 1, 1)
+        area = masks.flatten(1).sum(1).clamp(min=1)
+        from_partner = (shown & (source == partner.view(n, 1, 1, 1)) & (source != own)).flatten(1).sum(1)
+        visible = torch.stack([(shown & (source == own)).flatten(1).sum(1) / area,
+                               from_partner * _paste_scale(params) / area[partner]], 1).clamp(max=1)
+    total = visible.sum(1)
+    true_share = torch.where(total > 0, visible[:, 1] / total.clamp(min=1e-12), torch.full_like(total, 0.5))
+    label_share = soft.gather(1, labels[partner].view(-1, 1)).squeeze(1)
+    valid = applied & (labels[partner] != labels)
+    return label_share - true_share, valid
+
+
+# --------------------------------------------------------------------------- one run
+def _optimizer(cfg: Config, model: nn.Module, total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """SGD + cosine (``cfg.optimizer == "sgd"``) or AdamW + OneCycle, stepped per batch."""
+    if cfg.optimizer == "sgd":
+        sgd = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay,
+                              nesterov=True)
+        return sgd, torch.optim.lr_scheduler.CosineAnnealingLR(sgd, T_max=total_steps)
+    adamw = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return adamw, torch.optim.lr_scheduler.OneCycleLR(adamw, max_lr=cfg.lr, total_steps=total_steps)
+
+
+def _saliency_of(arm: Arm, x: Tensor, m: Tensor | None) -> Tensor | None:
+    """What the arm feeds its transform: ``None`` (the augmenter's CAM), a flat map or the true masks."""
+    if arm.saliency == "flat":
+        return torch.zeros_like(x[:, :1])
+    if arm.saliency == "mask":
+        assert m is not None
+        return m.float()
+    return None
+
+
+def _measure(cfg: Config, model: nn.Module, train: dict[str, Tensor], tests: dict[str, dict[str, Tensor]],
+             errors: list[Tensor]) -> dict[str, Any]:
+    dev = torch.device(cfg.device)
+    result: dict[str, Any] = {"train_acc": accuracy(model, train["image"].to(dev), train["label"].to(dev))}
+    for split, data in tests.items():
+        result[f"acc_{split}"] = accuracy(model, data["image"].to(dev), data["label"].to(dev))
+    result["pointing_game"] = pointing(model.cpu(), tests["id"], cfg.pointing_images, target_layer(cfg))
+    if errors:
+        e = torch.cat(errors)
+        result["label_mae"] = float(e.abs().mean()) if e.numel() else None
+        result["label_bias"] = float(e.mean()) if e.numel() else None
+        result["label_samples"] = int(e.numel())
+    return result
+
+
+def run_one(cfg: Config, spec: str, seed: int) -> dict[str, Any]:
+    """Train one arm on one seed; returns its measurements (JSON-ready).
+
+    Every arm of a seed gets the same training images, initial weights, batch order and base
+    augmentation; the mix draws from its own stream.
+    """
+    torch.set_num_threads(cfg.threads)
+    warnings.filterwarnings("ignore")
+    arm = parse_arm(spec)
+    dev = torch.device(cfg.device)
+    train, tests = load_data(cfg, seed)
+    x_all, y_all = train["image"].to(dev), train["label"].to(dev)
+    m_all = train["mask"].to(dev) if "mask" in train else None
+    if arm.saliency == "mask" and m_all is None:
+        raise ValueError(f"arm {spec!r} needs object masks, which the {cfg.dataset} dataset does not have")
+    n = x_all.shape[0]
+    epochs = cfg.epochs
+    off = cfg.off_epochs if arm.off is None else arm.off
+
+    torch.manual_seed(seed)  # the same initial weights for every arm of a seed
+    model = build_model(cfg).to(dev)
+    opt, sched = _optimizer(cfg, model, epochs * math.ceil(n / cfg.batch_size))
+    order = torch.Generator().manual_seed(seed)  # the same batches for every arm of a seed
+    base_gen = torch.Generator().manual_seed(seed + 2_000_003)  # the same base augmentation for every arm
+    mix_gen = torch.Generator().manual_seed(seed + 1_000_003)
+    transform = build_transform(arm, cfg)
+    aug = make_augmenter(model, transform, arm, cfg, seed, target_layer(cfg)) if transform is not None else None
+    p = cfg.p if arm.p is None else arm.p
+    alpha = 1.0 if arm.alpha is None else arm.alpha
+    errors: list[Tensor] = []
+    start = time.perf_counter()
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        mixing = arm.kind != "none" and epoch < epochs - off
+        for idx in torch.randperm(n, generator=order).split(cfg.batch_size):
+            idx = idx.to(dev)
+            x, y = x_all[idx], y_all[idx]
+            m = m_all[idx] if m_all is not None else None
+            x, m = apply_base(cfg, x, m, base_gen, seed * 1_000_003 + step)
+            target: Tensor = y
+            record: tuple[Any, Any, Tensor] | None = None
+            if mixing and arm.kind == "mixup":
+                x, target, perm, w = mixup(x, y, cfg.num_classes, p, alpha, mix_gen)
+                record = (None, {"perm": perm, "applied": w > 0, "weight": w}, target)
+            elif mixing and aug is not None:
+                sal = _saliency_of(arm, x, m)
+                x, target = aug(x, y, saliency=sal) if sal is not None else aug(x, y)
+                if aug.last is not None and aug.last.params is not None:
+                    record = (transform, aug.last.params, target)
+            if record is not None and m is not None and cfg.fidelity_every and step % cfg.fidelity_every == 0:
+                err, valid = label_error(record[0], record[1], record[2], y, m, cfg.num_classes)
+                errors.append(err[valid].detach().cpu())
+            loss = F.cross_entropy(model(x), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    model.eval()
+    return {"arm": spec, "seed": seed, "seconds": seconds, "augmenter": AUGMENTER if aug is not None else "-",
+            **_measure(cfg, model, train, tests, errors)}
+
+
+def _worker(job: tuple[Config, str, int]) -> dict[str, Any]:
+    return run_one(*job)
+
+
+def run_jobs(jobs: list[tuple[Config, str, int]], workers: int, report: Callable[[dict[str, Any]], None]) -> None:
+    """Run ``(config, arm, seed)`` jobs, in ``workers`` spawned processes when more than one, and
+    hand each result to ``report`` as it finishes."""
+    if workers > 1 and jobs:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            for future in as_completed([pool.submit(_worker, job) for job in jobs]):
+                report(future.result())
+    else:
+        for job in jobs:
+            report(_worker(job))
