@@ -102,7 +102,7 @@ class ResNet8(nn.Module):
 
 
 def tiny_vit(num_classes: int = 10, image_size: int = 32, patch_size: int = 4, num_layers: int = 4,
-             num_heads: int = 4, hidden_dim: int = 128, mlp_dim: int = 256) -> VisionTransformer:
+             num_heads: int = 4, hidden_dim: int = 64, mlp_dim: int = 128) -> VisionTransformer:
     """A small vision transformer: torchvision's ``VisionTransformer``, randomly initialised (no download).
 
     Patches of ``patch_size`` pixels, one class token, ``num_layers`` pre-norm blocks of

@@ -391,6 +391,14 @@ def test_tokens_from_mask_equals_nearest_for_patch_aligned_boxes():
     assert torch.equal(tokens_from_mask(mask, (8, 8)), nearest)
 
 
+def test_tokens_from_mask_keeps_the_area_where_nearest_drifts():
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 2:14, 3:13] = 1.0          # edges inside patches: 120 pixels = 7.5 patches of 16
+    nearest = F.interpolate(mask, size=(8, 8), mode="nearest").flatten(1)
+    assert float(tokens_from_mask(mask, 8).sum()) == 7.5
+    assert float(nearest.sum()) == 9.0   # the patches' top-left pixels: rows and columns 4, 8, 12
+
+
 def test_tokens_from_mask_rectangular_grid_and_3d_mask():
     mask = torch.zeros(1, 6, 8)
     mask[:, :3, :] = 1.0
@@ -413,6 +421,8 @@ def test_tokens_from_mask_bad_input():
         tokens_from_mask(torch.zeros(1, 1, 8, 8), 0)
     with pytest.raises(TypeError, match="grid"):
         tokens_from_mask(torch.zeros(1, 1, 8, 8), 2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"grid must be one int or a \(gh, gw\) pair"):
+        tokens_from_mask(torch.zeros(1, 1, 8, 8), (2, 2, 2))  # type: ignore[arg-type]
 
 
 # -- transmix_share ------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def test_tiny_vit_defaults_and_seed():
     a = tiny_vit()
     torch.manual_seed(1)
     b = tiny_vit()
-    assert len(a.encoder.layers) == 4 and a.hidden_dim == 128 and a.mlp_dim == 256 and a.patch_size == 4
+    assert len(a.encoder.layers) == 4 and a.hidden_dim == 64 and a.mlp_dim == 128 and a.patch_size == 4
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert a.heads.head.out_features == 10
 
@@ -59,7 +59,7 @@ def test_tiny_vit_trains_and_feeds_the_attention_and_cam_paths():
 def test_tiny_vit_bad_arguments():
     with pytest.raises(ValueError, match="patch_size=5 must divide image_size=32"):
         tiny_vit(patch_size=5)
-    with pytest.raises(ValueError, match="num_heads=3 must divide hidden_dim=128"):
+    with pytest.raises(ValueError, match="num_heads=3 must divide hidden_dim=64"):
         tiny_vit(num_heads=3)
     with pytest.raises(ValueError, match="num_layers must be an int >= 1"):
         tiny_vit(num_layers=0)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import itertools
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -195,8 +195,8 @@ def _mha_projections(mha: nn.MultiheadAttention) -> _QK:
 
 
 def _timm_projections(module: nn.Module) -> _QK:
-    qkv: nn.Linear = module.qkv  # type: ignore[assignment]
-    heads = int(module.num_heads)  # type: ignore[arg-type]
+    qkv = cast(nn.Linear, module.qkv)       # both checked by _is_timm_attention
+    heads = cast(int, module.num_heads)
     inner = qkv.out_features // 3
     bias = qkv.bias
     bq, bk = (None, None) if bias is None else (bias[:inner], bias[inner:2 * inner])
@@ -229,8 +229,9 @@ def _float32_call(module: nn.Module, x: Tensor) -> Tensor:
 def cls_attention(module: nn.Module, tokens: Tensor, *, num_prefix_tokens: int = 1) -> Tensor:
     """The class token's attention over the patch tokens, averaged over heads, as the block computed it.
 
-    Recomputes ``softmax(q_0 kᵀ · scale)`` for the first token's query against all ``L`` tokens, one
-    batched matmul for all samples and heads, keeps the patch columns (drops the first
+    Recomputes ``softmax(q_0 kᵀ · scale)`` for the first token's query against all ``L`` tokens with
+    matmuls batched over samples and heads (without a ``k_norm`` the query is folded into the key
+    weights, so the keys are never built), keeps the patch columns (drops the first
     ``num_prefix_tokens``: class, distillation, register tokens) and averages over heads. This is
     TransMix's ``attn[:, :, 0, num_prefix_tokens:].mean(1)``, taken before attention dropout. Each
     row sums to at most 1 (the prefix columns hold the rest). The arithmetic runs in float32 with
@@ -264,23 +265,31 @@ def cls_attention(module: nn.Module, tokens: Tensor, *, num_prefix_tokens: int =
     """
     _check_module(module)
     qk = _mha_projections(module) if isinstance(module, nn.MultiheadAttention) else _timm_projections(module)
-    prefix = int(check_number("num_prefix_tokens", num_prefix_tokens, integer=True, low=1))  # type: ignore[arg-type]
+    check_number("num_prefix_tokens", num_prefix_tokens, integer=True, low=1)
+    prefix = int(num_prefix_tokens)
     x = _check_tokens(tokens, qk, prefix, type(module).__name__)
     b, length, _ = x.shape
     heads = qk.num_heads
     with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         x = x.float()
         q = F.linear(x[:, :1], qk.wq.detach().float(), None if qk.bq is None else qk.bq.detach().float())
-        k = F.linear(x, qk.wk.detach().float(), None if qk.bk is None else qk.bk.detach().float())
-        q = q.view(b, 1, heads, -1).transpose(1, 2)          # (B, h, 1, d)
-        k = k.view(b, length, heads, -1).transpose(1, 2)     # (B, h, L, d)
+        q = q.view(b, 1, heads, -1).transpose(1, 2)              # (B, h, 1, d), as timm's q_norm sees it
         if qk.q_norm is not None:
             q = _float32_call(qk.q_norm, q)
-        if qk.k_norm is not None:
-            k = _float32_call(qk.k_norm, k)
+        q = q.squeeze(2)
+        wk = qk.wk.detach().float()
+        if qk.k_norm is None:
+            # q·(W_k x + b_k) = (W_kᵀ q)·x + q·b_k: fold the query into the key weights (L·C·h work instead
+            # of L·C·C for the keys); q·b_k is one constant per row, which the softmax cancels.
+            u = (q.unsqueeze(2) @ wk.view(heads, -1, wk.shape[1])).squeeze(2)   # (B, h, C)
+            logits = u @ x.transpose(1, 2)                                        # (B, h, L)
+        else:
+            k = F.linear(x, wk, None if qk.bk is None else qk.bk.detach().float())
+            k = _float32_call(qk.k_norm, k.view(b, length, heads, -1).transpose(1, 2))  # (B, h, L, d)
+            logits = (q.unsqueeze(2) @ k.transpose(-2, -1)).squeeze(2)
         scale = qk.scale.float() if isinstance(qk.scale, Tensor) else qk.scale
-        row = (q @ k.transpose(-2, -1)).mul_(scale).softmax(-1)   # (B, h, 1, L)
-        return row[:, :, 0, prefix:].mean(1)
+        row = logits.mul_(scale).softmax(-1)                     # (B, h, L)
+        return row[:, :, prefix:].mean(1)
 
 
 def _check_tokens(tokens: object, qk: _QK, prefix: int, owner: str) -> Tensor:
@@ -309,9 +318,10 @@ def tokens_from_mask(mask: Tensor, grid: int | tuple[int, int]) -> Tensor:
     Patches are flattened row-major, as ViTs flatten them (``conv_proj`` output ``.flatten(2)``).
     Each token gets the mean of the mask over its patch (area pooling). TransMix samples the mask
     with nearest interpolation instead; for a box whose edges lie on patch boundaries every patch
-    is wholly inside or outside, so both give the same 0 / 1 tokens. For other boxes the area
-    fraction keeps the token mask's mass equal to the box's pixel area (up to the patch rounding
-    nearest sampling adds), so the attention share and the area share measure the same region.
+    is wholly inside or outside, so both give the same 0 / 1 tokens. For other boxes nearest
+    sampling rounds each partly covered patch to 0 or 1 by one pixel of it, so the token mask's
+    mass drifts from the box's area; the covered fraction keeps the two equal, so the attention
+    share and the area share describe the same region.
 
     Args:
         mask: ``(B, 1, H, W)`` (or ``(B, H, W)``) floating values in ``[0, 1]``.
@@ -332,9 +342,12 @@ def tokens_from_mask(mask: Tensor, grid: int | tuple[int, int]) -> Tensor:
         [[1.0, 0.5, 0.0, 0.0]]
     """
     mask = check_saliency_shape(mask, "mask")
-    gh, gw = (grid, grid) if not isinstance(grid, tuple) else grid
-    gh = int(check_number("grid[0]", gh, integer=True, low=1))  # type: ignore[arg-type]
-    gw = int(check_number("grid[1]", gw, integer=True, low=1))  # type: ignore[arg-type]
+    if isinstance(grid, (tuple, list)) and len(grid) != 2:
+        raise ValueError(f"grid must be one int or a (gh, gw) pair of patch counts, got {grid!r}; e.g. grid=(8, 8)")
+    gh, gw = (grid, grid) if not isinstance(grid, (tuple, list)) else grid
+    check_number("grid[0]", gh, integer=True, low=1)
+    check_number("grid[1]", gw, integer=True, low=1)
+    gh, gw = int(gh), int(gw)
     h, w = mask.shape[-2:]
     if h % gh or w % gw:
         raise ValueError(f"mask of size {h}x{w} does not split into a {gh}x{gw} patch grid; the image size must be a "
@@ -374,7 +387,8 @@ def transmix_share(attn: Tensor, token_mask: Tensor, area_share: Tensor, blend: 
         >>> transmix_share(attn, torch.tensor([[0.0, 1.0, 0.0, 0.0]]), torch.tensor([0.25])).tolist()
         [0.3125]
     """
-    blend = float(check_number("blend", blend, low=0.0, high=1.0))  # type: ignore[arg-type]
+    check_number("blend", blend, low=0.0, high=1.0)
+    blend = float(blend)
     for name, t, dims in (("attn", attn, 2), ("token_mask", token_mask, 2), ("area_share", area_share, 1)):
         if not isinstance(t, Tensor) or not t.is_floating_point():
             what = type(t).__name__ if not isinstance(t, Tensor) else t.dtype
