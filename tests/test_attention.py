@@ -206,6 +206,23 @@ def test_timm_style_without_scale_attribute_uses_head_dim():
     assert (cls_attention(attn, tokens) - want).abs().max() <= TOL
 
 
+def test_timm_style_beit_biases_and_tensor_scale():
+    """BEiT's layout: qkv without bias, separate q_bias / v_bias (none on k); a one-element tensor scale."""
+    torch.manual_seed(8)
+    attn = TimmAttention(32, 4, qkv_bias=False)
+    with torch.no_grad():
+        attn.qkv.weight.normal_(0, 0.4)
+    attn.q_bias = nn.Parameter(torch.randn(32))
+    attn.v_bias = nn.Parameter(torch.randn(32))
+    attn.scale = torch.tensor([0.3])  # type: ignore[assignment]
+    tokens = torch.randn(3, 17, 32)
+    with torch.no_grad():
+        bias = torch.cat([attn.q_bias, torch.zeros(32), attn.v_bias])
+        q, k, _ = F.linear(tokens, attn.qkv.weight, bias).reshape(3, 17, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        want = (q @ k.transpose(-2, -1) * 0.3).softmax(-1)[:, :, 0, 1:].mean(1)
+    assert (cls_attention(attn, tokens) - want).abs().max() <= TOL
+
+
 def test_prefix_tokens_register_and_distillation():
     torch.manual_seed(5)
     vit = TimmViT(num_prefix_tokens=5)
