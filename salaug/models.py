@@ -1,8 +1,10 @@
 """Small reference networks, plain ``nn.Module`` (no Lightning).
 
-Used by the demo, the benchmarks and ``salaug diagnose``. Both expose their last spatial stage as
-``features`` (the CAM target layer) and a ``head`` on average-pooled features, so that
-``salaug.GradCAM(model, target_layer="features")`` works on either.
+Used by the demo, the benchmarks and ``salaug diagnose``. The CNNs expose their last spatial stage
+as ``features`` (the CAM target layer) and a ``head`` on average-pooled features, so that
+``salaug.GradCAM(model, target_layer="features")`` works on either. :func:`tiny_vit` builds a
+small torchvision ``VisionTransformer`` for token-model checks (TransMix labels read its last
+block's attention, see :mod:`salaug.cam.attention`).
 
 Example:
     >>> import torch
@@ -11,13 +13,22 @@ Example:
     torch.Size([2, 10])
     >>> ResNet8(num_classes=10, width=8)(torch.rand(2, 3, 32, 32)).shape
     torch.Size([2, 10])
+    >>> tiny_vit(num_classes=10)(torch.rand(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor, nn
 
-__all__ = ["DemoNet", "ResNet8"]
+from salaug._checks import check_number
+
+if TYPE_CHECKING:
+    from torchvision.models import VisionTransformer
+
+__all__ = ["DemoNet", "ResNet8", "tiny_vit"]
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
@@ -88,3 +99,55 @@ class ResNet8(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
+
+
+def tiny_vit(num_classes: int = 10, image_size: int = 32, patch_size: int = 4, num_layers: int = 4,
+             num_heads: int = 4, hidden_dim: int = 64, mlp_dim: int = 128) -> VisionTransformer:
+    """A small vision transformer: torchvision's ``VisionTransformer``, randomly initialised (no download).
+
+    Patches of ``patch_size`` pixels, one class token, ``num_layers`` pre-norm blocks of
+    ``nn.MultiheadAttention`` (``encoder.layers[i].self_attention``, ``batch_first=True``) and an
+    MLP, a linear head on the class token. Input ``(B, 3, image_size, image_size)`` (exactly that
+    size); output ``(B, num_classes)`` logits. The sequence is ``1 + (image_size / patch_size)²``
+    tokens of width ``hidden_dim``. ``torch.manual_seed(s)`` before construction fixes the weights
+    (torchvision initialises the head to zeros).
+
+    For TransMix labels, :func:`salaug.cam.attention.find_attention` finds the last block's
+    attention; for a CAM, use ``GradCAM(model, "encoder.layers.-1", reshape=salaug.cam.vit_reshape)``.
+
+    Args:
+        num_classes: number of output logits.
+        image_size: side of the square input images.
+        patch_size: side of a patch; must divide ``image_size``.
+        num_layers: transformer blocks.
+        num_heads: attention heads; must divide ``hidden_dim``.
+        hidden_dim: token width.
+        mlp_dim: hidden width of each block's MLP.
+
+    Returns:
+        A ``torchvision.models.VisionTransformer``.
+
+    Raises:
+        TypeError: a non-integer argument.
+        ValueError: an argument below 1, ``patch_size`` not dividing ``image_size`` or
+            ``num_heads`` not dividing ``hidden_dim``.
+
+    Example:
+        >>> vit = tiny_vit(num_classes=5, image_size=16, patch_size=4, num_layers=2, hidden_dim=32, mlp_dim=64)
+        >>> vit.seq_length, len(vit.encoder.layers)
+        (17, 2)
+    """
+    from torchvision.models import VisionTransformer
+
+    sizes = {"num_classes": num_classes, "image_size": image_size, "patch_size": patch_size,
+             "num_layers": num_layers, "num_heads": num_heads, "hidden_dim": hidden_dim, "mlp_dim": mlp_dim}
+    for name, value in sizes.items():
+        check_number(name, value, integer=True, low=1)
+    if image_size % patch_size:
+        raise ValueError(f"patch_size={patch_size} must divide image_size={image_size}; e.g. patch_size=4 for "
+                         "32-pixel images (an 8 x 8 grid)")
+    if hidden_dim % num_heads:
+        raise ValueError(f"num_heads={num_heads} must divide hidden_dim={hidden_dim}; e.g. hidden_dim="
+                         f"{num_heads * max(1, round(hidden_dim / num_heads))}")
+    return VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=num_layers,
+                             num_heads=num_heads, hidden_dim=hidden_dim, mlp_dim=mlp_dim, num_classes=num_classes)
