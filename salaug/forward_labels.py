@@ -22,7 +22,7 @@ The rules (``share`` is the partner's label share, ``area`` the pasted box's sha
   recomputed from that block's captured input; ``cam`` = attention inside the box over the whole row.
 
 ``share = blend * cam + (1 - blend) * area`` (``area`` where the model shows no evidence at all or
-the numbers are not finite), then ``labels = (1 - share) * y + share * y[perm]`` on mixed rows. The
+the numbers are not finite); by default ``blend`` is 1 for the CNN rule and 0.5 for TransMix, then ``labels = (1 - share) * y + share * y[perm]`` on mixed rows. The
 label arithmetic runs in float32 with autocast off.
 """
 
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from salaug.boxes import box_mask
+from salaug.cam.attention import attention_input, cls_attention, is_attention, tokens_from_mask, transmix_share
 from salaug.cam.base import _no_autocast, weighted_sum
 from salaug.cam.hooks import Hooks
 from salaug.cam.layers import _POOLING_HEADS, is_compiled, pick_recorded_layer, resolve_target_layer, unwrap_model
@@ -44,6 +45,9 @@ from salaug.transforms.labels import mix_soft_labels
 
 __all__ = ["ForwardLabels", "evidence_share", "pasted_region", "supports_forward_labels"]
 
+#: default blends: the CNN rule uses the evidence alone, TransMix the mean of attention and area
+CAM_BLEND = 1.0
+ATTENTION_BLEND = 0.5
 _BOX_KEYS = ("dst_boxes", "boxes")  # where a box mix keeps the boxes its partner's pixels fill
 
 
@@ -120,7 +124,8 @@ class ForwardLabels:
             module (``nn.MultiheadAttention`` or a timm-style attention with ``qkv``) for the ViT rule,
             or ``None``: the last attention module if the model has one, else the last layer with a
             spatial ``(B, C, h, w)`` output, chosen during the first armed forward.
-        blend: weight of the model's evidence against the area share (``0.5``: TransMix's mean).
+        blend: weight of the model's evidence against the area share, in ``[0, 1]``; ``None``: ``1.0``
+            for the CNN rule (evidence alone), ``0.5`` for the ViT rule (TransMix's mean of both).
         num_prefix_tokens: leading tokens that are not patches (ViT: 1 for CLS).
 
     Raises:
@@ -129,8 +134,8 @@ class ForwardLabels:
         RuntimeError: a ``torch.compile``'d model (its compiled forward ignores hooks).
     """
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None, *, blend: float = 0.5,
-                 num_prefix_tokens: int = 1) -> None:
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None, *,
+                 blend: float | None = None, num_prefix_tokens: int = 1) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if is_compiled(model) or any(is_compiled(m) for m in model.modules()):
@@ -139,10 +144,11 @@ class ForwardLabels:
                 "pass the eager model (compile it after building the augmenter is not enough either), or use "
                 "labels_from='cam'"
             )
-        if isinstance(blend, bool) or not isinstance(blend, (int, float)) or not 0.0 <= float(blend) <= 1.0:
-            raise ValueError(f"blend must be a number in [0, 1] (0: area labels, 1: evidence only), got {blend!r}")
+        if blend is not None and (isinstance(blend, bool) or not isinstance(blend, (int, float))
+                                  or not 0.0 <= float(blend) <= 1.0):
+            raise ValueError(f"blend must be a number in [0, 1] (0: area labels, 1: evidence only) or None, got {blend!r}")
         self.model = model
-        self.blend = float(blend)
+        self._blend = None if blend is None else float(blend)
         self.num_prefix_tokens = int(num_prefix_tokens)
         root = unwrap_model(model)
         self._root = root
@@ -157,7 +163,14 @@ class ForwardLabels:
         """``"attention"`` (ViT rule), ``"cam"`` (CNN rule) or ``"auto"`` (CNN layer chosen on the first forward)."""
         if self._layer is None:
             return "auto"
-        return "attention" if _is_attention(self._layer) else "cam"
+        return "attention" if is_attention(self._layer) else "cam"
+
+    @property
+    def blend(self) -> float:
+        """The weight of the evidence against the area share (the rule's default unless set)."""
+        if self._blend is not None:
+            return self._blend
+        return ATTENTION_BLEND if self.kind == "attention" else CAM_BLEND
 
     @property
     def target_layer_name(self) -> str | None:
@@ -196,7 +209,7 @@ class ForwardLabels:
             self._seen = []
             self._hooks.on_spatial_outputs(self._root, self._seen, skip=_POOLING_HEADS)
             self._hooks.on_output(self._root, self._fill_from_logits)
-        elif _is_attention(self._layer):
+        elif is_attention(self._layer):
             self._hooks.on_input(self._layer, self._fill_from_attention)
         else:
             self._hooks.on_output(self._layer, self._capture)
@@ -248,16 +261,11 @@ class ForwardLabels:
             self.cancel()
 
     def _fill_from_attention(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        from salaug.cam.attention import cls_attention, tokens_from_mask, transmix_share
-
         pending = self._pending
         if pending is None:
             return
         try:
-            tokens = args[0] if args else kwargs.get("query", kwargs.get("x"))
-            if not isinstance(tokens, Tensor):
-                raise RuntimeError(f"attention module {self._layer_name!r} got no token tensor to read")
-            attn = cls_attention(module, tokens, num_prefix_tokens=self.num_prefix_tokens)
+            attn = cls_attention(module, attention_input(module, args, kwargs), num_prefix_tokens=self.num_prefix_tokens)
             grid = _token_grid(attn.shape[1], pending.shape[-2:])
             with _no_autocast(attn.device):
                 share = transmix_share(attn, tokens_from_mask(pending.region, grid), pending.area, self.blend)
@@ -299,7 +307,7 @@ class ForwardLabels:
         if target_layer is not None:
             return resolve_target_layer(root, target_layer)
         for name, module in reversed(list(root.named_modules())):
-            if _is_attention(module):
+            if is_attention(module):
                 return name, module
         return None, None
 
@@ -312,11 +320,6 @@ class ForwardLabels:
         self._layer = chosen[0]
         self._layer_name = next(n for n, m in self._root.named_modules() if m is chosen[0])
         pending.acts, pending.layer_calls = chosen[1], 1
-
-
-def _is_attention(module: nn.Module) -> bool:
-    qkv = getattr(module, "qkv", None)
-    return isinstance(module, nn.MultiheadAttention) or (isinstance(qkv, nn.Linear) and hasattr(module, "num_heads"))
 
 
 def _logits(output: Any, pending: _Pending) -> Tensor:

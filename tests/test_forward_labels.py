@@ -226,3 +226,47 @@ def test_which_transforms_support_forward_labels():
     assert supports_forward_labels(salaug.ResizeMix(num_classes=3))
     assert not supports_forward_labels(salaug.GuidedMixup(num_classes=3))
     assert not supports_forward_labels(salaug.SalientCrop())
+
+
+# ----------------------------------------------------------------------------- ViTs: TransMix
+def test_transmix_labels_match_a_direct_attention_computation():
+    from salaug.models import tiny_vit
+
+    torch.manual_seed(0)
+    vit = tiny_vit(num_classes=5, num_layers=2, hidden_dim=32, mlp_dim=64)
+    with torch.no_grad():
+        vit.heads.head.weight.normal_()  # torchvision starts the head at zero
+    t = salaug.SaliencyMix(num_classes=5, p=1.0)  # CutMix on flat saliency
+    soft, out, params, area = mixed_batch(t, torch.rand(6, 3, 32, 32), torch.arange(6) % 5, 5)
+    fwd = ForwardLabels(vit)
+    assert fwd.kind == "attention" and fwd.blend == 0.5
+    attn_module = vit.encoder.layers[-1].self_attention
+    seen = {}
+    handle = attn_module.register_forward_pre_hook(lambda m, a: seen.update(x=a[0].detach()))
+    calls = counting(vit)
+    fwd.arm(out.images, out.labels, soft, params, area)
+    vit(out.images)
+    handle.remove()
+    assert len(calls) == 1 and not fwd.pending
+    x = seen["x"]
+    _, weights = attn_module(x, x, x, need_weights=True, average_attn_weights=True)
+    attn = weights[:, 0, 1:]  # (B, 64): CLS row over the 8x8 patches
+    box = pasted_region(params, (32, 32))
+    tokens = F.avg_pool2d(box, 4).flatten(1)  # the box on the token grid, row-major
+    lam_attn = (attn * tokens).sum(1) / attn.sum(1)
+    share = (0.5 * lam_attn + 0.5 * area) * params["applied"]
+    torch.testing.assert_close(out.labels, mix_soft_labels(soft, params["perm"], share), atol=1e-5, rtol=0)
+
+
+def test_transmix_under_bf16_autocast_is_finite():
+    from salaug.models import tiny_vit
+
+    vit = tiny_vit(num_classes=5, num_layers=2, hidden_dim=32, mlp_dim=64)
+    t = salaug.SnapMix(num_classes=5, p=1.0)
+    soft, out, params, area = mixed_batch(t, torch.rand(4, 3, 32, 32), torch.arange(4), 5)
+    fwd = ForwardLabels(vit)
+    fwd.arm(out.images, out.labels, soft, params, area)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        vit(out.images)
+    assert torch.isfinite(out.labels).all()
+    torch.testing.assert_close(out.labels.sum(1), torch.ones(4))

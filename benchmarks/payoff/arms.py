@@ -41,6 +41,8 @@ class Arm:
     cam: str = "gradcam"
     cam_scale: float = 1.0
     transport: bool = False
+    labels_from: str = "cam"  # "cam" (the transform's rule on the saliency fed) or "forward"
+    blend: float | None = None  # forward labels: weight of the model's evidence (None: the rule's default)
 
 
 _BASE_ARMS: dict[str, dict[str, Any]] = {
@@ -60,9 +62,14 @@ _BASE_ARMS: dict[str, dict[str, Any]] = {
     "snapmix-area": {"kind": "snapmix", "labels": "area"},
     "oracle": {"kind": "snapmix", "saliency": "mask"},
     "oracle-saliencymix": {"kind": "saliencymix", "saliency": "mask", "labels": "saliency"},
+    # labels from the training forward of the mixed batch (no CAM pass); on a ViT, cutmix-fwd is TransMix
+    "snapmix-fwd": {"kind": "snapmix", "saliency": "flat", "labels_from": "forward"},
+    "cutmix-fwd": {"kind": "cutmix", "saliency": "flat", "labels_from": "forward"},
+    "resizemix-fwd": {"kind": "resizemix", "saliency": "flat", "labels_from": "forward"},
+    "transmix": {"kind": "cutmix", "saliency": "flat", "labels_from": "forward"},
 }
 _OPTION_TYPES = {"warmup": int, "ema": float, "alpha": float, "p": float, "off": int, "cam": str,
-                 "labels": str, "saliency": str, "cam_scale": float}
+                 "labels": str, "saliency": str, "cam_scale": float, "blend": float}
 
 
 def parse_arm(spec: str) -> Arm:
@@ -105,10 +112,11 @@ def build_transform(arm: Arm, cfg: Config) -> SaliencyTransform | None:
 
 
 def make_augmenter(model: nn.Module, transform: SaliencyTransform, arm: Arm, cfg: Config, seed: int,
-                   target_layer: str) -> SaliencyAugmenter:
-    """The in-loop ``salaug.SaliencyAugmenter`` of an arm (CAM, warm-up, EMA, CAM scale)."""
+                   target_layer: str | None) -> SaliencyAugmenter:
+    """The in-loop ``salaug.SaliencyAugmenter`` of an arm (CAM, warm-up, EMA, CAM scale, label source)."""
     return SaliencyAugmenter(model, transform, cam=arm.cam, target_layer=target_layer, cam_scale=arm.cam_scale,
-                             num_classes=cfg.num_classes, seed=seed, warmup_steps=arm.warmup, ema_decay=arm.ema)
+                             num_classes=cfg.num_classes, seed=seed, warmup_steps=arm.warmup, ema_decay=arm.ema,
+                             labels_from=arm.labels_from, label_blend=arm.blend)
 
 
 def mixup(images: Tensor, labels: Tensor, num_classes: int, p: float, alpha: float,

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base", choices=["none", "cropflip", "trivialaugment"], default=None,
                         help="augmentation every arm gets before its mix (default cropflip: padded random crop + "
                              "flip; trivialaugment: TrivialAugmentWide then cropflip)")
-    parser.add_argument("--arch", choices=["demonet", "resnet8", "resnet18"], default=None)
+    parser.add_argument("--arch", choices=["demonet", "resnet8", "resnet18", "vit"], default=None)
     parser.add_argument("--arms", default=None, help="comma-separated arms (options after ':', see the docstring)")
     parser.add_argument("--sweep", default=None, metavar="ARM", help="run the warm-up / EMA / p / alpha sweep")
     parser.add_argument("--seeds", type=int, default=None)

@@ -15,7 +15,8 @@ from benchmarks.payoff.config import Config
 from benchmarks.payoff.data import splits_of
 from benchmarks.payoff.statistics import paired
 
-ARCH_NAMES = {"demonet": "DemoNet", "resnet8": "ResNet8", "resnet18": "ResNet-18 (CIFAR stem)"}
+ARCH_NAMES = {"demonet": "DemoNet", "resnet8": "ResNet8", "resnet18": "ResNet-18 (CIFAR stem)",
+              "vit": "tiny ViT (patch 4, 4 blocks, width 64)"}
 BASE_NAMES = {"none": "none (no crop, no flip: a secondary, no-recipe table)",
               "cropflip": "padded random crop + horizontal flip",
               "trivialaugment": "TrivialAugmentWide + padded random crop + horizontal flip"}

@@ -25,14 +25,15 @@ from benchmarks.payoff.config import Config
 from benchmarks.payoff.data import apply_base, load_data
 from salaug.cam import create_cam
 from salaug.metrics import mix_visibility, pointing_game
-from salaug.models import DemoNet, ResNet8
+from salaug.models import DemoNet, ResNet8, tiny_vit
 
 TARGET_LAYER = "features"
 
 
 def build_model(cfg: Config) -> nn.Module:
-    """The network of ``cfg.arch``: salaug.models.DemoNet / ResNet8 (CAM layer ``features``), or a
-    CIFAR-style torchvision ResNet-18 (3x3 stem, no max-pool; CAM layer ``layer4``)."""
+    """The network of ``cfg.arch``: salaug.models.DemoNet / ResNet8 (CAM layer ``features``), a
+    CIFAR-style torchvision ResNet-18 (3x3 stem, no max-pool; CAM layer ``layer4``), or
+    salaug.models.tiny_vit (patch 4, 4 blocks; forward labels read its last block's attention)."""
     if cfg.arch == "demonet":
         return DemoNet(num_classes=cfg.num_classes, width=cfg.width)
     if cfg.arch == "resnet8":
@@ -44,11 +45,14 @@ def build_model(cfg: Config) -> nn.Module:
         net.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
         net.maxpool = nn.Identity()  # type: ignore[assignment]
         return net
-    raise ValueError(f"unknown arch {cfg.arch!r}; choose demonet, resnet8 or resnet18")
+    if cfg.arch == "vit":
+        return tiny_vit(num_classes=cfg.num_classes, image_size=cfg.size)
+    raise ValueError(f"unknown arch {cfg.arch!r}; choose demonet, resnet8, resnet18 or vit")
 
 
-def target_layer(cfg: Config) -> str:
-    return "layer4" if cfg.arch == "resnet18" else TARGET_LAYER
+def target_layer(cfg: Config) -> str | None:
+    """The CAM layer of ``cfg.arch`` (``None`` for the ViT: the forward labels find its last attention)."""
+    return {"resnet18": "layer4", "vit": None}.get(cfg.arch, TARGET_LAYER)
 
 
 # --------------------------------------------------------------------------- measurements
@@ -60,9 +64,9 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch: int = 500)
     return correct / max(labels.numel(), 1)
 
 
-def pointing(model: nn.Module, data: dict[str, Tensor], n: int, layer: str) -> float | None:
-    """Pointing game of GradCAM (true class) on the first ``n`` test images; ``None`` without boxes."""
-    if n <= 0 or "box" not in data:
+def pointing(model: nn.Module, data: dict[str, Tensor], n: int, layer: str | None) -> float | None:
+    """Pointing game of GradCAM (true class) on the first ``n`` test images; ``None`` without boxes or layer."""
+    if n <= 0 or "box" not in data or layer is None:
         return None
     cam = create_cam("gradcam", model, layer)
     x, y, boxes = data["image"][:n], data["label"][:n], data["box"][:n]
@@ -207,10 +211,11 @@ def run_one(cfg: Config, spec: str, seed: int) -> dict[str, Any]:
                 x, target = aug(x, y, saliency=sal) if sal is not None else aug(x, y)
                 if aug.last is not None and aug.last.params is not None:
                     record = (transform, aug.last.params, target)
+            logits = model(x)  # forward labels are filled in `target` by this forward
             if record is not None and m is not None and cfg.fidelity_every and step % cfg.fidelity_every == 0:
                 err, valid = label_error(record[0], record[1], record[2], y, m, cfg.num_classes)
                 errors.append(err[valid].detach().cpu())
-            loss = F.cross_entropy(model(x), target)
+            loss = F.cross_entropy(logits, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
