@@ -132,7 +132,7 @@ def resolve_batch_p(batch_p: object, p: object, owner: str) -> float:
 def check_augmenter_options(*, batch_p: object = 1.0, cam_scale: object = 1.0, targets: object = "labels",
                             num_classes: object = None, seed: object = None, warmup_steps: object = 0,
                             ema_decay: object = None, rank: object = None) -> None:
-    """Validate the options shared by :class:`SaliencyAugmenter` and the Lightning callback.
+    """Validate the options of :class:`SaliencyAugmenter` (the Lightning callback configures one).
 
     Raises:
         TypeError: an option of the wrong type (the message names it and the fix).

@@ -6,7 +6,9 @@ the augmenter (CAMs of the batch with the unwrapped LightningModule, the transfo
 labels) and writes the result back, which is what ``training_step`` receives. The callback adds
 what only Lightning knows: the epoch window, warm-up in epochs, the precision context of the CAM
 forward, checkpointed state, and logging (scalars every step, a picture every
-``log_every_n_steps`` augmented steps).
+``log_every_n_steps`` augmented steps). The augmenter is built with the callback and given the
+LightningModule at ``setup``; it holds the configuration and the counters, which the callback's
+attributes of the same names read there.
 
 The class derives from ``pytorch_lightning.Callback`` and, when the ``lightning`` package is
 installed, from ``lightning.pytorch.Callback`` as well, so it works with either ``Trainer``.
@@ -137,6 +139,7 @@ class _LightningAugmenter(SaliencyAugmenter):
         return self._model is not None
 
     def bind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Give the augmenter its model, rank and precision context (at every ``setup("fit")``)."""
         self._trainer = trainer
         self.rank_override = trainer.global_rank
         self._bind(pl_module)
@@ -220,6 +223,18 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
             weights (see :class:`salaug.SaliencyAugmenter`).
         picture_dir: directory for PNG pictures (created when the first one is written).
         p: deprecated name of ``batch_p`` (a ``DeprecationWarning``).
+
+    Attributes:
+        augmenter: the :class:`~salaug.SaliencyAugmenter` doing the work (``None`` until
+            ``setup("fit")``); it holds the configuration and the counters below.
+        transform, batch_p, cam_scale, targets, num_classes, seed: the augmenter's, read and written
+            there (a change takes effect at the next batch); ``seed`` is ``None`` until setup when
+            not given.
+        cam, target_layer, ema_decay: the arguments, read-only.
+        batches_seen, batches_augmented: the augmenter's ``steps`` and ``augmented``: batches inside
+            the epoch window so far (the position in the random stream) and batches transformed.
+        warmup_steps: the argument; the augmenter's ``warmup_steps`` adds ``warmup_epochs``
+            converted to batches at the start of training.
 
     Raises:
         TypeError: if ``transform`` is not a salaug transform, or (at run time) the batch is a
