@@ -21,7 +21,7 @@ import importlib.util
 import math
 import os
 import sys
-from collections.abc import Iterator, MutableMapping, MutableSequence
+from collections.abc import Callable, Iterator, MutableMapping, MutableSequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ from salaug.augmenter import (
     AugmenterRecord,
     DeprecatedBatchP,
     SaliencyAugmenter,
+    check_augmenter_options,
     check_stream_state,
     resolve_batch_p,
 )
@@ -159,10 +160,13 @@ class _LightningAugmenter(SaliencyAugmenter):
 
 
 class _FromAugmenter:
-    """A callback attribute that lives on its augmenter (the one source of state), under ``name``."""
+    """A callback attribute that lives on its augmenter (the one source of state), under ``name``.
 
-    def __init__(self, name: str, *, read_only: bool = False) -> None:
-        self.name, self.read_only = name, read_only
+    ``check`` validates a value written through the callback; ``read_only`` refuses writes.
+    """
+
+    def __init__(self, name: str, *, read_only: bool = False, check: Callable[[Any], object] | None = None) -> None:
+        self.name, self.read_only, self.check = name, read_only, check
 
     def __set_name__(self, owner: type, attribute: str) -> None:
         self.attribute = attribute
@@ -173,6 +177,8 @@ class _FromAugmenter:
     def __set__(self, obj: Any, value: Any) -> None:
         if self.read_only:
             raise AttributeError(f"SaliencyAugmentation.{self.attribute} is read-only; pass it to the constructor")
+        if self.check is not None:
+            self.check(value)
         setattr(obj._aug, self.name, value)
 
 
@@ -252,7 +258,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
     batch_p = _FromAugmenter("batch_p")
     cam_scale = _FromAugmenter("cam_scale")
     targets = _FromAugmenter("targets")
-    num_classes = _FromAugmenter("num_classes")
+    num_classes = _FromAugmenter("num_classes", check=lambda v: check_augmenter_options(num_classes=v))
     seed = _FromAugmenter("seed")
     ema_decay = _FromAugmenter("ema_decay", read_only=True)
     batches_seen = _FromAugmenter("steps")

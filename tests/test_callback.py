@@ -437,6 +437,10 @@ def test_options_and_counters_live_on_the_augmenter():
         with pytest.raises(AttributeError, match=f"SaliencyAugmentation.{name} is read-only"):
             setattr(cb, name, None)
     assert (cb.cam, cb.target_layer) == ("gradcam", "net.5")
+    cb.num_classes = K
+    with pytest.raises(TypeError, match="num_classes must be an int"):
+        cb.num_classes = 2.5
+    assert aug.num_classes == K
 
 
 def test_batch_p_set_during_training_takes_effect_at_the_next_batch(tmp_path):
