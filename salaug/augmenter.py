@@ -23,12 +23,9 @@ have to get right:
   ``warmup_steps`` calls the transform is fed flat saliency, which makes it its random-placement
   variant (SaliencyMix becomes CutMix; saliency-mass labels fall back to area labels).
   ``ema_decay`` takes the CAMs from an exponential moving average of the weights instead of the
-  live weights (a copy of the model, updated on every call).
+  live weights (a :class:`salaug.ema.ModelEMA` copy of the model, updated on every call).
 * **Cost.** One extra no-grad forward per batch (at ``cam_scale``; channels-last on CPU) plus a
-  backward through the head only. (A mode that took the CAMs from the training forward itself and
-  mixed with the previous batch's images cost no extra forward, but trained worse in
-  ``benchmarks/payoff.py``: SnapMix 0.672 against 0.719, no better than its flat-saliency control,
-  so it was removed.)
+  backward through the head only.
 * **Clear errors at the start.** On the first call: the transform's ``num_classes`` against the
   model's output width, a ``cam_scale`` that leaves the target layer a 1x1 map; on every call:
   label shapes and (on CPU) NaN / inf images, named by their batch positions.
@@ -39,7 +36,6 @@ No Lightning import: :class:`salaug.SaliencyAugmentation` is the Lightning adapt
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import warnings
 from collections.abc import Mapping
@@ -61,9 +57,15 @@ from salaug._checks import (
 from salaug.cam import create_cam
 from salaug.cam.base import BaseCAM, eval_mode, model_dtype
 from salaug.cam.layers import probe_target_layer, unwrap_model
-from salaug.transforms.base import Params, SalientBatch, SaliencyTransform, check_transform
+from salaug.ema import ModelEMA
+from salaug.transforms.base import (
+    Params,
+    SaliencyTransform,
+    SalientBatch,
+    check_transform,
+)
 
-__all__ = ["AugmenterRecord", "SaliencyAugmenter", "check_augmenter_options", "resolve_batch_p"]
+__all__ = ["AugmenterRecord", "SaliencyAugmenter"]
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads consecutive counters over the seed space
 _RANK_STRIDE = 1_000_003
@@ -130,7 +132,7 @@ def resolve_batch_p(batch_p: object, p: object, owner: str) -> float:
 def check_augmenter_options(*, batch_p: object = 1.0, cam_scale: object = 1.0, targets: object = "labels",
                             num_classes: object = None, seed: object = None, warmup_steps: object = 0,
                             ema_decay: object = None, rank: object = None) -> None:
-    """Validate the options shared by :class:`SaliencyAugmenter` and the Lightning callback.
+    """Validate the options of :class:`SaliencyAugmenter` (the Lightning callback configures one).
 
     Raises:
         TypeError: an option of the wrong type (the message names it and the fix).
@@ -225,6 +227,9 @@ class SaliencyAugmenter:
         last: :class:`AugmenterRecord` of the last call (``None`` before the first).
         steps: number of calls so far (the position in the random stream).
         augmented: number of calls that transformed their batch.
+        model, ema_decay: the arguments (read-only).
+        batch_p, cam_scale, targets, num_classes, warmup_steps, transform: the arguments; changes
+            take effect at the next call.
 
     Raises:
         TypeError: ``model`` not an ``nn.Module``, ``transform`` not a salaug transform, or an
@@ -253,9 +258,17 @@ class SaliencyAugmenter:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be the torch.nn.Module being trained, got {type(model).__name__}")
+        self._configure(transform, cam, target_layer, batch_p=resolve_batch_p(batch_p, p, type(self).__name__),
+                        cam_scale=cam_scale, targets=check_targets("targets", targets, type(self).__name__),
+                        num_classes=num_classes, seed=seed, warmup_steps=warmup_steps, ema_decay=ema_decay, rank=rank)
+        self._bind(model)
+
+    def _configure(self, transform: SaliencyTransform, cam: str | type[BaseCAM] | BaseCAM,
+                   target_layer: str | nn.Module | None, *, batch_p: float, cam_scale: float, targets: str,
+                   num_classes: int | None, seed: int | None, warmup_steps: int, ema_decay: float | None,
+                   rank: int | None) -> None:
+        """Check and store everything but the model (an adapter binds the model later)."""
         check_transform(transform)
-        batch_p = resolve_batch_p(batch_p, p, type(self).__name__)
-        targets = check_targets("targets", targets, type(self).__name__)  # type: ignore[assignment]
         check_augmenter_options(batch_p=batch_p, cam_scale=cam_scale, targets=targets, num_classes=num_classes,
                                 seed=seed, warmup_steps=warmup_steps, ema_decay=ema_decay, rank=rank)
         if ema_decay is not None and isinstance(cam, BaseCAM):
@@ -263,35 +276,65 @@ class SaliencyAugmenter:
                 "ema_decay needs to build the CAM on the moving-average copy of the model, which a CAM object "
                 "built on the model does not allow; pass the CAM as a name (cam='gradcam') or class instead"
             )
-        self.model = model
         self.transform = transform
         self.batch_p = batch_p
         self.cam_scale = float(cam_scale)
         self.targets = targets
-        self.num_classes: int | None = int(num_classes) if num_classes is not None else transform.num_classes
-        self.seed = int(seed) if seed is not None else torch.initial_seed() % (2**62)
+        classes = num_classes if num_classes is not None else transform.num_classes
+        self.num_classes: int | None = int(classes) if classes is not None else None
+        self.seed: int | None = int(seed) if seed is not None else None
         self.warmup_steps = int(warmup_steps)
-        self.ema_decay = float(ema_decay) if ema_decay is not None else None
         self.rank_override = int(rank) if rank is not None else None
         self.steps = 0
         self.augmented = 0
         self.last: AugmenterRecord | None = None
         self._cam_spec = cam
         self._layer_spec = target_layer
-        # Built now when the layer is known, so a wrong name fails here and not at the first batch.
+        self._ema = ModelEMA(ema_decay) if ema_decay is not None else None
+        self._model: nn.Module | None = None
         self._cam: BaseCAM | None = None
-        if isinstance(cam, BaseCAM):
-            _check_cam_model(cam, model)
-        if isinstance(cam, BaseCAM) or target_layer is not None:
-            self._cam = create_cam(cam, model, target_layer)
-        self._ema: nn.Module | None = None
         self._ema_cam: BaseCAM | None = None
-        self._ema_pending: dict[str, Tensor] | None = None
         self._checked_classes = False
         self._checked_sizes: set[tuple[int, int]] = set()  # image sizes whose CAM layer output was checked
         self._generator = torch.Generator()
 
+    def _bind(self, model: nn.Module) -> None:
+        """Attach the model: the seed (if none was given), the CAM (when its layer is known), the checks."""
+        if model is self._model:
+            return
+        if isinstance(self._cam_spec, BaseCAM):
+            _check_cam_model(self._cam_spec, model)
+        if self._ema is not None:
+            self._ema.check(unwrap_model(model), self._owner)
+            self._ema.module = None  # an average of another model's weights
+        self._model = model
+        if self.seed is None:
+            self.seed = torch.initial_seed() % (2**62)
+        # Built now when the layer is known, so a wrong name fails here and not at the first batch.
+        known = isinstance(self._cam_spec, BaseCAM) or self._layer_spec is not None
+        self._cam = create_cam(self._cam_spec, model, self._layer_spec) if known else None
+        self._ema_cam = None
+        self._checked_classes = False
+        self._checked_sizes = set()
+
     # ------------------------------------------------------------------ properties
+    @property
+    def _owner(self) -> str:
+        return type(self).__name__  # the class named in error messages
+
+    @property
+    def model(self) -> nn.Module:
+        """The model being trained (read-only)."""
+        if self._model is None:
+            raise RuntimeError(f"{self._owner} has no model yet: the Lightning callback binds the LightningModule at "
+                               "setup('fit')")
+        return self._model
+
+    @property
+    def ema_decay(self) -> float | None:
+        """The EMA decay, or ``None`` when the CAMs come from the live weights (read-only)."""
+        return self._ema.decay if self._ema is not None else None
+
     @property
     def rank(self) -> int:
         """The rank whose random stream this process draws from."""
@@ -308,7 +351,7 @@ class SaliencyAugmenter:
     @property
     def ema_model(self) -> nn.Module | None:
         """The moving-average copy of the model (``None`` without ``ema_decay`` or before the first call)."""
-        return self._ema
+        return self._ema.module if self._ema is not None else None
 
     def in_warmup(self, step: int | None = None) -> bool:
         """Whether call ``step`` (default: the next one) gets flat saliency."""
@@ -325,10 +368,9 @@ class SaliencyAugmenter:
     def state_dict(self) -> dict[str, Any]:
         """The stream position (``seed``, ``steps``, ``augmented``) and, with ``ema_decay``, the EMA weights."""
         state: dict[str, Any] = {"seed": self.seed, "steps": self.steps, "augmented": self.augmented}
-        if self._ema is not None:
-            state["ema"] = {k: v.detach().clone() for k, v in self._ema.state_dict().items()}
-        elif self._ema_pending is not None:
-            state["ema"] = self._ema_pending
+        ema = self._ema.state_dict() if self._ema is not None else None
+        if ema is not None:
+            state["ema"] = ema
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -339,16 +381,15 @@ class SaliencyAugmenter:
             ValueError: a missing or out-of-range entry (``seed``, ``steps``, ``augmented``), or EMA
                 weights that do not fit the model (another architecture).
         """
-        seed, steps, augmented = check_stream_state(state_dict, type(self).__name__)
-        ema = state_dict.get("ema")
-        if ema is not None and self.ema_decay is not None:
-            check_ema_state(ema, unwrap_model(self.model), type(self).__name__)
-        self.seed, self.steps, self.augmented = int(seed), steps, augmented  # type: ignore[arg-type]
-        if ema is not None and self.ema_decay is not None:
-            if self._ema is not None:
-                self._ema.load_state_dict(ema)
-            else:
-                self._ema_pending = dict(ema)
+        seed, steps, augmented = check_stream_state(state_dict, self._owner)
+        self._restore(seed, steps, augmented, state_dict.get("ema"))
+
+    def _restore(self, seed: int | None, steps: int, augmented: int, ema: Any) -> None:
+        """Set the checked stream position (``seed=None`` keeps the seed) and load the EMA weights, if used."""
+        if ema is not None and self._ema is not None:
+            self._ema.load_state_dict(ema, unwrap_model(self._model) if self._model is not None else None, self._owner)
+        self.seed = self.seed if seed is None else seed
+        self.steps, self.augmented = steps, augmented
 
     # ------------------------------------------------------------------ hooks for adapters
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
@@ -369,13 +410,13 @@ class SaliencyAugmenter:
             ``(B, 1, H, W)`` float32 in ``[0, 1]`` on ``images.device``.
         """
         cam = self._live_cam(images)
-        if self._ema is not None:
-            if self._ema_cam is None:
-                self._ema_cam = create_cam(self._cam_spec, self._ema, cam.target_layer_name)
+        if self._ema is not None and self._ema.module is not None:
+            if self._ema_cam is None or self._ema_cam.model is not self._ema.module:
+                self._ema_cam = create_cam(self._cam_spec, self._ema.module, cam.target_layer_name)
             cam = self._ema_cam
         targets = None if self.targets == "predicted" else (labels if labels.ndim == 1 else labels.float())
         with self.forward_context():
-            return cam(self._cam_input(images), targets, output_size=tuple(images.shape[-2:]))
+            return cam(self._cam_input(images), targets, output_size=(images.shape[-2], images.shape[-1]))
 
     # ------------------------------------------------------------------ the call
     def __call__(self, images: Tensor, labels: Tensor, saliency: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -405,8 +446,8 @@ class SaliencyAugmenter:
         step = self.steps
         generator = self._generator.manual_seed(self._stream_key(step))
         self.steps += 1
-        if self.ema_decay is not None:
-            self._update_ema()
+        if self._ema is not None:
+            self._ema.update(unwrap_model(self.model), self.forward_context)
         k = self.num_classes
         augment = self.batch_p >= 1.0 or bool(torch.rand((), generator=generator) < self.batch_p)
         warm = self.in_warmup(step)
@@ -426,6 +467,7 @@ class SaliencyAugmenter:
     def _stream_key(self, step: int) -> int:
         # One stream per (seed, rank, call counter): a resumed run (which restores the counter)
         # continues the same stream on every rank without storing generator state per rank.
+        assert self.seed is not None, "seeded when the model is bound"
         return (self.seed + self.rank * _RANK_STRIDE + step * _MIX) % (2**63 - 1)
 
     def _transform(self, images: Tensor, saliency: Tensor, labels: Tensor, k: int | None,
@@ -558,48 +600,6 @@ class SaliencyAugmenter:
                 f"with num_classes={width} (or fix the model's head)"
             )
 
-    # ------------------------------------------------------------------ EMA
-    def _update_ema(self) -> None:
-        # Under torch.inference_mode() the copy and the update would make inference tensors, which
-        # the EMA model's later CAM backward cannot save; both run outside it.
-        with torch.inference_mode(False):
-            self._update_ema_weights()
-
-    def _update_ema_weights(self) -> None:
-        source = unwrap_model(self.model)
-        if self._ema is None:
-            self._ema = self._copy_model(source)
-            if self._ema_pending is None:
-                return  # a fresh copy already equals the weights
-            self._ema.load_state_dict(self._ema_pending)
-            self._ema_pending = None
-        decay = self.ema_decay
-        assert decay is not None
-        ema_params = [p for p in self._ema.parameters()]
-        live = [p.detach() for p in source.parameters()]
-        floats = [(e, w) for e, w in zip(ema_params, live) if e.is_floating_point()]
-        with torch.no_grad():
-            for e, w in floats:
-                e.lerp_(w, 1.0 - decay)
-            for e, w in zip(self._ema.buffers(), source.buffers()):
-                e.copy_(w)
-
-    def _copy_model(self, source: nn.Module) -> nn.Module:
-        with self.forward_context():
-            try:
-                ema = copy.deepcopy(source)
-            except Exception as err:  # noqa: BLE001 - any failure of a user's model copy
-                raise RuntimeError(
-                    f"ema_decay needs a copy of the model, but copy.deepcopy({type(source).__name__}) failed: {err}; "
-                    "make the model deep-copyable or use ema_decay=None"
-                ) from err
-        ema.__dict__.pop("forward", None)  # a patched (e.g. compiled) forward bound on the instance
-        for param in ema.parameters():
-            param.requires_grad_(False)
-        ema.eval()
-        self._ema_cam = None
-        return ema
-
 
 # ---------------------------------------------------------------------------------------------------- helpers
 def _check_cam_model(cam: BaseCAM, model: nn.Module) -> None:
@@ -645,25 +645,3 @@ def check_stream_state(state: object, owner: str, names: tuple[str, str, str] = 
         raise ValueError(f"{owner}.load_state_dict: state_dict[{aug_name!r}]={augmented} exceeds "
                          f"state_dict[{steps_name!r}]={steps}; the state is corrupt")
     return (None if seed is None else int(seed)), int(steps), int(augmented)  # type: ignore[arg-type]
-
-
-def check_ema_state(ema: object, model: nn.Module, owner: str) -> None:
-    """Refuse EMA weights whose entries or shapes differ from ``model``'s state dict."""
-    if not isinstance(ema, Mapping):
-        raise TypeError(f"{owner}.load_state_dict: state_dict['ema'] must be the EMA model's state dict, got "
-                        f"{type(ema).__name__}")
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(ema)), sorted(set(ema) - set(own))
-    wrong = [k for k in own if k in ema and isinstance(ema[k], Tensor) and tuple(ema[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        details = "; ".join(part for part in (
-            f"missing {missing[:4]}" if missing else "",
-            f"unexpected {unexpected[:4]}" if unexpected else "",
-            "shape of " + ", ".join(f"{k!r} {tuple(ema[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
-            if wrong else "",
-        ) if part)
-        raise ValueError(
-            f"{owner}.load_state_dict: state_dict['ema'] (the moving-average weights) does not fit the model "
-            f"{type(model).__name__} ({details}); it was saved from another architecture. Resume with the same "
-            "model, or drop the 'ema' entry to start the average afresh"
-        )

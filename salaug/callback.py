@@ -6,7 +6,9 @@ the augmenter (CAMs of the batch with the unwrapped LightningModule, the transfo
 labels) and writes the result back, which is what ``training_step`` receives. The callback adds
 what only Lightning knows: the epoch window, warm-up in epochs, the precision context of the CAM
 forward, checkpointed state, and logging (scalars every step, a picture every
-``log_every_n_steps`` augmented steps).
+``log_every_n_steps`` augmented steps). The augmenter is built with the callback and given the
+LightningModule at ``setup``; it holds the configuration and the counters, which the callback's
+attributes of the same names read there.
 
 The class derives from ``pytorch_lightning.Callback`` and, when the ``lightning`` package is
 installed, from ``lightning.pytorch.Callback`` as well, so it works with either ``Trainer``.
@@ -19,7 +21,7 @@ import importlib.util
 import math
 import os
 import sys
-from collections.abc import Iterator, MutableMapping, MutableSequence
+from collections.abc import Callable, Iterator, MutableMapping, MutableSequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -37,19 +39,20 @@ from salaug.augmenter import (
     DeprecatedBatchP,
     SaliencyAugmenter,
     check_augmenter_options,
-    check_ema_state,
     check_stream_state,
     resolve_batch_p,
 )
-from salaug.cam.layers import unwrap_model
-from salaug.transforms.base import SaliencyTransform, check_transform
+from salaug.transforms.base import SaliencyTransform
 
 if sys.version_info >= (3, 12):
     from typing import override
 else:
     from typing_extensions import override
 
-__all__ = ["SaliencyAugmentation", "callback_bases", "picture_sinks"]
+__all__ = ["SaliencyAugmentation"]
+
+# The augmenter's counters under the names of the callback's checkpointed state.
+_STATE_NAMES = {"steps": "batches_seen", "augmented": "batches_augmented"}
 
 
 def callback_bases() -> tuple[type, ...]:
@@ -114,16 +117,37 @@ def picture_sinks(trainer: pl.Trainer, picture_dir: str | None, subdir: str) -> 
 
 
 class _LightningAugmenter(SaliencyAugmenter):
-    """The augmenter with the Trainer's precision context and the callback's ``compute_saliency`` hook."""
+    """The callback's augmenter: configured at construction, bound to the LightningModule at setup.
 
-    def __init__(self, callback: SaliencyAugmentation, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                 **kwargs: Any) -> None:
-        super().__init__(pl_module, **kwargs)
+    Its forwards run in the Trainer's precision context, and its saliency comes from the callback's
+    ``compute_saliency`` hook.
+    """
+
+    def __init__(self, callback: SaliencyAugmentation, transform: SaliencyTransform, cam: Any,
+                 target_layer: str | nn.Module | None, **options: Any) -> None:
+        self._configure(transform, cam, target_layer, rank=None, **options)
         self._callback = callback
+        self._trainer: pl.Trainer | None = None
+
+    @property
+    @override
+    def _owner(self) -> str:
+        return "SaliencyAugmentation"
+
+    @property
+    def bound(self) -> bool:
+        """Whether setup has given this augmenter its model."""
+        return self._model is not None
+
+    def bind(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Give the augmenter its model, rank and precision context (at every ``setup("fit")``)."""
         self._trainer = trainer
+        self.rank_override = trainer.global_rank
+        self._bind(pl_module)
 
     @override
     def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        assert self._trainer is not None
         stack = contextlib.ExitStack()
         stack.enter_context(self._trainer.precision_plugin.forward_context())
         stack.enter_context(_uncompiled_forward(self.model))
@@ -131,7 +155,31 @@ class _LightningAugmenter(SaliencyAugmenter):
 
     @override
     def compute_saliency(self, images: Tensor, labels: Tensor) -> Tensor:
+        assert self._trainer is not None
         return self._callback.compute_saliency(self._trainer, self.model, images, labels)  # type: ignore[arg-type]
+
+
+class _FromAugmenter:
+    """A callback attribute that lives on its augmenter (the one source of state), under ``name``.
+
+    ``check`` validates a value written through the callback; ``read_only`` refuses writes.
+    """
+
+    def __init__(self, name: str, *, read_only: bool = False, check: Callable[[Any], object] | None = None) -> None:
+        self.name, self.read_only, self.check = name, read_only, check
+
+    def __set_name__(self, owner: type, attribute: str) -> None:
+        self.attribute = attribute
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else getattr(obj._aug, self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        if self.read_only:
+            raise AttributeError(f"SaliencyAugmentation.{self.attribute} is read-only; pass it to the constructor")
+        if self.check is not None:
+            self.check(value)
+        setattr(obj._aug, self.name, value)
 
 
 class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
@@ -182,6 +230,18 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         picture_dir: directory for PNG pictures (created when the first one is written).
         p: deprecated name of ``batch_p`` (a ``DeprecationWarning``).
 
+    Attributes:
+        augmenter: the :class:`~salaug.SaliencyAugmenter` doing the work (``None`` until
+            ``setup("fit")``); it holds the configuration and the counters below.
+        transform, batch_p, cam_scale, targets, num_classes, seed: the augmenter's, read and written
+            there (a change takes effect at the next batch); ``seed`` is ``None`` until setup when
+            not given.
+        cam, target_layer, ema_decay: the arguments, read-only.
+        batches_seen, batches_augmented: the augmenter's ``steps`` and ``augmented``: batches inside
+            the epoch window so far (the position in the random stream) and batches transformed.
+        warmup_steps: the argument; the augmenter's ``warmup_steps`` adds ``warmup_epochs``
+            converted to batches at the start of training.
+
     Raises:
         TypeError: if ``transform`` is not a salaug transform, or (at run time) the batch is a
             tuple, which cannot be changed in place.
@@ -191,6 +251,18 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
     """
 
     p = DeprecatedBatchP()  # the old name of batch_p
+    # The augmenter's configuration and counters, read (and where writable, written) there.
+    transform = _FromAugmenter("transform")
+    cam = _FromAugmenter("_cam_spec", read_only=True)
+    target_layer = _FromAugmenter("_layer_spec", read_only=True)
+    batch_p = _FromAugmenter("batch_p")
+    cam_scale = _FromAugmenter("cam_scale")
+    targets = _FromAugmenter("targets")
+    num_classes = _FromAugmenter("num_classes", check=lambda v: check_augmenter_options(num_classes=v))
+    seed = _FromAugmenter("seed")
+    ema_decay = _FromAugmenter("ema_decay", read_only=True)
+    batches_seen = _FromAugmenter("steps")
+    batches_augmented = _FromAugmenter("augmented")
 
     def __init__(
         self,
@@ -214,11 +286,11 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         picture_dir: str | os.PathLike[str] | None = None,
         p: float | None = None,
     ) -> None:
-        check_transform(transform)
-        batch_p = resolve_batch_p(batch_p, p, type(self).__name__)
-        targets = check_targets("targets", targets, type(self).__name__)  # type: ignore[assignment]
-        check_augmenter_options(batch_p=batch_p, cam_scale=cam_scale, targets=targets, num_classes=num_classes,
-                                seed=seed, warmup_steps=warmup_steps, ema_decay=ema_decay)
+        self._aug = _LightningAugmenter(
+            self, transform, cam, target_layer, batch_p=resolve_batch_p(batch_p, p, type(self).__name__),
+            cam_scale=cam_scale, targets=check_targets("targets", targets, type(self).__name__),
+            num_classes=num_classes, seed=seed, warmup_steps=warmup_steps, ema_decay=ema_decay,
+        )
         check_number("start_epoch", start_epoch, integer=True, low=0)
         check_number("stop_epoch", stop_epoch, integer=True, low=0, optional=True)
         check_number("warmup_epochs", warmup_epochs, integer=True, low=0)
@@ -227,70 +299,21 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         check_key("label_key", label_key)
         if stop_epoch is not None and stop_epoch <= start_epoch:
             raise ValueError(f"need 0 <= start_epoch < stop_epoch, got {start_epoch} and {stop_epoch}")
-        self.transform = transform
-        self.cam = cam
-        self.target_layer = target_layer
-        self.batch_p = batch_p
         self.start_epoch = start_epoch
         self.stop_epoch = stop_epoch
-        self.cam_scale = float(cam_scale)
-        self.targets = targets
         self.image_key = image_key
         self.label_key = label_key
-        self._num_classes = num_classes or transform.num_classes
-        self.seed = seed
         self.log_every_n_steps = log_every_n_steps
         self.warmup_epochs = warmup_epochs
-        self.warmup_steps = warmup_steps
-        self.ema_decay = ema_decay
+        self.warmup_steps = warmup_steps  # the augmenter's warm-up adds warmup_epochs, known at the start
         self.picture_dir = os.fspath(picture_dir) if picture_dir is not None else None
-        self._counts = {"steps": 0, "augmented": 0}
-        self._pending_state: dict[str, Any] | None = None
-        self._augmenter: _LightningAugmenter | None = None
         self._picture_sinks: tuple[list[Any], str | None] = ([], None)
         self._pictures = _PictureWorker()
 
-    # -- counters and the augmenter ---------------------------------------------------------------
     @property
     def augmenter(self) -> SaliencyAugmenter | None:
-        """The :class:`~salaug.SaliencyAugmenter` doing the work (built at ``setup("fit")``)."""
-        return self._augmenter
-
-    @property
-    def batches_seen(self) -> int:
-        """Batches inside the epoch window so far (the position in the random stream)."""
-        return self._augmenter.steps if self._augmenter is not None else self._counts["steps"]
-
-    @batches_seen.setter
-    def batches_seen(self, value: int) -> None:
-        self._counts["steps"] = int(value)
-        if self._augmenter is not None:
-            self._augmenter.steps = int(value)
-
-    @property
-    def batches_augmented(self) -> int:
-        """Batches the transform was applied to so far."""
-        return self._augmenter.augmented if self._augmenter is not None else self._counts["augmented"]
-
-    @batches_augmented.setter
-    def batches_augmented(self, value: int) -> None:
-        self._counts["augmented"] = int(value)
-        if self._augmenter is not None:
-            self._augmenter.augmented = int(value)
-
-    @property
-    def num_classes(self) -> int | None:
-        """Number of classes (inferred from the model's output on the first batch when not given)."""
-        if self._augmenter is not None and self._augmenter.num_classes is not None:
-            return self._augmenter.num_classes
-        return self._num_classes
-
-    @num_classes.setter
-    def num_classes(self, value: int | None) -> None:
-        check_augmenter_options(num_classes=value)
-        self._num_classes = value
-        if self._augmenter is not None:
-            self._augmenter.num_classes = value
+        """The :class:`~salaug.SaliencyAugmenter` doing the work (``None`` until ``setup("fit")``)."""
+        return self._aug if self._aug.bound else None
 
     # -- Lightning plumbing -----------------------------------------------------------------------
     @property
@@ -308,7 +331,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         if stage != "fit":
             return
         if isinstance(trainer.strategy, _sharded_strategies()):
-            raise RuntimeError(
+            raise RuntimeError(  # noqa: TRY004 - documented: an unsupported setup, not a wrong argument
                 f"SaliencyAugmentation does not support {type(trainer.strategy).__name__}: CAMs need the full "
                 "model on each device, which sharded strategies do not have. Use DDP (strategy='ddp') or one device."
             )
@@ -318,41 +341,23 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
                 "batches SaliencyAugmentation rewrites. Take `batch` instead, or apply a salaug "
                 "transform inside training_step."
             )
-        if self.seed is None:
-            self.seed = torch.initial_seed() % (2**62)
-        self._augmenter = _LightningAugmenter(
-            self, trainer, pl_module, transform=self.transform, cam=self.cam, target_layer=self.target_layer,
-            batch_p=self.batch_p, cam_scale=self.cam_scale, targets=self.targets, num_classes=self._num_classes, seed=self.seed,
-            warmup_steps=self.warmup_steps, ema_decay=self.ema_decay, rank=trainer.global_rank,
-        )
-        self._augmenter.steps = self._counts["steps"]
-        self._augmenter.augmented = self._counts["augmented"]
-        if self._pending_state is not None:
-            self._augmenter.load_state_dict(self._pending_state)
-            self._pending_state = None
+        self._aug.bind(trainer, pl_module)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._pictures.wait()
-        if stage == "fit" and self._augmenter is not None:
-            self._counts = {"steps": self._augmenter.steps, "augmented": self._augmenter.augmented}
-            self._augmenter.last = None  # drop the last batch's tensors
+        if stage == "fit":
+            self._aug.last = None  # drop the last batch's tensors
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._augmenter is None:  # pragma: no cover - setup always runs first
-            return
-        self._augmenter.warmup_steps = self.warmup_steps + self._warmup_batches(trainer)
+        self._aug.warmup_steps = self.warmup_steps + self._warmup_batches(trainer)
         self._warn_about_the_window(trainer)
         self._picture_sinks = self._find_picture_sinks(trainer)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"seed": self.seed, "batches_seen": self.batches_seen,
-                                 "batches_augmented": self.batches_augmented}
-        if self._augmenter is not None and "ema" in (inner := self._augmenter.state_dict()):
-            state["ema"] = inner["ema"]
-        return state
+        return {_STATE_NAMES.get(k, k): v for k, v in self._aug.state_dict().items()}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -362,32 +367,20 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
             TypeError, ValueError: a state that is not this callback's (a missing, mistyped or
                 negative entry, EMA weights of another architecture), naming the entry.
         """
-        seed, seen, augmented = check_stream_state(state_dict, type(self).__name__,
-                                                   ("seed", "batches_seen", "batches_augmented"), seed_optional=True)
-        if self._augmenter is not None and state_dict.get("ema") is not None and self.ema_decay is not None:
-            check_ema_state(state_dict["ema"], unwrap_model(self._augmenter.model), type(self).__name__)
-        self.seed = seed if seed is not None else self.seed
-        self.batches_seen = seen
-        self.batches_augmented = augmented
-        inner = {"seed": self.seed, "steps": self.batches_seen, "augmented": self.batches_augmented}
-        if "ema" in state_dict:
-            inner["ema"] = state_dict["ema"]
-        if self._augmenter is not None:
-            self._augmenter.load_state_dict(inner)
-        elif inner["seed"] is not None:
-            self._pending_state = inner  # applied (and its EMA checked) at setup
+        names = ("seed", _STATE_NAMES["steps"], _STATE_NAMES["augmented"])
+        seed, seen, augmented = check_stream_state(state_dict, type(self).__name__, names, seed_optional=True)
+        self._aug._restore(seed, seen, augmented, state_dict.get("ema"))  # EMA checked now, or at setup
 
     # -- the work ---------------------------------------------------------------------------------
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        if not self._in_window(trainer.current_epoch) or self._augmenter is None:
+        if not self._in_window(trainer.current_epoch) or not self._aug.bound:
             return
         images, labels = self._read(batch)
-        self._augmenter.batch_p = self.batch_p  # a gate changed during training (e.g. off for the last epochs)
-        new_images, soft_labels = self._augmenter(images, labels)
+        new_images, soft_labels = self._aug(images, labels)
         self._write(batch, new_images, soft_labels)
-        record = self._augmenter.last
+        record = self._aug.last
         assert record is not None
         if not record.augmented:
             pl_module.log("salaug/augmented", 0.0, on_step=True, on_epoch=True, batch_size=images.shape[0])
@@ -400,8 +393,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
 
         Override to supply saliency another way (e.g. flat maps, masks from the batch).
         """
-        assert self._augmenter is not None
-        return SaliencyAugmenter.compute_saliency(self._augmenter, images, labels)
+        return SaliencyAugmenter.compute_saliency(self._aug, images, labels)
 
     def _in_window(self, epoch: int) -> bool:
         return epoch >= self.start_epoch and (self.stop_epoch is None or epoch < self.stop_epoch)

@@ -11,6 +11,7 @@ from torch import nn
 
 import salaug
 from salaug.augmenter import AugmenterRecord, SaliencyAugmenter
+from salaug.ema import ModelEMA
 from salaug.transforms.base import SaliencyTransform
 
 K = 4
@@ -108,6 +109,21 @@ def test_predicted_targets_and_cam_scale(options):
     aug(*batch())
     assert aug.last is not None and aug.last.saliency is not None
     assert aug.last.saliency.shape == (8, 1, 16, 16) and not is_flat(aug.last.saliency)
+
+
+def test_predicted_targets_take_the_cam_of_the_prediction_not_of_the_label():
+    model = net()
+    x, _ = batch()
+    with torch.no_grad():
+        predicted = model.eval()(x).argmax(1)
+    model.train()
+    labels = (predicted + 1) % K  # every label differs from the prediction
+    aug = make(model, targets="predicted")
+    aug(x, labels)
+    used = aug.last.saliency  # type: ignore[union-attr]
+    torch.testing.assert_close(used, salaug.GradCAM(model, "features")(x, None))
+    label_maps = salaug.GradCAM(model, "features")(x, labels)
+    assert (used - label_maps).abs().flatten(1).amax(1).gt(0.1).all()  # each map differs from its label's
 
 
 def test_automatic_target_layer():
@@ -323,6 +339,76 @@ def test_ema_weights_and_cams():
     live_maps = salaug.GradCAM(model, "features")(x, y)
     torch.testing.assert_close(record.saliency, ema_maps)
     assert not torch.allclose(record.saliency, live_maps)
+
+
+def test_model_ema_first_update_copies_then_averages_parameters_and_copies_buffers():
+    model = net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = ModelEMA(0.75)
+    assert ema.module is None and ema.state_dict() is None
+    ema.update(model)
+    copy_ = ema.module
+    assert copy_ is not None and copy_ is not model and not copy_.training
+    assert all(not p.requires_grad for p in copy_.parameters()) and all(p.requires_grad for p in model.parameters())
+    for k, v in copy_.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model(batch()[0])  # train mode: BatchNorm statistics and the batch counter move
+    ema.update(model)
+    assert ema.module is copy_  # one copy, updated in place
+    torch.testing.assert_close(copy_.head[3].weight, before["head.3.weight"] + 0.25)  # 0.75 w + 0.25 (w + 1)
+    torch.testing.assert_close(copy_.features[0].bias, before["features.0.bias"] + 0.25)
+    for name in ("features.1.running_mean", "features.1.running_var", "features.1.num_batches_tracked"):
+        assert torch.equal(copy_.state_dict()[name], model.state_dict()[name]), name  # copied, not averaged
+    assert int(copy_.features[1].num_batches_tracked) == 1
+
+
+def test_model_ema_state_dict_round_trip():
+    model = net()
+    first = ModelEMA(0.5)
+    first.update(model)
+    with torch.no_grad():
+        model.head[3].weight.mul_(3.0)
+    first.update(model)
+    state = first.state_dict()
+    assert state is not None and state["head.3.weight"] is not first.module.head[3].weight  # a copy
+    resumed = ModelEMA(0.5)
+    resumed.load_state_dict(state, model)
+    assert resumed.module is None and resumed.state_dict() is not None  # waits for the copy
+    for ema in (first, resumed):
+        ema.update(model)  # the resumed copy starts from the loaded weights, then averages
+    for k, v in first.module.state_dict().items():  # type: ignore[union-attr]
+        torch.testing.assert_close(resumed.module.state_dict()[k], v, msg=k)  # type: ignore[union-attr]
+    later = ModelEMA(0.5)
+    later.update(model)
+    later.load_state_dict(state)  # into an existing copy
+    torch.testing.assert_close(later.module.head[3].weight, state["head.3.weight"])  # type: ignore[union-attr]
+
+
+def test_model_ema_refuses_weights_of_another_architecture_and_bad_decays():
+    state = {k: v[:1] if v.ndim else v for k, v in net().state_dict().items()}
+    with pytest.raises(ValueError, match=r"state_dict\['ema'\].*does not fit the model Sequential.*shape of"):
+        ModelEMA(0.9).load_state_dict(state, net(), "SaliencyAugmenter")
+    waiting = ModelEMA(0.9)
+    waiting.load_state_dict(state)  # no model to check against yet
+    with pytest.raises(ValueError, match="another architecture"):
+        waiting.check(net())
+    with pytest.raises(TypeError, match="state dict"):
+        ModelEMA(0.9).load_state_dict([1, 2], net())  # type: ignore[arg-type]
+    for decay, error in ((1.0, ValueError), (0.0, ValueError), ("0.9", TypeError), (None, TypeError)):
+        with pytest.raises(error, match="ema_decay"):
+            ModelEMA(decay)  # type: ignore[arg-type]
+
+
+def test_model_ema_names_a_model_that_cannot_be_copied():
+    class Uncopyable(nn.Linear):
+        def __deepcopy__(self, memo):
+            raise RuntimeError("holds a file handle")
+
+    with pytest.raises(RuntimeError, match=r"copy.deepcopy\(Uncopyable\) failed: holds a file handle.*ema_decay=None"):
+        ModelEMA(0.9).update(Uncopyable(2, 2))
 
 
 def test_ema_with_cam_object_is_refused():

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import salaug
 from salaug.callback import SaliencyAugmentation
@@ -209,6 +209,21 @@ def test_cam_scale_and_predicted_targets(tmp_path):
     assert all(s.shape == (8, 1, 16, 16) for s in rec.saliency)
 
 
+def test_predicted_targets_take_the_cam_of_the_prediction_not_of_the_label(tmp_path):
+    model = Net()
+    initial = copy.deepcopy(model).eval()  # the weights of the first batch's CAM (before any step)
+    x = Squares().x[:8]
+    with torch.no_grad():
+        labels = (initial(x).argmax(1) + 1) % K  # every label differs from the prediction
+    rec = Recording(mix())
+    cb = SaliencyAugmentation(rec, target_layer="net.5", targets="predicted")
+    trainer(tmp_path, [cb], max_steps=1).fit(model, DataLoader(TensorDataset(x, labels), batch_size=8))
+    used = rec.saliency[0]
+    torch.testing.assert_close(used, salaug.GradCAM(initial, "net.5")(x, None))
+    label_maps = salaug.GradCAM(initial, "net.5")(x, labels)
+    assert (used - label_maps).abs().flatten(1).amax(1).gt(0.1).all()  # each map differs from its label's
+
+
 def test_cam_scale_maps_find_the_same_object(tmp_path):
     # Hand-set weights: every channel is a blurred brightness detector and every class reads it,
     # so the CAM must peak on the bright square at full and at half scale.
@@ -400,6 +415,62 @@ def test_adapter_exposes_the_augmenter(tmp_path):
     trainer(tmp_path, [cb]).fit(Net(), loader())
     assert isinstance(cb.augmenter, salaug.SaliencyAugmenter)
     assert (cb.augmenter.steps, cb.augmenter.seed) == (cb.batches_seen, 2) == (4, 2)
+
+
+class FakeTrainer:
+    strategy = None
+    global_rank = 0
+
+
+def test_options_and_counters_live_on_the_augmenter():
+    cb = SaliencyAugmentation(mix(), target_layer="net.5", seed=2, batch_p=0.5, cam_scale=0.5, ema_decay=0.9)
+    cb.setup(FakeTrainer(), Net(), "fit")  # type: ignore[arg-type]
+    aug = cb.augmenter
+    assert aug is not None
+    assert (aug.batch_p, aug.cam_scale, aug.seed, aug.ema_decay, aug.transform) == (0.5, 0.5, 2, 0.9, cb.transform)
+    cb.batch_p, cb.cam_scale, cb.targets = 0.25, 1.0, "predicted"  # written where they are used
+    assert (aug.batch_p, aug.cam_scale, aug.targets) == (0.25, 1.0, "predicted")
+    aug.steps, aug.augmented = 7, 3
+    assert (cb.batches_seen, cb.batches_augmented) == (7, 3)
+    assert cb.state_dict() == {"seed": 2, "batches_seen": 7, "batches_augmented": 3}
+    for name in ("cam", "target_layer", "ema_decay"):
+        with pytest.raises(AttributeError, match=f"SaliencyAugmentation.{name} is read-only"):
+            setattr(cb, name, None)
+    assert (cb.cam, cb.target_layer) == ("gradcam", "net.5")
+    cb.num_classes = K
+    with pytest.raises(TypeError, match="num_classes must be an int"):
+        cb.num_classes = 2.5
+    assert aug.num_classes == K
+
+
+def test_batch_p_set_during_training_takes_effect_at_the_next_batch(tmp_path):
+    class SwitchOff(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 1:
+                augment.batch_p = 0.0
+
+    augment = SaliencyAugmentation(mix(), target_layer="net.5")
+    model = Net()
+    trainer(tmp_path, [augment, SwitchOff()]).fit(model, loader())
+    mixed = [bool((y.max(1).values < 1).any()) for _, y in model.seen]
+    assert mixed == [True, True, False, False]
+    assert (augment.batches_seen, augment.batches_augmented) == (4, 2)
+
+
+def test_ema_state_loaded_before_setup_is_checked_at_setup(tmp_path):
+    cb = SaliencyAugmentation(mix(), target_layer="net.5", seed=1, ema_decay=0.9)
+    trainer(tmp_path, [cb], max_steps=1).fit(Net(), loader())
+    state = cb.state_dict()
+    fresh = SaliencyAugmentation(mix(), target_layer="net.5", ema_decay=0.9)
+    fresh.load_state_dict(state)  # no model yet: kept for the copy made at the first batch
+    fresh.setup(FakeTrainer(), Net(), "fit")  # type: ignore[arg-type]
+    assert fresh.augmenter is not None
+    for k, v in state["ema"].items():
+        assert torch.equal(fresh.augmenter.state_dict()["ema"][k], v), k
+    foreign = SaliencyAugmentation(mix(), target_layer="net.5", ema_decay=0.9)
+    foreign.load_state_dict({**state, "ema": {k: v[..., :1] if v.ndim else v for k, v in state["ema"].items()}})
+    with pytest.raises(ValueError, match=r"SaliencyAugmentation.load_state_dict: state_dict\['ema'\].*another "):
+        foreign.setup(FakeTrainer(), Net(), "fit")  # type: ignore[arg-type]
 
 
 def test_hooks_are_marked_override():
