@@ -58,6 +58,7 @@ from salaug.cam import create_cam
 from salaug.cam.base import BaseCAM, eval_mode, model_dtype
 from salaug.cam.layers import probe_target_layer, unwrap_model
 from salaug.ema import ModelEMA
+from salaug.forward_labels import ForwardLabels, supports_forward_labels
 from salaug.transforms.base import (
     Params,
     SaliencyTransform,
@@ -127,6 +128,40 @@ def resolve_batch_p(batch_p: object, p: object, owner: str) -> float:
         DeprecationWarning, stacklevel=3,
     )
     return float(p)  # type: ignore[arg-type]
+
+
+def check_forward_label_options(transform: object, labels_from: object, label_blend: object, *, cam: object,
+                                cam_scale: object, targets: object, ema_decay: object) -> str:
+    """Validate ``labels_from`` / ``label_blend`` and the options that forward labels leave unused.
+
+    Returns:
+        ``labels_from`` (``"cam"`` or ``"forward"``).
+
+    Raises:
+        ValueError: an unknown ``labels_from``; forward labels with a transform that is not a box mix,
+            or with options they cannot honour (another CAM, ``cam_scale``, predicted targets, EMA).
+    """
+    source = check_choice("labels_from", labels_from, ("cam", "forward"))
+    check_number("label_blend", label_blend, low=0.0, high=1.0, optional=True)
+    if source == "cam":
+        if label_blend is not None:
+            raise ValueError("label_blend weighs the forward's evidence; it needs labels_from='forward'")
+        return source
+    if not supports_forward_labels(transform):
+        raise ValueError(
+            f"labels_from='forward' needs a box mix whose labels only depend on the box (SnapMix, SaliencyMix / CutMix, "
+            f"ResizeMix), got {type(transform).__name__}; use labels_from='cam' for it"
+        )
+    unused = {"cam": cam != "gradcam", "cam_scale": cam_scale != 1.0, "targets": targets != "labels",
+              "ema_decay": ema_decay is not None}
+    bad = [name for name, set_ in unused.items() if set_]
+    if bad:
+        raise ValueError(
+            f"labels_from='forward' reads the training forward's own activations (GradCAM evidence of both classes, "
+            f"or a ViT's attention), so {', '.join(bad)} cannot apply; leave {'it' if len(bad) == 1 else 'them'} at "
+            "the default"
+        )
+    return source
 
 
 def check_augmenter_options(*, batch_p: object = 1.0, cam_scale: object = 1.0, targets: object = "labels",
@@ -222,6 +257,18 @@ class SaliencyAugmenter:
             and updated at every call; the model itself is never touched.
         rank: this process's rank for its own random stream; ``None`` asks ``torch.distributed``
             (0 when it is not initialised).
+        labels_from: ``"cam"`` (the default: a CAM forward of each batch feeds the transform) or
+            ``"forward"``: no CAM pass at all. A box mix (SnapMix, SaliencyMix / CutMix, ResizeMix)
+            draws its boxes on flat saliency, and the returned ``(B, K)`` label tensor holds the area
+            labels until **your own training forward** of the returned images (through ``model``)
+            fills it in place from that forward (:mod:`salaug.forward_labels`: GradCAM evidence of
+            both classes at ``target_layer`` for a CNN, the last block's CLS attention for a ViT,
+            i.e. TransMix). Run ``model(images)`` on the returned images, with gradients, before the
+            next call; keep the label tensor you got (``.to(device)`` on another device makes a copy
+            the forward does not fill). ``cam``, ``cam_scale``, ``targets`` and ``ema_decay`` keep
+            their defaults; the model runs exactly one forward per step.
+        label_blend: with ``labels_from="forward"``, the weight in ``[0, 1]`` of the model's evidence
+            against the area share; ``None``: 1.0 for CNNs, 0.5 for ViTs (TransMix).
 
     Attributes:
         last: :class:`AugmenterRecord` of the last call (``None`` before the first).
@@ -254,23 +301,30 @@ class SaliencyAugmenter:
         warmup_steps: int = 0,
         ema_decay: float | None = None,
         rank: int | None = None,
+        labels_from: Literal["cam", "forward"] = "cam",
+        label_blend: float | None = None,
         p: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be the torch.nn.Module being trained, got {type(model).__name__}")
         self._configure(transform, cam, target_layer, batch_p=resolve_batch_p(batch_p, p, type(self).__name__),
                         cam_scale=cam_scale, targets=check_targets("targets", targets, type(self).__name__),
-                        num_classes=num_classes, seed=seed, warmup_steps=warmup_steps, ema_decay=ema_decay, rank=rank)
+                        num_classes=num_classes, seed=seed, warmup_steps=warmup_steps, ema_decay=ema_decay, rank=rank,
+                        labels_from=labels_from, label_blend=label_blend)
         self._bind(model)
 
     def _configure(self, transform: SaliencyTransform, cam: str | type[BaseCAM] | BaseCAM,
                    target_layer: str | nn.Module | None, *, batch_p: float, cam_scale: float, targets: str,
                    num_classes: int | None, seed: int | None, warmup_steps: int, ema_decay: float | None,
-                   rank: int | None) -> None:
+                   rank: int | None, labels_from: str = "cam", label_blend: float | None = None) -> None:
         """Check and store everything but the model (an adapter binds the model later)."""
         check_transform(transform)
         check_augmenter_options(batch_p=batch_p, cam_scale=cam_scale, targets=targets, num_classes=num_classes,
                                 seed=seed, warmup_steps=warmup_steps, ema_decay=ema_decay, rank=rank)
+        self.labels_from = check_forward_label_options(transform, labels_from, label_blend, cam=cam,
+                                                       cam_scale=cam_scale, targets=targets, ema_decay=ema_decay)
+        self.label_blend = None if label_blend is None else float(label_blend)
+        self._forward: ForwardLabels | None = None
         if ema_decay is not None and isinstance(cam, BaseCAM):
             raise ValueError(
                 "ema_decay needs to build the CAM on the moving-average copy of the model, which a CAM object "
@@ -312,7 +366,11 @@ class SaliencyAugmenter:
             self.seed = torch.initial_seed() % (2**62)
         # Built now when the layer is known, so a wrong name fails here and not at the first batch.
         known = isinstance(self._cam_spec, BaseCAM) or self._layer_spec is not None
-        self._cam = create_cam(self._cam_spec, model, self._layer_spec) if known else None
+        from_forward = self.labels_from == "forward"
+        self._cam = create_cam(self._cam_spec, model, self._layer_spec) if known and not from_forward else None
+        if self._forward is not None:
+            self._forward.cancel()
+        self._forward = ForwardLabels(model, self._layer_spec, blend=self.label_blend) if from_forward else None
         self._ema_cam = None
         self._checked_classes = False
         self._checked_sizes = set()
@@ -438,8 +496,10 @@ class SaliencyAugmenter:
         """
         images = check_images(images, finite=True)
         self._check_labels(labels, images)
-        use_model = saliency is None
-        if not self._checked_classes or (use_model and tuple(images.shape[-2:]) not in self._checked_sizes):
+        use_model = saliency is None and self._forward is None
+        # forward labels: the model runs once per step, the user's forward (which checks the classes)
+        first = not self._checked_classes and self._forward is None
+        if first or (use_model and tuple(images.shape[-2:]) not in self._checked_sizes):
             self._first_call(images, use_model=use_model)
         if labels.ndim == 1 and self.num_classes is not None:
             check_class_indices(labels, self.num_classes, "label indices", f"num_classes={self.num_classes}")
@@ -454,16 +514,25 @@ class SaliencyAugmenter:
         if not augment:
             self.last = AugmenterRecord(step, False, warm, images, labels)
             return images, to_soft_labels(labels, images.shape[0], k, images.device)
-        if warm:  # flat saliency: the transform's random-placement variant
+        if warm or (saliency is None and self._forward is not None):  # flat: random placement, area labels
             saliency = torch.ones((images.shape[0], 1, *images.shape[-2:]), device=images.device)
         elif saliency is None:
             saliency = self.compute_saliency(images, labels)
         out, params = self._transform(images, saliency, labels, k, generator)
+        if self._forward is not None and not warm:
+            self._arm_forward_labels(images, labels, out, params)
         self.augmented += 1
         self.last = AugmenterRecord(step, True, warm, images, labels, saliency, out, params)
         return out.images, out.labels
 
     # ------------------------------------------------------------------ machinery
+    def _arm_forward_labels(self, images: Tensor, labels: Tensor, out: SalientBatch, params: Params) -> None:
+        """Hand ``out.labels`` (area labels so far) to the forward-label capture, which fills it in place."""
+        assert self._forward is not None
+        own = to_soft_labels(labels, images.shape[0], self.num_classes, images.device)
+        area = self.transform.area_share(params, (images.shape[-2], images.shape[-1])) * params["applied"]  # type: ignore[operator]
+        self._forward.arm(out.images, out.labels, own, params, area)
+
     def _stream_key(self, step: int) -> int:
         # One stream per (seed, rank, call counter): a resumed run (which restores the counter)
         # continues the same stream on every rank without storing generator state per rank.

@@ -228,6 +228,12 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         ema_decay: ``None`` or a decay in ``(0, 1)``: CAMs from an exponential moving average of the
             weights (see :class:`salaug.SaliencyAugmenter`).
         picture_dir: directory for PNG pictures (created when the first one is written).
+        labels_from: ``"cam"`` (a CAM forward of each batch feeds the transform) or ``"forward"``: a box
+            mix (SnapMix, SaliencyMix / CutMix, ResizeMix) draws its boxes without a CAM and its
+            labels are filled by ``training_step``'s own forward of the mixed batch, which must call
+            the LightningModule (``self(x)``); see :class:`salaug.SaliencyAugmenter`.
+        label_blend: with ``labels_from="forward"``, the weight of the model's evidence against the
+            area share (``None``: the rule's default).
         p: deprecated name of ``batch_p`` (a ``DeprecationWarning``).
 
     Attributes:
@@ -236,7 +242,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         transform, batch_p, cam_scale, targets, num_classes, seed: the augmenter's, read and written
             there (a change takes effect at the next batch); ``seed`` is ``None`` until setup when
             not given.
-        cam, target_layer, ema_decay: the arguments, read-only.
+        cam, target_layer, ema_decay, labels_from, label_blend: the arguments, read-only.
         batches_seen, batches_augmented: the augmenter's ``steps`` and ``augmented``: batches inside
             the epoch window so far (the position in the random stream) and batches transformed.
         warmup_steps: the argument; the augmenter's ``warmup_steps`` adds ``warmup_epochs``
@@ -261,6 +267,8 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
     num_classes = _FromAugmenter("num_classes", check=lambda v: check_augmenter_options(num_classes=v))
     seed = _FromAugmenter("seed")
     ema_decay = _FromAugmenter("ema_decay", read_only=True)
+    labels_from = _FromAugmenter("labels_from", read_only=True)
+    label_blend = _FromAugmenter("label_blend", read_only=True)
     batches_seen = _FromAugmenter("steps")
     batches_augmented = _FromAugmenter("augmented")
 
@@ -284,12 +292,15 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         warmup_steps: int = 0,
         ema_decay: float | None = None,
         picture_dir: str | os.PathLike[str] | None = None,
+        labels_from: Literal["cam", "forward"] = "cam",
+        label_blend: float | None = None,
         p: float | None = None,
     ) -> None:
         self._aug = _LightningAugmenter(
             self, transform, cam, target_layer, batch_p=resolve_batch_p(batch_p, p, type(self).__name__),
             cam_scale=cam_scale, targets=check_targets("targets", targets, type(self).__name__),
             num_classes=num_classes, seed=seed, warmup_steps=warmup_steps, ema_decay=ema_decay,
+            labels_from=labels_from, label_blend=label_blend,
         )
         check_number("start_epoch", start_epoch, integer=True, low=0)
         check_number("stop_epoch", stop_epoch, integer=True, low=0, optional=True)
