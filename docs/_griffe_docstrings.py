@@ -8,7 +8,8 @@ and the doctests. Before mkdocstrings parses a docstring this extension rewrites
 * ``Params:`` (the sampled parameters a transform returns, not its arguments) as an admonition
   titled "Sampled parameters";
 * Sphinx roles: ``:class:`~a.b.C``` becomes a link to ``a.b.C`` where the site documents it and
-  plain code where it does not; ``:math:`(B, C)``` becomes code;
+  plain code where it does not (a name without its module is looked up where the docstring is);
+  ``:math:`(B, C)``` becomes code;
 * an ``Args:`` entry naming several arguments (``low, high: ...``) as one entry per argument;
 * a paragraph ending in ``::`` (a reStructuredText literal block) ends in ``:``.
 """
@@ -16,6 +17,7 @@ and the doctests. Before mkdocstrings parses a docstring this extension rewrites
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import griffe
@@ -26,13 +28,36 @@ _ARGS_HEADING = re.compile(r"^(\s*)(Args|Arguments|Parameters):\s*$")
 _SEVERAL_ARGS = re.compile(r"^(\s+)(\w+(?:,\s*\w+)+):(\s.*)?$")
 
 
-def _role(match: re.Match[str], module: str) -> str:
-    short, target = match.group(1) == "~", match.group(2).strip()
+def _role(match: re.Match[str], resolve: Callable[[str], str]) -> str:
+    short, target = match.group(1) == "~", match.group(2).strip().lstrip(".")
     title = target.rsplit(".", 1)[-1] if short else target
-    if target.startswith("."):
-        target = target[1:]
-    identifier = target if "." in target and target.split(".", 1)[0] == "salaug" else f"{module}.{target}"
-    return f'<autoref identifier="{identifier}" optional><code>{title}</code></autoref>'
+    return f'<autoref identifier="{resolve(target)}" optional><code>{title}</code></autoref>'
+
+
+def _resolver(obj: griffe.Object | None, module: str) -> Callable[[str], str]:
+    """Full path of a role's target: as written when it starts with ``salaug.``, else looked up in the
+    object's class, its module and the packages above (an imported name by what it imports), else
+    taken as in ``module``."""
+
+    def resolve(target: str) -> str:
+        if target.split(".", 1)[0] == "salaug":
+            return target
+        head, _, rest = target.partition(".")
+        scopes: list[griffe.Object | griffe.Alias | None] = [obj, obj.parent] if obj is not None else []
+        package = obj.module.parent if obj is not None else None
+        while package is not None:  # then the packages above: what they export
+            scopes.append(package)
+            package = package.parent
+        for scope in scopes:
+            if scope is None or not (scope.is_class or scope.is_module):
+                continue
+            member = scope.members.get(head)
+            if member is not None:
+                path = member.target_path if isinstance(member, griffe.Alias) else member.path
+                return f"{path}.{rest}" if rest else path
+        return f"{module}.{target}"
+
+    return resolve
 
 
 def _split_several_args(lines: list[str]) -> list[str]:
@@ -66,12 +91,13 @@ def _split_several_args(lines: list[str]) -> list[str]:
     return out
 
 
-def rewrite(text: str, module: str) -> str:
-    """The docstring ``text`` of an object of ``module``, as the site renders it."""
+def rewrite(text: str, module: str, obj: griffe.Object | None = None) -> str:
+    """The docstring ``text`` of ``obj`` (an object of ``module``), as the site renders it."""
     text = re.sub(r"^(\s*)Example:\s*$", r"\1Examples:", text, flags=re.MULTILINE)
     text = re.sub(r"^(\s*)Params:\s*$", r'\1Sampled parameters:', text, flags=re.MULTILINE)
     text = _MATH.sub(r"`\1`", text)
-    text = _ROLE.sub(lambda m: _role(m, module), text)
+    resolve = _resolver(obj, module)
+    text = _ROLE.sub(lambda m: _role(m, resolve), text)
     text = re.sub(r"(\S)::$", r"\1:", text, flags=re.MULTILINE)
     return "\n".join(_split_several_args(text.split("\n")))
 
@@ -83,4 +109,4 @@ class SalaugDocstrings(griffe.Extension):
         if obj.docstring is None:
             return
         module = obj.module.path if not obj.is_module else obj.path
-        obj.docstring.value = rewrite(obj.docstring.value, module)
+        obj.docstring.value = rewrite(obj.docstring.value, module, obj)

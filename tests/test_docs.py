@@ -85,3 +85,50 @@ def test_version_agrees_across_pyproject_package_and_changelog():
     releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", changelog, re.MULTILINE)
     assert releases and releases[0] == version, f"the newest release in CHANGELOG.md is {releases[:1]}, not {version}"
     assert re.search(r"^## \[Unreleased\]", changelog, re.MULTILINE)
+
+
+def test_docstring_rewrite_for_the_site():
+    """The griffe extension turns salaug's reST habits into what mkdocstrings renders (docs/_griffe_docstrings.py)."""
+    pytest.importorskip("griffe", reason="griffe comes with mkdocstrings[python]: pip install -e '.[docs]'")
+    spec = importlib.util.spec_from_file_location("_griffe_docstrings", ROOT / "docs" / "_griffe_docstrings.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (
+        "Mix with :class:`~salaug.transforms.SnapMix` and :func:`crop_flip` of :math:`(B, C)`::\n"
+        "\n"
+        "    code\n"
+        "\n"
+        "Args:\n"
+        "    low, high: the bounds,\n"
+        "        inclusive.\n"
+        "    p: a probability.\n"
+        "\n"
+        "Params:\n"
+        "    ``applied`` ``(B,)`` bool.\n"
+        "\n"
+        "Example:\n"
+        "    >>> 1 + 1\n"
+        "    2\n"
+    )
+    assert module.rewrite(text, "salaug.transforms.recipe") == (
+        'Mix with <autoref identifier="salaug.transforms.SnapMix" optional><code>SnapMix</code></autoref> and '
+        '<autoref identifier="salaug.transforms.recipe.crop_flip" optional><code>crop_flip</code></autoref> '
+        "of `(B, C)`:\n"
+        "\n"
+        "    code\n"
+        "\n"
+        "Args:\n"
+        "    low: the bounds,\n"
+        "        inclusive.\n"
+        "    high: the bounds,\n"
+        "        inclusive.\n"
+        "    p: a probability.\n"
+        "\n"
+        "Sampled parameters:\n"
+        "    ``applied`` ``(B,)`` bool.\n"
+        "\n"
+        "Examples:\n"
+        "    >>> 1 + 1\n"
+        "    2\n"
+    )
