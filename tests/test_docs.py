@@ -1,0 +1,134 @@
+"""The documentation: the site builds strictly, the README stays the short front page, the code in the
+pages compiles, and the version agrees across pyproject.toml, the package and the changelog."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import salaug
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted((ROOT / "docs").rglob("*.md"))
+DOCS_TOOLS = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
+
+
+def _missing_docs_tools() -> list[str]:
+    missing = []
+    for name in DOCS_TOOLS:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # the parent package of a dotted name is missing
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def _pyproject_version() -> str:
+    match = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(encoding="utf-8"), re.MULTILINE)
+    assert match is not None, "pyproject.toml has no version"
+    return match.group(1)
+
+
+def test_site_builds_strictly(tmp_path: Path):
+    """`mkdocs build --strict`: a broken link, anchor, nav entry or API reference fails."""
+    missing = _missing_docs_tools()
+    if missing:
+        pytest.skip(f"the documentation tools are not installed ({', '.join(missing)}): pip install -e '.[docs]'")
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT)}
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
+         "--site-dir", str(site)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    log = "\n".join(line for line in (build.stdout + build.stderr).splitlines() if "WARNING" in line or "ERROR" in line)
+    assert build.returncode == 0, f"mkdocs build --strict failed:\n{log or build.stderr[-3000:]}"
+    # the API reference rendered the objects, not just the page titles
+    api = (site / "api" / "transforms" / "index.html").read_text(encoding="utf-8")
+    for name in ("SnapMix", "PuzzleMix", "SalientBatch", "crop_flip"):
+        assert f'id="salaug.transforms.{name}"' in api, name
+    loop = (site / "api" / "loop" / "index.html").read_text(encoding="utf-8")
+    assert 'id="salaug.augmenter.SaliencyAugmenter"' in loop
+    changelog = (site / "changelog" / "index.html").read_text(encoding="utf-8")
+    assert f"{_pyproject_version()}" in changelog
+
+
+def test_readme_is_the_short_front_page():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 150
+    first_block = re.search(r"```bash\n(.*?)```", readme, re.DOTALL)
+    assert first_block is not None, "the README opens with its set-up commands"
+    commands = first_block.group(1)
+    assert "salaug demo" in commands and re.search(r"&& pytest\b", commands), commands
+    assert readme.index("```bash") < readme.index("\n## "), "the set-up commands come before the first section"
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *PAGES], ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_in_the_pages_compiles(page: Path):
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.DOTALL)
+    for i, block in enumerate(blocks):
+        compile(block, f"{page.name}, python block {i + 1}", "exec")
+
+
+def test_version_agrees_across_pyproject_package_and_changelog():
+    version = _pyproject_version()
+    assert salaug.__version__ == version, f"salaug.__version__ is {salaug.__version__}, pyproject.toml says {version}"
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", changelog, re.MULTILINE)
+    assert releases and releases[0] == version, f"the newest release in CHANGELOG.md is {releases[:1]}, not {version}"
+    assert re.search(r"^## \[Unreleased\]", changelog, re.MULTILINE)
+
+
+def test_docstring_rewrite_for_the_site():
+    """The griffe extension turns salaug's reST habits into what mkdocstrings renders (docs/_griffe_docstrings.py)."""
+    pytest.importorskip("griffe", reason="griffe comes with mkdocstrings[python]: pip install -e '.[docs]'")
+    spec = importlib.util.spec_from_file_location("_griffe_docstrings", ROOT / "docs" / "_griffe_docstrings.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = (
+        "Mix with :class:`~salaug.transforms.SnapMix` and :func:`crop_flip` of :math:`(B, C)`::\n"
+        "\n"
+        "    code\n"
+        "\n"
+        "Args:\n"
+        "    low, high: the bounds,\n"
+        "        inclusive.\n"
+        "    p: a probability.\n"
+        "\n"
+        "Params:\n"
+        "    ``applied`` ``(B,)`` bool.\n"
+        "\n"
+        "Example:\n"
+        "    >>> 1 + 1\n"
+        "    2\n"
+    )
+    assert module.rewrite(text, "salaug.transforms.recipe") == (
+        'Mix with <autoref identifier="salaug.transforms.SnapMix" optional><code>SnapMix</code></autoref> and '
+        '<autoref identifier="salaug.transforms.recipe.crop_flip" optional><code>crop_flip</code></autoref> '
+        "of `(B, C)`:\n"
+        "\n"
+        "    code\n"
+        "\n"
+        "Args:\n"
+        "    low: the bounds,\n"
+        "        inclusive.\n"
+        "    high: the bounds,\n"
+        "        inclusive.\n"
+        "    p: a probability.\n"
+        "\n"
+        "Sampled parameters:\n"
+        "    ``applied`` ``(B,)`` bool.\n"
+        "\n"
+        "Examples:\n"
+        "    >>> 1 + 1\n"
+        "    2\n"
+    )
