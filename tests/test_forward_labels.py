@@ -270,3 +270,100 @@ def test_transmix_under_bf16_autocast_is_finite():
         vit(out.images)
     assert torch.isfinite(out.labels).all()
     torch.testing.assert_close(out.labels.sum(1), torch.ones(4))
+
+
+# ----------------------------------------------------------------------------- the augmenter and the callback
+def test_augmenter_forward_labels_are_the_visible_shares_with_one_forward_per_step():
+    k = 4
+    net = MaskNet(k)
+    calls = counting(net)
+    aug = salaug.SaliencyAugmenter(net, salaug.SnapMix(num_classes=k, p=1.0), target_layer="features",
+                                   labels_from="forward", label_blend=1.0, seed=0)
+    for step in range(3):
+        x, labels = object_images(8, k)
+        x = x.roll(step, 0)
+        labels = labels.roll(step, 0)
+        images, soft = aug(x, labels)
+        area_labels = soft.clone()
+        assert len(calls) == step  # the augmenter ran no forward of its own
+        net(images)
+        assert len(calls) == step + 1
+        params = aug.last.params
+        region = pasted_region(params, (16, 16))[:, 0]
+        own = images[torch.arange(8), labels]
+        partner = images[torch.arange(8), labels[params["perm"]]]
+        vis_own, vis_partner = (own * (1 - region)).sum((1, 2)), (partner * region).sum((1, 2))
+        share = torch.where(vis_own + vis_partner > 0, vis_partner / (vis_own + vis_partner), 0.0)
+        expected = mix_soft_labels(F.one_hot(labels, k).float(), params["perm"], share * params["applied"])
+        torch.testing.assert_close(soft, expected, atol=1e-5, rtol=0)
+        assert not torch.allclose(soft, area_labels)
+
+
+def test_augmenter_refuses_a_second_batch_before_the_forward():
+    net = DemoNet(num_classes=5, width=8)
+    aug = salaug.SaliencyAugmenter(net, salaug.SnapMix(num_classes=5), labels_from="forward", seed=0)
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    aug(x, y)
+    with pytest.raises(RuntimeError, match="never filled"):
+        aug(x, y)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"labels_from": "bogus"}, "labels_from"),
+    ({"label_blend": 0.5}, "label_blend"),
+    ({"labels_from": "forward", "label_blend": 2.0}, "label_blend"),
+    ({"labels_from": "forward", "cam_scale": 0.5}, "cam_scale"),
+    ({"labels_from": "forward", "ema_decay": 0.9}, "ema_decay"),
+    ({"labels_from": "forward", "targets": "predicted"}, "targets"),
+    ({"labels_from": "forward", "cam": "eigencam"}, "cam"),
+])
+def test_augmenter_forward_options_are_checked(options, match):
+    net = DemoNet(num_classes=5, width=8)
+    with pytest.raises(ValueError, match=match):
+        salaug.SaliencyAugmenter(net, salaug.SnapMix(num_classes=5), **options)
+
+
+def test_augmenter_refuses_forward_labels_for_a_mix_that_is_not_a_box_mix():
+    net = DemoNet(num_classes=5, width=8)
+    with pytest.raises(ValueError, match="box mix"):
+        salaug.SaliencyAugmenter(net, salaug.GuidedMixup(num_classes=5), labels_from="forward")
+
+
+def test_callback_forward_labels_are_final_when_the_loss_reads_them(tmp_path):
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = DemoNet(num_classes=5, width=8)
+            self.forwards = 0
+            self.read: list = []
+
+        def forward(self, x):
+            self.forwards += 1
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            before = y.clone()
+            logits = self(x)
+            self.read.append((before, y.clone()))  # what the loss reads
+            return F.cross_entropy(logits, y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = torch.utils.data.TensorDataset(torch.rand(24, 3, 32, 32), torch.arange(24) % 5)
+    module = Module()
+    cb = salaug.SaliencyAugmentation(salaug.SnapMix(num_classes=5, p=1.0), target_layer="net.features",
+                                     labels_from="forward", seed=0, log_every_n_steps=0)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                         precision="bf16-mixed", callbacks=[cb])
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    assert module.forwards == 3 and len(module.read) == 3  # one forward per step: no CAM pass
+    assert cb.labels_from == "forward"
+    for before, after in module.read:
+        assert torch.isfinite(after).all()
+        torch.testing.assert_close(after.sum(1), torch.ones(8))
+    assert any(not torch.allclose(before, after) for before, after in module.read)
