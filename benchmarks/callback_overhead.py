@@ -7,7 +7,9 @@ once per configuration, in interleaved rounds (so a busy machine slows every con
   :class:`salaug.SaliencyAugmenter`, then forward, loss, backward, optimizer step; each step is timed
   from before the augmenter call to after ``optimizer.step()``, and the configurations take turns
   step by step (a load change on a shared machine hits them all); the median is over every timed
-  step of every round. Rows: no augmenter; GradCAM at
+  step of every round. Rows: no augmenter; CutMix with no CAM (SaliencyMix fed flat saliency);
+  CutMix and SnapMix with ``labels_from="forward"`` (no CAM pass: the labels come from the step's
+  own forward; their target: within 1.05x of a plain step); GradCAM at
   ``cam_scale=1.0`` and ``0.5`` with SaliencyMix and with SnapMix; in the plain loop also PuzzleMix
   (without and with transport; its target: within 1.35x of a plain step).
 * **Lightning** (``lightning`` rows): the :class:`salaug.SaliencyAugmentation` callback, each batch
@@ -117,6 +119,8 @@ def configurations(num_classes: int) -> dict[str, Any]:
         "salaug GradCAM x0.5 + SaliencyMix": ours(mix, 0.5),
         "salaug GradCAM x1.0 + SnapMix": ours(snap, 1.0),
         "salaug GradCAM x0.5 + SnapMix": ours(snap, 0.5),
+        "salaug SnapMix, labels from the forward": lambda: SaliencyAugmentation(
+            snap(), target_layer=layer, labels_from="forward"),
         "pytorch-grad-cam GradCAM + SaliencyMix": lambda: GradCamPackageAugmentation(mix(), target_layer=layer),
     }
 
@@ -128,8 +132,14 @@ def loop_configurations(num_classes: int) -> dict[str, Any]:
         return lambda model: SaliencyAugmenter(model, transform(num_classes=num_classes), cam="gradcam",
                                                target_layer="layer4", cam_scale=scale, seed=0, **options)
 
+    def flat(transform: type) -> Any:
+        return lambda model: FlatSaliency(SaliencyAugmenter(model, transform(num_classes=num_classes), seed=0))
+
     return {
         "loop: plain step": None,
+        "loop: CutMix (SaliencyMix on flat saliency, no CAM)": flat(salaug.SaliencyMix),
+        "loop: SaliencyAugmenter CutMix, labels from the forward": ours(salaug.SaliencyMix, 1.0, labels_from="forward"),
+        "loop: SaliencyAugmenter SnapMix, labels from the forward": ours(salaug.SnapMix, 1.0, labels_from="forward"),
         "loop: SaliencyAugmenter GradCAM x1.0 + SaliencyMix": ours(salaug.SaliencyMix, 1.0),
         "loop: SaliencyAugmenter GradCAM x0.5 + SaliencyMix": ours(salaug.SaliencyMix, 0.5),
         "loop: SaliencyAugmenter GradCAM x1.0 + SnapMix": ours(salaug.SnapMix, 1.0),
@@ -138,6 +148,16 @@ def loop_configurations(num_classes: int) -> dict[str, Any]:
         "loop: SaliencyAugmenter GradCAM x1.0 + PuzzleMix transport": ours(
             lambda num_classes: salaug.PuzzleMix(num_classes=num_classes, transport=True), 1.0),
     }
+
+
+class FlatSaliency:
+    """An augmenter fed flat saliency: the saliency-free mix through the same code, no CAM forward."""
+
+    def __init__(self, augmenter: SaliencyAugmenter) -> None:
+        self.augmenter = augmenter
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.augmenter(images, labels, saliency=torch.ones_like(images[:, :1]))
 
 
 class LoopRun:

@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import nn
 
+from salaug.cam.attention import attention_input, cls_attention, find_attention, tokens_from_mask, transmix_share
 from salaug.cam.base import BaseCAM
 from salaug.cam.eigen import EigenCAM
 from salaug.cam.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
@@ -45,6 +46,11 @@ __all__ = [
     "CAM_METHODS",
     "create_cam",
     "vit_reshape",
+    "find_attention",
+    "attention_input",
+    "cls_attention",
+    "tokens_from_mask",
+    "transmix_share",
 ]
 
 #: name -> class, the names accepted by :func:`create_cam` (and by the callback's ``cam=``).
