@@ -47,6 +47,7 @@ raises.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
@@ -512,6 +513,10 @@ class BaseCAM:
     def record(self) -> Iterator["BaseCAM"]:
         """Capture the target activations of the forward run inside the block (fused mode).
 
+        Deprecated since 0.3.1, removed in 0.5.0 (a ``DeprecationWarning``): the training forward's
+        own CAM evidence is what ``SaliencyAugmenter(..., labels_from="forward")`` reads
+        (:mod:`salaug.forward_labels`), the one way to use it.
+
         The block's forward runs exactly as the caller set it up (train mode, grad enabled,
         autocast); nothing is changed but a temporary forward hook. Use :meth:`from_logits`
         afterwards. With ``target_layer=None`` the layer is chosen from this forward. Run exactly one
@@ -528,6 +533,11 @@ class BaseCAM:
             RuntimeError: for a ``torch.compile``'d model (its compiled forward ignores hooks), or
                 when this CAM is already recording (``record()`` blocks do not nest).
         """
+        warnings.warn(
+            f"{type(self).__name__}.record() / from_logits() are deprecated and will be removed in 0.5.0: for labels "
+            "from the training forward use SaliencyAugmenter(..., labels_from='forward'); for maps, call the CAM",
+            DeprecationWarning, stacklevel=3,
+        )
         if not self.supports_record:
             raise TypeError(
                 f"{type(self).__name__} has no fused mode: it needs extra perturbed forwards; call the CAM "
