@@ -65,6 +65,7 @@ from salaug.transforms.base import (
     SalientBatch,
     check_transform,
 )
+from salaug.transforms.mix import SnapMix
 
 __all__ = ["AugmenterRecord", "SaliencyAugmenter"]
 
@@ -132,17 +133,27 @@ def resolve_batch_p(batch_p: object, p: object, owner: str) -> float:
 
 def check_forward_label_options(transform: object, labels_from: object, label_blend: object, *, cam: object,
                                 cam_scale: object, targets: object, ema_decay: object) -> str:
-    """Validate ``labels_from`` / ``label_blend`` and the options that forward labels leave unused.
+    """Validate ``labels_from`` / ``label_blend`` and resolve ``"auto"``.
+
+    ``"auto"`` is ``"forward"`` for a SnapMix whose labels read saliency (its boxes never do) when
+    every CAM option is at its default, and ``"cam"`` otherwise.
 
     Returns:
-        ``labels_from`` (``"cam"`` or ``"forward"``).
+        ``"cam"`` or ``"forward"``.
 
     Raises:
-        ValueError: an unknown ``labels_from``; forward labels with a transform that is not a box mix,
-            or with options they cannot honour (another CAM, ``cam_scale``, predicted targets, EMA).
+        ValueError: an unknown ``labels_from``; ``label_blend`` without forward labels; forward labels
+            with a transform that is not a box mix, or with options they cannot honour (another CAM,
+            ``cam_scale``, predicted targets, EMA).
     """
-    source = check_choice("labels_from", labels_from, ("cam", "forward"))
+    source = check_choice("labels_from", labels_from, ("auto", "cam", "forward"))
     check_number("label_blend", label_blend, low=0.0, high=1.0, optional=True)
+    set_options = [name for name, is_set in (("cam", cam != "gradcam"), ("cam_scale", cam_scale != 1.0),
+                                             ("targets", targets != "labels"), ("ema_decay", ema_decay is not None))
+                   if is_set]
+    if source == "auto":
+        label_only = isinstance(transform, SnapMix) and transform.labels == "saliency"
+        source = "forward" if label_only and not set_options else "cam"
     if source == "cam":
         if label_blend is not None:
             raise ValueError("label_blend weighs the forward's evidence; it needs labels_from='forward'")
@@ -152,14 +163,11 @@ def check_forward_label_options(transform: object, labels_from: object, label_bl
             f"labels_from='forward' needs a box mix whose labels only depend on the box (SnapMix, SaliencyMix / CutMix, "
             f"ResizeMix), got {type(transform).__name__}; use labels_from='cam' for it"
         )
-    unused = {"cam": cam != "gradcam", "cam_scale": cam_scale != 1.0, "targets": targets != "labels",
-              "ema_decay": ema_decay is not None}
-    bad = [name for name, set_ in unused.items() if set_]
-    if bad:
+    if set_options:
         raise ValueError(
             f"labels_from='forward' reads the training forward's own activations (GradCAM evidence of both classes, "
-            f"or a ViT's attention), so {', '.join(bad)} cannot apply; leave {'it' if len(bad) == 1 else 'them'} at "
-            "the default"
+            f"or a ViT's attention), so {', '.join(set_options)} cannot apply; leave "
+            f"{'it' if len(set_options) == 1 else 'them'} at the default"
         )
     return source
 
@@ -257,16 +265,20 @@ class SaliencyAugmenter:
             and updated at every call; the model itself is never touched.
         rank: this process's rank for its own random stream; ``None`` asks ``torch.distributed``
             (0 when it is not initialised).
-        labels_from: ``"cam"`` (the default: a CAM forward of each batch feeds the transform) or
-            ``"forward"``: no CAM pass at all. A box mix (SnapMix, SaliencyMix / CutMix, ResizeMix)
-            draws its boxes on flat saliency, and the returned ``(B, K)`` label tensor holds the area
-            labels until **your own training forward** of the returned images (through ``model``)
-            fills it in place from that forward (:mod:`salaug.forward_labels`: GradCAM evidence of
-            both classes at ``target_layer`` for a CNN, the last block's CLS attention for a ViT,
-            i.e. TransMix). Run ``model(images)`` on the returned images, with gradients, before the
-            next call; keep the label tensor you got (``.to(device)`` on another device makes a copy
-            the forward does not fill). ``cam``, ``cam_scale``, ``targets`` and ``ema_decay`` keep
-            their defaults; the model runs exactly one forward per step.
+        labels_from: where the soft labels come from. ``"cam"``: a CAM forward of each batch feeds
+            the transform (boxes and labels). ``"forward"``: no CAM pass at all. A box mix (SnapMix,
+            SaliencyMix / CutMix, ResizeMix) draws its boxes on flat saliency, and the returned
+            ``(B, K)`` label tensor holds the area labels until **your own training forward** of the
+            returned images (through ``model``) fills it in place (:mod:`salaug.forward_labels`:
+            GradCAM evidence of both classes at ``target_layer`` for a CNN, the last block's CLS
+            attention for a ViT, i.e. TransMix). Run ``model(images)`` on the returned images, with
+            gradients, before the next call; keep the label tensor you got (``.to(device)`` on
+            another device makes a copy the forward does not fill). ``cam``, ``cam_scale``,
+            ``targets`` and ``ema_decay`` keep their defaults; the model runs exactly one forward per
+            step. ``"auto"`` (the default): ``"forward"`` for a SnapMix with saliency labels (its
+            boxes are random: the CAM only sets the label) when those options are at their
+            defaults, else ``"cam"``; with ``"auto"`` a call given ``saliency=`` (masks, precomputed
+            maps) takes that saliency's labels, with ``"forward"`` it only places the boxes.
         label_blend: with ``labels_from="forward"``, the weight in ``[0, 1]`` of the model's evidence
             against the area share; ``None``: 1.0 for CNNs, 0.5 for ViTs (TransMix).
 
@@ -301,7 +313,7 @@ class SaliencyAugmenter:
         warmup_steps: int = 0,
         ema_decay: float | None = None,
         rank: int | None = None,
-        labels_from: Literal["cam", "forward"] = "cam",
+        labels_from: Literal["auto", "cam", "forward"] = "auto",
         label_blend: float | None = None,
         p: float | None = None,
     ) -> None:
@@ -316,13 +328,14 @@ class SaliencyAugmenter:
     def _configure(self, transform: SaliencyTransform, cam: str | type[BaseCAM] | BaseCAM,
                    target_layer: str | nn.Module | None, *, batch_p: float, cam_scale: float, targets: str,
                    num_classes: int | None, seed: int | None, warmup_steps: int, ema_decay: float | None,
-                   rank: int | None, labels_from: str = "cam", label_blend: float | None = None) -> None:
+                   rank: int | None, labels_from: str = "auto", label_blend: float | None = None) -> None:
         """Check and store everything but the model (an adapter binds the model later)."""
         check_transform(transform)
         check_augmenter_options(batch_p=batch_p, cam_scale=cam_scale, targets=targets, num_classes=num_classes,
                                 seed=seed, warmup_steps=warmup_steps, ema_decay=ema_decay, rank=rank)
         self.labels_from = check_forward_label_options(transform, labels_from, label_blend, cam=cam,
                                                        cam_scale=cam_scale, targets=targets, ema_decay=ema_decay)
+        self._given_saliency_labels = labels_from == "auto"  # an explicit saliency= keeps its own labels
         self.label_blend = None if label_blend is None else float(label_blend)
         self._forward: ForwardLabels | None = None
         if ema_decay is not None and isinstance(cam, BaseCAM):
@@ -514,12 +527,13 @@ class SaliencyAugmenter:
         if not augment:
             self.last = AugmenterRecord(step, False, warm, images, labels)
             return images, to_soft_labels(labels, images.shape[0], k, images.device)
-        if warm or (saliency is None and self._forward is not None):  # flat: random placement, area labels
+        from_forward = self._forward is not None and not (saliency is not None and self._given_saliency_labels)
+        if warm or (saliency is None and from_forward):  # flat: random placement, area labels
             saliency = torch.ones((images.shape[0], 1, *images.shape[-2:]), device=images.device)
         elif saliency is None:
             saliency = self.compute_saliency(images, labels)
         out, params = self._transform(images, saliency, labels, k, generator)
-        if self._forward is not None and not warm:
+        if from_forward and not warm:
             self._arm_forward_labels(images, labels, out, params)
         self.augmented += 1
         self.last = AugmenterRecord(step, True, warm, images, labels, saliency, out, params)

@@ -228,10 +228,12 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         ema_decay: ``None`` or a decay in ``(0, 1)``: CAMs from an exponential moving average of the
             weights (see :class:`salaug.SaliencyAugmenter`).
         picture_dir: directory for PNG pictures (created when the first one is written).
-        labels_from: ``"cam"`` (a CAM forward of each batch feeds the transform) or ``"forward"``: a box
-            mix (SnapMix, SaliencyMix / CutMix, ResizeMix) draws its boxes without a CAM and its
+        labels_from: ``"cam"`` (a CAM forward of each batch feeds the transform), ``"forward"`` (a box
+            mix — SnapMix, SaliencyMix / CutMix, ResizeMix — draws its boxes without a CAM and its
             labels are filled by ``training_step``'s own forward of the mixed batch, which must call
-            the LightningModule (``self(x)``); see :class:`salaug.SaliencyAugmenter`.
+            the LightningModule, ``self(x)``) or ``"auto"`` (the default: ``"forward"`` for a SnapMix
+            with saliency labels and default CAM options, else ``"cam"``); see
+            :class:`salaug.SaliencyAugmenter`.
         label_blend: with ``labels_from="forward"``, the weight of the model's evidence against the
             area share (``None``: the rule's default).
         p: deprecated name of ``batch_p`` (a ``DeprecationWarning``).
@@ -292,7 +294,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         warmup_steps: int = 0,
         ema_decay: float | None = None,
         picture_dir: str | os.PathLike[str] | None = None,
-        labels_from: Literal["cam", "forward"] = "cam",
+        labels_from: Literal["auto", "cam", "forward"] = "auto",
         label_blend: float | None = None,
         p: float | None = None,
     ) -> None:

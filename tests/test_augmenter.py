@@ -153,7 +153,8 @@ def test_warmup_feeds_flat_saliency_then_cams():
             calls.append(self.steps)
             return super().compute_saliency(images, labels)
 
-    aug = Spy(net(), salaug.SnapMix(num_classes=K), target_layer="features", seed=0, warmup_steps=2)
+    aug = Spy(net(), salaug.SnapMix(num_classes=K), target_layer="features", seed=0, warmup_steps=2,
+              labels_from="cam")
     flat_ref = make(transform=salaug.SnapMix(num_classes=K))
     for i in range(3):
         x, y = batch(seed=i)
@@ -515,7 +516,7 @@ def test_defaults_send_every_batch_to_the_transform_with_its_own_p():
     # Nothing set but the transform's num_classes: every batch reaches the transform, and its own
     # per-sample p decides which images are mixed.
     transform = salaug.SnapMix(num_classes=K)
-    aug = SaliencyAugmenter(net(), transform, seed=0)
+    aug = SaliencyAugmenter(net(), transform, seed=0, labels_from="cam")
     assert aug.batch_p == 1.0
     applied = []
     for i in range(12):

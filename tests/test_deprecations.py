@@ -58,7 +58,8 @@ def _augment(aug: salaug.SaliencyAugmenter, calls: int = 3) -> list[torch.Tensor
 
 def test_augmenter_p_is_batch_p():
     def make(**kw: object) -> salaug.SaliencyAugmenter:
-        return salaug.SaliencyAugmenter(_net(), salaug.SnapMix(num_classes=K, p=1.0), target_layer="0", seed=0, **kw)
+        return salaug.SaliencyAugmenter(_net(), salaug.SnapMix(num_classes=K, p=1.0), target_layer="0", seed=0,
+                                        labels_from="cam", **kw)
 
     old = _warns_at_caller(lambda: make(p=0.5), "batch_p")
     new = make(batch_p=0.5)
@@ -91,7 +92,7 @@ def test_callback_p_is_batch_p():
 def test_augmenter_targets_label_is_labels():
     def make(targets: str) -> salaug.SaliencyAugmenter:
         return salaug.SaliencyAugmenter(_net(), salaug.SnapMix(num_classes=K, p=1.0), target_layer="0", seed=0,
-                                        targets=targets)  # type: ignore[arg-type]
+                                        targets=targets, labels_from="cam")  # type: ignore[arg-type]
 
     old = _warns_at_caller(lambda: make("label"), "targets='labels'")
     assert isinstance(old, salaug.SaliencyAugmenter)

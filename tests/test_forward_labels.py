@@ -310,7 +310,7 @@ def test_augmenter_refuses_a_second_batch_before_the_forward():
 
 @pytest.mark.parametrize("options, match", [
     ({"labels_from": "bogus"}, "labels_from"),
-    ({"label_blend": 0.5}, "label_blend"),
+    ({"labels_from": "cam", "label_blend": 0.5}, "label_blend"),
     ({"labels_from": "forward", "label_blend": 2.0}, "label_blend"),
     ({"labels_from": "forward", "cam_scale": 0.5}, "cam_scale"),
     ({"labels_from": "forward", "ema_decay": 0.9}, "ema_decay"),
@@ -321,6 +321,34 @@ def test_augmenter_forward_options_are_checked(options, match):
     net = DemoNet(num_classes=5, width=8)
     with pytest.raises(ValueError, match=match):
         salaug.SaliencyAugmenter(net, salaug.SnapMix(num_classes=5), **options)
+
+
+def test_auto_is_forward_only_for_snapmix_with_saliency_labels_and_default_cam_options():
+    net = DemoNet(num_classes=5, width=8)
+
+    def source(transform, **options):
+        return salaug.SaliencyAugmenter(net, transform, **options).labels_from
+
+    assert source(salaug.SnapMix(num_classes=5)) == "forward"
+    assert source(salaug.SnapMix(num_classes=5, labels="area")) == "cam"
+    assert source(salaug.SnapMix(num_classes=5), cam_scale=0.5) == "cam"
+    assert source(salaug.SnapMix(num_classes=5), ema_decay=0.9) == "cam"
+    assert source(salaug.SaliencyMix(num_classes=5)) == "cam"  # its box follows the CAM
+    assert source(salaug.ResizeMix(num_classes=5)) == "cam"
+
+
+def test_auto_keeps_the_labels_of_a_given_saliency():
+    net = DemoNet(num_classes=5, width=8)
+    calls = counting(net)
+    aug = salaug.SaliencyAugmenter(net, salaug.SnapMix(num_classes=5, p=1.0), seed=0)
+    x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    masks = torch.zeros(4, 1, 32, 32)
+    masks[..., 8:24, 8:24] = 1
+    _, soft = aug(x, y, saliency=masks)
+    ref = salaug.SnapMix(num_classes=5, p=1.0)(x, masks, y, params=aug.last.params)
+    torch.testing.assert_close(soft, ref.labels)
+    aug(x, y, saliency=masks)  # nothing armed: a second call is fine
+    assert len(calls) == 0
 
 
 def test_augmenter_refuses_forward_labels_for_a_mix_that_is_not_a_box_mix():

@@ -513,7 +513,7 @@ class BaseCAM:
     def record(self) -> Iterator["BaseCAM"]:
         """Capture the target activations of the forward run inside the block (fused mode).
 
-        Deprecated since 0.3.1, removed in 0.5.0 (a ``DeprecationWarning``): the training forward's
+        Deprecated (a ``DeprecationWarning``; removed in 0.5.0): the training forward's
         own CAM evidence is what ``SaliencyAugmenter(..., labels_from="forward")`` reads
         (:mod:`salaug.forward_labels`), the one way to use it.
 
