@@ -422,6 +422,44 @@ def check_targets(name: str, value: object, owner: str) -> str:
     return check_choice(name, value, ("labels", "predicted"))
 
 
+def resolve_index(index: object, length: int, owner: str = "", hint: str = "") -> int:
+    """A sequence index (negative counts from the end) as a position in ``[0, length)``.
+
+    The one index check of the datasets and mask banks: ints, numpy integers and 0-d integer
+    tensors are accepted.
+
+    Args:
+        index: what the caller passed.
+        length: the sequence's length.
+        owner: what is indexed, for the messages (default ``"a dataset of length {length}"``).
+        hint: advice appended to the type error.
+
+    Raises:
+        TypeError: an index that is not an integer (bools and float tensors included).
+        IndexError: an index out of range; the message names the index as given.
+
+    Example:
+        >>> resolve_index(-1, 4)
+        3
+        >>> resolve_index(-5, 4)
+        Traceback (most recent call last):
+        ...
+        IndexError: index -5 out of range for a dataset of length 4 (valid: -4 to 3)
+    """
+    owner = owner or f"a dataset of length {length}"
+    if isinstance(index, numbers.Integral) and not isinstance(index, bool):
+        given = int(index)
+    elif isinstance(index, Tensor) and index.ndim == 0 and not (
+            index.is_floating_point() or index.is_complex() or index.dtype == torch.bool):
+        given = int(index)
+    else:
+        raise TypeError(f"indices of {owner} must be integers, got {index!r} ({type(index).__name__}){hint}")
+    position = given + length if given < 0 else given
+    if not 0 <= position < length:
+        raise IndexError(f"index {given} out of range for {owner} (valid: {-length} to {length - 1})")
+    return position
+
+
 def check_generator(generator: object, name: str = "generator") -> torch.Generator | None:
     """Check an optional ``torch.Generator``.
 

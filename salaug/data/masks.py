@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from salaug._batch import get_field
-from salaug._checks import check_choice, check_key, check_number, check_targets
+from salaug._checks import check_choice, check_key, check_number, check_targets, resolve_index
 from salaug.cam.base import model_device, model_on
 from salaug.data._paths import as_path, check_output_file, new_file_mode
 
@@ -249,14 +249,7 @@ class MaskBank(Sequence):
         return t.nan_to_num_(0.0).clamp_(0.0, 1.0)
 
     def __getitem__(self, index: int) -> Tensor:  # type: ignore[override]
-        if isinstance(index, (bool, np.bool_)) or not (
-                isinstance(index, (int, np.integer))
-                or (isinstance(index, Tensor) and index.ndim == 0 and not index.is_floating_point()
-                    and index.dtype != torch.bool)):
-            raise TypeError(f"MaskBank indices must be integers, got {type(index).__name__}; use .get() for batches")
-        i = int(index)
-        if not -self._n <= i < self._n:
-            raise IndexError(f"mask index {i} out of range for {self._n} masks in {self.path!r}")
+        i = resolve_index(index, self._n, f"the {self._n} masks in {self.path!r}", "; use .get() for batches")
         return self._to_float(self.array[i]).unsqueeze(0)
 
     def get(self, indices: Sequence[int] | Tensor) -> Tensor:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from salaug._checks import check_choice, check_interval, check_number
+from salaug._checks import check_choice, check_interval, check_number, resolve_index
 
 __all__ = ["CLASS_NAMES", "ClutteredObjects", "draw_shapes"]
 
@@ -431,12 +431,7 @@ class ClutteredObjects(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> tuple:
-        if not isinstance(index, int):
-            index = int(index)
-        if index < 0:
-            index += self.length
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
+        index = resolve_index(index, self.length)
         if self._cache is not None:
             c = self._cache
             image = c["image"][index].to(torch.float32) / 255
