@@ -47,11 +47,16 @@ ParamSpec = dict[str, tuple[Literal["bool", "int", "float"], tuple[int | str, ..
 
 
 class ParamsRecord(NamedTuple):
-    """What a :class:`Params` dict was sampled for; a replay on anything else is refused."""
+    """What a :class:`Params` dict was sampled for; a replay on anything else is refused.
+
+    ``options`` are the sampling transform's :attr:`~SaliencyTransform.replay_options` as
+    ``(name, value)`` pairs: the options that change what a replay of the same params does.
+    """
 
     transform: str
     batch_size: int
     size: tuple[int, int]
+    options: tuple[tuple[str, object], ...] = ()
 
 
 class Params(dict[str, Tensor]):
@@ -209,6 +214,9 @@ class SaliencyTransform(nn.Module):
 
     #: parameters a replay must carry: key -> (dtype kind, shape), see :meth:`check_params`
     required_params: ClassVar[ParamSpec] = {"applied": ("bool", ("B",))}
+    #: constructor options that change what a replay of the same params does to the pixels; params
+    #: remember their values and a replay on a transform with other values is refused
+    replay_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_classes: int | None = None, *, p: float = 1.0,
                  generator: torch.Generator | None = None) -> None:
@@ -283,6 +291,7 @@ class SaliencyTransform(nn.Module):
             if tuple(record.size) != (h, w):
                 raise ValueError(f"params were sampled for images of {record.size[0]}x{record.size[1]} but these are "
                                  f"{h}x{w}; replay parameters only on images of the same size (resize first)")
+            self._check_options(record)
         spec = self.param_spec()
         missing = [k for k in spec if k not in params]
         if missing:
@@ -303,6 +312,19 @@ class SaliencyTransform(nn.Module):
         dev = images.device
         return Params({k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in params.items()},
                       sampled_for=record if isinstance(record, ParamsRecord) else None)
+
+    def _options(self) -> tuple[tuple[str, object], ...]:
+        return tuple((name, getattr(self, name)) for name in self.replay_options)
+
+    def _check_options(self, record: ParamsRecord) -> None:
+        """Refuse params sampled under other :attr:`replay_options` (an older record has none)."""
+        mine = dict(self._options())
+        for name, value in record.options:
+            if name in mine and mine[name] != value:
+                what = type(self).__name__
+                raise ValueError(f"params were sampled by {what}({name}={value!r}) but this {what} has "
+                                 f"{name}={mine[name]!r}, which changes the output; replay them on a {what} with "
+                                 f"{name}={value!r}")
 
     # -- the call -------------------------------------------------------------------------------
     @overload
@@ -349,7 +371,7 @@ class SaliencyTransform(nn.Module):
             finally:
                 _CALL.reset(token)
             b, _, h, w = images.shape
-            params = Params(raw, sampled_for=ParamsRecord(_qualname(type(self)), b, (h, w)))
+            params = Params(raw, sampled_for=ParamsRecord(_qualname(type(self)), b, (h, w), self._options()))
             used = params
         else:
             used = self.check_params(params, images)

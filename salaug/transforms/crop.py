@@ -74,6 +74,7 @@ class SalientCrop(SaliencyTransform):
     """
 
     required_params: ClassVar[ParamSpec] = {"applied": ("bool", ("B",)), "boxes": ("int", ("B", 4))}
+    replay_options = ("size",)
 
     def __init__(self, num_classes: int | None = None, *, size: int | tuple[int, int] | None = None,
                  keep: float = 0.8, scale: tuple[float, float] = (0.08, 1.0),

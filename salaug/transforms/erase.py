@@ -68,6 +68,8 @@ class KeepCutout(SaliencyTransform):
         (True, True)
     """
 
+    replay_options = ("value",)
+
     def __init__(self, num_classes: int | None = None, *, scale: tuple[float, float] = (0.02, 0.25),
                  ratio: tuple[float, float] = (0.3, 3.3), threshold: float = 0.1, value: float | str = 0.0,
                  num_candidates: int = 16, p: float = 1.0, generator: torch.Generator | None = None) -> None:

@@ -180,6 +180,7 @@ class AttentiveCutMix(MixTransform):
 
     required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "cells": ("bool", ("B", "G"))}
     clamp_saliency = False  # pixels are copied, never resampled
+    replay_options = ("grid",)  # grids of as many cells (2x8, 4x4) cut the image differently
 
     def __init__(self, num_classes: int | None = None, *, grid: int | tuple[int, int] = (7, 7), k: int = 6,
                  labels: Literal["area", "saliency"] = "area", p: float = 0.5,

@@ -156,6 +156,7 @@ class SalientPaste(MixTransform):
     required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "src_boxes": ("int", ("B", 4)),
                                             "dst_boxes": ("int", ("B", 4))}
     clamp_saliency = False  # the resampled saliency is clamped where it is resampled
+    replay_options = ("background", "interpolation", "fill")
 
     def __init__(self, num_classes: int | None = None, *, scale: tuple[float, float] = (0.1, 0.4),
                  zoom: tuple[float, float] = (0.75, 1.33), background: str = "image",

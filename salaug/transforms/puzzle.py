@@ -475,6 +475,7 @@ class PuzzleMix(MixTransform):
 
     required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "blocks": ("bool", ("B", "L", "L"))}
     clamp_saliency = False  # pixels are copied, never resampled
+    replay_options = ("transport",)
 
     def __init__(self, num_classes: int | None = None, *, grid: int | Sequence[int] = (2, 4, 8), alpha: float = 1.0,
                  beta: float = 1.2, gamma: float = 0.5, eta: float = 0.2, transport: bool = False,
