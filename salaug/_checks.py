@@ -47,15 +47,15 @@ def value_checks_on(tensor: Tensor) -> bool:
     return tensor.device.type == "cpu"
 
 
-def check_images(images: object, name: str = "images", *, finite: bool = False) -> Tensor:
+def check_images(images: object, name: str = "images", *, finite: bool = False, masks: bool = False) -> Tensor:
     """Check that ``images`` is a floating-point ``(B, C, H, W)`` tensor and return it.
 
     With ``finite=True`` and value checks on (see :func:`set_value_checks`) the values must also be
     finite (the transforms ask for it: a NaN image would be pasted into its partner and poison two
-    samples).
+    samples). ``masks=True`` also accepts bool and integer tensors (masks, label maps).
 
     Raises:
-        TypeError: if it is not a tensor or not floating point.
+        TypeError: if it is not a tensor, or not floating point (nor bool / integer with ``masks``).
         ValueError: if it is not 4-D, the batch is empty, or (value checks) it holds NaN / inf.
     """
     if not isinstance(images, Tensor):
@@ -63,17 +63,18 @@ def check_images(images: object, name: str = "images", *, finite: bool = False) 
     if images.ndim != 4:
         hint = " (add a batch dimension with images.unsqueeze(0))" if images.ndim == 3 else ""
         raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(images.shape)}{hint}")
-    if not images.is_floating_point():
+    if not images.is_floating_point() and (images.is_complex() or not masks):
         raise TypeError(
-            f"{name} must be a floating-point tensor, got {images.dtype}; convert with "
-            f"images.float() / 255 (or torchvision.transforms.v2.ToDtype(torch.float32, scale=True))"
+            f"{name} must be a floating-point tensor{' (or bool / integer masks)' if masks else ''}, got "
+            f"{images.dtype}; convert with images.float() / 255 (or "
+            "torchvision.transforms.v2.ToDtype(torch.float32, scale=True))"
         )
     if images.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch: shape {tuple(images.shape)}; skip empty batches before "
                          "transforming them")
     if images.shape[-2] == 0 or images.shape[-1] == 0:
         raise ValueError(f"{name} have no pixels: shape {tuple(images.shape)}")
-    if finite and value_checks_on(images) and not _finite(images):
+    if finite and images.is_floating_point() and value_checks_on(images) and not _finite(images):
         bad = (~torch.isfinite(images)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"{name} contain NaN or inf values (samples {bad[:8]}{'...' if len(bad) > 8 else ''}); "
                          "fix the data pipeline (e.g. a division by a zero std) or drop these samples")

@@ -223,6 +223,33 @@ def warp(x: Tensor, grid: Tensor) -> Tensor:
     return F.grid_sample(work, grid.to(work.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def nearest_index(uy: Tensor, ux: Tensor, size: tuple[int, int]) -> Tensor:
+    """Flat indices ``(B, 1, Hm * Wm)`` of the pixels nearest to the separable pixel coordinates
+    ``uy (B, Hm)`` x ``ux (B, Wm)`` of an ``(H, W)`` image (``grid_sample``'s nearest: half to even,
+    clamped into the image)."""
+    h, w = size
+    rows = uy.round().long().clamp(0, h - 1)
+    cols = ux.round().long().clamp(0, w - 1)
+    return flat_index(rows, cols, w)
+
+
+def resample(x: Tensor, uy: Tensor, ux: Tensor, mode: str = "bilinear") -> Tensor:
+    """``x (B, C, H, W)`` sampled at separable pixel coordinates ``uy (B, Hm)`` x ``ux (B, Wm)``.
+
+    ``"bilinear"``: :func:`warp` on :func:`separable_grid` (float results; low precision in
+    float32). ``"nearest"``: one gather of the nearest pixels, in ``x``'s dtype (masks, label maps:
+    every value is one of ``x``'s).
+
+    Returns:
+        ``(B, C, Hm, Wm)``.
+    """
+    size = (x.shape[-2], x.shape[-1])
+    if mode == "nearest":
+        b, c = x.shape[:2]
+        return gather(x.contiguous(), nearest_index(uy, ux, size)).view(b, c, uy.shape[1], ux.shape[1])
+    return warp(x, separable_grid(uy, ux, size, torch.float32))
+
+
 class PastePlan(NamedTuple):
     """Where each pasted pixel comes from and goes, shared by the images and the saliency."""
 
@@ -281,8 +308,7 @@ def paste_resampled(x: Tensor, plan: PastePlan, canvas: Tensor | None = None, cl
     """
     b, c = x.shape[:2]
     if plan.grid is None:
-        w = x.shape[-1]
-        values = gather(x, flat_index(plan.uy.round().long(), plan.ux.round().long(), w))
+        values = gather(x, nearest_index(plan.uy, plan.ux, (x.shape[-2], x.shape[-1])))
     else:
         values = warp(x, plan.grid).reshape(b, c, -1)
     # back to the targets' order, at patch size (indexing: index_select over dim 0 is many times

@@ -10,7 +10,7 @@ from torch import Tensor
 from salaug._checks import check_interval, check_number, check_size
 from salaug.boxes import box_mass, row_prefix
 from salaug.transforms._ops import (
-    by_chunks, first_true, needs_graph, pick, rrc_boxes, separable_grid, serial_step, warp,
+    by_chunks, first_true, needs_graph, pick, resample, rrc_boxes, separable_grid, serial_step, warp,
 )
 from salaug.transforms.base import ParamSpec, Params, SalientBatch, SaliencyTransform
 
@@ -28,7 +28,8 @@ class SalientCrop(SaliencyTransform):
     ``>= keep`` of the mass. Images and saliency are cropped and resized together, bilinearly, with
     the box's corner pixels on the output's corner pixels (the result of kornia's
     ``crop_and_resize(..., align_corners=True)``, computed as one ``grid_sample`` on a separable
-    grid). Labels are unchanged (returned as soft labels).
+    grid; by nearest neighbour in a replay on masks, see :meth:`SaliencyTransform.forward
+    <salaug.transforms.SaliencyTransform.forward>`). Labels are unchanged (returned as soft labels).
 
     Samples not transformed (probability ``1 - p``) are the whole image resized to ``size``; when
     ``size`` is the input size they are returned bit-for-bit unchanged.
@@ -109,10 +110,15 @@ class SalientCrop(SaliencyTransform):
         boxes = params["boxes"]
         size = self.size or (h, w)
         images, saliency = images.contiguous(), saliency.contiguous()  # one layout, whatever the caller's
-        grid = crop_grid(boxes, size, (h, w))  # one grid for both
-        out = warp(images, grid).to(images.dtype)
-        sal = warp(saliency, grid)
-        sal = sal.clamp(0, 1) if needs_graph(sal) else sal.clamp_(0, 1)
+        if self.active_interpolation == "nearest":
+            x1, y1, x2, y2 = boxes.unbind(1)
+            uy, ux = _corner_axis(y1, y2, size[0]), _corner_axis(x1, x2, size[1])
+            out, sal = resample(images, uy, ux, "nearest"), resample(saliency, uy, ux, "nearest")
+        else:
+            grid = crop_grid(boxes, size, (h, w))  # one grid for both
+            out = warp(images, grid).to(images.dtype)
+            sal = warp(saliency, grid)
+            sal = sal.clamp(0, 1) if needs_graph(sal) else sal.clamp_(0, 1)
         if size == (h, w):  # full-image boxes (not applied, or the fallback) stay bit-exact
             full = torch.tensor([0, 0, w, h], device=boxes.device)
             keep = (boxes == full).all(1)[:, None, None, None]

@@ -29,7 +29,8 @@ class KeepCutout(SaliencyTransform):
     candidate is below the threshold, nothing is erased for that sample (its box in the params is
     empty), so an erased box never holds ``threshold`` or more of the mass. Erased pixels get
     ``value`` (a float, or ``"random"``: standard-normal noise, suited to normalised images); erased
-    saliency is set to 0. Labels are unchanged.
+    saliency is set to 0, and so are erased pixels in a replay on masks (``interpolation="nearest"``).
+    Labels are unchanged.
 
     Args:
         num_classes: number of classes K, needed for ``(B,)`` integer labels.
@@ -84,8 +85,8 @@ class KeepCutout(SaliencyTransform):
 
     def param_spec(self) -> ParamSpec:
         spec: ParamSpec = {"applied": ("bool", ("B",)), "boxes": ("int", ("B", 4))}
-        if self.value == "random":
-            spec["noise"] = ("float", ("B", "C", "*", "*"))
+        if self.value == "random":  # a replay on masks uses no noise, so any channel count replays
+            spec["noise"] = ("float", ("B", "*" if self.active_interpolation == "nearest" else "C", "*", "*"))
         return spec
 
     def _patch_size(self, h: int, w: int) -> tuple[int, int]:
@@ -114,8 +115,9 @@ class KeepCutout(SaliencyTransform):
         boxes = params["boxes"]
         mask = box_mask(boxes, (h, w))
         sal = torch.where(mask, torch.zeros((), dtype=saliency.dtype, device=saliency.device), saliency)
-        if self.value != "random":
-            fill = torch.full((), self.value, dtype=images.dtype, device=images.device)
+        nearest = self.active_interpolation == "nearest"  # masks: erased pixels are 0, as the saliency
+        if self.value != "random" or nearest:
+            fill = torch.full((), 0 if nearest else self.value, dtype=images.dtype, device=images.device)
             return SalientBatch(torch.where(mask, fill, images), sal, labels)
         noise = params["noise"].to(dtype=images.dtype)
         hm, wm = noise.shape[-2:]

@@ -45,7 +45,7 @@ from salaug._filters import gaussian_blur
 from salaug.boxes import box_area, box_around, box_mask, box_mass, box_size, cell_mass, cells_mask, grid_cells, \
     peak, row_prefix, top_k_cells
 from salaug.transforms._ops import axis_pixels, batch_step, image_aspect_boxes, masked, needs_graph, partner_box_mass, \
-    paste, separable_grid, warp
+    paste, resample, separable_grid, warp
 from salaug.transforms.base import MixTransform, ParamSpec, Params, sample_beta, sample_uniform
 
 __all__ = ["AttentiveCutMix", "GuidedMixup", "ResizeMix", "SaliencyMix", "SnapMix", "greedy_pairing"]
@@ -229,9 +229,10 @@ class _SnapPlan(NamedTuple):
     uy: Tensor
     ux: Tensor
     grid: Tensor | None = None
+    nearest: bool = False
 
 
-def _snap_plan(src: Tensor, dst: Tensor, applied: Tensor, size: tuple[int, int]) -> _SnapPlan:
+def _snap_plan(src: Tensor, dst: Tensor, applied: Tensor, size: tuple[int, int], mode: str = "bilinear") -> _SnapPlan:
     """Where SnapMix pastes (``dst`` boxes of the applied samples) and samples (in the ``src`` boxes).
 
     Each ``dst`` box pixel maps to its ``src`` box coordinates as ``F.interpolate(...,
@@ -248,8 +249,9 @@ def _snap_plan(src: Tensor, dst: Tensor, applied: Tensor, size: tuple[int, int])
     uy = axis_pixels(y1, y2, src[:, 1], src[:, 3], ys - y1[:, None])
     ux = axis_pixels(x1, x2, src[:, 0], src[:, 2], xs - x1[:, None])
     chunked = dev.type == "cpu" and torch.get_num_threads() == 1  # see batch_step
-    grid = None if chunked else separable_grid(uy, ux, size, torch.float32)  # shared by images and saliency
-    return _SnapPlan(in_y[:, None, :, None] & in_x[:, None, None, :], uy, ux, grid)
+    nearest = mode == "nearest"
+    grid = None if chunked or nearest else separable_grid(uy, ux, size, torch.float32)  # images and saliency
+    return _SnapPlan(in_y[:, None, :, None] & in_x[:, None, None, :], uy, ux, grid, nearest)
 
 
 def _snap_paste(x: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool) -> Tensor:
@@ -270,7 +272,8 @@ def _snap_paste(x: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool) -> Tensor
     for i in range(0, b, step):
         sl = slice(i, i + step)
         _snap_chunk(x, x[sl], perm[sl], _SnapPlan(plan.mask[sl], plan.uy[sl], plan.ux[sl],
-                                                  None if plan.grid is None else plan.grid[sl]), clamp, out[sl])
+                                                  None if plan.grid is None else plan.grid[sl], plan.nearest),
+                    clamp, out[sl])
     return out
 
 
@@ -278,8 +281,11 @@ def _snap_chunk(x: Tensor, target: Tensor, perm: Tensor, plan: _SnapPlan, clamp:
                 out: Tensor | None) -> Tensor:
     """One chunk of :func:`_snap_paste`: ``target (N, C, H, W)`` pasted with its partners ``x[perm]``
     resized, written into ``out`` (a slice of the result) or, without ``out``, into the resize."""
-    grid = plan.grid if plan.grid is not None else separable_grid(plan.uy, plan.ux, x.shape[-2:], torch.float32)
-    warped = warp(x[perm], grid)
+    if plan.nearest:
+        warped = resample(x[perm], plan.uy, plan.ux, "nearest")
+    else:
+        grid = plan.grid if plan.grid is not None else separable_grid(plan.uy, plan.ux, x.shape[-2:], torch.float32)
+        warped = warp(x[perm], grid)
     if clamp:
         warped = warped.clamp(0, 1) if needs_graph(warped) else warped.clamp_(0, 1)
     warped = warped.to(x.dtype)
@@ -297,7 +303,7 @@ class _ResizedBoxMix(MixTransform):
     clamp_saliency = False  # the resampled saliency is clamped before the paste
 
     def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan:
-        return _snap_plan(params["src_boxes"], params["dst_boxes"], params["applied"], size)
+        return _snap_plan(params["src_boxes"], params["dst_boxes"], params["applied"], size, self.active_interpolation)
 
     def mix_pixels(self, x: Tensor, params: Params, plan: _SnapPlan, *, is_saliency: bool = False) -> Tensor:
         return _snap_paste(x.contiguous(), params["perm"], plan, clamp=is_saliency)
@@ -563,7 +569,8 @@ class GuidedMixup(MixTransform):
 
     (``eps`` is tiny: where both maps are zero the mix is 0.5) and the output is
     ``w_a * x_a + (1 - w_a) * x_b``. The output saliency is mixed with the same weights (so it
-    stays in ``[0, 1]``).
+    stays in ``[0, 1]``). With ``interpolation="nearest"`` (a replay on masks) nothing is blended:
+    each pixel shows the image whose weight is larger (the sample's own where ``w_a >= 0.5``).
 
     Partners: ``pairing="greedy"`` pairs samples whose salient regions overlap little, as the
     paper's greedy pairing: the cosine similarity of the smoothed maps (pooled to at most 16x16)
@@ -653,8 +660,11 @@ class GuidedMixup(MixTransform):
         return {"applied": applied, "perm": perm, "own_weight": own}
 
     def mix_pixels(self, x: Tensor, params: Params, plan: Any, *, is_saliency: bool = False) -> Tensor:
+        own = params["own_weight"]
+        if self.active_interpolation == "nearest":  # no blending: each pixel from the image of larger weight
+            return torch.where(own >= 0.5, x, x[params["perm"]])
         # lerp(end=own, weight=w) is exact where w == 1, so samples not applied stay bit-identical.
-        return torch.lerp(x[params["perm"]], x, params["own_weight"].to(x.dtype))
+        return torch.lerp(x[params["perm"]], x, own.to(x.dtype))
 
     def partner_share(self, saliency: Tensor, params: Params) -> Tensor:
         return (1 - params["own_weight"].to(torch.float32)).mean((1, 2, 3))

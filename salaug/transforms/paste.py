@@ -13,9 +13,9 @@ from torch import Tensor
 from salaug._checks import check_choice, check_interval, check_number
 from salaug.boxes import box_area, box_around, box_mass, box_size, least_salient_box, peak, row_prefix
 from salaug.transforms._ops import (
-    PastePlan, by_chunks, needs_graph, partner_box_mass, paste_plan, paste_resampled, separable_grid, serial_step, warp,
+    PastePlan, by_chunks, needs_graph, partner_box_mass, paste_plan, paste_resampled, resample, serial_step,
 )
-from salaug.transforms.base import MixTransform, ParamSpec, Params, sample_uniform
+from salaug.transforms.base import Interpolation, MixTransform, ParamSpec, Params, sample_uniform
 
 __all__ = ["SalientPaste"]
 
@@ -161,7 +161,7 @@ class SalientPaste(MixTransform):
     def __init__(self, num_classes: int | None = None, *, scale: tuple[float, float] = (0.1, 0.4),
                  zoom: tuple[float, float] = (0.75, 1.33), background: str = "image",
                  labels: Literal["area", "saliency"] = "area", source: str = "peak",
-                 interpolation: str = "bilinear", fill: float = 0.0, p: float = 0.5,
+                 interpolation: Interpolation = "bilinear", fill: float = 0.0, p: float = 0.5,
                  generator: torch.Generator | None = None, label_rule: str | None = None) -> None:
         if label_rule is not None:
             warnings.warn("SalientPaste(label_rule=...) is deprecated: use labels='area' or labels='saliency'",
@@ -172,7 +172,7 @@ class SalientPaste(MixTransform):
         self.zoom = check_interval("zoom", zoom, low=0.0, low_open=True)
         self.background = check_choice("background", background, _BACKGROUNDS)
         self.source = check_choice("source", source, ("peak", "mass"))
-        self.interpolation = check_choice("interpolation", interpolation, ("bilinear", "nearest"))
+        self.interpolation: Interpolation = check_choice("interpolation", interpolation, ("bilinear", "nearest"))
         self.fill = check_number("fill", fill)
 
     def param_spec(self) -> ParamSpec:
@@ -209,6 +209,11 @@ class SalientPaste(MixTransform):
         params["dst_boxes"] = dst.masked_fill(~applied[:, None], 0)
         return params
 
+    @property
+    def default_interpolation(self) -> Interpolation:
+        """This transform's ``interpolation`` (a call's ``interpolation`` overrides it)."""
+        return self.interpolation
+
     @staticmethod
     def _canvas_layout(area: Tensor, u_side: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Strip (partner) and shrunk-target boxes of a padded canvas, ``(B, 4)`` each."""
@@ -240,13 +245,14 @@ class SalientPaste(MixTransform):
 
     def pixel_plan(self, params: Params, size: tuple[int, int]) -> PastePlan:
         return paste_plan(params["src_boxes"], params["dst_boxes"], params["perm"], self._patch_size(*size), size,
-                          self.interpolation)
+                          self.active_interpolation)
 
     def mix_pixels(self, x: Tensor, params: Params, plan: PastePlan, *, is_saliency: bool = False) -> Tensor:
         x = x.contiguous()  # a no-op for the usual layout
         if self.background == "image":
             return paste_resampled(x, plan, clamp=is_saliency)
-        canvas = self._canvas(x, params["target_boxes"], 0.0 if is_saliency else self.fill)
+        nearest = self.active_interpolation == "nearest"  # masks: the padding is 0, as in the saliency
+        canvas = self._canvas(x, params["target_boxes"], 0.0 if is_saliency or nearest else self.fill)
         if is_saliency:
             canvas = canvas.clamp(0, 1) if needs_graph(canvas) else canvas.clamp_(0, 1)
         canvas = paste_resampled(x, plan, canvas, clamp=is_saliency)
@@ -268,12 +274,13 @@ class SalientPaste(MixTransform):
             ux, uy = _reflect(ux, w), _reflect(uy, h)
         else:
             ux, uy = ux.clamp(0, w - 1), uy.clamp(0, h - 1)
-        out = warp(x, separable_grid(uy, ux, (h, w), torch.float32)).to(x.dtype)
+        out = resample(x, uy, ux, self.active_interpolation).to(x.dtype)
         if self.background == "constant":
             inside = ((xs >= target[:, :1]) & (xs < target[:, 2:3]))[:, None, :] & \
                      ((ys >= target[:, 1:2]) & (ys < target[:, 3:4]))[:, :, None]
             outside = ~inside[:, None]
-            out = out.masked_fill(outside, fill) if needs_graph(out) else out.masked_fill_(outside, fill)
+            value = torch.full((), fill, dtype=out.dtype, device=out.device)  # also for bool / integer masks
+            out = out.masked_fill(outside, value) if needs_graph(out) else out.masked_fill_(outside, value)
         return out
 
     def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
