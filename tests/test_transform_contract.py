@@ -11,12 +11,19 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from salaug.transforms.base import SalientBatch
 from salaug.transforms.crop import SalientCrop
 from salaug.transforms.erase import KeepCutout
-from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, ResizeMix, SaliencyMix, SnapMix
+from salaug.transforms.mix import (
+    AttentiveCutMix,
+    GuidedMixup,
+    ResizeMix,
+    SaliencyMix,
+    SnapMix,
+)
 from salaug.transforms.paste import SalientPaste
 from salaug.transforms.puzzle import PuzzleMix
 
@@ -409,7 +416,7 @@ def test_contract_holds_for_any_shape_p_and_seed(name, b, h, w, p, seed, soft):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", NAMES)
 def test_cuda_no_host_sync(name):
-    from salaug._checks import set_value_checks
+    from salaug import set_value_checks
 
     x, s, y = (v.cuda() for v in batch(b=16, size=(32, 32)))
     t = FACTORIES[name](num_classes=K, generator=torch.Generator(device="cuda").manual_seed(0))

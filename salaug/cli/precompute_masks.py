@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from salaug._checks import check_targets
 from salaug.cli._types import (
     HelpFormatter,
     LoadedWeights,
@@ -28,7 +29,6 @@ from salaug.cli._types import (
     torch_device,
     weights_file,
 )
-from salaug._checks import check_targets
 from salaug.data.masks import MaskBank, precompute_masks
 
 __all__ = ["build_parser", "main"]
@@ -141,6 +141,9 @@ class _Normalized(nn.Module):
         self.model = model
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    mean: Tensor
+    std: Tensor
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model((x - self.mean) / self.std)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from salaug._checks import check_choice, check_interval, check_number, resolve_index
+from salaug._checks import check_choice, check_int, check_interval, resolve_index
 
 __all__ = ["TEXTURE_NAMES", "TexturedBlobs"]
 
@@ -142,11 +142,10 @@ class TexturedBlobs(Dataset):
                  background: Literal["default", "shifted"] = "default",
                  object_scale: tuple[float, float] = (0.16, 0.26)) -> None:
         self.split = check_choice("split", split, tuple(_SPLITS))
-        self.size = int(check_number("size", size, integer=True, low=16))  # type: ignore[arg-type]
-        self.length = int(check_number("length", length, integer=True, low=0))  # type: ignore[arg-type]
-        self.num_classes = int(check_number("num_classes", num_classes, integer=True, low=2,  # type: ignore[arg-type]
-                                            high=len(TEXTURE_NAMES)))
-        self.seed = int(check_number("seed", seed, integer=True, low=0))  # type: ignore[arg-type]
+        self.size = check_int("size", size, low=16)
+        self.length = check_int("length", length, low=0)
+        self.num_classes = check_int("num_classes", num_classes, low=2, high=len(TEXTURE_NAMES))
+        self.seed = check_int("seed", seed, low=0)
         self.return_mask = bool(return_mask)
         self.background = check_choice("background", background, ("default", "shifted"))
         self.object_scale = check_interval("object_scale", object_scale, low=0.0, high=_MAX_SCALE, low_open=True)

@@ -11,7 +11,8 @@ graph, so every transform passes gradients to its inputs.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F

@@ -24,21 +24,28 @@ from typing import Any, ClassVar, Literal, NamedTuple, overload
 import torch
 from torch import Tensor, nn
 
-from salaug._checks import check_choice, check_generator, check_images, check_number, check_saliency, to_soft_labels
-from salaug.transforms.labels import mix_soft_labels
+from salaug._checks import (
+    check_choice,
+    check_float,
+    check_generator,
+    check_images,
+    check_int,
+    check_saliency,
+)
+from salaug.transforms.labels import mix_soft_labels, to_soft_labels
 
 __all__ = [
+    "Interpolation",
     "MixTransform",
-    "check_transform",
     "Params",
     "ParamsRecord",
-    "SalientBatch",
     "SaliencyTransform",
+    "SalientBatch",
+    "is_flat",
+    "saliency_share",
     "sample_beta",
     "sample_perm",
     "sample_uniform",
-    "is_flat",
-    "saliency_share",
 ]
 
 # key -> (dtype kind, shape); a shape entry is an int, a dimension name resolved by
@@ -230,8 +237,8 @@ class SaliencyTransform(nn.Module):
     def __init__(self, num_classes: int | None = None, *, p: float = 1.0,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.num_classes = check_number("num_classes", num_classes, integer=True, low=1, optional=True)
-        self.p = check_number("p", p, low=0.0, high=1.0)
+        self.num_classes = check_int("num_classes", num_classes, low=1, optional=True)
+        self.p = check_float("p", p, low=0.0, high=1.0)
         self.generator = check_generator(generator)
 
     # -- to implement ---------------------------------------------------------------------------
@@ -421,7 +428,7 @@ class SaliencyTransform(nn.Module):
         images = check_images(images, finite=True, masks=replay)
         mode = self._interpolation(images, interpolation)
         saliency = check_saliency(saliency, images)
-        k = self.num_classes if num_classes is None else check_number("num_classes", num_classes, integer=True, low=1)
+        k = self.num_classes if num_classes is None else check_int("num_classes", num_classes, low=1)
         soft = to_soft_labels(labels, images.shape[0], k, images.device)
         call = _RESAMPLING.set((self, mode))
         try:
@@ -566,7 +573,7 @@ class MixTransform(SaliencyTransform):
         With ``labels="saliency"``, a pair where either map is flat (no saliency information, e.g.
         all zero) gets the area share, so flat saliency gives exactly the area labels.
         """
-        area = self.area_share(params, saliency.shape[-2:])
+        area = self.area_share(params, (saliency.shape[-2], saliency.shape[-1]))
         if getattr(self, "labels", "area") == "area":
             return area
         kept, pasted = self.saliency_masses(saliency, params)
@@ -574,7 +581,7 @@ class MixTransform(SaliencyTransform):
         return torch.where(flat | flat[params["perm"]], area, self.mass_share(kept, pasted, area))
 
     def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
-        plan = self.pixel_plan(params, images.shape[-2:])
+        plan = self.pixel_plan(params, (images.shape[-2], images.shape[-1]))
         out = self.mix_pixels(images, params, plan)
         sal = self.mix_pixels(saliency, params, plan, is_saliency=True)
         if self.clamp_saliency:

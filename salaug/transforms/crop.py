@@ -7,12 +7,20 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from salaug._checks import check_interval, check_number, check_size
+from salaug._checks import check_float, check_int, check_interval, check_size
 from salaug.boxes import box_mass, row_prefix
 from salaug.transforms._ops import (
-    by_chunks, first_true, needs_graph, pick, resample, rrc_boxes, separable_grid, serial_step, warp,
+    by_chunks,
+    first_true,
+    needs_graph,
+    pick,
+    resample,
+    rrc_boxes,
+    separable_grid,
+    serial_step,
+    warp,
 )
-from salaug.transforms.base import ParamSpec, Params, SalientBatch, SaliencyTransform
+from salaug.transforms.base import Params, ParamSpec, SaliencyTransform, SalientBatch
 
 __all__ = ["SalientCrop"]
 
@@ -83,10 +91,10 @@ class SalientCrop(SaliencyTransform):
                  generator: torch.Generator | None = None) -> None:
         super().__init__(num_classes, p=p, generator=generator)
         self.size = check_size("size", size, optional=True)
-        self.keep = check_number("keep", keep, low=0.0, high=1.0)
+        self.keep = check_float("keep", keep, low=0.0, high=1.0)
         self.scale = check_interval("scale", scale, low=0.0, high=1.0, low_open=True)
         self.ratio = check_interval("ratio", ratio, low=0.0, low_open=True)
-        self.num_candidates = check_number("num_candidates", num_candidates, integer=True, low=1)
+        self.num_candidates = check_int("num_candidates", num_candidates, low=1)
 
     def generate_parameters(self, images: Tensor, saliency: Tensor) -> dict[str, Tensor]:
         b, _, h, w = images.shape
@@ -106,7 +114,7 @@ class SalientCrop(SaliencyTransform):
         return {"applied": applied, "boxes": boxes, "mass": kept}
 
     def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
-        b, _, h, w = images.shape
+        h, w = images.shape[-2:]
         boxes = params["boxes"]
         size = self.size or (h, w)
         images, saliency = images.contiguous(), saliency.contiguous()  # one layout, whatever the caller's

@@ -7,17 +7,26 @@ import math
 import torch
 from torch import Tensor
 
-from salaug._checks import check_interval, check_number
+from salaug._checks import check_float, check_int, check_interval
 from salaug.boxes import box_mask, box_mass
-from salaug.transforms._ops import first_true, flat_index, gather, patch_index, pick, restore_first, rrc_boxes, scatter
-from salaug.transforms.base import ParamSpec, Params, SalientBatch, SaliencyTransform
+from salaug.transforms._ops import (
+    first_true,
+    flat_index,
+    gather,
+    patch_index,
+    pick,
+    restore_first,
+    rrc_boxes,
+    scatter,
+)
+from salaug.transforms.base import Params, ParamSpec, SaliencyTransform, SalientBatch
 
 __all__ = ["KeepCutout"]
 
 
 def _max_side(scale_max: float, ratio: float, h: int, w: int, side: int) -> int:
     """Largest side a sampled candidate can have (see ``_ops.rrc_boxes``), with a rounding margin."""
-    return min(side, int(math.ceil(math.sqrt(scale_max * h * w * ratio) * (1 + 1e-6))) + 1)
+    return min(side, math.ceil(math.sqrt(scale_max * h * w * ratio) * (1 + 1e-6)) + 1)
 
 
 class KeepCutout(SaliencyTransform):
@@ -77,11 +86,11 @@ class KeepCutout(SaliencyTransform):
         super().__init__(num_classes, p=p, generator=generator)
         self.scale = check_interval("scale", scale, low=0.0, high=1.0, low_open=True)
         self.ratio = check_interval("ratio", ratio, low=0.0, low_open=True)
-        self.threshold = check_number("threshold", threshold, low=0.0, high=1.0)
+        self.threshold = check_float("threshold", threshold, low=0.0, high=1.0)
         if isinstance(value, str) and value != "random":
             raise ValueError(f"value must be a number or 'random', got {value!r}")
-        self.value = value if isinstance(value, str) else check_number("value", value)
-        self.num_candidates = check_number("num_candidates", num_candidates, integer=True, low=1)
+        self.value = value if isinstance(value, str) else check_float("value", value)
+        self.num_candidates = check_int("num_candidates", num_candidates, low=1)
 
     def param_spec(self) -> ParamSpec:
         spec: ParamSpec = {"applied": ("bool", ("B",)), "boxes": ("int", ("B", 4))}
@@ -111,13 +120,14 @@ class KeepCutout(SaliencyTransform):
         return params
 
     def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
-        b, c, h, w = images.shape
+        h, w = images.shape[-2:]
         boxes = params["boxes"]
         mask = box_mask(boxes, (h, w))
         sal = torch.where(mask, torch.zeros((), dtype=saliency.dtype, device=saliency.device), saliency)
         nearest = self.active_interpolation == "nearest"  # masks: erased pixels are 0, as the saliency
-        if self.value != "random" or nearest:
-            fill = torch.full((), 0 if nearest else self.value, dtype=images.dtype, device=images.device)
+        if isinstance(self.value, float) or nearest:
+            fill = torch.full((), self.value if isinstance(self.value, float) and not nearest else 0,
+                              dtype=images.dtype, device=images.device)
             return SalientBatch(torch.where(mask, fill, images), sal, labels)
         noise = params["noise"].to(dtype=images.dtype)
         hm, wm = noise.shape[-2:]

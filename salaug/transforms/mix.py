@@ -40,19 +40,53 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import check_choice, check_flag, check_interval, check_number, check_size
+from salaug._checks import (
+    check_choice,
+    check_flag,
+    check_float,
+    check_int,
+    check_interval,
+    check_size,
+)
 from salaug._filters import gaussian_blur
-from salaug.boxes import box_area, box_around, box_mask, box_mass, box_size, cell_mass, cells_mask, grid_cells, \
-    peak, row_prefix, top_k_cells
-from salaug.transforms._ops import axis_pixels, batch_step, image_aspect_boxes, masked, needs_graph, partner_box_mass, \
-    paste, resample, separable_grid, warp
-from salaug.transforms.base import MixTransform, ParamSpec, Params, sample_beta, sample_uniform
+from salaug.boxes import (
+    box_area,
+    box_around,
+    box_mask,
+    box_mass,
+    box_size,
+    cell_mass,
+    cells_mask,
+    grid_cells,
+    peak,
+    row_prefix,
+    top_k_cells,
+)
+from salaug.transforms._ops import (
+    axis_pixels,
+    batch_step,
+    image_aspect_boxes,
+    masked,
+    needs_graph,
+    partner_box_mass,
+    paste,
+    resample,
+    separable_grid,
+    warp,
+)
+from salaug.transforms.base import (
+    MixTransform,
+    Params,
+    ParamSpec,
+    sample_beta,
+    sample_uniform,
+)
 
 __all__ = ["AttentiveCutMix", "GuidedMixup", "ResizeMix", "SaliencyMix", "SnapMix", "greedy_pairing"]
 
 
 def _alpha(alpha: object) -> float:
-    return check_number("alpha", alpha, low=0.0, low_open=True)  # type: ignore[return-value]
+    return check_float("alpha", alpha, low=0.0, low_open=True)
 
 
 class SaliencyMix(MixTransform):
@@ -186,8 +220,8 @@ class AttentiveCutMix(MixTransform):
                  labels: Literal["area", "saliency"] = "area", p: float = 0.5,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(num_classes, labels=labels, p=p, generator=generator)
-        self.grid: tuple[int, int] = check_size("grid", grid)  # type: ignore[assignment]
-        self.k = check_number("k", k, integer=True, low=1, high=self.grid[0] * self.grid[1])
+        self.grid: tuple[int, int] = check_size("grid", grid)
+        self.k = check_int("k", k, low=1, high=self.grid[0] * self.grid[1])
 
     def param_dims(self, images: Tensor) -> dict[str, int]:
         return {**super().param_dims(images), "G": self.grid[0] * self.grid[1]}
@@ -284,7 +318,7 @@ def _snap_chunk(x: Tensor, target: Tensor, perm: Tensor, plan: _SnapPlan, clamp:
     if plan.nearest:
         warped = resample(x[perm], plan.uy, plan.ux, "nearest")
     else:
-        grid = plan.grid if plan.grid is not None else separable_grid(plan.uy, plan.ux, x.shape[-2:], torch.float32)
+        grid = plan.grid if plan.grid is not None else separable_grid(plan.uy, plan.ux, (x.shape[-2], x.shape[-1]), torch.float32)
         warped = warp(x[perm], grid)
     if clamp:
         warped = warped.clamp(0, 1) if needs_graph(warped) else warped.clamp_(0, 1)
@@ -622,9 +656,9 @@ class GuidedMixup(MixTransform):
                  pairing: Literal["greedy", "random"] = "greedy", eps: float = 1e-8, p: float = 0.5,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(num_classes, p=p, generator=generator)
-        self.sigma = check_number("sigma", sigma, low=0.0)
+        self.sigma = check_float("sigma", sigma, low=0.0)
         self.pairing = check_choice("pairing", pairing, ("greedy", "random"))
-        self.eps = check_number("eps", eps, low=0.0, low_open=True)
+        self.eps = check_float("eps", eps, low=0.0, low_open=True)
 
     def smooth(self, saliency: Tensor) -> Tensor:
         """Gaussian-smooth ``(B, 1, H, W)`` maps and normalise each to sum 1 (zero map: uniform).

@@ -10,12 +10,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import check_choice, check_interval, check_number
-from salaug.boxes import box_area, box_around, box_mass, box_size, least_salient_box, peak, row_prefix
-from salaug.transforms._ops import (
-    PastePlan, by_chunks, needs_graph, partner_box_mass, paste_plan, paste_resampled, resample, serial_step,
+from salaug._checks import check_choice, check_float, check_interval
+from salaug.boxes import (
+    box_area,
+    box_around,
+    box_mass,
+    box_size,
+    least_salient_box,
+    peak,
+    row_prefix,
 )
-from salaug.transforms.base import Interpolation, MixTransform, ParamSpec, Params, sample_uniform
+from salaug.transforms._ops import (
+    PastePlan,
+    by_chunks,
+    needs_graph,
+    partner_box_mass,
+    paste_plan,
+    paste_resampled,
+    resample,
+    serial_step,
+)
+from salaug.transforms.base import (
+    Interpolation,
+    MixTransform,
+    Params,
+    ParamSpec,
+    sample_uniform,
+)
 
 __all__ = ["SalientPaste"]
 
@@ -173,7 +194,7 @@ class SalientPaste(MixTransform):
         self.background = check_choice("background", background, _BACKGROUNDS)
         self.source = check_choice("source", source, ("peak", "mass"))
         self.interpolation: Interpolation = check_choice("interpolation", interpolation, ("bilinear", "nearest"))
-        self.fill = check_number("fill", fill)
+        self.fill = check_float("fill", fill)
 
     def param_spec(self) -> ParamSpec:
         if self.background == "image":

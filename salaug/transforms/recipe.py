@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import check_flag, check_generator, check_images, check_number
+from salaug._checks import check_flag, check_generator, check_images, check_int
 
 __all__ = ["crop_flip"]
 
@@ -57,7 +57,7 @@ def crop_flip(images: Tensor, *maps: Tensor, boxes: Tensor | None = None, paddin
         True
     """
     check_images(images, "images")
-    pad = int(check_number("padding", padding, integer=True, low=0))  # type: ignore[arg-type]
+    pad = check_int("padding", padding, low=0)
     flip = check_flag("flip", flip)
     generator = check_generator(generator)
     b, _, h, w = images.shape
