@@ -1,9 +1,8 @@
 """Private pixel and box operations shared by the transforms (crop, erase, mix, paste).
 
 Batched over the first dimension, on the input's device, with no host sync. On CPU, small box
-searches (:func:`serial_step`) and, single-threaded, SnapMix's resampling (:func:`batch_step`) run
-over a few fixed slices of the batch whose sizes come from shapes only; accelerators take the
-whole batch at once. The in-place writes
+searches (:func:`serial_step`) run over a few fixed slices of the batch whose sizes come from
+shapes only; accelerators take the whole batch at once. The in-place writes
 (``scatter_``, ``where(out=)``) fall back to out-of-place operations when autograd records a
 graph, so every transform passes gradients to its inputs.
 """
@@ -166,29 +165,6 @@ def by_chunks(fn: Callable[..., Tensor], step: int, *tensors: Tensor) -> Tensor:
     if step >= b:
         return fn(*tensors)
     return torch.cat([fn(*(t[i:i + step] for t in tensors)) for i in range(0, b, step)])
-
-
-#: Bytes of full-size temporaries (partner copies, grids, resampled batches) per chunk of the batch
-#: on a single-threaded CPU. Below glibc's largest mmap threshold (32 MiB) a freed block is kept in
-#: the heap and reused by the next call; above it every call maps fresh pages and pays a page fault
-#: per 4 KiB, which one thread pays serially and which costs more than the resampling itself.
-CHUNK_BYTES = 24 * 2**20
-
-
-def batch_step(x: Tensor, per_sample: int) -> int:
-    """Samples per chunk of ``x``'s batch when each holds ``per_sample`` bytes of temporaries.
-
-    Chunks only on a CPU running one intra-op thread: there they save the page faults of fresh
-    temporaries (SnapMix at 128 x 224², 1 thread: 3.0x -> 2.3x ``v2.CutMix``). With several
-    threads the faults are spread over them and every extra op opens a parallel region that waits
-    for all threads (2 threads on a busy 2-core CPU: 3.3x in one chunk, 4.0x in chunks).
-    Accelerators and autograd (out-of-place ops) take the whole batch. Results do not depend on the
-    chunking: every sample is computed alone.
-    """
-    b = x.shape[0]
-    if x.device.type != "cpu" or needs_graph(x) or torch.get_num_threads() > 1:
-        return b
-    return max(1, min(b, CHUNK_BYTES // max(per_sample, 1)))
 
 
 def grid_axis(u: Tensor, n: int) -> Tensor:

@@ -64,12 +64,13 @@ from salaug.boxes import (
 )
 from salaug.transforms._ops import (
     axis_pixels,
-    batch_step,
+    flat_index,
     image_aspect_boxes,
     masked,
     needs_graph,
     partner_box_mass,
     paste,
+    patch_index,
     resample,
     separable_grid,
     warp,
@@ -256,14 +257,14 @@ class AttentiveCutMix(MixTransform):
 
 
 class _SnapPlan(NamedTuple):
-    """SnapMix's paste mask ``(B, 1, H, W)``, the source coordinates ``uy (B, H)``, ``ux (B, W)``
-    and their grid ``(B, H, W, 2)`` (None where the batch is resampled in chunks, each its own)."""
+    """SnapMix's full-size plan (accelerators): the paste mask ``(B, 1, H, W)``, the source
+    coordinates ``uy (B, H)``, ``ux (B, W)`` and their ``grid_sample`` grid ``(B, H, W, 2)`` (None
+    for nearest)."""
 
     mask: Tensor
     uy: Tensor
     ux: Tensor
-    grid: Tensor | None = None
-    nearest: bool = False
+    grid: Tensor | None
 
 
 def _snap_plan(src: Tensor, dst: Tensor, applied: Tensor, size: tuple[int, int], mode: str = "bilinear") -> _SnapPlan:
@@ -282,50 +283,83 @@ def _snap_plan(src: Tensor, dst: Tensor, applied: Tensor, size: tuple[int, int],
     in_x = (xs >= x1[:, None]) & (xs < x2[:, None])
     uy = axis_pixels(y1, y2, src[:, 1], src[:, 3], ys - y1[:, None])
     ux = axis_pixels(x1, x2, src[:, 0], src[:, 2], xs - x1[:, None])
-    chunked = dev.type == "cpu" and torch.get_num_threads() == 1  # see batch_step
-    nearest = mode == "nearest"
-    grid = None if chunked or nearest else separable_grid(uy, ux, size, torch.float32)  # images and saliency
-    return _SnapPlan(in_y[:, None, :, None] & in_x[:, None, None, :], uy, ux, grid, nearest)
+    grid = None if mode == "nearest" else separable_grid(uy, ux, size, torch.float32)  # images and saliency
+    return _SnapPlan(in_y[:, None, :, None] & in_x[:, None, None, :], uy, ux, grid)
 
 
 def _snap_paste(x: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool) -> Tensor:
-    """``where(mask, bilinear resize of x[perm]'s source boxes, x)`` for ``x (B, C, H, W)``.
+    """``where(mask, resize of x[perm]'s source boxes, x)`` for ``x (B, C, H, W)``, every pixel
+    resampled: one ``grid_sample`` (or gather) of the permuted batch, no host sync (accelerators).
 
-    ``clamp`` clamps the resized values into ``[0, 1]`` (saliency). On a single-threaded CPU the
-    batch is taken in chunks (:func:`~salaug.transforms._ops.batch_step`), elsewhere at once.
-
-    Per chunk: one copy of the partners, one ``grid_sample`` on a separable grid, one masked write
-    into the output; chunks keep those temporaries small enough to be recycled between calls
-    (:data:`~salaug.transforms._ops.CHUNK_BYTES`).
+    ``clamp`` clamps the resized values into ``[0, 1]`` (saliency).
     """
-    b, c, h, w = x.shape
-    step = batch_step(x, max(c, 2) * h * w * 4)  # the partner copy, the result, the grid (2 channels)
-    if step >= b:
-        return _snap_chunk(x, x, perm, plan, clamp, None)
-    out = torch.empty_like(x)
-    for i in range(0, b, step):
-        sl = slice(i, i + step)
-        _snap_chunk(x, x[sl], perm[sl], _SnapPlan(plan.mask[sl], plan.uy[sl], plan.ux[sl],
-                                                  None if plan.grid is None else plan.grid[sl], plan.nearest),
-                    clamp, out[sl])
-    return out
-
-
-def _snap_chunk(x: Tensor, target: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool,
-                out: Tensor | None) -> Tensor:
-    """One chunk of :func:`_snap_paste`: ``target (N, C, H, W)`` pasted with its partners ``x[perm]``
-    resized, written into ``out`` (a slice of the result) or, without ``out``, into the resize."""
-    if plan.nearest:
+    if plan.grid is None:
         warped = resample(x[perm], plan.uy, plan.ux, "nearest")
     else:
-        grid = plan.grid if plan.grid is not None else separable_grid(plan.uy, plan.ux, (x.shape[-2], x.shape[-1]), torch.float32)
-        warped = warp(x[perm], grid)
+        warped = warp(x[perm], plan.grid)
     if clamp:
         warped = warped.clamp(0, 1) if needs_graph(warped) else warped.clamp_(0, 1)
-    warped = warped.to(x.dtype)
-    if out is None:
-        return paste(plan.mask, warped, target)
-    return torch.where(plan.mask, warped, target, out=out)
+    return paste(plan.mask, warped.to(x.dtype), x)
+
+
+class _RegionPlan(NamedTuple):
+    """SnapMix's plan on CPU: the applied samples with a non-empty destination box, ``(A,)`` each.
+
+    ``target`` and ``partner`` are sample indices, ``uy (A, Hm)`` / ``ux (A, Wm)`` the source
+    coordinates of a patch as large as the largest destination box, ``idx (A, 1, Hm * Wm)`` the
+    flat pixels the patch is written to (a patch row or column beyond its box repeats the box's
+    last one, see :func:`~salaug.transforms._ops.patch_index`).
+    """
+
+    target: Tensor
+    partner: Tensor
+    uy: Tensor
+    ux: Tensor
+    idx: Tensor
+    mode: str
+
+
+def _region_plan(src: Tensor, dst: Tensor, applied: Tensor, perm: Tensor, size: tuple[int, int],
+                 mode: str = "bilinear") -> _RegionPlan:
+    """Plan :func:`_region_paste`: the source coordinates of the pasted pixels only.
+
+    The coordinates are those of :func:`_snap_plan` (``F.interpolate(..., align_corners=False)``
+    pixel mapping, clamped into the source box), at the size of the largest destination box of
+    the applied samples. Which samples and how large a patch are read back as numbers: on CPU this
+    costs no sync (accelerators use :func:`_snap_plan`).
+    """
+    x1, y1, x2, y2 = dst.unbind(1)
+    hd, wd = y2 - y1, x2 - x1
+    target = (applied & (hd > 0) & (wd > 0)).nonzero().flatten()
+    box = dst[target]
+    patch = (int(hd[target].amax()), int(wd[target].amax())) if target.numel() else (1, 1)
+    rows, cols, ri, ci = patch_index(box, patch, size)
+    sb = src[target]
+    uy = axis_pixels(box[:, 1], box[:, 3], sb[:, 1], sb[:, 3], ri)
+    ux = axis_pixels(box[:, 0], box[:, 2], sb[:, 0], sb[:, 2], ci)
+    return _RegionPlan(target, perm[target], uy, ux, flat_index(rows, cols, size[1]), mode)
+
+
+def _region_paste(x: Tensor, plan: _RegionPlan, clamp: bool) -> Tensor:
+    """:func:`_snap_paste` on CPU, resampling only the pasted region of the applied samples.
+
+    The partners of the applied samples are resampled at patch size (one ``grid_sample``, or one
+    gather for nearest) and written by one indexed copy into a copy of ``x``.
+    """
+    b, c, h, w = x.shape
+    out = x.clone()
+    if plan.target.numel() == 0:
+        return out
+    values = resample(x[plan.partner], plan.uy, plan.ux, plan.mode)  # (index_select: slower on a busy CPU)
+    if clamp:
+        values = values.clamp(0, 1) if needs_graph(values) else values.clamp_(0, 1)
+    where = (plan.target.view(-1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1), plan.idx)
+    values = values.reshape(plan.target.numel(), c, -1).to(x.dtype)
+    flat = out.view(b, c, h * w)
+    if needs_graph(flat, values):
+        return flat.index_put(where, values).view(b, c, h, w)
+    flat.index_put_(where, values)
+    return out
 
 
 class _ResizedBoxMix(MixTransform):
@@ -336,10 +370,16 @@ class _ResizedBoxMix(MixTransform):
                                             "dst_boxes": ("int", ("B", 4))}
     clamp_saliency = False  # the resampled saliency is clamped before the paste
 
-    def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan:
-        return _snap_plan(params["src_boxes"], params["dst_boxes"], params["applied"], size, self.active_interpolation)
+    def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan | _RegionPlan:
+        src, dst, applied = params["src_boxes"], params["dst_boxes"], params["applied"]
+        if dst.device.type == "cpu":
+            return _region_plan(src, dst, applied, params["perm"], size, self.active_interpolation)
+        return _snap_plan(src, dst, applied, size, self.active_interpolation)
 
-    def mix_pixels(self, x: Tensor, params: Params, plan: _SnapPlan, *, is_saliency: bool = False) -> Tensor:
+    def mix_pixels(self, x: Tensor, params: Params, plan: _SnapPlan | _RegionPlan, *,
+                   is_saliency: bool = False) -> Tensor:
+        if isinstance(plan, _RegionPlan):
+            return _region_paste(x.contiguous(), plan, clamp=is_saliency)
         return _snap_paste(x.contiguous(), params["perm"], plan, clamp=is_saliency)
 
     def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
