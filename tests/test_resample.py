@@ -19,7 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from salaug.boxes import boxes_to_corners
-from salaug.transforms._ops import axis_pixels, flat_index, gather, inverse, patch_index, paste_plan, paste_resampled
+from salaug.transforms._ops import (
+    axis_pixels,
+    flat_index,
+    gather,
+    inverse,
+    paste_plan,
+    paste_resampled,
+    patch_index,
+)
 from salaug.transforms.crop import SalientCrop, crop_grid
 from salaug.transforms.mix import SnapMix
 from salaug.transforms.paste import SalientPaste
@@ -231,7 +239,7 @@ def test_snapmix_equals_the_old_full_size_warp(size):
 def test_snapmix_region_path_equals_the_full_image_path(monkeypatch, interpolation, dtype):
     # the CPU path (the applied samples' boxes at patch size) against the accelerators' path (every
     # pixel of every sample resampled, then masked), both run here on CPU
-    import salaug.transforms.mix as mix
+    from salaug.transforms import mix
 
     x = torch.randn(9, 3, 20, 24, generator=gen(13)).to(dtype)
     s = torch.rand(9, 1, 20, 24, generator=gen(14))

@@ -150,9 +150,8 @@ def serial_step(x: Tensor, per_sample: int) -> int:
     A search is a dozen or two small ops of ``per_sample`` elements per sample. Below
     :data:`PARALLEL_GRAIN` elements PyTorch runs an op on one thread; above, every op opens a
     parallel region that waits for all threads, which buys nothing at this size and costs
-    milliseconds per op on a busy CPU (SalientPaste's search at 128 x 32², 2 threads: 2.2x
-    ``v2.CutMix`` alone, 0.3x in chunks). On CPU a few chunks of serial ops are faster; elsewhere
-    the whole batch. Every sample is searched alone, so the results do not depend on the chunking.
+    milliseconds per op on a busy CPU. On CPU a few chunks of serial ops are faster; elsewhere the
+    whole batch. Every sample is searched alone, so the results do not depend on the chunking.
     """
     if x.device.type != "cpu":
         return x.shape[0]

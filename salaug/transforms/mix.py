@@ -108,8 +108,7 @@ class SaliencyMix(MixTransform):
         num_classes: number of classes, needed for ``(B,)`` integer labels.
         alpha: concentration of ``Beta(alpha, alpha)`` for the box area, ``> 0``.
         labels: ``"area"`` (the paper's) or ``"saliency"``.
-        p: probability that each sample is mixed (0.5 by default: the benchmarks' choice; 1.0 trained
-            worse).
+        p: probability that each sample is mixed (default 0.5).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -186,8 +185,7 @@ class AttentiveCutMix(MixTransform):
         grid: ``(gh, gw)`` cells (an int means square), each ``>= 1``.
         k: cells to paste, ``1 <= k <= gh * gw``.
         labels: ``"area"`` (the paper's) or ``"saliency"``.
-        p: probability that each sample is mixed (0.5 by default: the benchmarks' choice; 1.0 trained
-            worse).
+        p: probability that each sample is mixed (default 0.5).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -422,8 +420,7 @@ class SnapMix(_ResizedBoxMix):
         alpha: concentration of ``Beta(alpha, alpha)`` for both box areas, ``> 0``.
         normalize: how the raw weights become the label, see above.
         labels: ``"saliency"`` (the paper's) or ``"area"``.
-        p: probability that each sample is mixed (0.5 by default: the benchmarks' choice; 1.0 trained
-            worse).
+        p: probability that each sample is mixed (default 0.5).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -527,7 +524,7 @@ class ResizeMix(_ResizedBoxMix):
         scale: ``(lo, hi)`` range of the pasted side as a fraction of the image side, within
             ``(0, 1]`` (the paper's ``(0.1, 0.8)``).
         labels: ``"area"`` (the paper's) or ``"saliency"``.
-        p: probability that each sample is mixed (0.5 by default, as for every mix here).
+        p: probability that each sample is mixed (default 0.5).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -661,8 +658,7 @@ class GuidedMixup(MixTransform):
             kernel spans ``+-3 sigma``, capped by the image size.
         pairing: ``"greedy"`` or ``"random"``.
         eps: added to both maps in the weight ratio, ``> 0``.
-        p: probability that each sample is mixed (0.5 by default: the benchmarks' choice; 1.0 trained
-            worse).
+        p: probability that each sample is mixed (default 0.5).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -705,8 +701,7 @@ class GuidedMixup(MixTransform):
 
         The blur equals ``kornia.filters.gaussian_blur2d(s, (kh, kw), (sigma, sigma))`` with its
         default reflect border, but is computed as two matmuls with banded ``(H, H)`` and ``(W, W)``
-        Gaussian matrices: single-channel convolutions are slow on CPU and a matmul is not (several
-        times faster at 224x224).
+        Gaussian matrices: single-channel convolutions are slow on CPU and a matmul is not.
         """
         h, w = saliency.shape[-2:]
         s = saliency.to(torch.float32)

@@ -140,7 +140,7 @@ class SalientPaste(MixTransform):
         interpolation: ``"bilinear"`` or ``"nearest"`` resampling of the pasted region (both at
             patch size, about the same cost on CPU).
         fill: the padding value for ``background="constant"``.
-        p: probability that each sample receives a paste (0.5 by default, as for every mix here).
+        p: probability that each sample receives a paste (default 0.5).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
