@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import torch
 import torch.nn.functional as F
@@ -564,7 +564,7 @@ def check_size(name: str, value: object, *, optional: bool = False) -> tuple[int
                     f"{' or None' if optional else ''}, got {value!r}")
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     # to_soft_labels is public in salaug.transforms.labels; internal code still imports it from here
     # (lazily: salaug.transforms imports this module)
     if name == "to_soft_labels":

@@ -391,10 +391,9 @@ def test_textured_blobs_refuse_a_scale_that_cannot_fit():
 
 @pytest.mark.parametrize("name", ["TexturedBlobs", "ClutteredObjects"])
 def test_negative_index_out_of_range_names_the_index_given(name):
-    import salaug.datasets as datasets
+    from salaug import datasets
 
-    ds = getattr(datasets, name)(length=4, size=16) if name == "TexturedBlobs" else datasets.ClutteredObjects(
-        length=4, size=16)
+    ds = getattr(datasets, name)(length=4, size=16)
     with pytest.raises(IndexError, match=r"index -5 out of range for a dataset of length 4 \(valid: -4 to 3\)"):
         ds[-5]
     with pytest.raises(IndexError, match="index 4 out of range"):
