@@ -7,7 +7,6 @@ a DataLoader path (``salaug.SaliencyCollate``).
 """
 
 from salaug import boxes
-from salaug._checks import normalize_saliency, set_value_checks
 from salaug.cam import (
     CAM_METHODS,
     AblationCAM,
@@ -22,10 +21,16 @@ from salaug.cam import (
     create_cam,
     vit_reshape,
 )
-from salaug.data import CAMSaliency, MaskBank, MaskedDataset, SaliencyCollate, precompute_masks
+from salaug.data import (
+    CAMSaliency,
+    MaskBank,
+    MaskedDataset,
+    SaliencyCollate,
+    precompute_masks,
+)
 from salaug.datasets import ClutteredObjects
 from salaug.metrics import box_iou, cam_box_iou, label_fidelity, pointing_game
-from salaug.saliency import SpectralResidual
+from salaug.saliency import SpectralResidual, normalize_saliency
 from salaug.transforms import (
     AttentiveCutMix,
     GuidedMixup,
@@ -40,6 +45,7 @@ from salaug.transforms import (
     SnapMix,
     crop_flip,
 )
+from salaug.validation import set_value_checks
 
 __version__ = "0.2.0"
 
@@ -73,8 +79,8 @@ __all__ = [
     "AttentiveCutMix",
     "BaseCAM",
     "CAMSaliency",
-    "Diagnosis",
     "ClutteredObjects",
+    "Diagnosis",
     "EigenCAM",
     "GradCAM",
     "GradCAMPlusPlus",

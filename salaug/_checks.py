@@ -1,9 +1,9 @@
-"""Input validation shared by every public entry point.
+"""Input validation shared by every public entry point (internal).
 
 Shape and dtype checks cost nothing and always run. Checks that read tensor *values* (saliency in
 ``[0, 1]``, label indices in range, soft-label rows) need a host sync when the tensor lives on an
 accelerator, which would stall the training loop; so by default they run on CPU tensors only.
-``set_value_checks("always")`` turns them on everywhere (debugging), ``"never"`` turns them off.
+:func:`salaug.validation.set_value_checks` chooses when they run (the mode lives here).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import torch
 import torch.nn.functional as F
@@ -19,27 +19,12 @@ from torch import Tensor
 
 T = TypeVar("T")
 ValueChecks = Literal["cpu", "always", "never"]
-_value_checks: ValueChecks = "cpu"
-
-
-def set_value_checks(mode: ValueChecks) -> None:
-    """Choose when checks that read tensor values (and so sync with the device) run.
-
-    Args:
-        mode: ``"cpu"`` (default: only for CPU tensors, where they are free of syncs),
-            ``"always"`` or ``"never"``.
-
-    Raises:
-        ValueError: for an unknown mode.
-    """
-    global _value_checks
-    if mode not in ("cpu", "always", "never"):
-        raise ValueError(f"value checks mode must be 'cpu', 'always' or 'never', got {mode!r}")
-    _value_checks = mode
+_value_checks: ValueChecks = "cpu"  # set by salaug.validation.set_value_checks
 
 
 def value_checks_on(tensor: Tensor) -> bool:
-    """Whether value-reading checks should run for ``tensor`` under the current mode."""
+    """Whether value-reading checks should run for ``tensor`` under the current mode
+    (:func:`salaug.validation.set_value_checks`)."""
     if _value_checks == "always":
         return True
     if _value_checks == "never":
@@ -47,15 +32,15 @@ def value_checks_on(tensor: Tensor) -> bool:
     return tensor.device.type == "cpu"
 
 
-def check_images(images: object, name: str = "images", *, finite: bool = False) -> Tensor:
+def check_images(images: object, name: str = "images", *, finite: bool = False, masks: bool = False) -> Tensor:
     """Check that ``images`` is a floating-point ``(B, C, H, W)`` tensor and return it.
 
-    With ``finite=True`` and value checks on (see :func:`set_value_checks`) the values must also be
+    With ``finite=True`` and value checks on (see :func:`salaug.validation.set_value_checks`) the values must also be
     finite (the transforms ask for it: a NaN image would be pasted into its partner and poison two
-    samples).
+    samples). ``masks=True`` also accepts bool and integer tensors (masks, label maps).
 
     Raises:
-        TypeError: if it is not a tensor or not floating point.
+        TypeError: if it is not a tensor, or not floating point (nor bool / integer with ``masks``).
         ValueError: if it is not 4-D, the batch is empty, or (value checks) it holds NaN / inf.
     """
     if not isinstance(images, Tensor):
@@ -63,17 +48,18 @@ def check_images(images: object, name: str = "images", *, finite: bool = False) 
     if images.ndim != 4:
         hint = " (add a batch dimension with images.unsqueeze(0))" if images.ndim == 3 else ""
         raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(images.shape)}{hint}")
-    if not images.is_floating_point():
+    if not images.is_floating_point() and (images.is_complex() or not masks):
         raise TypeError(
-            f"{name} must be a floating-point tensor, got {images.dtype}; convert with "
-            f"images.float() / 255 (or torchvision.transforms.v2.ToDtype(torch.float32, scale=True))"
+            f"{name} must be a floating-point tensor{' (or bool / integer masks)' if masks else ''}, got "
+            f"{images.dtype}; convert with images.float() / 255 (or "
+            "torchvision.transforms.v2.ToDtype(torch.float32, scale=True))"
         )
     if images.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch: shape {tuple(images.shape)}; skip empty batches before "
                          "transforming them")
     if images.shape[-2] == 0 or images.shape[-1] == 0:
         raise ValueError(f"{name} have no pixels: shape {tuple(images.shape)}")
-    if finite and value_checks_on(images) and not _finite(images):
+    if finite and images.is_floating_point() and value_checks_on(images) and not _finite(images):
         bad = (~torch.isfinite(images)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"{name} contain NaN or inf values (samples {bad[:8]}{'...' if len(bad) > 8 else ''}); "
                          "fix the data pipeline (e.g. a division by a zero std) or drop these samples")
@@ -174,7 +160,7 @@ def check_saliency(saliency: object, images: Tensor) -> Tensor:
                 "normalise it per image, e.g. with salaug.normalize_saliency(saliency)"
             )
     if size != big:
-        saliency = resize_saliency(saliency, big)
+        saliency = resize_saliency(saliency, (big[0], big[1]))
     return saliency
 
 
@@ -201,23 +187,6 @@ def resize_saliency(saliency: Tensor, size: tuple[int, int]) -> Tensor:
     return out.clamp_(0, 1)
 
 
-def normalize_saliency(saliency: Tensor, eps: float = 1e-7) -> Tensor:
-    """Min-max normalise each map of a ``(B, 1, H, W)`` batch to ``[0, 1]``.
-
-    A constant map becomes all zeros (not NaN).
-
-    Example:
-        >>> s = torch.tensor([[[[2.0, 4.0], [6.0, 10.0]]]])
-        >>> normalize_saliency(s).flatten().tolist()
-        [0.0, 0.25, 0.5, 1.0]
-    """
-    flat = saliency.flatten(1)
-    lo = flat.amin(dim=1).view(-1, *([1] * (saliency.ndim - 1)))
-    hi = flat.amax(dim=1).view(-1, *([1] * (saliency.ndim - 1)))
-    span = hi - lo
-    return ((saliency - lo) / torch.where(span > eps, span, torch.ones_like(span))).clamp(0, 1) * (span > eps)
-
-
 def check_class_indices(indices: Tensor, num_classes: int, name: str, context: str) -> None:
     """Raise if ``(B,)`` integer ``indices`` leave ``[0, num_classes)`` (value check: see module doc).
 
@@ -234,50 +203,6 @@ def check_class_indices(indices: Tensor, num_classes: int, name: str, context: s
         )
 
 
-def to_soft_labels(labels: object, batch_size: int, num_classes: int | None, device: torch.device) -> Tensor:
-    """Turn ``(B,)`` class indices or ``(B, K)`` probabilities into ``(B, K)`` float32 soft labels.
-
-    Raises:
-        TypeError: if ``labels`` is not a tensor.
-        ValueError: integer labels without ``num_classes``, indices out of range, a batch-size
-            mismatch, or rows of ``(B, K)`` labels that are negative or do not sum to 1.
-    """
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"labels must be a torch.Tensor of shape (B,) or (B, K), got {type(labels).__name__}")
-    if labels.ndim == 0 or labels.shape[0] != batch_size:
-        raise ValueError(f"labels must have batch size {batch_size} (shape (B,) or (B, K)), got {tuple(labels.shape)}; "
-                         "pass one label per image")
-    if labels.ndim == 1:
-        if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
-            raise TypeError(f"(B,) labels must be integer class indices, got {labels.dtype}; convert with "
-                            "labels.long(), or pass (B, K) probabilities")
-        if num_classes is None:
-            raise ValueError(
-                "integer labels need num_classes to build soft labels: pass num_classes=K to the "
-                "transform (or its call), or pass (B, K) one-hot / probability labels"
-            )
-        check_class_indices(labels, num_classes, "label indices", f"num_classes={num_classes}")
-        return F.one_hot(labels.to(device=device, dtype=torch.long), num_classes).to(torch.float32)
-    if labels.ndim == 2:
-        if not labels.is_floating_point():
-            hint = ("squeeze (B, 1) class indices with labels.squeeze(1)" if labels.shape[1] == 1 else
-                    "convert one-hot labels with labels.float()")
-            raise TypeError(f"(B, K) labels must be floating point probabilities, got {labels.dtype}; {hint}")
-        if num_classes is not None and labels.shape[1] != num_classes:
-            raise ValueError(f"labels have {labels.shape[1]} classes but num_classes={num_classes}; pass labels with "
-                             "one column per class, or the matching num_classes")
-        labels = labels.to(device=device, dtype=torch.float32)
-        if value_checks_on(labels):
-            if not bool(torch.isfinite(labels).all()) or bool((labels < 0).any()):
-                raise ValueError("(B, K) labels must be finite and non-negative probabilities; check the code that "
-                                 "built them (e.g. use softmax, not raw logits)")
-            if not torch.allclose(labels.sum(1), torch.ones((), device=device), atol=1e-3):
-                raise ValueError("(B, K) labels must be probabilities: each row must sum to 1; normalise them with "
-                                 "labels / labels.sum(1, keepdim=True)")
-        return labels
-    raise ValueError(f"labels must have shape (B,) or (B, K), got {tuple(labels.shape)}")
-
-
 # -- constructor arguments ----------------------------------------------------------------------------
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     if low is not None and high is None:
@@ -289,50 +214,24 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
     return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
 
-def check_number(name: str, value: object, *, integer: bool = False, low: float | None = None,
-                 high: float | None = None, low_open: bool = False, high_open: bool = False,
-                 optional: bool = False) -> float | int | None:
-    """Check a numeric constructor argument and return it as ``int`` / ``float``.
-
-    The one helper every transform uses for its numeric arguments: bools, strings, tensors,
-    NaN and infinities are refused, as are floats where an int is needed (``num_classes=2.5``).
-
-    Args:
-        name: the argument's name, used in the message.
-        value: what the caller passed.
-        integer: require a whole number (``int`` or a numpy integer).
-        low, high: bounds (``None``: unbounded); ``low_open`` / ``high_open`` exclude them.
-        optional: accept ``None`` (returned as is).
-
-    Returns:
-        ``int(value)`` or ``float(value)``, or ``None``.
-
-    Raises:
-        TypeError: for a value of the wrong type (the message names the argument and the fix).
-        ValueError: for a value out of range, NaN or infinite.
-
-    Example:
-        >>> check_number("p", 0.5, low=0.0, high=1.0)
-        0.5
-        >>> check_number("num_classes", 2.5, integer=True, low=1)
-        Traceback (most recent call last):
-        ...
-        TypeError: num_classes must be an int >= 1, got 2.5 (float); pass a whole number, e.g. num_classes=2
-    """
+def _number(name: str, value: object, *, integer: bool, low: float | None, high: float | None, low_open: bool,
+            high_open: bool, optional: bool) -> float | int | None:
+    """The checks of :func:`check_int` and :func:`check_float` (one implementation, two return types)."""
     if value is None and optional:
         return None
     kind = "an int" if integer else "a number"
     want = f"{kind} {_interval(low, high, low_open, high_open)}" + (" or None" if optional else "")
-    ok = isinstance(value, numbers.Integral if integer else numbers.Real)
-    if isinstance(value, (bool, torch.Tensor)) or not ok:
+    wrong_kind = integer and not isinstance(value, numbers.Integral)
+    if isinstance(value, (bool, torch.Tensor)) or not isinstance(value, numbers.Real) or wrong_kind:
         if isinstance(value, str):
             fix = f"pass a number, not a string, e.g. {name}={value.strip()}"
         elif integer and isinstance(value, numbers.Real) and not isinstance(value, bool):
-            fix = f"pass a whole number, e.g. {name}={max(int(value), 1) if low else int(value)}"
+            whole = int(float(value))
+            fix = f"pass a whole number, e.g. {name}={max(whole, 1) if low else whole}"
         else:
             fix = f"pass {kind}"
         raise TypeError(f"{name} must be {want}, got {value!r} ({type(value).__name__}); {fix}")
-    v = int(value) if integer else float(value)
+    v = int(value) if isinstance(value, numbers.Integral) and integer else float(value)
     bad = not math.isfinite(v)
     if low is not None:
         bad = bad or (v <= low if low_open else v < low)
@@ -341,6 +240,97 @@ def check_number(name: str, value: object, *, integer: bool = False, low: float 
     if bad:
         raise ValueError(f"{name} must be {want}, got {value!r}")
     return v
+
+
+@overload
+def check_int(name: str, value: object, *, low: float | None = ..., high: float | None = ...,
+              optional: Literal[False] = ...) -> int: ...
+
+
+@overload
+def check_int(name: str, value: object, *, low: float | None = ..., high: float | None = ...,
+              optional: bool) -> int | None: ...
+
+
+def check_int(name: str, value: object, *, low: float | None = None, high: float | None = None,
+              optional: bool = False) -> int | None:
+    """Check a whole-number argument and return it as an ``int`` (``None`` too with ``optional``).
+
+    The one helper for integer arguments: bools, strings, tensors and floats (``num_classes=2.5``,
+    even ``2.0``) are refused; numpy integers are accepted.
+
+    Args:
+        name: the argument's name, used in the message.
+        value: what the caller passed.
+        low, high: inclusive bounds (``None``: unbounded).
+        optional: accept ``None`` (returned as is).
+
+    Raises:
+        TypeError: a value of the wrong type (the message names the argument and the fix).
+        ValueError: a value out of range.
+
+    Example:
+        >>> check_int("num_classes", 10, low=1)
+        10
+        >>> check_int("num_classes", 2.5, low=1)
+        Traceback (most recent call last):
+        ...
+        TypeError: num_classes must be an int >= 1, got 2.5 (float); pass a whole number, e.g. num_classes=2
+    """
+    v = _number(name, value, integer=True, low=low, high=high, low_open=False, high_open=False, optional=optional)
+    return None if v is None else int(v)
+
+
+@overload
+def check_float(name: str, value: object, *, low: float | None = ..., high: float | None = ...,
+                low_open: bool = ..., high_open: bool = ..., optional: Literal[False] = ...) -> float: ...
+
+
+@overload
+def check_float(name: str, value: object, *, low: float | None = ..., high: float | None = ...,
+                low_open: bool = ..., high_open: bool = ..., optional: bool) -> float | None: ...
+
+
+def check_float(name: str, value: object, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False, optional: bool = False) -> float | None:
+    """Check a real-number argument and return it as a ``float`` (``None`` too with ``optional``).
+
+    The one helper for real arguments: bools, strings, tensors, NaN and infinities are refused;
+    ints and numpy numbers are accepted and returned as ``float``.
+
+    Args:
+        name: the argument's name, used in the message.
+        value: what the caller passed.
+        low, high: bounds (``None``: unbounded); ``low_open`` / ``high_open`` exclude them.
+        optional: accept ``None`` (returned as is).
+
+    Raises:
+        TypeError: a value of the wrong type (the message names the argument and the fix).
+        ValueError: a value out of range, NaN or infinite.
+
+    Example:
+        >>> check_float("p", 1, low=0.0, high=1.0)
+        1.0
+        >>> check_float("alpha", 0.0, low=0.0, low_open=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: alpha must be a number > 0, got 0.0
+    """
+    v = _number(name, value, integer=False, low=low, high=high, low_open=low_open, high_open=high_open,
+                optional=optional)
+    return None if v is None else float(v)
+
+
+def check_number(name: str, value: object, *, integer: bool = False, low: float | None = None,
+                 high: float | None = None, low_open: bool = False, high_open: bool = False,
+                 optional: bool = False) -> float | int | None:
+    """:func:`check_int` (``integer=True``) or :func:`check_float`, untyped: for call sites not yet moved.
+
+    Prefer :func:`check_int` / :func:`check_float`, whose return types need no ``cast``.
+    """
+    if integer:
+        return check_int(name, value, low=low, high=high, optional=optional)
+    return check_float(name, value, low=low, high=high, low_open=low_open, high_open=high_open, optional=optional)
 
 
 def check_interval(name: str, value: object, *, low: float | None = None, high: float | None = None,
@@ -357,10 +347,10 @@ def check_interval(name: str, value: object, *, low: float | None = None, high: 
     """
     if isinstance(value, (str, bytes, torch.Tensor)) or not isinstance(value, Sequence) or len(value) != 2:
         raise TypeError(f"{name} must be a (min, max) pair of numbers, got {value!r}; pass e.g. {name}=(0.1, 0.5)")
-    lo, hi = (check_number(f"{name}[{i}]", v, low=low, high=high, low_open=low_open) for i, v in enumerate(value))
+    lo, hi = (check_float(f"{name}[{i}]", v, low=low, high=high, low_open=low_open) for i, v in enumerate(value))
     if lo > hi:
         raise ValueError(f"{name} must be a (min, max) pair with min <= max, got {value!r}; swap them")
-    return float(lo), float(hi)  # type: ignore[arg-type]
+    return lo, hi
 
 
 def check_choice(name: str, value: T, allowed: Sequence[T]) -> T:
@@ -403,7 +393,7 @@ def check_key(name: str, value: object, *, optional: bool = False) -> int | str 
     return value
 
 
-def check_targets(name: str, value: object, owner: str) -> str:
+def check_targets(name: str, value: object, owner: str) -> Literal["labels", "predicted"]:
     """Check a ``targets`` choice, ``"labels"`` or ``"predicted"``; the old ``"label"`` warns and maps to ``"labels"``.
 
     Raises:
@@ -419,7 +409,46 @@ def check_targets(name: str, value: object, owner: str) -> str:
         warnings.warn(f"{owner}({name}='label') is deprecated: the spelling is {name}='labels' everywhere in salaug",
                       DeprecationWarning, stacklevel=3)
         return "labels"
-    return check_choice(name, value, ("labels", "predicted"))
+    if isinstance(value, str) and value in ("labels", "predicted"):
+        return "labels" if value == "labels" else "predicted"
+    raise ValueError(f"{name} must be one of ('labels', 'predicted'), got {value!r}")
+
+
+def resolve_index(index: object, length: int, owner: str = "", hint: str = "") -> int:
+    """A sequence index (negative counts from the end) as a position in ``[0, length)``.
+
+    The one index check of the datasets and mask banks: ints, numpy integers and 0-d integer
+    tensors are accepted.
+
+    Args:
+        index: what the caller passed.
+        length: the sequence's length.
+        owner: what is indexed, for the messages (default ``"a dataset of length {length}"``).
+        hint: advice appended to the type error.
+
+    Raises:
+        TypeError: an index that is not an integer (bools and float tensors included).
+        IndexError: an index out of range; the message names the index as given.
+
+    Example:
+        >>> resolve_index(-1, 4)
+        3
+        >>> resolve_index(-5, 4)
+        Traceback (most recent call last):
+        ...
+        IndexError: index -5 out of range for a dataset of length 4 (valid: -4 to 3)
+    """
+    owner = owner or f"a dataset of length {length}"
+    if isinstance(index, numbers.Integral) and not isinstance(index, bool) or isinstance(index, Tensor) and index.ndim == 0 and not (
+            index.is_floating_point() or index.is_complex() or index.dtype == torch.bool):
+        given = int(index)
+    else:
+        raise TypeError(f"indices of {owner} must be integers, got {index!r} ({type(index).__name__}){hint}")
+    position = given + length if given < 0 else given
+    if not 0 <= position < length:
+        valid = f"valid: {-length} to {length - 1}" if length else "it is empty"
+        raise IndexError(f"index {given} out of range for {owner} ({valid})")
+    return position
 
 
 def check_generator(generator: object, name: str = "generator") -> torch.Generator | None:
@@ -492,10 +521,18 @@ def size_pair(value: object) -> tuple[int, int] | None:
     if (
         isinstance(value, (tuple, list, torch.Size))
         and len(value) == 2
-        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value)
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and int(v) > 0 for v in value)
     ):
         return (int(value[0]), int(value[1]))
     return None
+
+
+@overload
+def check_size(name: str, value: object, *, optional: Literal[False] = ...) -> tuple[int, int]: ...
+
+
+@overload
+def check_size(name: str, value: object, *, optional: bool) -> tuple[int, int] | None: ...
 
 
 def check_size(name: str, value: object, *, optional: bool = False) -> tuple[int, int] | None:
@@ -525,3 +562,13 @@ def check_size(name: str, value: object, *, optional: bool = False) -> tuple[int
             check_number(f"{name}[{i}]", side, integer=True, low=1)
     raise TypeError(f"{name} must be a positive int or an (h, w) pair of positive ints"
                     f"{' or None' if optional else ''}, got {value!r}")
+
+
+def __getattr__(name: str) -> Any:
+    # to_soft_labels is public in salaug.transforms.labels; internal code still imports it from here
+    # (lazily: salaug.transforms imports this module)
+    if name == "to_soft_labels":
+        from salaug.transforms.labels import to_soft_labels
+
+        return to_soft_labels
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import check_finite, check_number, check_saliency_shape, size_pair, value_checks_on
+from salaug._checks import check_finite, check_float, check_saliency_shape, size_pair, value_checks_on
 from salaug.boxes import box_area, box_mask
 
 __all__ = [
@@ -110,7 +110,7 @@ def pointing_game(
     saliency = _resize(_check_maps(saliency), image_size)
     b, _, h, w = saliency.shape
     boxes = _check_boxes(boxes, b).to(device=saliency.device, dtype=torch.float32)
-    tolerance = check_number("tolerance", tolerance, low=0)
+    tolerance = check_float("tolerance", tolerance, low=0)
     flat = saliency.flatten(1)
     peak = flat.argmax(dim=1)
     px = (peak % w).to(torch.float32) + 0.5
@@ -240,7 +240,7 @@ def saliency_box(saliency: Tensor, threshold: float = 0.5) -> Tensor:
         [[2.0, 1.0, 5.0, 3.0], [0.0, 0.0, 8.0, 6.0]]
     """
     saliency = _check_maps(saliency)
-    threshold = check_number("threshold", threshold, low=0, high=1)
+    threshold = check_float("threshold", threshold, low=0, high=1)
     _, _, h, w = saliency.shape
     peak = saliency.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
     mask = saliency >= threshold * peak

@@ -13,18 +13,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salaug._filters import gaussian_blur
 from salaug._checks import (
     check_choice,
     check_finite,
+    check_float,
     check_image_extent,
     check_images,
-    check_number,
-    normalize_saliency,
+    check_int,
     zero_nonfinite_maps,
 )
+from salaug._filters import gaussian_blur
 
-__all__ = ["SpectralResidual"]
+__all__ = ["SpectralResidual", "normalize_saliency"]
 
 # ITU-R BT.601 luma weights.
 _LUMA = (0.299, 0.587, 0.114)
@@ -82,18 +82,18 @@ class SpectralResidual(nn.Module):
         eps: float = 1e-3,
     ) -> None:
         super().__init__()
-        check_number("size", size, integer=True, low=4, optional=True)
-        check_number("avg_kernel", avg_kernel, integer=True, low=1)
+        check_int("size", size, low=4, optional=True)
+        check_int("avg_kernel", avg_kernel, low=1)
         if avg_kernel % 2 == 0:
             raise ValueError(f"avg_kernel must be a positive odd int (the paper uses 3), got {avg_kernel!r}")
         if sigma is not None:
-            sigma = check_number("sigma", sigma, low=0)
+            sigma = check_float("sigma", sigma, low=0)
         check_choice("grayscale", grayscale, ("mean", "luma"))
         self.size = size
         self.avg_kernel = avg_kernel
         self.sigma = sigma
         self.grayscale = grayscale
-        self.eps = check_number("eps", eps, low=0, low_open=True)
+        self.eps = check_float("eps", eps, low=0, low_open=True)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, avg_kernel={self.avg_kernel}, sigma={self.sigma}, grayscale={self.grayscale!r}"
@@ -170,3 +170,20 @@ class SpectralResidual(nn.Module):
             saliency = F.interpolate(saliency, size=(height, width), mode="bilinear", align_corners=False)
         saliency = normalize_saliency(saliency)
         return zero_nonfinite_maps(torch.where(not_constant, saliency, torch.zeros_like(saliency)))
+
+
+def normalize_saliency(saliency: Tensor, eps: float = 1e-7) -> Tensor:
+    """Min-max normalise each map of a ``(B, 1, H, W)`` batch to ``[0, 1]``.
+
+    A constant map becomes all zeros (not NaN).
+
+    Example:
+        >>> s = torch.tensor([[[[2.0, 4.0], [6.0, 10.0]]]])
+        >>> normalize_saliency(s).flatten().tolist()
+        [0.0, 0.25, 0.5, 1.0]
+    """
+    flat = saliency.flatten(1)
+    lo = flat.amin(dim=1).view(-1, *([1] * (saliency.ndim - 1)))
+    hi = flat.amax(dim=1).view(-1, *([1] * (saliency.ndim - 1)))
+    span = hi - lo
+    return ((saliency - lo) / torch.where(span > eps, span, torch.ones_like(span))).clamp(0, 1) * (span > eps)

@@ -182,6 +182,48 @@ def test_workers_get_different_streams_and_runs_are_reproducible():
     assert not torch.allclose(run(0, seed=6), out)
 
 
+class Indexed(Dataset):
+    """Sample ``i``: an image of constant value ``i`` (so a mix shows which partner it took), label ``i % 2``."""
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        return torch.full((3, 8, 8), float(i)), i % 2
+
+
+def test_worker_streams_are_those_of_their_worker_seeds_with_a_real_transform(monkeypatch):
+    # reference without workers: the DataLoader gives worker w the seed base + w (base drawn from
+    # its generator) and hands it batches w, w + 2, ...; the collate in the main process, told it
+    # is worker w, must draw exactly what that worker drew
+    import types
+
+    import salaug.data.collate as collate_module
+    from salaug.transforms import SaliencyMix
+
+    def collate():
+        return SaliencyCollate(SaliencyMix(num_classes=2, p=1.0), mean_source, seed=11)
+
+    def workers(loader_seed):
+        return [b for b, *_ in DataLoader(Indexed(), batch_size=4, num_workers=2, collate_fn=collate(),
+                                          generator=torch.Generator().manual_seed(loader_seed))]
+
+    out = workers(3)
+    base = int(torch.empty((), dtype=torch.int64).random_(generator=torch.Generator().manual_seed(3)))
+    samples = [Indexed()[i] for i in range(16)]
+    for w in range(2):
+        main = collate()
+        monkeypatch.setattr(collate_module, "get_worker_info", lambda w=w: types.SimpleNamespace(seed=base + w, id=w))
+        for k in range(w, 4, 2):
+            assert torch.equal(main(samples[4 * k:4 * k + 4])[0], out[k]), (w, k)
+    monkeypatch.undo()
+    # batch 1 is batch 0 plus 4 everywhere: the same mix would give the same picture, the other
+    # worker's stream another; and a run reproduces, another DataLoader seed does not
+    assert not torch.equal(out[0], out[1] - 4)
+    assert all(torch.equal(a, b) for a, b in zip(workers(3), out))
+    assert not all(torch.equal(a, b) for a, b in zip(workers(4), out))
+
+
 def test_workers_differ_even_when_transform_has_its_own_generator():
     ds = Constant(n=8)
     t = AddNoise(num_classes=2, generator=torch.Generator().manual_seed(0))

@@ -365,3 +365,39 @@ def test_textured_blobs_bad_arguments_are_named(kwargs, match):
         TexturedBlobs(**kwargs)
     with pytest.raises(IndexError):
         TexturedBlobs(length=3)[3]
+
+
+@pytest.mark.parametrize("scale", [(0.16, 0.26), (0.3, 0.3)])
+@pytest.mark.parametrize("size", [16, 32])
+def test_textured_blobs_objects_lie_fully_inside_over_the_documented_range(scale, size):
+    # the promise of the docstring, over many samples: no object pixel (not even its anti-aliased
+    # edge) on the border rows / columns, up to the largest documented scale and the smallest size
+    from salaug.datasets import TexturedBlobs
+
+    b = TexturedBlobs("train", size=size, length=512, object_scale=scale, return_mask=True).render(range(512))
+    m = b["mask"][:, 0]
+    on_border = m[:, 0].any(1) | m[:, -1].any(1) | m[:, :, 0].any(1) | m[:, :, -1].any(1)
+    assert int(on_border.sum()) == 0
+    box = b["box"]
+    assert bool((box[:, :2] >= 1).all()) and bool((box[:, 2:] <= size - 1).all())
+
+
+def test_textured_blobs_refuse_a_scale_that_cannot_fit():
+    from salaug.datasets import TexturedBlobs
+
+    with pytest.raises(ValueError, match=r"object_scale\[1\] must be a number in \(0, 0.3\]"):
+        TexturedBlobs(object_scale=(0.2, 0.4))
+
+
+@pytest.mark.parametrize("name", ["TexturedBlobs", "ClutteredObjects"])
+def test_negative_index_out_of_range_names_the_index_given(name):
+    from salaug import datasets
+
+    ds = getattr(datasets, name)(length=4, size=16)
+    with pytest.raises(IndexError, match=r"index -5 out of range for a dataset of length 4 \(valid: -4 to 3\)"):
+        ds[-5]
+    with pytest.raises(IndexError, match="index 4 out of range"):
+        ds[4]
+    assert torch.equal(ds[-4][0], ds[0][0]) and torch.equal(ds[torch.tensor(-1)][0], ds[3][0])
+    with pytest.raises(TypeError, match="must be integers"):
+        ds[1.0]

@@ -103,8 +103,10 @@ def test_replay_reproduces_and_refuses_params_of_another_batch(transport, device
         with pytest.raises(ValueError, match="sources"):
             t(x, s, y, params=missing)
     else:  # params without transport do not replay on a transporting PuzzleMix
-        with pytest.raises(ValueError, match="sources"):
+        with pytest.raises(ValueError, match="sampled by PuzzleMix\\(transport=False\\)"):
             make(device=device, transport=True)(x, s, y, params=params)
+        with pytest.raises(ValueError, match="sources"):  # a plain dict has no record: the missing key is named
+            make(device=device, transport=True)(x, s, y, params=plain)
 
 
 @pytest.mark.parametrize("transport", TRANSPORT)

@@ -19,7 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from salaug.boxes import boxes_to_corners
-from salaug.transforms._ops import axis_pixels, flat_index, gather, inverse, patch_index, paste_plan, paste_resampled
+from salaug.transforms._ops import (
+    axis_pixels,
+    flat_index,
+    gather,
+    inverse,
+    paste_plan,
+    paste_resampled,
+    patch_index,
+)
 from salaug.transforms.crop import SalientCrop, crop_grid
 from salaug.transforms.mix import SnapMix
 from salaug.transforms.paste import SalientPaste
@@ -225,24 +233,45 @@ def test_snapmix_equals_the_old_full_size_warp(size):
     torch.testing.assert_close(out.saliency, old_snapmix(s, params).clamp(0, 1), atol=ATOL, rtol=0)
 
 
-# -- CPU chunking: the same results in one chunk and in many -----------------------------------------
-def test_snapmix_cpu_chunks_give_the_one_chunk_result(monkeypatch):
-    import salaug.transforms._ops as ops
+# -- SnapMix on CPU: only the pasted region is resampled ------------------------------------------------
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_snapmix_region_path_equals_the_full_image_path(monkeypatch, interpolation, dtype):
+    # the CPU path (the applied samples' boxes at patch size) against the accelerators' path (every
+    # pixel of every sample resampled, then masked), both run here on CPU
+    from salaug.transforms import mix
 
-    x = torch.rand(7, 3, 20, 24, generator=gen(13))
-    s = torch.rand(7, 1, 20, 24, generator=gen(14))
-    per_sample = 3 * 20 * 24 * 4
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)  # several threads: one chunk
-    assert ops.batch_step(x, per_sample) == 7
-    one, params = SnapMix(alpha=1.0, p=0.8, num_classes=7, generator=gen(15))(x, s, torch.arange(7),
-                                                                              return_params=True)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    monkeypatch.setattr(ops, "CHUNK_BYTES", 2 * per_sample)  # one thread: two samples a chunk, 4 chunks
-    assert ops.batch_step(x, per_sample) == 2
-    many = SnapMix(alpha=1.0, p=0.8, num_classes=7)(x, s, torch.arange(7), params=params)
-    for u, v in zip(one, many):
-        assert torch.equal(u, v)
-    assert ops.batch_step(x.requires_grad_(True), per_sample) == 7  # a graph: one out-of-place step
+    x = torch.randn(9, 3, 20, 24, generator=gen(13)).to(dtype)
+    s = torch.rand(9, 1, 20, 24, generator=gen(14))
+    t = SnapMix(alpha=1.0, p=0.6, num_classes=9, generator=gen(15))
+    region, params = t(x, s, torch.arange(9), return_params=True, interpolation=interpolation)
+    assert 0 < int(params["applied"].sum()) < 9
+    monkeypatch.setattr(mix, "_region_plan", lambda src, dst, applied, perm, size, mode: mix._snap_plan(
+        src, dst, applied, size, mode))
+    full = t(x, s, torch.arange(9), params=params, interpolation=interpolation)
+    tol = {torch.float16: 1e-3, torch.float32: 1e-5, torch.float64: 1e-6}[dtype]
+    torch.testing.assert_close(region.images, full.images, atol=tol, rtol=0)
+    torch.testing.assert_close(region.saliency, full.saliency, atol=1e-5, rtol=0)
+    assert torch.equal(region.labels, full.labels)
+    not_applied = ~params["applied"]
+    assert torch.equal(region.images[not_applied], x[not_applied])  # untouched samples are copied exactly
+
+
+def test_snapmix_region_path_edge_cases_and_gradients():
+    x = torch.rand(4, 2, 10, 12, generator=gen(16), requires_grad=True)
+    s = torch.rand(4, 1, 10, 12, generator=gen(17))
+    params = {"applied": torch.tensor([True, True, False, True]), "perm": torch.tensor([1, 2, 3, 0]),
+              "src_boxes": torch.tensor([[0, 0, 12, 10], [2, 3, 5, 4], [0, 0, 1, 1], [3, 3, 3, 7]]),
+              "dst_boxes": torch.tensor([[0, 0, 12, 10], [4, 4, 9, 9], [0, 0, 4, 4], [5, 5, 5, 8]]),
+              "weights": torch.tensor([[0.0, 1.0], [0.5, 0.5], [1.0, 0.0], [1.0, 0.0]])}
+    out = SnapMix(num_classes=4)(x, s, torch.arange(4), params=params)
+    torch.testing.assert_close(out.images, old_snapmix(x.detach(), params), atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.images[0], x[1], atol=1e-6, rtol=0)  # a whole-image box: the partner
+    assert torch.equal(out.images[3], x[3])  # an empty destination box pastes nothing
+    out.images.sum().backward()
+    assert x.grad is not None and bool((x.grad > 0).any())
+    nothing = {**params, "applied": torch.zeros(4, dtype=torch.bool)}
+    assert torch.equal(SnapMix(num_classes=4)(x.detach(), s, torch.arange(4), params=nothing).images, x.detach())
 
 
 def test_paste_search_chunks_give_the_one_chunk_boxes(monkeypatch):

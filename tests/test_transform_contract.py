@@ -11,12 +11,19 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from salaug.transforms.base import SalientBatch
 from salaug.transforms.crop import SalientCrop
 from salaug.transforms.erase import KeepCutout
-from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, ResizeMix, SaliencyMix, SnapMix
+from salaug.transforms.mix import (
+    AttentiveCutMix,
+    GuidedMixup,
+    ResizeMix,
+    SaliencyMix,
+    SnapMix,
+)
 from salaug.transforms.paste import SalientPaste
 from salaug.transforms.puzzle import PuzzleMix
 
@@ -190,6 +197,73 @@ def test_params_replay_exactly_and_on_another_batch(name, device):
         t(x[:4], s[:4], y[:4], params=plain)
 
 
+# -- masks replay as masks -----------------------------------------------------------------------------------------
+def _masks(x):
+    """A label map of 4 classes (0 included), the same as a bool and as a binary float mask."""
+    g = torch.Generator().manual_seed(11)
+    b, _, h, w = x.shape
+    labels = torch.randint(0, 4, (b, 1, h // 2, w // 2), generator=g).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    return labels.to(x.device)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["int64", "bool", "float-nearest"])
+def test_a_replay_on_masks_keeps_their_dtype_and_values(name, kind, device):
+    x, s, y = batch(seed=7, size=(16, 20), device=device)
+    t = make(name, device=device, p=0.75)
+    out, params = t(x, s, y, return_params=True)
+    labels = _masks(x)
+    masks = {"int64": labels, "bool": labels > 1, "float-nearest": (labels > 1).float()}[kind]
+    kw = {"interpolation": "nearest"} if kind == "float-nearest" else {}
+    moved = t(masks, s, y, params=params, **kw).images
+    size = tuple(out.images.shape[-2:])
+    assert moved.dtype == masks.dtype and moved.shape == (*masks.shape[:2], *size)
+    assert set(moved.unique().tolist()) <= set(masks.unique().tolist())  # no value that was not there
+    # where the images' replay left a pixel as it was, the mask is as it was too
+    if size == tuple(x.shape[-2:]):
+        kept = (out.images == x).all(1, keepdim=True)
+        assert torch.equal(moved[kept], masks[kept])
+    # each pixel takes the value of the input pixel it came from: replay the pixels' own ids (float64
+    # holds them exactly) and read the label map there; 0 where a pixel shows no image
+    b, _, h, w = x.shape
+    ids = torch.arange(1, b * h * w + 1, dtype=torch.float64, device=device).view(b, 1, h, w)
+    came_from = t(ids, s, y, params=params, interpolation="nearest").images.long()
+    assert set(came_from.unique().tolist()) <= set(ids.long().unique().tolist()) | {0}
+    padded = torch.cat((torch.zeros(1, dtype=masks.dtype, device=device), masks.flatten()))
+    assert torch.equal(moved, padded[came_from])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_nearest_replay_of_float_images_copies_pixels(name):
+    # pure copies (no resampling) are the same either way; resampled ones take input values only
+    x, s, y = batch(seed=8)
+    t = make(name, p=0.75)
+    out, params = t(x, s, y, return_params=True)
+    near = t(x, s, y, params=params, interpolation="nearest")
+    assert near.images.dtype == x.dtype and torch.equal(near.labels, out.labels)
+    assert set(near.images.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+    assert set(near.saliency.unique().tolist()) <= set(s.unique().tolist()) | {0.0}
+    if name.split("-")[0] in ("SaliencyMix", "AttentiveCutMix", "PuzzleMix") or name == "KeepCutout":
+        assert torch.equal(near.images, out.images) and torch.equal(near.saliency, out.saliency)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_masks_are_refused_without_params_and_bilinear_masks_are_refused(name):
+    x, s, y = batch()
+    t = make(name)
+    masks = (x[:, :1] > 0).long()
+    with pytest.raises(TypeError, match=r"floating-point .* images.float\(\) / 255.* params=params\), which keeps "
+                                        r"their dtype and values"):
+        t(masks, s, y)
+    _, params = t(x, s, y, return_params=True)
+    with pytest.raises(ValueError, match="interpolation='bilinear' blends pixels"):
+        t(masks, s, y, params=params, interpolation="bilinear")
+    with pytest.raises(ValueError, match=r"interpolation must be one of \('bilinear', 'nearest'\)"):
+        t(x, s, y, params=params, interpolation="bicubic")
+    with pytest.raises(TypeError, match="floating-point tensor \\(or bool / integer masks\\), got torch.complex64"):
+        t(torch.complex(x, x), s, y, params=params)
+
+
 # -- degenerate inputs ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("kind", ["zero", "constant", "border", "corner_peak"])
@@ -342,7 +416,7 @@ def test_contract_holds_for_any_shape_p_and_seed(name, b, h, w, p, seed, soft):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", NAMES)
 def test_cuda_no_host_sync(name):
-    from salaug._checks import set_value_checks
+    from salaug import set_value_checks
 
     x, s, y = (v.cuda() for v in batch(b=16, size=(32, 32)))
     t = FACTORIES[name](num_classes=K, generator=torch.Generator(device="cuda").manual_seed(0))

@@ -11,8 +11,17 @@ import math
 import pytest
 import torch
 
-from salaug._checks import check_interval, check_number, set_value_checks
-from salaug.transforms import AttentiveCutMix, GuidedMixup, KeepCutout, SaliencyMix, SalientCrop, SalientPaste, SnapMix
+from salaug import set_value_checks
+from salaug.transforms import (
+    AttentiveCutMix,
+    GuidedMixup,
+    KeepCutout,
+    PuzzleMix,
+    SaliencyMix,
+    SalientCrop,
+    SalientPaste,
+    SnapMix,
+)
 
 K = 4
 CLASSES = [SalientCrop, SaliencyMix, AttentiveCutMix, SnapMix, GuidedMixup, SalientPaste, KeepCutout]
@@ -99,14 +108,6 @@ def test_own_constructor_arguments_are_checked(cls, kwargs, error, message):
 def test_second_positional_argument_is_refused(cls):
     with pytest.raises(TypeError, match="positional"):
         cls(K, 0.5)
-
-
-def test_one_helper_checks_every_number():
-    assert check_number("n", 4, integer=True, low=1) == 4 and isinstance(check_number("x", 1, low=0), float)
-    assert check_number("n", None, integer=True, optional=True) is None
-    with pytest.raises(TypeError, match="n must be an int >= 1 or None"):
-        check_number("n", 4.0, integer=True, low=1, optional=True)
-    assert check_interval("r", [1, 2]) == (1.0, 2.0)
 
 
 # -- call-time inputs ---------------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ def test_bad_params(cls):
 @pytest.mark.parametrize("cls", CLASSES, ids=IDS)
 def test_unusual_but_valid_inputs_give_correct_results(cls):
     x, s, y = batch()
-    ref, params = make(cls)(x, s, y, return_params=True)
+    ref, _ = make(cls)(x, s, y, return_params=True)
     # (B, H, W) saliency is (B, 1, H, W)
     out = make(cls)(x, s[:, 0], y)
     assert torch.equal(out.images, ref.images) and torch.equal(out.labels, ref.labels)
@@ -254,3 +255,31 @@ def test_saliency_and_labels_on_another_device_are_moved(cls):
     assert out.images.device.type == "cuda" and out.saliency.device.type == "cuda"
     assert out.labels.device.type == "cuda"
     torch.testing.assert_close(out.labels.cpu(), ref.labels)
+
+
+# -- params replayed on a transform whose options change what the replay does --------------------------------
+@pytest.mark.parametrize("sampled, replayed, option", [
+    (lambda: PuzzleMix(K, p=1.0, transport=True), lambda: PuzzleMix(K, transport=False), "transport=True"),
+    (lambda: PuzzleMix(K, p=1.0), lambda: PuzzleMix(K, transport=True), "transport=False"),
+    (lambda: AttentiveCutMix(K, grid=(2, 8), k=4), lambda: AttentiveCutMix(K, grid=(4, 4), k=4), r"grid=\(2, 8\)"),
+    (lambda: SalientPaste(K, background="reflect"), lambda: SalientPaste(K, background="constant"),
+     "background='reflect'"),
+    (lambda: SalientPaste(K), lambda: SalientPaste(K, interpolation="nearest"), "interpolation='bilinear'"),
+    (lambda: SalientPaste(K, background="constant", fill=0.0), lambda: SalientPaste(K, background="constant",
+                                                                                   fill=1.0), "fill=0.0"),
+    (lambda: SalientCrop(K, size=8), lambda: SalientCrop(K, size=(8, 8)), None),  # equal options: accepted
+    (lambda: SalientCrop(K, size=8), lambda: SalientCrop(K, size=12), r"size=\(8, 8\)"),
+    (lambda: KeepCutout(K, value=0.0), lambda: KeepCutout(K, value=1.0), "value=0.0"),
+], ids=["puzzle-transport", "puzzle-no-transport", "cells-grid", "paste-background", "paste-interpolation",
+        "paste-fill", "crop-same-size", "crop-size", "cutout-value"])
+def test_replay_under_options_that_change_the_output_is_refused_naming_the_option(sampled, replayed, option):
+    x, s, y = batch()
+    _, params = sampled()(x, s, y, return_params=True, generator=torch.Generator().manual_seed(1))
+    if option is None:
+        replayed()(x, s, y, params=params)
+        return
+    with pytest.raises(ValueError, match=rf"sampled by \w+\({option}\) but this \w+ has .* replay them on a \w+ "
+                                         rf"with {option}"):
+        replayed()(x, s, y, params=params)
+    if option != "transport=False":  # (that replay lacks the "sources" key)
+        replayed()(x, s, y, params=dict(params))  # a plain dict has no record: keys, dtypes and shapes checked

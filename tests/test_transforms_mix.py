@@ -239,6 +239,37 @@ def test_snapmix_both_zero_falls_back_to_area_and_paper_loss():
     assert SnapMix.paper_loss(logits, torch.tensor([0, 1]), params).item() == pytest.approx(float(want), abs=1e-6)
 
 
+def test_snapmix_both_masses_zero_in_a_sampled_call_gets_the_area_share():
+    # one-pixel maps: the target keeps its mass unless the destination box covers its pixel, the
+    # partner gives mass only if the source box holds its pixel; so both are zero in about a quarter
+    # of the pairs of a real sampled call, and every label is known by hand
+    b, h, w = 256, 16, 16
+    g = gen(21)
+    where = torch.randint(0, h * w, (b,), generator=g)
+    s = torch.zeros(b, h * w)
+    s[torch.arange(b), where] = 1.0
+    s = s.view(b, 1, h, w)
+    out, params = SnapMix(num_classes=b, p=1.0, generator=gen(22))(torch.rand(b, 3, h, w), s, torch.arange(b),
+                                                                     return_params=True)
+    perm, dst, src = params["perm"], params["dst_boxes"], params["src_boxes"]
+    py, px = where // w, where % w
+
+    def inside(box, y, x):
+        return (box[:, 0] <= x) & (x < box[:, 2]) & (box[:, 1] <= y) & (y < box[:, 3])
+
+    kept = 1.0 - inside(dst, py, px).float()  # the target's pixel stays visible
+    pasted = inside(src, py[perm], px[perm]).float()  # the partner's pixel is in the source box
+    area = ((dst[:, 2] - dst[:, 0]) * (dst[:, 3] - dst[:, 1])).float() / (h * w)
+    both_zero = (kept == 0) & (pasted == 0)
+    assert 20 < int(both_zero.sum()) < b - 20  # the fallback and the rule are both exercised
+    share = torch.where(both_zero, area, pasted / (kept + pasted).clamp(min=1))
+    torch.testing.assert_close(params["weights"], torch.stack((kept, pasted), 1))
+    rows = torch.arange(b)[perm != torch.arange(b)]  # a sample that is its own partner keeps its label
+    torch.testing.assert_close(out.labels[rows, perm[rows]], share[rows])
+    torch.testing.assert_close(out.labels[rows, rows], 1 - share[rows])
+    assert torch.isfinite(out.labels).all()
+
+
 # --- GuidedMixup ---------------------------------------------------------------------------------
 
 def test_guided_mixup_pixel_weights_are_saliency_ratio():

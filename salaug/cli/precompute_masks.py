@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from salaug._checks import check_targets
 from salaug.cli._types import (
     HelpFormatter,
     LoadedWeights,
@@ -72,6 +73,13 @@ def _arch(text: str) -> str:
     return text
 
 
+def _targets(text: str) -> str:
+    """``--targets``: ``labels`` or ``predicted``; the old ``label`` warns and means ``labels``."""
+    if text not in ("labels", "predicted", "label"):
+        raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from 'labels', 'predicted')")
+    return check_targets("--targets", text, "salaug precompute-masks")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``salaug precompute-masks`` argument parser: every argument typed and range-checked."""
     p = argparse.ArgumentParser(
@@ -96,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=positive_int, required=True, help="number of classes of the model")
     p.add_argument("--layer", default=None, help="target layer, dotted name (default: the last conv layer)")
     p.add_argument("--cam", type=cam_name, default="gradcam", help="CAM method")
-    p.add_argument("--targets", choices=("label", "predicted"), default="label",
-                   help="CAM of the true label or of the predicted class")
+    p.add_argument("--targets", type=_targets, default="labels", metavar="{labels,predicted}",
+                   help="CAM of the true label or of the predicted class ('label': deprecated spelling of "
+                        "'labels')")
     p.add_argument("--normalize", choices=("none", "imagenet"), default="none",
                    help="input normalisation the model was trained with (none: images in [0, 1])")
     p.add_argument("--out", required=True, type=output_file, help="output mask file")
@@ -132,6 +141,9 @@ class _Normalized(nn.Module):
         self.model = model
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    mean: Tensor
+    std: Tensor
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model((x - self.mean) / self.std)

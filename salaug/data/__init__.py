@@ -19,7 +19,14 @@ line, :mod:`salaug.cli.precompute_masks`) writes such a file.
 """
 
 from salaug.data.collate import CAMSaliency, SaliencyCollate
-from salaug.data.masks import MASK_KEY, MaskBank, MaskedDataset, precompute_masks, read_mask_header, save_masks
+from salaug.data.masks import (
+    MASK_KEY,
+    MaskBank,
+    MaskedDataset,
+    precompute_masks,
+    read_mask_header,
+    save_masks,
+)
 
 __all__ = [
     "MASK_KEY",

@@ -12,19 +12,20 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate, get_worker_info
 
+from salaug._batch import field_position, get_field
 from salaug._checks import (
     check_choice,
     check_finite,
     check_flag,
     check_images,
+    check_int,
     check_key,
-    check_number,
     check_targets,
 )
 from salaug.cam import create_cam
 from salaug.cam.base import model_device, model_on
-from salaug._batch import field_position, get_field
 from salaug.data.masks import MASK_KEY
+
 
 # ---------------------------------------------------------------------------------------------
 # Saliency from a frozen model
@@ -75,7 +76,7 @@ class CAMSaliency:
                  output_size: Literal["feature"] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        targets = check_targets("targets", targets, "CAMSaliency")  # type: ignore[assignment]
+        targets = check_targets("targets", targets, "CAMSaliency")
         check_choice("output_size", output_size, (None, "feature"))
         self.model = model
         self.cam_name = cam
@@ -300,7 +301,7 @@ class SaliencyCollate:
         (torch.Size([2, 3, 8, 8]), [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
     """
 
-    def __init__(self, transform: Callable, saliency: Callable[[Tensor], Tensor] | Literal["mask"], *,
+    def __init__(self, transform: Callable, saliency: Callable[..., Tensor] | Literal["mask"], *,
                  image_key: int | str = 0, label_key: int | str = 1, mask_key: int | str | None = None,
                  num_classes: int | None = None, seed: int | None = None,
                  return_saliency: bool = False) -> None:
@@ -322,8 +323,8 @@ class SaliencyCollate:
         check_key("mask_key", mask_key, optional=True)
         if image_key == label_key:
             raise ValueError(f"image_key and label_key must differ, both are {image_key!r}")
-        check_number("num_classes", num_classes, integer=True, low=1, optional=True)
-        check_number("seed", seed, integer=True, optional=True)
+        check_int("num_classes", num_classes, low=1, optional=True)
+        check_int("seed", seed, optional=True)
         check_flag("return_saliency", return_saliency)
         self.transform = transform
         self.saliency = saliency
@@ -421,7 +422,7 @@ class SaliencyCollate:
         _check_samples(samples, image_key, label_key, mask_key)
 
         try:
-            batch = default_collate(samples)
+            batch = default_collate(list(samples))
         except (RuntimeError, TypeError) as exc:  # another field: the image and mask were checked above
             raise (TypeError if isinstance(exc, TypeError) else RuntimeError)(
                 f"default_collate cannot batch the samples' other fields: {exc}; every field must collate "
@@ -438,15 +439,13 @@ class SaliencyCollate:
                 "give class indices (int) or (K,) probability tensors, e.g. map names with a dict in the dataset"
             )
 
-        if use_mask:
+        source = self.saliency
+        if isinstance(source, str):
             stored = get_field(batch, mask_key, "masks", "mask_key", kind="batch")
             saliency = _mask_batch(stored, mask_key)
         else:
-            if getattr(self.saliency, "uses_labels", False):
-                saliency = self.saliency(images, labels)
-            else:
-                saliency = self.saliency(images)
-            _check_source_output(saliency, images, self.saliency)
+            saliency = source(images, labels) if getattr(source, "uses_labels", False) else source(images)
+            _check_source_output(saliency, images, source)
 
         out = self._transform(images, saliency, labels)
         new_images, new_saliency, soft = out[0], out[1], out[2]

@@ -33,7 +33,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from salaug._batch import get_field
-from salaug._checks import check_choice, check_key, check_number, check_targets
+from salaug._checks import (
+    check_choice,
+    check_int,
+    check_key,
+    check_targets,
+    resolve_index,
+)
 from salaug.cam.base import model_device, model_on
 from salaug.data._paths import as_path, check_output_file, new_file_mode
 
@@ -124,7 +130,7 @@ def read_mask_header(path: str | os.PathLike) -> dict:
             raise ValueError(
                 f"mask file {str(path)!r} is truncated: {size} bytes, shorter than the {_HEADER.size}-byte header"
             )
-        magic, version, code, _, n, h, w, text_len = _HEADER.unpack(raw)
+        _magic, version, code, _, n, h, w, text_len = _HEADER.unpack(raw)
         if version != _VERSION:
             raise ValueError(
                 f"mask file {str(path)!r} has format version {version}; this salaug reads version {_VERSION}"
@@ -249,14 +255,7 @@ class MaskBank(Sequence):
         return t.nan_to_num_(0.0).clamp_(0.0, 1.0)
 
     def __getitem__(self, index: int) -> Tensor:  # type: ignore[override]
-        if isinstance(index, (bool, np.bool_)) or not (
-                isinstance(index, (int, np.integer))
-                or (isinstance(index, Tensor) and index.ndim == 0 and not index.is_floating_point()
-                    and index.dtype != torch.bool)):
-            raise TypeError(f"MaskBank indices must be integers, got {type(index).__name__}; use .get() for batches")
-        i = int(index)
-        if not -self._n <= i < self._n:
-            raise IndexError(f"mask index {i} out of range for {self._n} masks in {self.path!r}")
+        i = resolve_index(index, self._n, f"the {self._n} masks in {self.path!r}", "; use .get() for batches")
         return self._to_float(self.array[i]).unsqueeze(0)
 
     def get(self, indices: Sequence[int] | Tensor) -> Tensor:
@@ -289,7 +288,7 @@ def _encode(maps: Tensor, dtype: str) -> bytes:
     return np.ascontiguousarray(data.astype(_DTYPES[_DTYPE_CODES[dtype]][1])).tobytes()
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Any], object]) -> None:
     """Write through a temporary file renamed over ``path``; the file gets the mode a plain
     ``open(path, "wb")`` would give it (the umask; an existing file keeps its mode)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -451,13 +450,13 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
     from salaug.cam import create_cam
 
     check_choice("dtype", dtype, tuple(_DTYPE_CODES))
-    targets = check_targets("targets", targets, "precompute_masks")  # type: ignore[assignment]
+    targets = check_targets("targets", targets, "precompute_masks")
     check_key("image_key", image_key)
     check_key("label_key", label_key, optional=True)
     if targets == "labels" and label_key is None:
         raise ValueError("targets='labels' needs label_key; pass targets='predicted' for unlabelled data")
-    check_number("batch_size", batch_size, integer=True, low=1)
-    check_number("num_workers", num_workers, integer=True, low=0)
+    check_int("batch_size", batch_size, low=1)
+    check_int("num_workers", num_workers, low=0)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):

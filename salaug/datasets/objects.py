@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from salaug._checks import check_choice, check_interval, check_number
+from salaug._checks import (
+    check_choice,
+    check_float,
+    check_int,
+    check_interval,
+    resolve_index,
+)
 
 __all__ = ["CLASS_NAMES", "ClutteredObjects", "draw_shapes"]
 
@@ -294,7 +300,7 @@ def _luma(rgb: Tensor) -> Tensor:
 
 def _mask_boxes(mask: Tensor) -> Tensor:
     """``(N, 1, H, W)`` bool → ``(N, 4)`` float32 half-open ``xyxy`` boxes (batched, no loop)."""
-    n, _, height, width = mask.shape
+    height, width = mask.shape[-2:]
     cols = mask.any(dim=2).flatten(1)  # (N, W)
     rows = mask.any(dim=3).flatten(1)  # (N, H)
     x1 = cols.to(torch.uint8).argmax(dim=1)
@@ -400,15 +406,15 @@ class ClutteredObjects(Dataset):
         object_scale: tuple[float, float] | None = None,
     ) -> None:
         check_choice("split", split, tuple(_SPLIT_IDS))
-        check_number("size", size, integer=True, low=16)
+        check_int("size", size, low=16)
         if length is None:
             length = _DEFAULT_LENGTHS[split]
-        check_number("length", length, integer=True, low=0)
-        check_number("num_classes", num_classes, integer=True, low=2, high=len(CLASS_NAMES))
-        check_number("seed", seed, integer=True, low=0)
-        check_number("clutter", clutter, low=0)
+        check_int("length", length, low=0)
+        check_int("num_classes", num_classes, low=2, high=len(CLASS_NAMES))
+        check_int("seed", seed, low=0)
+        check_float("clutter", clutter, low=0)
         check_choice("background", background, _BACKGROUNDS)
-        check_number("occlusion", occlusion, low=0, high=_MAX_OCCLUSION)
+        check_float("occlusion", occlusion, low=0, high=_MAX_OCCLUSION)
         object_radius = _check_object_scale(object_scale)
         self.split = split
         self.size = size
@@ -431,12 +437,7 @@ class ClutteredObjects(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> tuple:
-        if not isinstance(index, int):
-            index = int(index)
-        if index < 0:
-            index += self.length
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
+        index = resolve_index(index, self.length)
         if self._cache is not None:
             c = self._cache
             image = c["image"][index].to(torch.float32) / 255

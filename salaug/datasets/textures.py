@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from salaug._checks import check_choice, check_interval, check_number
+from salaug._checks import check_choice, check_int, check_interval, resolve_index
 
 __all__ = ["TEXTURE_NAMES", "TexturedBlobs"]
 
@@ -32,6 +32,9 @@ TEXTURE_NAMES: tuple[str, ...] = ("stripes-0", "stripes-45", "stripes-90", "stri
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 _BLOCK = 256  # indices per random stream
 _PARAMS = 16  # uniform draws per sample
+_HARMONIC_AMP = 0.15  # largest amplitude of each of the outline's three harmonics (relative to the radius)
+_REACH = 1 + 3 * _HARMONIC_AMP  # the outline's farthest point from the centre, in radii
+_MAX_SCALE = 0.3  # largest radius / side for which a centre range remains at the smallest size (16 px)
 
 
 def _texture(k: Tensor, u: Tensor, v: Tensor, period: Tensor) -> Tensor:
@@ -85,7 +88,7 @@ def _blob(params: Tensor, cx: Tensor, cy: Tensor, radius: Tensor, size: int) -> 
     theta = torch.atan2(dv, du)
     edge = torch.ones_like(theta)
     for h, i in zip((2, 3, 4), (0, 2, 4)):
-        amp = (params[:, i] - 0.5) * 0.3
+        amp = (params[:, i] - 0.5) * (2 * _HARMONIC_AMP)
         edge = edge + amp.view(-1, 1, 1) * torch.cos(h * theta + 2 * math.pi * params[:, i + 1].view(-1, 1, 1))
     dist = torch.sqrt(du * du + dv * dv) - radius.view(-1, 1, 1) * edge
     return (0.5 - dist).clamp(0, 1), du, dv
@@ -111,7 +114,8 @@ class TexturedBlobs(Dataset):
         return_mask: also return the object's pixel mask.
         background: ``"default"`` (1/f noise) or ``"shifted"`` (a colour gradient with pixel
             noise, never drawn in the default), for distribution-shift tests.
-        object_scale: ``(lo, hi)`` object radius as a fraction of the side, within ``(0, 0.4]``;
+        object_scale: ``(lo, hi)`` object radius as a fraction of the side, within ``(0, 0.3]``
+            (the largest radius whose blob, harmonics included, fits inside a 16-px image);
             default ``(0.16, 0.26)``.
 
     Shape:
@@ -138,14 +142,13 @@ class TexturedBlobs(Dataset):
                  background: Literal["default", "shifted"] = "default",
                  object_scale: tuple[float, float] = (0.16, 0.26)) -> None:
         self.split = check_choice("split", split, tuple(_SPLITS))
-        self.size = int(check_number("size", size, integer=True, low=16))  # type: ignore[arg-type]
-        self.length = int(check_number("length", length, integer=True, low=0))  # type: ignore[arg-type]
-        self.num_classes = int(check_number("num_classes", num_classes, integer=True, low=2,  # type: ignore[arg-type]
-                                            high=len(TEXTURE_NAMES)))
-        self.seed = int(check_number("seed", seed, integer=True, low=0))  # type: ignore[arg-type]
+        self.size = check_int("size", size, low=16)
+        self.length = check_int("length", length, low=0)
+        self.num_classes = check_int("num_classes", num_classes, low=2, high=len(TEXTURE_NAMES))
+        self.seed = check_int("seed", seed, low=0)
         self.return_mask = bool(return_mask)
         self.background = check_choice("background", background, ("default", "shifted"))
-        self.object_scale = check_interval("object_scale", object_scale, low=0.0, high=0.4, low_open=True)
+        self.object_scale = check_interval("object_scale", object_scale, low=0.0, high=_MAX_SCALE, low_open=True)
         self.classes: tuple[str, ...] = TEXTURE_NAMES[: self.num_classes]
         self._blocks: dict[int, dict[str, Tensor]] = {}
 
@@ -157,11 +160,7 @@ class TexturedBlobs(Dataset):
                 f"num_classes={self.num_classes}, seed={self.seed}, background={self.background!r})")
 
     def __getitem__(self, index: int) -> tuple:
-        index = int(index)
-        if index < 0:
-            index += self.length
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
+        index = resolve_index(index, self.length)
         b = self.render([index])
         out = (b["image"][0], int(b["label"][0]), b["box"][0])
         return out + (b["mask"][0],) if self.return_mask else out
@@ -202,7 +201,7 @@ class TexturedBlobs(Dataset):
         background = 0.25 + 0.5 * background  # mid-range, so objects can contrast either way
         lo, hi = self.object_scale
         radius = s * (lo + (hi - lo) * u[:, 0])
-        margin = radius * 1.3
+        margin = radius * _REACH + 1.0  # the outline's farthest point plus the anti-aliased edge
         cx, cy = margin + (s - 2 * margin) * u[:, 1], margin + (s - 2 * margin) * u[:, 2]
         image = background
         for d in range(2):  # distractors, drawn first (the object covers them where they overlap)

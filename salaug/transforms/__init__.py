@@ -6,11 +6,23 @@ transforms chain and ``F.cross_entropy(logits, labels)`` works unchanged. Constr
 ``num_classes`` as their only positional argument. The mixes share :class:`MixTransform`.
 """
 
-from salaug.transforms.base import MixTransform, Params, ParamsRecord, SalientBatch, SaliencyTransform
+from salaug.transforms.base import (
+    MixTransform,
+    Params,
+    ParamsRecord,
+    SaliencyTransform,
+    SalientBatch,
+)
 from salaug.transforms.crop import SalientCrop
 from salaug.transforms.erase import KeepCutout
 from salaug.transforms.labels import mix_soft_labels, to_soft_labels
-from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, ResizeMix, SaliencyMix, SnapMix
+from salaug.transforms.mix import (
+    AttentiveCutMix,
+    GuidedMixup,
+    ResizeMix,
+    SaliencyMix,
+    SnapMix,
+)
 from salaug.transforms.paste import SalientPaste
 from salaug.transforms.puzzle import PuzzleMix
 from salaug.transforms.recipe import crop_flip
@@ -21,9 +33,9 @@ __all__ = [
     "KeepCutout",
     "MixTransform",
     "Params",
+    "ParamsRecord",
     "PuzzleMix",
     "ResizeMix",
-    "ParamsRecord",
     "SaliencyMix",
     "SaliencyTransform",
     "SalientBatch",

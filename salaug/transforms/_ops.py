@@ -1,9 +1,8 @@
 """Private pixel and box operations shared by the transforms (crop, erase, mix, paste).
 
 Batched over the first dimension, on the input's device, with no host sync. On CPU, small box
-searches (:func:`serial_step`) and, single-threaded, SnapMix's resampling (:func:`batch_step`) run
-over a few fixed slices of the batch whose sizes come from shapes only; accelerators take the
-whole batch at once. The in-place writes
+searches (:func:`serial_step`) run over a few fixed slices of the batch whose sizes come from
+shapes only; accelerators take the whole batch at once. The in-place writes
 (``scatter_``, ``where(out=)``) fall back to out-of-place operations when autograd records a
 graph, so every transform passes gradients to its inputs.
 """
@@ -11,7 +10,8 @@ graph, so every transform passes gradients to its inputs.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -150,9 +150,8 @@ def serial_step(x: Tensor, per_sample: int) -> int:
     A search is a dozen or two small ops of ``per_sample`` elements per sample. Below
     :data:`PARALLEL_GRAIN` elements PyTorch runs an op on one thread; above, every op opens a
     parallel region that waits for all threads, which buys nothing at this size and costs
-    milliseconds per op on a busy CPU (SalientPaste's search at 128 x 32², 2 threads: 2.2x
-    ``v2.CutMix`` alone, 0.3x in chunks). On CPU a few chunks of serial ops are faster; elsewhere
-    the whole batch. Every sample is searched alone, so the results do not depend on the chunking.
+    milliseconds per op on a busy CPU. On CPU a few chunks of serial ops are faster; elsewhere the
+    whole batch. Every sample is searched alone, so the results do not depend on the chunking.
     """
     if x.device.type != "cpu":
         return x.shape[0]
@@ -165,29 +164,6 @@ def by_chunks(fn: Callable[..., Tensor], step: int, *tensors: Tensor) -> Tensor:
     if step >= b:
         return fn(*tensors)
     return torch.cat([fn(*(t[i:i + step] for t in tensors)) for i in range(0, b, step)])
-
-
-#: Bytes of full-size temporaries (partner copies, grids, resampled batches) per chunk of the batch
-#: on a single-threaded CPU. Below glibc's largest mmap threshold (32 MiB) a freed block is kept in
-#: the heap and reused by the next call; above it every call maps fresh pages and pays a page fault
-#: per 4 KiB, which one thread pays serially and which costs more than the resampling itself.
-CHUNK_BYTES = 24 * 2**20
-
-
-def batch_step(x: Tensor, per_sample: int) -> int:
-    """Samples per chunk of ``x``'s batch when each holds ``per_sample`` bytes of temporaries.
-
-    Chunks only on a CPU running one intra-op thread: there they save the page faults of fresh
-    temporaries (SnapMix at 128 x 224², 1 thread: 3.0x -> 2.3x ``v2.CutMix``). With several
-    threads the faults are spread over them and every extra op opens a parallel region that waits
-    for all threads (2 threads on a busy 2-core CPU: 3.3x in one chunk, 4.0x in chunks).
-    Accelerators and autograd (out-of-place ops) take the whole batch. Results do not depend on the
-    chunking: every sample is computed alone.
-    """
-    b = x.shape[0]
-    if x.device.type != "cpu" or needs_graph(x) or torch.get_num_threads() > 1:
-        return b
-    return max(1, min(b, CHUNK_BYTES // max(per_sample, 1)))
 
 
 def grid_axis(u: Tensor, n: int) -> Tensor:
@@ -221,6 +197,33 @@ def warp(x: Tensor, grid: Tensor) -> Tensor:
     """
     work = x.float() if x.dtype in _LOW_PRECISION else x
     return F.grid_sample(work, grid.to(work.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def nearest_index(uy: Tensor, ux: Tensor, size: tuple[int, int]) -> Tensor:
+    """Flat indices ``(B, 1, Hm * Wm)`` of the pixels nearest to the separable pixel coordinates
+    ``uy (B, Hm)`` x ``ux (B, Wm)`` of an ``(H, W)`` image (``grid_sample``'s nearest: half to even,
+    clamped into the image)."""
+    h, w = size
+    rows = uy.round().long().clamp(0, h - 1)
+    cols = ux.round().long().clamp(0, w - 1)
+    return flat_index(rows, cols, w)
+
+
+def resample(x: Tensor, uy: Tensor, ux: Tensor, mode: str = "bilinear") -> Tensor:
+    """``x (B, C, H, W)`` sampled at separable pixel coordinates ``uy (B, Hm)`` x ``ux (B, Wm)``.
+
+    ``"bilinear"``: :func:`warp` on :func:`separable_grid` (float results; low precision in
+    float32). ``"nearest"``: one gather of the nearest pixels, in ``x``'s dtype (masks, label maps:
+    every value is one of ``x``'s).
+
+    Returns:
+        ``(B, C, Hm, Wm)``.
+    """
+    size = (x.shape[-2], x.shape[-1])
+    if mode == "nearest":
+        b, c = x.shape[:2]
+        return gather(x.contiguous(), nearest_index(uy, ux, size)).view(b, c, uy.shape[1], ux.shape[1])
+    return warp(x, separable_grid(uy, ux, size, torch.float32))
 
 
 class PastePlan(NamedTuple):
@@ -281,8 +284,7 @@ def paste_resampled(x: Tensor, plan: PastePlan, canvas: Tensor | None = None, cl
     """
     b, c = x.shape[:2]
     if plan.grid is None:
-        w = x.shape[-1]
-        values = gather(x, flat_index(plan.uy.round().long(), plan.ux.round().long(), w))
+        values = gather(x, nearest_index(plan.uy, plan.ux, (x.shape[-2], x.shape[-1])))
     else:
         values = warp(x, plan.grid).reshape(b, c, -1)
     # back to the targets' order, at patch size (indexing: index_select over dim 0 is many times

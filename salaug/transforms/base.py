@@ -24,21 +24,28 @@ from typing import Any, ClassVar, Literal, NamedTuple, overload
 import torch
 from torch import Tensor, nn
 
-from salaug._checks import check_choice, check_generator, check_images, check_number, check_saliency, to_soft_labels
-from salaug.transforms.labels import mix_soft_labels
+from salaug._checks import (
+    check_choice,
+    check_float,
+    check_generator,
+    check_images,
+    check_int,
+    check_saliency,
+)
+from salaug.transforms.labels import mix_soft_labels, to_soft_labels
 
 __all__ = [
+    "Interpolation",
     "MixTransform",
-    "check_transform",
     "Params",
     "ParamsRecord",
-    "SalientBatch",
     "SaliencyTransform",
+    "SalientBatch",
+    "is_flat",
+    "saliency_share",
     "sample_beta",
     "sample_perm",
     "sample_uniform",
-    "is_flat",
-    "saliency_share",
 ]
 
 # key -> (dtype kind, shape); a shape entry is an int, a dimension name resolved by
@@ -47,11 +54,16 @@ ParamSpec = dict[str, tuple[Literal["bool", "int", "float"], tuple[int | str, ..
 
 
 class ParamsRecord(NamedTuple):
-    """What a :class:`Params` dict was sampled for; a replay on anything else is refused."""
+    """What a :class:`Params` dict was sampled for; a replay on anything else is refused.
+
+    ``options`` are the sampling transform's :attr:`~SaliencyTransform.replay_options` as
+    ``(name, value)`` pairs: the options that change what a replay of the same params does.
+    """
 
     transform: str
     batch_size: int
     size: tuple[int, int]
+    options: tuple[tuple[str, object], ...] = ()
 
 
 class Params(dict[str, Tensor]):
@@ -177,6 +189,15 @@ def is_flat(saliency: Tensor, eps: float = 1e-6) -> Tensor:
 
 # (transform, generator) of the call in progress in this thread / task
 _CALL: ContextVar[tuple[nn.Module, torch.Generator | None] | None] = ContextVar("salaug_call", default=None)
+Interpolation = Literal["bilinear", "nearest"]
+_INTERPOLATIONS: tuple[Interpolation, ...] = ("bilinear", "nearest")
+# (transform, interpolation) of the call in progress
+_RESAMPLING: ContextVar[tuple[nn.Module, Interpolation] | None] = ContextVar("salaug_resampling", default=None)
+
+
+def is_mask_dtype(x: Tensor) -> bool:
+    """Whether ``x`` holds masks or label maps: a bool or integer tensor (replayed by nearest only)."""
+    return not (x.is_floating_point() or x.is_complex())
 
 
 def _kind_ok(t: Tensor, kind: str) -> bool:
@@ -209,12 +230,15 @@ class SaliencyTransform(nn.Module):
 
     #: parameters a replay must carry: key -> (dtype kind, shape), see :meth:`check_params`
     required_params: ClassVar[ParamSpec] = {"applied": ("bool", ("B",))}
+    #: constructor options that change what a replay of the same params does to the pixels; params
+    #: remember their values and a replay on a transform with other values is refused
+    replay_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_classes: int | None = None, *, p: float = 1.0,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.num_classes = check_number("num_classes", num_classes, integer=True, low=1, optional=True)
-        self.p = check_number("p", p, low=0.0, high=1.0)
+        self.num_classes = check_int("num_classes", num_classes, low=1, optional=True)
+        self.p = check_float("p", p, low=0.0, high=1.0)
         self.generator = check_generator(generator)
 
     # -- to implement ---------------------------------------------------------------------------
@@ -236,6 +260,21 @@ class SaliencyTransform(nn.Module):
         """The generator of the call in progress (the call's, else the constructor's)."""
         call = _CALL.get()
         return call[1] if call is not None and call[0] is self else self.generator
+
+    @property
+    def default_interpolation(self) -> Interpolation:
+        """How a call resamples float images when it does not say (``"bilinear"``)."""
+        return "bilinear"
+
+    @property
+    def active_interpolation(self) -> Interpolation:
+        """How the call in progress resamples and mixes pixels: ``"bilinear"`` or ``"nearest"``.
+
+        ``"nearest"`` (masks): every output pixel takes the value of one input pixel, of the image
+        it came from; nothing is blended, and pixels that show no image are 0 (as in the saliency).
+        """
+        call = _RESAMPLING.get()
+        return call[1] if call is not None and call[0] is self else self.default_interpolation
 
     def sample_applied(self, batch_size: int, device: torch.device) -> Tensor:
         """``(B,)`` bool: which samples are transformed (probability ``p`` each, drawn once)."""
@@ -283,6 +322,7 @@ class SaliencyTransform(nn.Module):
             if tuple(record.size) != (h, w):
                 raise ValueError(f"params were sampled for images of {record.size[0]}x{record.size[1]} but these are "
                                  f"{h}x{w}; replay parameters only on images of the same size (resize first)")
+            self._check_options(record)
         spec = self.param_spec()
         missing = [k for k in spec if k not in params]
         if missing:
@@ -304,24 +344,44 @@ class SaliencyTransform(nn.Module):
         return Params({k: (v.to(dev) if isinstance(v, Tensor) else v) for k, v in params.items()},
                       sampled_for=record if isinstance(record, ParamsRecord) else None)
 
+    def _options(self) -> tuple[tuple[str, object], ...]:
+        return tuple((name, getattr(self, name)) for name in self.replay_options)
+
+    def _check_options(self, record: ParamsRecord) -> None:
+        """Refuse params sampled under other :attr:`replay_options` (an older record has none)."""
+        mine = dict(self._options())
+        for name, value in record.options:
+            if name in mine and mine[name] != value:
+                what = type(self).__name__
+                raise ValueError(f"params were sampled by {what}({name}={value!r}) but this {what} has "
+                                 f"{name}={mine[name]!r}, which changes the output; replay them on a {what} with "
+                                 f"{name}={value!r}")
+
     # -- the call -------------------------------------------------------------------------------
     @overload
     def forward(self, images: Tensor, saliency: Tensor, labels: Tensor, *, num_classes: int | None = ...,
                 params: dict[str, Tensor] | None = ..., return_params: Literal[False] = ...,
-                generator: torch.Generator | None = ...) -> SalientBatch: ...
+                generator: torch.Generator | None = ..., interpolation: Interpolation | None = ...) -> SalientBatch: ...
 
     @overload
     def forward(self, images: Tensor, saliency: Tensor, labels: Tensor, *, num_classes: int | None = ...,
                 params: dict[str, Tensor] | None = ..., return_params: Literal[True],
-                generator: torch.Generator | None = ...) -> tuple[SalientBatch, Params]: ...
+                generator: torch.Generator | None = ...,
+                interpolation: Interpolation | None = ...) -> tuple[SalientBatch, Params]: ...
 
     def forward(self, images: Tensor, saliency: Tensor, labels: Tensor, *, num_classes: int | None = None,
                 params: dict[str, Tensor] | None = None, return_params: bool = False,
-                generator: torch.Generator | None = None):
+                generator: torch.Generator | None = None, interpolation: Interpolation | None = None):
         """Transform a batch.
 
+        Masks and label maps move with the images by a replay: sample on the images with
+        ``return_params=True``, then call ``t(masks, saliency, labels, params=params)``. A replay on
+        a bool or integer tensor keeps its dtype and values (``interpolation="nearest"``); a float
+        mask asks for the same with ``interpolation="nearest"``.
+
         Args:
-            images: ``(B, C, H, W)`` floating point, any normalisation, any memory format.
+            images: ``(B, C, H, W)`` floating point, any normalisation, any memory format; on a
+                replay (``params`` given) also bool or integer masks / label maps.
             saliency: ``(B, 1, H, W)`` (or lower resolution ``(B, 1, h, w)`` of the same aspect,
                 as a feature map of the images) in ``[0, 1]``.
             labels: ``(B,)`` class indices (needs ``num_classes``) or ``(B, K)`` probabilities.
@@ -330,31 +390,74 @@ class SaliencyTransform(nn.Module):
                 same transform on another batch of the same size (e.g. segmentation masks).
             return_params: also return the sampled parameters.
             generator: draws this call's randomness, overriding the constructor's ``generator``.
+            interpolation: ``"nearest"``: every output pixel (images and saliency) is the value of
+                one input pixel of the image it came from: resizes by nearest neighbour, pixel-wise
+                mixes give each pixel to the image of larger weight, and pixels that show no image
+                (erased, padding) are 0. ``"bilinear"``: the transform's resampling (float images
+                only). ``None`` (default): ``"nearest"`` for bool / integer images, else the
+                transform's own (``"bilinear"``; :class:`~salaug.transforms.SalientPaste`: its
+                ``interpolation``).
 
         Returns:
             :class:`SalientBatch` ``(images, saliency, labels)``, and the :class:`Params` if asked.
 
         Raises:
-            TypeError, ValueError: on malformed inputs or parameters (see messages).
+            TypeError: bool / integer images without ``params`` (the message says how to replay),
+                and other malformed inputs or parameters (see messages).
+            ValueError: ``interpolation="bilinear"`` on bool / integer images, and malformed inputs
+                or parameters.
+
+        Example:
+            >>> import torch
+            >>> from salaug.transforms import SnapMix
+            >>> x, s = torch.rand(4, 3, 16, 16), torch.rand(4, 1, 16, 16)
+            >>> masks = torch.randint(0, 3, (4, 1, 16, 16))  # label maps of classes 0, 1, 2
+            >>> t = SnapMix(num_classes=4, p=1.0, generator=torch.Generator().manual_seed(0))
+            >>> out, params = t(x, s, torch.arange(4), return_params=True)
+            >>> moved = t(masks, s, torch.arange(4), params=params).images
+            >>> moved.dtype, sorted(moved.unique().tolist())
+            (torch.int64, [0, 1, 2])
         """
-        images = check_images(images, finite=True)
+        replay = params is not None
+        if isinstance(images, Tensor) and is_mask_dtype(images) and not replay:
+            raise TypeError(
+                f"images must be a floating-point tensor, got {images.dtype}; convert images with images.float() / "
+                "255 (or torchvision.transforms.v2.ToDtype(torch.float32, scale=True)). Masks and label maps move "
+                "with the images by a replay: call the transform on the images with return_params=True, then "
+                "t(masks, saliency, labels, params=params), which keeps their dtype and values")
+        images = check_images(images, finite=True, masks=replay)
+        mode = self._interpolation(images, interpolation)
         saliency = check_saliency(saliency, images)
-        k = self.num_classes if num_classes is None else check_number("num_classes", num_classes, integer=True, low=1)
+        k = self.num_classes if num_classes is None else check_int("num_classes", num_classes, low=1)
         soft = to_soft_labels(labels, images.shape[0], k, images.device)
-        if params is None:
-            g = self.generator if generator is None else check_generator(generator)
-            token = _CALL.set((self, g))
-            try:
-                raw = self.generate_parameters(images, saliency)
-            finally:
-                _CALL.reset(token)
-            b, _, h, w = images.shape
-            params = Params(raw, sampled_for=ParamsRecord(_qualname(type(self)), b, (h, w)))
-            used = params
-        else:
-            used = self.check_params(params, images)
-        out = self.apply_transform(images, saliency, soft, used)
+        call = _RESAMPLING.set((self, mode))
+        try:
+            if params is None:
+                g = self.generator if generator is None else check_generator(generator)
+                token = _CALL.set((self, g))
+                try:
+                    raw = self.generate_parameters(images, saliency)
+                finally:
+                    _CALL.reset(token)
+                b, _, h, w = images.shape
+                params = Params(raw, sampled_for=ParamsRecord(_qualname(type(self)), b, (h, w), self._options()))
+                used = params
+            else:
+                used = self.check_params(params, images)
+            out = self.apply_transform(images, saliency, soft, used)
+        finally:
+            _RESAMPLING.reset(call)
         return (out, params) if return_params else out
+
+    def _interpolation(self, images: Tensor, interpolation: Interpolation | None) -> Interpolation:
+        """The call's resampling: the one asked for, else nearest for masks, else the transform's."""
+        if interpolation is None:
+            return "nearest" if is_mask_dtype(images) else self.default_interpolation
+        mode = check_choice("interpolation", interpolation, _INTERPOLATIONS)
+        if mode == "bilinear" and is_mask_dtype(images):
+            raise ValueError(f"interpolation='bilinear' blends pixels and cannot keep the values of {images.dtype} "
+                             "masks; leave interpolation unset (nearest) or replay on float images")
+        return mode
 
     def extra_repr(self) -> str:
         """The constructor's arguments, in its order (the generator left out)."""
@@ -470,7 +573,7 @@ class MixTransform(SaliencyTransform):
         With ``labels="saliency"``, a pair where either map is flat (no saliency information, e.g.
         all zero) gets the area share, so flat saliency gives exactly the area labels.
         """
-        area = self.area_share(params, saliency.shape[-2:])
+        area = self.area_share(params, (saliency.shape[-2], saliency.shape[-1]))
         if getattr(self, "labels", "area") == "area":
             return area
         kept, pasted = self.saliency_masses(saliency, params)
@@ -478,7 +581,7 @@ class MixTransform(SaliencyTransform):
         return torch.where(flat | flat[params["perm"]], area, self.mass_share(kept, pasted, area))
 
     def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
-        plan = self.pixel_plan(params, images.shape[-2:])
+        plan = self.pixel_plan(params, (images.shape[-2], images.shape[-1]))
         out = self.mix_pixels(images, params, plan)
         sal = self.mix_pixels(saliency, params, plan, is_saliency=True)
         if self.clamp_saliency:

@@ -7,12 +7,20 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from salaug._checks import check_interval, check_number, check_size
+from salaug._checks import check_float, check_int, check_interval, check_size
 from salaug.boxes import box_mass, row_prefix
 from salaug.transforms._ops import (
-    by_chunks, first_true, needs_graph, pick, rrc_boxes, separable_grid, serial_step, warp,
+    by_chunks,
+    first_true,
+    needs_graph,
+    pick,
+    resample,
+    rrc_boxes,
+    separable_grid,
+    serial_step,
+    warp,
 )
-from salaug.transforms.base import ParamSpec, Params, SalientBatch, SaliencyTransform
+from salaug.transforms.base import Params, ParamSpec, SaliencyTransform, SalientBatch
 
 __all__ = ["SalientCrop"]
 
@@ -28,7 +36,8 @@ class SalientCrop(SaliencyTransform):
     ``>= keep`` of the mass. Images and saliency are cropped and resized together, bilinearly, with
     the box's corner pixels on the output's corner pixels (the result of kornia's
     ``crop_and_resize(..., align_corners=True)``, computed as one ``grid_sample`` on a separable
-    grid). Labels are unchanged (returned as soft labels).
+    grid; by nearest neighbour in a replay on masks, see :meth:`SaliencyTransform.forward
+    <salaug.transforms.SaliencyTransform.forward>`). Labels are unchanged (returned as soft labels).
 
     Samples not transformed (probability ``1 - p``) are the whole image resized to ``size``; when
     ``size`` is the input size they are returned bit-for-bit unchanged.
@@ -74,6 +83,7 @@ class SalientCrop(SaliencyTransform):
     """
 
     required_params: ClassVar[ParamSpec] = {"applied": ("bool", ("B",)), "boxes": ("int", ("B", 4))}
+    replay_options = ("size",)
 
     def __init__(self, num_classes: int | None = None, *, size: int | tuple[int, int] | None = None,
                  keep: float = 0.8, scale: tuple[float, float] = (0.08, 1.0),
@@ -81,10 +91,10 @@ class SalientCrop(SaliencyTransform):
                  generator: torch.Generator | None = None) -> None:
         super().__init__(num_classes, p=p, generator=generator)
         self.size = check_size("size", size, optional=True)
-        self.keep = check_number("keep", keep, low=0.0, high=1.0)
+        self.keep = check_float("keep", keep, low=0.0, high=1.0)
         self.scale = check_interval("scale", scale, low=0.0, high=1.0, low_open=True)
         self.ratio = check_interval("ratio", ratio, low=0.0, low_open=True)
-        self.num_candidates = check_number("num_candidates", num_candidates, integer=True, low=1)
+        self.num_candidates = check_int("num_candidates", num_candidates, low=1)
 
     def generate_parameters(self, images: Tensor, saliency: Tensor) -> dict[str, Tensor]:
         b, _, h, w = images.shape
@@ -104,14 +114,19 @@ class SalientCrop(SaliencyTransform):
         return {"applied": applied, "boxes": boxes, "mass": kept}
 
     def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
-        b, _, h, w = images.shape
+        h, w = images.shape[-2:]
         boxes = params["boxes"]
         size = self.size or (h, w)
         images, saliency = images.contiguous(), saliency.contiguous()  # one layout, whatever the caller's
-        grid = crop_grid(boxes, size, (h, w))  # one grid for both
-        out = warp(images, grid).to(images.dtype)
-        sal = warp(saliency, grid)
-        sal = sal.clamp(0, 1) if needs_graph(sal) else sal.clamp_(0, 1)
+        if self.active_interpolation == "nearest":
+            x1, y1, x2, y2 = boxes.unbind(1)
+            uy, ux = _corner_axis(y1, y2, size[0]), _corner_axis(x1, x2, size[1])
+            out, sal = resample(images, uy, ux, "nearest"), resample(saliency, uy, ux, "nearest")
+        else:
+            grid = crop_grid(boxes, size, (h, w))  # one grid for both
+            out = warp(images, grid).to(images.dtype)
+            sal = warp(saliency, grid)
+            sal = sal.clamp(0, 1) if needs_graph(sal) else sal.clamp_(0, 1)
         if size == (h, w):  # full-image boxes (not applied, or the fallback) stay bit-exact
             full = torch.tensor([0, 0, w, h], device=boxes.device)
             keep = (boxes == full).all(1)[:, None, None, None]

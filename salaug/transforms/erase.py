@@ -7,17 +7,26 @@ import math
 import torch
 from torch import Tensor
 
-from salaug._checks import check_interval, check_number
+from salaug._checks import check_float, check_int, check_interval
 from salaug.boxes import box_mask, box_mass
-from salaug.transforms._ops import first_true, flat_index, gather, patch_index, pick, restore_first, rrc_boxes, scatter
-from salaug.transforms.base import ParamSpec, Params, SalientBatch, SaliencyTransform
+from salaug.transforms._ops import (
+    first_true,
+    flat_index,
+    gather,
+    patch_index,
+    pick,
+    restore_first,
+    rrc_boxes,
+    scatter,
+)
+from salaug.transforms.base import Params, ParamSpec, SaliencyTransform, SalientBatch
 
 __all__ = ["KeepCutout"]
 
 
 def _max_side(scale_max: float, ratio: float, h: int, w: int, side: int) -> int:
     """Largest side a sampled candidate can have (see ``_ops.rrc_boxes``), with a rounding margin."""
-    return min(side, int(math.ceil(math.sqrt(scale_max * h * w * ratio) * (1 + 1e-6))) + 1)
+    return min(side, math.ceil(math.sqrt(scale_max * h * w * ratio) * (1 + 1e-6)) + 1)
 
 
 class KeepCutout(SaliencyTransform):
@@ -29,7 +38,8 @@ class KeepCutout(SaliencyTransform):
     candidate is below the threshold, nothing is erased for that sample (its box in the params is
     empty), so an erased box never holds ``threshold`` or more of the mass. Erased pixels get
     ``value`` (a float, or ``"random"``: standard-normal noise, suited to normalised images); erased
-    saliency is set to 0. Labels are unchanged.
+    saliency is set to 0, and so are erased pixels in a replay on masks (``interpolation="nearest"``).
+    Labels are unchanged.
 
     Args:
         num_classes: number of classes K, needed for ``(B,)`` integer labels.
@@ -68,22 +78,24 @@ class KeepCutout(SaliencyTransform):
         (True, True)
     """
 
+    replay_options = ("value",)
+
     def __init__(self, num_classes: int | None = None, *, scale: tuple[float, float] = (0.02, 0.25),
                  ratio: tuple[float, float] = (0.3, 3.3), threshold: float = 0.1, value: float | str = 0.0,
                  num_candidates: int = 16, p: float = 1.0, generator: torch.Generator | None = None) -> None:
         super().__init__(num_classes, p=p, generator=generator)
         self.scale = check_interval("scale", scale, low=0.0, high=1.0, low_open=True)
         self.ratio = check_interval("ratio", ratio, low=0.0, low_open=True)
-        self.threshold = check_number("threshold", threshold, low=0.0, high=1.0)
+        self.threshold = check_float("threshold", threshold, low=0.0, high=1.0)
         if isinstance(value, str) and value != "random":
             raise ValueError(f"value must be a number or 'random', got {value!r}")
-        self.value = value if isinstance(value, str) else check_number("value", value)
-        self.num_candidates = check_number("num_candidates", num_candidates, integer=True, low=1)
+        self.value = value if isinstance(value, str) else check_float("value", value)
+        self.num_candidates = check_int("num_candidates", num_candidates, low=1)
 
     def param_spec(self) -> ParamSpec:
         spec: ParamSpec = {"applied": ("bool", ("B",)), "boxes": ("int", ("B", 4))}
-        if self.value == "random":
-            spec["noise"] = ("float", ("B", "C", "*", "*"))
+        if self.value == "random":  # a replay on masks uses no noise, so any channel count replays
+            spec["noise"] = ("float", ("B", "*" if self.active_interpolation == "nearest" else "C", "*", "*"))
         return spec
 
     def _patch_size(self, h: int, w: int) -> tuple[int, int]:
@@ -108,12 +120,14 @@ class KeepCutout(SaliencyTransform):
         return params
 
     def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
-        b, c, h, w = images.shape
+        h, w = images.shape[-2:]
         boxes = params["boxes"]
         mask = box_mask(boxes, (h, w))
         sal = torch.where(mask, torch.zeros((), dtype=saliency.dtype, device=saliency.device), saliency)
-        if self.value != "random":
-            fill = torch.full((), self.value, dtype=images.dtype, device=images.device)
+        nearest = self.active_interpolation == "nearest"  # masks: erased pixels are 0, as the saliency
+        if isinstance(self.value, float) or nearest:
+            fill = torch.full((), self.value if isinstance(self.value, float) and not nearest else 0,
+                              dtype=images.dtype, device=images.device)
             return SalientBatch(torch.where(mask, fill, images), sal, labels)
         noise = params["noise"].to(dtype=images.dtype)
         hm, wm = noise.shape[-2:]

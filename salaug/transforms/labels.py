@@ -7,9 +7,11 @@ works unchanged and transforms chain. A mix with partner weight ``w`` gives
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import to_soft_labels
+from salaug._checks import check_class_indices, value_checks_on
 
 __all__ = ["mix_soft_labels", "to_soft_labels"]
 
@@ -33,3 +35,51 @@ def mix_soft_labels(labels: Tensor, perm: Tensor, weight: Tensor) -> Tensor:
     """
     w = weight.to(labels.dtype).clamp(0, 1).unsqueeze(1)
     return labels.lerp(labels[perm], w)
+
+
+def to_soft_labels(labels: object, batch_size: int, num_classes: int | None, device: torch.device) -> Tensor:
+    """Turn ``(B,)`` class indices or ``(B, K)`` probabilities into ``(B, K)`` float32 soft labels.
+
+    Raises:
+        TypeError: if ``labels`` is not a tensor.
+        ValueError: integer labels without ``num_classes``, indices out of range, a batch-size
+            mismatch, or rows of ``(B, K)`` labels that are negative or do not sum to 1.
+
+    Example:
+        >>> to_soft_labels(torch.tensor([2, 0]), 2, 3, torch.device("cpu")).tolist()
+        [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    """
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor of shape (B,) or (B, K), got {type(labels).__name__}")
+    if labels.ndim == 0 or labels.shape[0] != batch_size:
+        raise ValueError(f"labels must have batch size {batch_size} (shape (B,) or (B, K)), got {tuple(labels.shape)}; "
+                         "pass one label per image")
+    if labels.ndim == 1:
+        if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+            raise TypeError(f"(B,) labels must be integer class indices, got {labels.dtype}; convert with "
+                            "labels.long(), or pass (B, K) probabilities")
+        if num_classes is None:
+            raise ValueError(
+                "integer labels need num_classes to build soft labels: pass num_classes=K to the "
+                "transform (or its call), or pass (B, K) one-hot / probability labels"
+            )
+        check_class_indices(labels, num_classes, "label indices", f"num_classes={num_classes}")
+        return F.one_hot(labels.to(device=device, dtype=torch.long), num_classes).to(torch.float32)
+    if labels.ndim == 2:
+        if not labels.is_floating_point():
+            hint = ("squeeze (B, 1) class indices with labels.squeeze(1)" if labels.shape[1] == 1 else
+                    "convert one-hot labels with labels.float()")
+            raise TypeError(f"(B, K) labels must be floating point probabilities, got {labels.dtype}; {hint}")
+        if num_classes is not None and labels.shape[1] != num_classes:
+            raise ValueError(f"labels have {labels.shape[1]} classes but num_classes={num_classes}; pass labels with "
+                             "one column per class, or the matching num_classes")
+        labels = labels.to(device=device, dtype=torch.float32)
+        if value_checks_on(labels):
+            if not bool(torch.isfinite(labels).all()) or bool((labels < 0).any()):
+                raise ValueError("(B, K) labels must be finite and non-negative probabilities; check the code that "
+                                 "built them (e.g. use softmax, not raw logits)")
+            if not torch.allclose(labels.sum(1), torch.ones((), device=device), atol=1e-3):
+                raise ValueError("(B, K) labels must be probabilities: each row must sum to 1; normalise them with "
+                                 "labels / labels.sum(1, keepdim=True)")
+        return labels
+    raise ValueError(f"labels must have shape (B,) or (B, K), got {tuple(labels.shape)}")

@@ -40,19 +40,54 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import check_choice, check_flag, check_interval, check_number, check_size
+from salaug._checks import (
+    check_choice,
+    check_flag,
+    check_float,
+    check_int,
+    check_interval,
+    check_size,
+)
 from salaug._filters import gaussian_blur
-from salaug.boxes import box_area, box_around, box_mask, box_mass, box_size, cell_mass, cells_mask, grid_cells, \
-    peak, row_prefix, top_k_cells
-from salaug.transforms._ops import axis_pixels, batch_step, image_aspect_boxes, masked, needs_graph, partner_box_mass, \
-    paste, separable_grid, warp
-from salaug.transforms.base import MixTransform, ParamSpec, Params, sample_beta, sample_uniform
+from salaug.boxes import (
+    box_area,
+    box_around,
+    box_mask,
+    box_mass,
+    box_size,
+    cell_mass,
+    cells_mask,
+    grid_cells,
+    peak,
+    row_prefix,
+    top_k_cells,
+)
+from salaug.transforms._ops import (
+    axis_pixels,
+    flat_index,
+    image_aspect_boxes,
+    masked,
+    needs_graph,
+    partner_box_mass,
+    paste,
+    patch_index,
+    resample,
+    separable_grid,
+    warp,
+)
+from salaug.transforms.base import (
+    MixTransform,
+    Params,
+    ParamSpec,
+    sample_beta,
+    sample_uniform,
+)
 
 __all__ = ["AttentiveCutMix", "GuidedMixup", "ResizeMix", "SaliencyMix", "SnapMix", "greedy_pairing"]
 
 
 def _alpha(alpha: object) -> float:
-    return check_number("alpha", alpha, low=0.0, low_open=True)  # type: ignore[return-value]
+    return check_float("alpha", alpha, low=0.0, low_open=True)
 
 
 class SaliencyMix(MixTransform):
@@ -73,8 +108,7 @@ class SaliencyMix(MixTransform):
         num_classes: number of classes, needed for ``(B,)`` integer labels.
         alpha: concentration of ``Beta(alpha, alpha)`` for the box area, ``> 0``.
         labels: ``"area"`` (the paper's) or ``"saliency"``.
-        p: probability that each sample is mixed (0.5 by default: the benchmarks' choice; 1.0 trained
-            worse).
+        p: probability that each sample is mixed (default 0.5).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -151,8 +185,7 @@ class AttentiveCutMix(MixTransform):
         grid: ``(gh, gw)`` cells (an int means square), each ``>= 1``.
         k: cells to paste, ``1 <= k <= gh * gw``.
         labels: ``"area"`` (the paper's) or ``"saliency"``.
-        p: probability that each sample is mixed (0.5 by default: the benchmarks' choice; 1.0 trained
-            worse).
+        p: probability that each sample is mixed (default 0.5).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -180,13 +213,14 @@ class AttentiveCutMix(MixTransform):
 
     required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "cells": ("bool", ("B", "G"))}
     clamp_saliency = False  # pixels are copied, never resampled
+    replay_options = ("grid",)  # grids of as many cells (2x8, 4x4) cut the image differently
 
     def __init__(self, num_classes: int | None = None, *, grid: int | tuple[int, int] = (7, 7), k: int = 6,
                  labels: Literal["area", "saliency"] = "area", p: float = 0.5,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(num_classes, labels=labels, p=p, generator=generator)
-        self.grid: tuple[int, int] = check_size("grid", grid)  # type: ignore[assignment]
-        self.k = check_number("k", k, integer=True, low=1, high=self.grid[0] * self.grid[1])
+        self.grid: tuple[int, int] = check_size("grid", grid)
+        self.k = check_int("k", k, low=1, high=self.grid[0] * self.grid[1])
 
     def param_dims(self, images: Tensor) -> dict[str, int]:
         return {**super().param_dims(images), "G": self.grid[0] * self.grid[1]}
@@ -221,16 +255,17 @@ class AttentiveCutMix(MixTransform):
 
 
 class _SnapPlan(NamedTuple):
-    """SnapMix's paste mask ``(B, 1, H, W)``, the source coordinates ``uy (B, H)``, ``ux (B, W)``
-    and their grid ``(B, H, W, 2)`` (None where the batch is resampled in chunks, each its own)."""
+    """SnapMix's full-size plan (accelerators): the paste mask ``(B, 1, H, W)``, the source
+    coordinates ``uy (B, H)``, ``ux (B, W)`` and their ``grid_sample`` grid ``(B, H, W, 2)`` (None
+    for nearest)."""
 
     mask: Tensor
     uy: Tensor
     ux: Tensor
-    grid: Tensor | None = None
+    grid: Tensor | None
 
 
-def _snap_plan(src: Tensor, dst: Tensor, applied: Tensor, size: tuple[int, int]) -> _SnapPlan:
+def _snap_plan(src: Tensor, dst: Tensor, applied: Tensor, size: tuple[int, int], mode: str = "bilinear") -> _SnapPlan:
     """Where SnapMix pastes (``dst`` boxes of the applied samples) and samples (in the ``src`` boxes).
 
     Each ``dst`` box pixel maps to its ``src`` box coordinates as ``F.interpolate(...,
@@ -246,45 +281,83 @@ def _snap_plan(src: Tensor, dst: Tensor, applied: Tensor, size: tuple[int, int])
     in_x = (xs >= x1[:, None]) & (xs < x2[:, None])
     uy = axis_pixels(y1, y2, src[:, 1], src[:, 3], ys - y1[:, None])
     ux = axis_pixels(x1, x2, src[:, 0], src[:, 2], xs - x1[:, None])
-    chunked = dev.type == "cpu" and torch.get_num_threads() == 1  # see batch_step
-    grid = None if chunked else separable_grid(uy, ux, size, torch.float32)  # shared by images and saliency
+    grid = None if mode == "nearest" else separable_grid(uy, ux, size, torch.float32)  # images and saliency
     return _SnapPlan(in_y[:, None, :, None] & in_x[:, None, None, :], uy, ux, grid)
 
 
 def _snap_paste(x: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool) -> Tensor:
-    """``where(mask, bilinear resize of x[perm]'s source boxes, x)`` for ``x (B, C, H, W)``.
+    """``where(mask, resize of x[perm]'s source boxes, x)`` for ``x (B, C, H, W)``, every pixel
+    resampled: one ``grid_sample`` (or gather) of the permuted batch, no host sync (accelerators).
 
-    ``clamp`` clamps the resized values into ``[0, 1]`` (saliency). On a single-threaded CPU the
-    batch is taken in chunks (:func:`~salaug.transforms._ops.batch_step`), elsewhere at once.
-
-    Per chunk: one copy of the partners, one ``grid_sample`` on a separable grid, one masked write
-    into the output; chunks keep those temporaries small enough to be recycled between calls
-    (:data:`~salaug.transforms._ops.CHUNK_BYTES`).
+    ``clamp`` clamps the resized values into ``[0, 1]`` (saliency).
     """
-    b, c, h, w = x.shape
-    step = batch_step(x, max(c, 2) * h * w * 4)  # the partner copy, the result, the grid (2 channels)
-    if step >= b:
-        return _snap_chunk(x, x, perm, plan, clamp, None)
-    out = torch.empty_like(x)
-    for i in range(0, b, step):
-        sl = slice(i, i + step)
-        _snap_chunk(x, x[sl], perm[sl], _SnapPlan(plan.mask[sl], plan.uy[sl], plan.ux[sl],
-                                                  None if plan.grid is None else plan.grid[sl]), clamp, out[sl])
-    return out
-
-
-def _snap_chunk(x: Tensor, target: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool,
-                out: Tensor | None) -> Tensor:
-    """One chunk of :func:`_snap_paste`: ``target (N, C, H, W)`` pasted with its partners ``x[perm]``
-    resized, written into ``out`` (a slice of the result) or, without ``out``, into the resize."""
-    grid = plan.grid if plan.grid is not None else separable_grid(plan.uy, plan.ux, x.shape[-2:], torch.float32)
-    warped = warp(x[perm], grid)
+    if plan.grid is None:
+        warped = resample(x[perm], plan.uy, plan.ux, "nearest")
+    else:
+        warped = warp(x[perm], plan.grid)
     if clamp:
         warped = warped.clamp(0, 1) if needs_graph(warped) else warped.clamp_(0, 1)
-    warped = warped.to(x.dtype)
-    if out is None:
-        return paste(plan.mask, warped, target)
-    return torch.where(plan.mask, warped, target, out=out)
+    return paste(plan.mask, warped.to(x.dtype), x)
+
+
+class _RegionPlan(NamedTuple):
+    """SnapMix's plan on CPU: the applied samples with a non-empty destination box, ``(A,)`` each.
+
+    ``target`` and ``partner`` are sample indices, ``uy (A, Hm)`` / ``ux (A, Wm)`` the source
+    coordinates of a patch as large as the largest destination box, ``idx (A, 1, Hm * Wm)`` the
+    flat pixels the patch is written to (a patch row or column beyond its box repeats the box's
+    last one, see :func:`~salaug.transforms._ops.patch_index`).
+    """
+
+    target: Tensor
+    partner: Tensor
+    uy: Tensor
+    ux: Tensor
+    idx: Tensor
+    mode: str
+
+
+def _region_plan(src: Tensor, dst: Tensor, applied: Tensor, perm: Tensor, size: tuple[int, int],
+                 mode: str = "bilinear") -> _RegionPlan:
+    """Plan :func:`_region_paste`: the source coordinates of the pasted pixels only.
+
+    The coordinates are those of :func:`_snap_plan` (``F.interpolate(..., align_corners=False)``
+    pixel mapping, clamped into the source box), at the size of the largest destination box of
+    the applied samples. Which samples and how large a patch are read back as numbers: on CPU this
+    costs no sync (accelerators use :func:`_snap_plan`).
+    """
+    x1, y1, x2, y2 = dst.unbind(1)
+    hd, wd = y2 - y1, x2 - x1
+    target = (applied & (hd > 0) & (wd > 0)).nonzero().flatten()
+    box = dst[target]
+    patch = (int(hd[target].amax()), int(wd[target].amax())) if target.numel() else (1, 1)
+    rows, cols, ri, ci = patch_index(box, patch, size)
+    sb = src[target]
+    uy = axis_pixels(box[:, 1], box[:, 3], sb[:, 1], sb[:, 3], ri)
+    ux = axis_pixels(box[:, 0], box[:, 2], sb[:, 0], sb[:, 2], ci)
+    return _RegionPlan(target, perm[target], uy, ux, flat_index(rows, cols, size[1]), mode)
+
+
+def _region_paste(x: Tensor, plan: _RegionPlan, clamp: bool) -> Tensor:
+    """:func:`_snap_paste` on CPU, resampling only the pasted region of the applied samples.
+
+    The partners of the applied samples are resampled at patch size (one ``grid_sample``, or one
+    gather for nearest) and written by one indexed copy into a copy of ``x``.
+    """
+    b, c, h, w = x.shape
+    out = x.clone()
+    if plan.target.numel() == 0:
+        return out
+    values = resample(x[plan.partner], plan.uy, plan.ux, plan.mode)  # (index_select: slower on a busy CPU)
+    if clamp:
+        values = values.clamp(0, 1) if needs_graph(values) else values.clamp_(0, 1)
+    where = (plan.target.view(-1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1), plan.idx)
+    values = values.reshape(plan.target.numel(), c, -1).to(x.dtype)
+    flat = out.view(b, c, h * w)
+    if needs_graph(flat, values):
+        return flat.index_put(where, values).view(b, c, h, w)
+    flat.index_put_(where, values)
+    return out
 
 
 class _ResizedBoxMix(MixTransform):
@@ -295,10 +368,16 @@ class _ResizedBoxMix(MixTransform):
                                             "dst_boxes": ("int", ("B", 4))}
     clamp_saliency = False  # the resampled saliency is clamped before the paste
 
-    def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan:
-        return _snap_plan(params["src_boxes"], params["dst_boxes"], params["applied"], size)
+    def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan | _RegionPlan:
+        src, dst, applied = params["src_boxes"], params["dst_boxes"], params["applied"]
+        if dst.device.type == "cpu":
+            return _region_plan(src, dst, applied, params["perm"], size, self.active_interpolation)
+        return _snap_plan(src, dst, applied, size, self.active_interpolation)
 
-    def mix_pixels(self, x: Tensor, params: Params, plan: _SnapPlan, *, is_saliency: bool = False) -> Tensor:
+    def mix_pixels(self, x: Tensor, params: Params, plan: _SnapPlan | _RegionPlan, *,
+                   is_saliency: bool = False) -> Tensor:
+        if isinstance(plan, _RegionPlan):
+            return _region_paste(x.contiguous(), plan, clamp=is_saliency)
         return _snap_paste(x.contiguous(), params["perm"], plan, clamp=is_saliency)
 
     def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
@@ -341,8 +420,7 @@ class SnapMix(_ResizedBoxMix):
         alpha: concentration of ``Beta(alpha, alpha)`` for both box areas, ``> 0``.
         normalize: how the raw weights become the label, see above.
         labels: ``"saliency"`` (the paper's) or ``"area"``.
-        p: probability that each sample is mixed (0.5 by default: the benchmarks' choice; 1.0 trained
-            worse).
+        p: probability that each sample is mixed (default 0.5).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -446,7 +524,7 @@ class ResizeMix(_ResizedBoxMix):
         scale: ``(lo, hi)`` range of the pasted side as a fraction of the image side, within
             ``(0, 1]`` (the paper's ``(0.1, 0.8)``).
         labels: ``"area"`` (the paper's) or ``"saliency"``.
-        p: probability that each sample is mixed (0.5 by default, as for every mix here).
+        p: probability that each sample is mixed (default 0.5).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -562,7 +640,8 @@ class GuidedMixup(MixTransform):
 
     (``eps`` is tiny: where both maps are zero the mix is 0.5) and the output is
     ``w_a * x_a + (1 - w_a) * x_b``. The output saliency is mixed with the same weights (so it
-    stays in ``[0, 1]``).
+    stays in ``[0, 1]``). With ``interpolation="nearest"`` (a replay on masks) nothing is blended:
+    each pixel shows the image whose weight is larger (the sample's own where ``w_a >= 0.5``).
 
     Partners: ``pairing="greedy"`` pairs samples whose salient regions overlap little, as the
     paper's greedy pairing: the cosine similarity of the smoothed maps (pooled to at most 16x16)
@@ -579,8 +658,7 @@ class GuidedMixup(MixTransform):
             kernel spans ``+-3 sigma``, capped by the image size.
         pairing: ``"greedy"`` or ``"random"``.
         eps: added to both maps in the weight ratio, ``> 0``.
-        p: probability that each sample is mixed (0.5 by default: the benchmarks' choice; 1.0 trained
-            worse).
+        p: probability that each sample is mixed (default 0.5).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -614,17 +692,16 @@ class GuidedMixup(MixTransform):
                  pairing: Literal["greedy", "random"] = "greedy", eps: float = 1e-8, p: float = 0.5,
                  generator: torch.Generator | None = None) -> None:
         super().__init__(num_classes, p=p, generator=generator)
-        self.sigma = check_number("sigma", sigma, low=0.0)
+        self.sigma = check_float("sigma", sigma, low=0.0)
         self.pairing = check_choice("pairing", pairing, ("greedy", "random"))
-        self.eps = check_number("eps", eps, low=0.0, low_open=True)
+        self.eps = check_float("eps", eps, low=0.0, low_open=True)
 
     def smooth(self, saliency: Tensor) -> Tensor:
         """Gaussian-smooth ``(B, 1, H, W)`` maps and normalise each to sum 1 (zero map: uniform).
 
         The blur equals ``kornia.filters.gaussian_blur2d(s, (kh, kw), (sigma, sigma))`` with its
         default reflect border, but is computed as two matmuls with banded ``(H, H)`` and ``(W, W)``
-        Gaussian matrices: single-channel convolutions are slow on CPU and a matmul is not (several
-        times faster at 224x224).
+        Gaussian matrices: single-channel convolutions are slow on CPU and a matmul is not.
         """
         h, w = saliency.shape[-2:]
         s = saliency.to(torch.float32)
@@ -652,8 +729,11 @@ class GuidedMixup(MixTransform):
         return {"applied": applied, "perm": perm, "own_weight": own}
 
     def mix_pixels(self, x: Tensor, params: Params, plan: Any, *, is_saliency: bool = False) -> Tensor:
+        own = params["own_weight"]
+        if self.active_interpolation == "nearest":  # no blending: each pixel from the image of larger weight
+            return torch.where(own >= 0.5, x, x[params["perm"]])
         # lerp(end=own, weight=w) is exact where w == 1, so samples not applied stay bit-identical.
-        return torch.lerp(x[params["perm"]], x, params["own_weight"].to(x.dtype))
+        return torch.lerp(x[params["perm"]], x, own.to(x.dtype))
 
     def partner_share(self, saliency: Tensor, params: Params) -> Tensor:
         return (1 - params["own_weight"].to(torch.float32)).mean((1, 2, 3))

@@ -10,12 +10,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import check_choice, check_interval, check_number
-from salaug.boxes import box_area, box_around, box_mass, box_size, least_salient_box, peak, row_prefix
-from salaug.transforms._ops import (
-    PastePlan, by_chunks, needs_graph, partner_box_mass, paste_plan, paste_resampled, separable_grid, serial_step, warp,
+from salaug._checks import check_choice, check_float, check_interval
+from salaug.boxes import (
+    box_area,
+    box_around,
+    box_mass,
+    box_size,
+    least_salient_box,
+    peak,
+    row_prefix,
 )
-from salaug.transforms.base import MixTransform, ParamSpec, Params, sample_uniform
+from salaug.transforms._ops import (
+    PastePlan,
+    by_chunks,
+    needs_graph,
+    partner_box_mass,
+    paste_plan,
+    paste_resampled,
+    resample,
+    serial_step,
+)
+from salaug.transforms.base import (
+    Interpolation,
+    MixTransform,
+    Params,
+    ParamSpec,
+    sample_uniform,
+)
 
 __all__ = ["SalientPaste"]
 
@@ -119,7 +140,7 @@ class SalientPaste(MixTransform):
         interpolation: ``"bilinear"`` or ``"nearest"`` resampling of the pasted region (both at
             patch size, about the same cost on CPU).
         fill: the padding value for ``background="constant"``.
-        p: probability that each sample receives a paste (0.5 by default, as for every mix here).
+        p: probability that each sample receives a paste (default 0.5).
         generator: optional ``torch.Generator`` for reproducible sampling.
 
     Shape:
@@ -156,11 +177,12 @@ class SalientPaste(MixTransform):
     required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "src_boxes": ("int", ("B", 4)),
                                             "dst_boxes": ("int", ("B", 4))}
     clamp_saliency = False  # the resampled saliency is clamped where it is resampled
+    replay_options = ("background", "interpolation", "fill")
 
     def __init__(self, num_classes: int | None = None, *, scale: tuple[float, float] = (0.1, 0.4),
                  zoom: tuple[float, float] = (0.75, 1.33), background: str = "image",
                  labels: Literal["area", "saliency"] = "area", source: str = "peak",
-                 interpolation: str = "bilinear", fill: float = 0.0, p: float = 0.5,
+                 interpolation: Interpolation = "bilinear", fill: float = 0.0, p: float = 0.5,
                  generator: torch.Generator | None = None, label_rule: str | None = None) -> None:
         if label_rule is not None:
             warnings.warn("SalientPaste(label_rule=...) is deprecated: use labels='area' or labels='saliency'",
@@ -171,8 +193,8 @@ class SalientPaste(MixTransform):
         self.zoom = check_interval("zoom", zoom, low=0.0, low_open=True)
         self.background = check_choice("background", background, _BACKGROUNDS)
         self.source = check_choice("source", source, ("peak", "mass"))
-        self.interpolation = check_choice("interpolation", interpolation, ("bilinear", "nearest"))
-        self.fill = check_number("fill", fill)
+        self.interpolation: Interpolation = check_choice("interpolation", interpolation, ("bilinear", "nearest"))
+        self.fill = check_float("fill", fill)
 
     def param_spec(self) -> ParamSpec:
         if self.background == "image":
@@ -208,6 +230,11 @@ class SalientPaste(MixTransform):
         params["dst_boxes"] = dst.masked_fill(~applied[:, None], 0)
         return params
 
+    @property
+    def default_interpolation(self) -> Interpolation:
+        """This transform's ``interpolation`` (a call's ``interpolation`` overrides it)."""
+        return self.interpolation
+
     @staticmethod
     def _canvas_layout(area: Tensor, u_side: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Strip (partner) and shrunk-target boxes of a padded canvas, ``(B, 4)`` each."""
@@ -239,13 +266,14 @@ class SalientPaste(MixTransform):
 
     def pixel_plan(self, params: Params, size: tuple[int, int]) -> PastePlan:
         return paste_plan(params["src_boxes"], params["dst_boxes"], params["perm"], self._patch_size(*size), size,
-                          self.interpolation)
+                          self.active_interpolation)
 
     def mix_pixels(self, x: Tensor, params: Params, plan: PastePlan, *, is_saliency: bool = False) -> Tensor:
         x = x.contiguous()  # a no-op for the usual layout
         if self.background == "image":
             return paste_resampled(x, plan, clamp=is_saliency)
-        canvas = self._canvas(x, params["target_boxes"], 0.0 if is_saliency else self.fill)
+        nearest = self.active_interpolation == "nearest"  # masks: the padding is 0, as in the saliency
+        canvas = self._canvas(x, params["target_boxes"], 0.0 if is_saliency or nearest else self.fill)
         if is_saliency:
             canvas = canvas.clamp(0, 1) if needs_graph(canvas) else canvas.clamp_(0, 1)
         canvas = paste_resampled(x, plan, canvas, clamp=is_saliency)
@@ -267,12 +295,13 @@ class SalientPaste(MixTransform):
             ux, uy = _reflect(ux, w), _reflect(uy, h)
         else:
             ux, uy = ux.clamp(0, w - 1), uy.clamp(0, h - 1)
-        out = warp(x, separable_grid(uy, ux, (h, w), torch.float32)).to(x.dtype)
+        out = resample(x, uy, ux, self.active_interpolation).to(x.dtype)
         if self.background == "constant":
             inside = ((xs >= target[:, :1]) & (xs < target[:, 2:3]))[:, None, :] & \
                      ((ys >= target[:, 1:2]) & (ys < target[:, 3:4]))[:, :, None]
             outside = ~inside[:, None]
-            out = out.masked_fill(outside, fill) if needs_graph(out) else out.masked_fill_(outside, fill)
+            value = torch.full((), fill, dtype=out.dtype, device=out.device)  # also for bool / integer masks
+            out = out.masked_fill(outside, value) if needs_graph(out) else out.masked_fill_(outside, value)
         return out
 
     def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:

@@ -36,17 +36,24 @@ rounds) and pairs the blocks left over in order.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import reduce
-from typing import Any, ClassVar, Literal, NamedTuple, Sequence
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import check_flag, check_number
+from salaug._checks import check_flag, check_float, check_int
 from salaug.boxes import _cell_index, box_area, cell_mass, cells_mask, grid_cells
 from salaug.transforms._ops import masked, paste
-from salaug.transforms.base import MixTransform, ParamSpec, Params, sample_beta, sample_uniform
+from salaug.transforms.base import (
+    MixTransform,
+    Params,
+    ParamSpec,
+    sample_beta,
+    sample_uniform,
+)
 
 __all__ = ["PuzzleMix", "block_costs", "mask_energy", "solve_mask", "transport_blocks"]
 
@@ -475,6 +482,7 @@ class PuzzleMix(MixTransform):
 
     required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "blocks": ("bool", ("B", "L", "L"))}
     clamp_saliency = False  # pixels are copied, never resampled
+    replay_options = ("transport",)
 
     def __init__(self, num_classes: int | None = None, *, grid: int | Sequence[int] = (2, 4, 8), alpha: float = 1.0,
                  beta: float = 1.2, gamma: float = 0.5, eta: float = 0.2, transport: bool = False,
@@ -485,18 +493,17 @@ class PuzzleMix(MixTransform):
         if isinstance(sizes, (str, bytes, Tensor)) or not isinstance(sizes, Sequence) or len(sizes) == 0:
             raise TypeError(f"grid must be a positive int or a non-empty sequence of positive ints, got {grid!r}; "
                             "pass e.g. grid=(2, 4, 8)")
-        self.grid = tuple(int(check_number(f"grid[{i}]", g, integer=True, low=1))  # type: ignore[arg-type]
-                          for i, g in enumerate(sizes))
+        self.grid = tuple(check_int(f"grid[{i}]", g, low=1) for i, g in enumerate(sizes))
         lcm = reduce(math.lcm, self.grid)
         if lcm > _MAX_LCM:
             raise ValueError(f"grid sizes {self.grid} have a least common multiple of {lcm}, above {_MAX_LCM}; "
                              "use sizes that divide a small number, e.g. grid=(2, 4, 8)")
-        self.alpha = check_number("alpha", alpha, low=0.0, low_open=True)
-        self.beta = check_number("beta", beta, low=0.0)
-        self.gamma = check_number("gamma", gamma, low=0.0)
-        self.eta = check_number("eta", eta, low=0.0)
+        self.alpha = check_float("alpha", alpha, low=0.0, low_open=True)
+        self.beta = check_float("beta", beta, low=0.0)
+        self.gamma = check_float("gamma", gamma, low=0.0)
+        self.eta = check_float("eta", eta, low=0.0)
         self.transport = check_flag("transport", transport)
-        self.move_cost = check_number("move_cost", move_cost, low=0.0)
+        self.move_cost = check_float("move_cost", move_cost, low=0.0)
         self._lcm = lcm
         self._levels = tuple(_Level(n, lcm // n) for n in sorted(set(self.grid)))
 
@@ -542,7 +549,7 @@ class PuzzleMix(MixTransform):
         pick = level.view(1, b, 1, 1)
         z_all = torch.stack(blocks).gather(0, pick.expand(1, b, big, big))[0] & applied.view(b, 1, 1)
         n_of = sum((level == i).long() * lv.n for i, lv in enumerate(self._levels))  # no host-to-device copy
-        out = {"blocks": z_all, "n": n_of, "lam": lam}
+        out: dict[str, Tensor] = {"blocks": z_all, "n": torch.as_tensor(n_of), "lam": lam}
         if self.transport:
             src = torch.stack(sources).gather(0, pick.view(1, b, 1, 1).expand(1, b, 2, big * big))[0]
             out["sources"] = torch.where(applied.view(b, 1, 1), src, rows)

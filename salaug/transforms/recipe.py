@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import check_flag, check_generator, check_images, check_number
+from salaug._checks import check_flag, check_generator, check_images, check_int
 
 __all__ = ["crop_flip"]
 
@@ -24,8 +24,9 @@ def crop_flip(images: Tensor, *maps: Tensor, boxes: Tensor | None = None, paddin
 
     Each sample gets its own offsets ``(ox, oy)`` in ``[0, 2 * padding]`` and its own flip (drawn
     in that order: offsets ``(B, 2)``, then flips ``(B,)``). ``maps`` (masks, saliency: any
-    ``(B, c, H, W)`` tensor) get the same window and flip, padded with zeros; ``boxes`` move with
-    the images and are clipped to the window, so each still bounds what is visible of its object.
+    ``(B, c, H, W)`` tensor) get the same window and flip, padded with zeros; ``boxes`` are clipped
+    to the image, move with it and are clipped to the window, so each still bounds what is visible
+    of its object.
 
     Args:
         images: ``(B, C, H, W)`` floating-point images.
@@ -56,7 +57,7 @@ def crop_flip(images: Tensor, *maps: Tensor, boxes: Tensor | None = None, paddin
         True
     """
     check_images(images, "images")
-    pad = int(check_number("padding", padding, integer=True, low=0))  # type: ignore[arg-type]
+    pad = check_int("padding", padding, low=0)
     flip = check_flag("flip", flip)
     generator = check_generator(generator)
     b, _, h, w = images.shape
@@ -81,8 +82,15 @@ def crop_flip(images: Tensor, *maps: Tensor, boxes: Tensor | None = None, paddin
         out.append(x.gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w)))
     if boxes is not None:
         shift = (pad - offset).to(torch.float32)  # (B, 2): (dx, dy)
-        bx = boxes.to(dev, torch.float32) + shift.repeat(1, 2)
-        bx = torch.stack((bx[:, 0].clamp(0, w), bx[:, 1].clamp(0, h), bx[:, 2].clamp(0, w), bx[:, 3].clamp(0, h)), 1)
+        # clipped to the image before the shift (the padding shows nothing of the object), then
+        # to the window
+        bx = _clip(_clip(boxes.to(dev, torch.float32), h, w) + shift.repeat(1, 2), h, w)
         mirrored = torch.stack((w - bx[:, 2], bx[:, 1], w - bx[:, 0], bx[:, 3]), 1)
         out.append(torch.where(flipped.view(-1, 1), mirrored, bx))
     return tuple(out)
+
+
+def _clip(boxes: Tensor, h: int, w: int) -> Tensor:
+    """``(B, 4)`` float boxes clipped to an ``h x w`` image."""
+    x1, y1, x2, y2 = boxes.unbind(1)
+    return torch.stack((x1.clamp(0, w), y1.clamp(0, h), x2.clamp(0, w), y2.clamp(0, h)), 1)
