@@ -47,7 +47,7 @@ from salaug.transforms import (
 )
 from salaug.validation import set_value_checks
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # The Lightning callbacks are imported on first use: importing Lightning costs seconds, which every
 # DataLoader worker started with spawn and every transform-only user would otherwise pay.
