@@ -56,6 +56,7 @@ from salaug._checks import (
 )
 from salaug.cam import create_cam
 from salaug.cam.base import BaseCAM, eval_mode, model_dtype
+from salaug.cam.hooks import Hooks
 from salaug.cam.layers import probe_target_layer, unwrap_model
 from salaug.ema import ModelEMA
 from salaug.forward_labels import ForwardLabels, supports_forward_labels
@@ -632,9 +633,10 @@ class SaliencyAugmenter:
             if isinstance(output, Tensor):
                 found["shape"] = tuple(output.shape)
 
-        handle = layer.register_forward_hook(hook) if layer is not None else None
         try:
-            with self.forward_context(), torch.no_grad(), eval_mode(inner):
+            with Hooks() as hooks, self.forward_context(), torch.no_grad(), eval_mode(inner):
+                if layer is not None:
+                    hooks.on_output(layer, hook)
                 logits = inner(x)
         except RuntimeError as err:
             if use_model and self.cam_scale < 1.0:
@@ -643,9 +645,6 @@ class SaliencyAugmenter:
                     f"makes of the {images.shape[-2]}x{images.shape[-1]} images ({err}); raise cam_scale"
                 ) from err
             raise
-        finally:
-            if handle is not None:
-                handle.remove()
         if not self._checked_classes:
             self._check_num_classes(logits)
             self._checked_classes = True

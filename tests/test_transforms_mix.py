@@ -492,3 +492,17 @@ def test_defaults_are_the_benchmarks_choice():
         assert cls(num_classes=10).p == 0.5, cls.__name__
     r = ResizeMix(num_classes=10)
     assert (r.scale, r.labels) == ((0.1, 0.8), "area")
+    # In the loop and the callback, SnapMix's labels come from the training forward (labels_from="auto"):
+    # the forward-label cells kept the CAM's gain without the CAM pass (docs/evidence.md).
+    import inspect
+
+    from salaug import SaliencyAugmentation, SaliencyAugmenter
+    from salaug.forward_labels import CAM_BLEND
+
+    for cls in (SaliencyAugmenter, SaliencyAugmentation):
+        params = inspect.signature(cls).parameters
+        assert (params["labels_from"].default, params["label_blend"].default) == ("auto", None), cls.__name__
+    assert CAM_BLEND == 1.0
+    aug = SaliencyAugmenter(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                                torch.nn.Flatten(), torch.nn.Linear(4, 10)), SnapMix(num_classes=10))
+    assert aug.labels_from == "forward"
