@@ -146,8 +146,23 @@ def test_salient_paste_label_rule_is_labels(label_rule: str, labels: str):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
+def test_cam_record_is_deprecated_and_still_gives_the_fused_maps():
+    net = _net()
+    images, classes = _batch()
+    cam = salaug.GradCAM(net, "0")
+
+    def record() -> torch.Tensor:
+        with cam.record():
+            logits = net(images)
+        return logits
+
+    logits = _warns_at_caller(record, "labels_from='forward'")
+    assert isinstance(logits, torch.Tensor)
+    torch.testing.assert_close(cam.from_logits(logits, classes), cam(images, classes), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("spelling", ["SaliencyAugmenter(p=", "SaliencyAugmentation(p=", "SaliencyAugmenter.p",
-                                      "targets=\"label\"", "SalientPaste(label_rule="])
+                                      "targets=\"label\"", "SalientPaste(label_rule=", "BaseCAM.record()"])
 def test_changelog_names_each_deprecation_and_its_removal(spelling: str):
     text = CHANGELOG.read_text(encoding="utf-8")
     sections = re.findall(r"^### Deprecated\n(.*?)(?=^##)", text, flags=re.MULTILINE | re.DOTALL)
