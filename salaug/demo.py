@@ -605,20 +605,21 @@ def _difference_table(diffs: dict[str, dict[str, list[float]]]) -> str:
 
 
 def _spread_note(method: str, seeds: int, regime: dict[str, Any]) -> str:
-    if seeds > 1:
-        return (f"{seeds} paired seeds: each cell gives the mean difference and, in brackets, each seed's; "
-                "'beat' means ahead in every seed.")
     evidence = EVIDENCE.get(method)
     if evidence is None or any(regime.get(k) != v for k, v in EVIDENCE_REGIME.items()):
-        return ("One seed, outside the regime of the committed evidence: a difference of a few points can be "
-                "seed noise here; --seeds 2 (or more) shows the paired difference over seeds.")
-    sd = ", ".join(f"{sd:.3f} ({s})" for s, (_, sd) in evidence.items())
-    means = ", ".join(f"{m:+.3f} ({s})" for s, (m, _) in evidence.items())
-    return (f"One seed. How far one seed's difference strays: at this regime the committed evidence (5 paired "
-            f"seeds, the same schedule in a plain training loop, {EVIDENCE_SOURCE}) puts the standard deviation "
-            f"of one seed's {method} − none at {sd}, around 5-seed means of {means}. A one-seed difference "
-            "within about twice that of zero is noise; --seeds 2 shows the paired difference over seeds "
-            "(twice the time).")
+        context = ("This run is outside the regime of the committed evidence: a difference of a few points can be "
+                   "seed noise here")
+    else:
+        sd = ", ".join(f"{sd:.3f} ({s})" for s, (_, sd) in evidence.items())
+        means = ", ".join(f"{m:+.3f} ({s})" for s, (m, _) in evidence.items())
+        context = (f"At this regime the committed evidence (5 paired seeds, the same schedule in a plain training "
+                   f"loop, {EVIDENCE_SOURCE}) has {method} − none at {means} on average, and one seed's difference "
+                   f"strays from that with a standard deviation of {sd}: a one-seed difference within about twice "
+                   "that of zero is noise")
+    if seeds > 1:
+        return (f"{seeds} paired seeds: each cell gives the mean difference and, in brackets, each seed's; 'beat' "
+                f"means ahead in every seed. {context}.")
+    return f"One seed. {context}; --seeds 2 (or more) shows the paired difference over seeds."
 
 
 def format_report(results: Sequence[RunResult], method: str, regime: dict[str, Any]) -> str:

@@ -100,19 +100,19 @@ def test_demo_good_arguments_reach_the_runs(monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         main(["demo", "--epochs", "1", "--size", "32", "--cam-scale", "0.5", "--out", str(tmp_path / "o")])
     arms, seeds, kwargs = calls[0]
-    assert arms == ["none", "snapmix"] and seeds == [0]  # base only beside the default method, one seed
+    assert arms == ["none", "snapmix"] and seeds == [0, 1]  # base only beside the default method, 2 paired seeds
     assert kwargs["epochs"] == 1 and kwargs["cam_scale"] == 0.5 and kwargs["width"] == 16
     assert kwargs["recipe"] is True  # the standard recipe by default
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == []  # nothing written before the runs end
 
 
 @pytest.mark.parametrize("argv, arms, seeds, recipe", [
-    ([], ["none", "snapmix"], [0], True),
-    (["--compare"], ["none", "cutmix", "snapmix-flat", "snapmix"], [0], True),  # + CutMix and the flat twin
-    (["--compare", "none"], ["none", "snapmix"], [0], True),  # none is already there: nothing is added
+    ([], ["none", "snapmix"], [0, 1], True),
+    (["--compare"], ["none", "cutmix", "snapmix-flat", "snapmix"], [0, 1], True),  # + CutMix and the flat twin
+    (["--compare", "none", "--seeds", "1"], ["none", "snapmix"], [0], True),  # none is already there: no more
     (["--compare", "none", "--no-recipe", "--seeds", "2", "--seed", "5"], ["none", "snapmix"], [5, 6], False),
-    (["--method", "resizemix", "--compare"], ["none", "cutmix", "resizemix"], [0], True),  # no resizemix-flat
-    (["--method", "none"], ["none"], [0], True),
+    (["--method", "resizemix", "--compare"], ["none", "cutmix", "resizemix"], [0, 1], True),  # no resizemix-flat
+    (["--method", "none", "--seeds", "3"], ["none"], [0, 1, 2], True),
 ])
 def test_demo_arms_and_seeds(argv, arms, seeds, recipe, monkeypatch, tmp_path):
     import salaug.demo as demo

@@ -113,7 +113,8 @@ def test_the_report_gives_each_seed_and_the_spread_of_one_seed_from_the_evidence
     assert "Verdict: snapmix beat base only on occlusion" in two and "2 paired seeds" in two
     one = format_report(RESULTS_2_SEEDS[:2], "snapmix", EVIDENCE_REGIME)
     assert "| snapmix | -0.010 | +0.050 | +0.050 | +0.100 |" in one
-    assert "standard deviation of one seed's snapmix − none at 0.012 (id), 0.022 (background)" in one
+    assert "with a standard deviation of 0.012 (id), 0.022 (background), 0.014 (occlusion)" in one
+    assert one.count("+0.005 (id), +0.036 (background)") == 1 and "--seeds 2" in one
     assert "outside the regime of the committed evidence" in format_report(
         RESULTS_2_SEEDS[:2], "snapmix", {**EVIDENCE_REGIME, "epochs": 40})
     assert "Verdict" not in format_report(RESULTS_2_SEEDS[:1], "none", EVIDENCE_REGIME)  # base only alone
@@ -185,12 +186,16 @@ def test_a_rerun_into_the_same_out_leaves_only_its_own_files(tmp_path) -> None:
 
     out = tmp_path / "demo"
     (out / "runs" / "snapmix" / "version_0").mkdir(parents=True)
+    (out / "runs" / "none-seed3").mkdir()
+    (out / "runs" / "tensorboard").mkdir()  # not the demo's: kept
     for stale in ("augmented.png", "results.md", "model.pt"):
         (out / stale).write_text("from an earlier demo")
     (out / "notes.txt").write_text("mine")
     assert main(["demo", "--method", "none", "--epochs", "1", "--train-size", "20", "--val-size", "10",
-                 "--test-size", "10", "--batch-size", "10", "--width", "4", "--no-progress", "--out", str(out)]) == 0
+                 "--test-size", "10", "--batch-size", "10", "--width", "4", "--seeds", "1", "--no-progress",
+                 "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "cam_overlays.png", "model.pt", "notes.txt",
                                                      "results.json", "results.md", "runs"]
-    assert [p.name for p in (out / "runs").iterdir()] == ["none"] and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["none", "tensorboard"]
+    assert (out / "notes.txt").read_text() == "mine"
     assert "earlier" not in (out / "results.md").read_text()

@@ -3,10 +3,11 @@
 Trains base only (the standard recipe: 4-px padded random crop + horizontal flip) and base +
 ``--method`` (SnapMix by default, through the Lightning callback) side by side, in parallel
 processes where there are cores, at the regime where the project's evidence shows the method
-paying (50 images per class, 150 epochs), and reports test accuracy in-distribution and on three
-shifted test sets with the paired differences. ``--compare`` adds CutMix and the method's
-flat-saliency twin; ``--seeds`` pairs more seeds. The training itself is :func:`salaug.demo.run`;
-this module parses and checks the arguments and writes the results. Nothing is downloaded.
+paying (50 images per class, 150 epochs), on two paired seeds, and reports test accuracy
+in-distribution and on three shifted test sets with the paired differences. ``--compare`` adds
+CutMix and the method's flat-saliency twin; ``--seeds`` sets the number of paired seeds. The
+training itself is :func:`salaug.demo.run`; this module parses and checks the arguments and writes
+the results. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ __all__ = ["build_parser", "checkpoint", "main", "parse_args"]
 DEFAULT_METHOD = "snapmix"
 #: what ``--compare`` alone adds: plain CutMix and the method's flat-saliency twin
 DEFAULT_BASELINES = ("cutmix", "{method}-flat")
-#: what the demo writes into ``--out`` (a rerun removes these first, and nothing else)
+#: what the demo writes into ``--out`` (a rerun removes these first; see :func:`clear_outputs`)
 OUTPUTS = ("results.md", "results.json", "model.pt", "cam_overlays.png", "augmented.png", "accuracy.png", "runs")
 
 
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare", nargs="*", default=None, choices=DEMO_ARMS, metavar="METHOD",
                         help="more arms beside base only and --method; the flag alone: cutmix and the method's "
                              "flat-saliency twin; --compare none adds nothing")
-    parser.add_argument("--seeds", type=positive_int, default=1,
+    parser.add_argument("--seeds", type=positive_int, default=2,
                         help="paired seeds per arm (each seed: the same data, initial weights and batch order "
                              "in every arm)")
     parser.add_argument("--processes", type=positive_int, default=None,
@@ -112,13 +113,24 @@ def arms_of(method: str, compare: list[str] | None) -> list[str]:
 
 
 def clear_outputs(out: str) -> None:
-    """Remove what an earlier demo wrote into ``out`` (:data:`OUTPUTS`), so that ``out`` holds only
-    this run's files; anything else there is left alone."""
+    """Remove what an earlier demo wrote into ``out``, so that ``out`` holds only this run's files:
+    the files of :data:`OUTPUTS` and the ``runs/<arm>[-seed<k>]`` folders (``runs/`` itself where
+    that empties it); anything else there is left alone."""
+    import re
+
+    from salaug.demo import DEMO_ARMS
+
+    ours = re.compile(f"({'|'.join(map(re.escape, DEMO_ARMS))})(-seed[0-9]+)?")
+    runs = os.path.join(out, "runs")
+    if os.path.isdir(runs) and not os.path.islink(runs):
+        for entry in os.scandir(runs):
+            if entry.is_dir(follow_symlinks=False) and ours.fullmatch(entry.name):
+                shutil.rmtree(entry.path)
+        if not os.listdir(runs):
+            os.rmdir(runs)
     for name in OUTPUTS:
         path = os.path.join(out, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
+        if name != "runs" and os.path.isfile(path):
             os.remove(path)
 
 
