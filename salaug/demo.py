@@ -21,6 +21,7 @@ import logging
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -378,6 +379,7 @@ def _run_job(job: tuple[str, int, int, dict[str, Any]]) -> RunResult:
     torch.set_num_threads(threads)
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):  # one banner per run, not per worker
         logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation noise
     return run(method, seed=seed, **kwargs)
 
 
@@ -441,18 +443,21 @@ def verdict(diffs: dict[str, list[float]], method: str) -> str:
     Example:
         >>> verdict({"id": [-0.01], "occlusion": [0.05], "small": [0.07]}, "snapmix")
         'snapmix beat base only on occlusion (+0.050), small (+0.070); not on id (-0.010).'
+        >>> verdict({"id": [0.01, 0.02], "small": [0.03, 0.05]}, "snapmix")
+        'snapmix beat base only on every split: id (+0.015), small (+0.040).'
         >>> verdict({"id": [0.01, -0.02]}, "cutmix")
-        'cutmix did not beat base only on any split (in every seed): not on id (-0.005).'
+        'cutmix did not beat base only on any split (in every seed): id (-0.005).'
     """
-    def fmt(split: str) -> str:
-        return f"{split} ({statistics.mean(diffs[split]):+.3f})"
+    def listed(splits: list[str]) -> str:
+        return ", ".join(f"{s} ({statistics.mean(diffs[s]):+.3f})" for s in splits)
 
     won = [s for s in diffs if all(d > 0 for d in diffs[s])]
     lost = [s for s in diffs if s not in won]
-    rest = f"not on {', '.join(map(fmt, lost))}" if lost else "and on every split"
     if not won:
-        return f"{method} did not beat base only on any split (in every seed): {rest}."
-    return f"{method} beat base only on {', '.join(map(fmt, won))}; {rest}."
+        return f"{method} did not beat base only on any split (in every seed): {listed(lost)}."
+    if not lost:
+        return f"{method} beat base only on every split: {listed(won)}."
+    return f"{method} beat base only on {listed(won)}; not on {listed(lost)}."
 
 
 def _class_name(names: Sequence[str] | None, k: int) -> str:
