@@ -374,6 +374,12 @@ def plan_processes(runs: int, device: str = "cpu", cores: int | None = None,
     return chosen, max(1, cores // chosen)
 
 
+def _cost(arm: str) -> int:
+    """Rank of an arm's training cost: 0 with a CAM per batch, 1 a mix without one, 2 none."""
+    transform, flat = _transform_of(arm, 2)
+    return 2 if transform is None else int(flat)
+
+
 def _run_job(job: tuple[str, int, int, dict[str, Any]]) -> RunResult:
     method, seed, threads, kwargs = job
     torch.set_num_threads(threads)
@@ -409,11 +415,12 @@ def run_arms(arms: Sequence[str], seeds: Sequence[int], *, processes: int = 1, t
 
     jobs = [(arm, seed, t, {**kw, "progress": False}) for arm, seed, t, kw in jobs]
     with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_job, job) for job in jobs]
-        for future in as_completed(futures):
+        # the longest runs first (a CAM per batch, then a mix, then none), so no process idles at the end
+        futures = {i: pool.submit(_run_job, jobs[i]) for i in sorted(range(len(jobs)), key=lambda i: _cost(jobs[i][0]))}
+        for future in as_completed(futures.values()):
             if report is not None:
                 report(future.result())
-        return [f.result() for f in futures]
+        return [futures[i].result() for i in range(len(jobs))]
 
 
 # --------------------------------------------------------------------------- statistics and the report

@@ -181,6 +181,13 @@ def test_parallel_processes_give_the_results_of_the_same_runs_in_this_process(tm
         torch.testing.assert_close(a.model.state_dict(), b.model.state_dict(), rtol=1e-4, atol=1e-5)
 
 
+def test_parallel_runs_start_with_the_longest_arms() -> None:
+    from salaug.demo import _cost
+
+    ranks = {arm: _cost(arm) for arm in ("snapmix", "guidedmixup", "snapmix-flat", "cutmix", "resizemix", "none")}
+    assert ranks == {"snapmix": 0, "guidedmixup": 0, "snapmix-flat": 1, "cutmix": 1, "resizemix": 1, "none": 2}
+
+
 def test_a_rerun_into_the_same_out_leaves_only_its_own_files(tmp_path) -> None:
     from salaug.cli import main
 
