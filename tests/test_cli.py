@@ -166,10 +166,11 @@ def test_precompute_masks_end_to_end(tmp_path, capsys):
 def test_validation_and_test_splits_stay_unaugmented():
     from salaug.demo import crop_flip_collate, make_data
 
-    train, val, test = make_data(32, 8, 8, 8, 0, 8, 0)
+    train, val, tests = make_data(32, 8, 8, 8, 0, 8, 0)
     train_plain, _, _ = make_data(32, 8, 8, 8, 0, 8, 0, recipe=False)
     assert train.collate_fn is crop_flip_collate and train_plain.collate_fn is not crop_flip_collate
-    assert val.collate_fn is not crop_flip_collate and test.collate_fn is not crop_flip_collate
+    assert list(tests) == ["id", "background", "occlusion", "small"]
+    assert all(loader.collate_fn is not crop_flip_collate for loader in [val, *tests.values()])
     batch = next(iter(train))
     assert isinstance(batch, list)  # the callback rewrites the batch in place
     images, labels, boxes = batch
