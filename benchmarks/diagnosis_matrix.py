@@ -53,10 +53,14 @@ SIZE = 32
 TRAIN, TEST = 1200, 240
 EPOCHS, WIDTH, LR = 8, 8, 1e-2
 FAULTS = {"healthy": "healthy", "mark_strong": "background", "mark_weak": "background",
-          "random_backbone": "backbone", "background_colour": "background"}
-DATASETS = ("objects", "digits", "textures")
+          "mark_partial": "background", "random_backbone": "backbone", "background_colour": "background"}
+DATASETS = ("objects", "digits", "textures", "silhouettes")
 #: A shortcut fault "took" when the true class code beats another class's code by this much accuracy.
 TOOK = 0.2
+#: The partly relied-on mark took when removing it costs at least this much accuracy.
+PARTIAL_TOOK = 0.05
+#: Share of the training images whose partial mark codes their true class (the others: a random class).
+PARTIAL_TRUE = 0.6
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -73,6 +77,10 @@ def load(dataset: str, seed: int) -> dict[str, torch.Tensor]:
             from salaug.datasets import TexturedBlobs
 
             b = TexturedBlobs(split, size=SIZE, length=n, num_classes=6, seed=seed).render(range(n))
+        elif dataset == "silhouettes":
+            from salaug.datasets.silhouettes import Silhouettes
+
+            b = Silhouettes(split, size=SIZE, length=n, num_classes=6, seed=seed, channels=3).render(range(n))
         elif dataset == "digits":
             sys.path.insert(0, HERE)
             from quality import ClutteredDigits
@@ -118,6 +126,13 @@ def tint(x: torch.Tensor, codes: torch.Tensor, region: torch.Tensor, k: int) -> 
     return torch.where(region, x, 0.6 * x + 0.4 * palette(k)[codes].view(-1, 3, 1, 1))
 
 
+def partial_codes(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """The partial mark's training codes: the true class on :data:`PARTIAL_TRUE` of the images, else a random one."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    keep = torch.rand(len(labels), generator=g) < PARTIAL_TRUE
+    return torch.where(keep, labels, torch.randint(k, labels.shape, generator=g))
+
+
 def faulty_images(fault: str, x: torch.Tensor, codes: torch.Tensor, boxes: torch.Tensor,
                   masks: torch.Tensor | None, k: int) -> torch.Tensor:
     if fault.startswith("mark"):
@@ -155,7 +170,8 @@ def cell(job: tuple[str, int, str]) -> dict[str, Any]:
     t0 = time.time()
     d = load(dataset, seed)
     k = int(d["train_label"].max()) + 1
-    x = faulty_images(fault, d["train_image"], d["train_label"], d["train_box"], d["train_mask"], k)
+    codes = partial_codes(d["train_label"], k, seed) if fault == "mark_partial" else d["train_label"]
+    x = faulty_images(fault, d["train_image"], codes, d["train_box"], d["train_mask"], k)
     tx = faulty_images(fault, d["test_image"], d["test_label"], d["test_box"], d["test_mask"], k)
     torch.manual_seed(seed)
     model = DemoNet(num_classes=k, width=WIDTH)
@@ -173,16 +189,24 @@ def cell(job: tuple[str, int, str]) -> dict[str, Any]:
             acc_true = (model(tx).argmax(1) == d["test_label"]).float().mean()
             acc_wrong = (model(wrong).argmax(1) == d["test_label"]).float().mean()
         took = float(acc_true - acc_wrong)
+    if fault == "mark_partial":  # what removing the mark costs
+        with torch.no_grad():
+            acc_true = (model(tx).argmax(1) == d["test_label"]).float().mean()
+            acc_none = (model(d["test_image"]).argmax(1) == d["test_label"]).float().mean()
+        took = float(acc_true - acc_none)
     tensors = [tx, d["test_label"], d["test_box"]] + ([d["test_mask"]] if d["test_mask"] is not None else [])
     loader = DataLoader(TensorDataset(*tensors), batch_size=120)
     diag = diagnose(model, loader, "features", box_key=2, mask_key=3 if len(tensors) == 4 else None,
                     examples_per_class=0, seed=seed)
-    expected = FAULTS[fault] if took is None or took >= TOOK else "healthy"
+    expected = FAULTS[fault] if took is None or took >= (PARTIAL_TOOK if fault == "mark_partial" else TOOK) \
+        else "healthy"
     return {"dataset": dataset, "seed": seed, "fault": fault, "expected": expected, "kind": diag.kind,
             "right": diag.kind == expected, "right_as_built": diag.kind == FAULTS[fault], "accuracy": diag.accuracy, "backbone_margin": diag.backbone_margin,
             "head_margin": diag.head_margin, "bg_gap": diag.bg_gap,
-            "background_only": diag.reliance["background_only"] if diag.reliance else None,
-            "chance_accuracy": 1 / k, "cell": diag.cell, "box_side": diag.box_side, "fault_took": took,
+            "background_only": diag.reliance["background_only_t"] if diag.reliance else None,
+            "background_only_b": diag.reliance["background_only_b"] if diag.reliance else None,
+            "bg_gap_b": diag.fill_gap("b"), "reliance_state": diag.reliance_state,
+            "chance_accuracy": diag.chance_accuracy, "cell": diag.cell, "box_side": diag.box_side, "fault_took": took,
             "verdict": diag.verdict[0], "seconds": time.time() - t0}
 
 

@@ -247,7 +247,7 @@ class AblationCAM(_PerturbationCAM):
         """
         key = id(layer)
         if key not in self._shared_trunk:
-            pending["acts"] = acts
+            pending["acts"] = acts.clone()  # the rest of the network may modify it in place (ReLU(inplace=True))
             try:
                 out = self._model(images[:1])
             except RuntimeError as err:
