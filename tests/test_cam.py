@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -240,10 +242,40 @@ def test_automatic_layer_for_torchvision_models():
         assert hooks_of(model) == 0
 
 
-def test_inplace_consumer_of_target_layer(net, images):
-    # features.4 (BatchNorm) is followed by ReLU(inplace=True): the hook's output must not be a leaf
-    out = sc.GradCAM(net, "features.4")(images)
-    assert out.shape == (4, 1, 16, 16) and bool(torch.isfinite(out).all())
+def _relu_flags(model: nn.Module, inplace: bool) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = inplace
+    return model
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_inplace_consumer_of_target_layer(name, net, images):
+    # features.4 (BatchNorm) is followed by ReLU(inplace=True): every method must read the layer's
+    # output as produced, so the maps equal those of the same weights with a non-in-place ReLU
+    assert any(isinstance(m, nn.ReLU) and m.inplace for m in net.modules())
+    twin = _relu_flags(copy.deepcopy(net), False)
+    out = make_cam(name, net, "features.4")(images)
+    torch.testing.assert_close(out, make_cam(name, twin, "features.4")(images), atol=1e-5, rtol=0)
+    assert out.shape == (4, 1, 16, 16) and float(out.amax()) > 0
+
+
+@pytest.mark.parametrize("cls", list(sc.CAM_METHODS.values()), ids=list(sc.CAM_METHODS))
+def test_every_method_reads_a_conv_followed_by_an_inplace_relu_as_produced(cls):
+    # conv -> ReLU(inplace=True) -> pool -> linear: the conv output has negative values that the
+    # ReLU overwrites in place (AblationCAM's ablation value and its maps depend on them)
+    def model(inplace: bool) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=inplace), nn.AdaptiveAvgPool2d(2),
+                             nn.Flatten(), nn.Linear(24, 3)).eval()
+
+    x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    kw = {"batch_size": 8} if cls in (sc.ScoreCAM, sc.AblationCAM) else {}
+    for targets in (None, torch.tensor([0, 1, 2, 0])):
+        a = cls(model(True), "0", **kw)(x, targets)
+        b = cls(model(False), "0", **kw)(x, targets)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        assert float(a.amax()) > 0
 
 
 def test_vit_reshape():
