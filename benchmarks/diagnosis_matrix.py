@@ -60,7 +60,7 @@ TOOK = 0.2
 #: The partly relied-on mark took when removing it costs at least this much accuracy.
 PARTIAL_TOOK = 0.05
 #: Share of the training images whose partial mark codes their true class (the others: a random class).
-PARTIAL_TRUE = 0.6
+PARTIAL_TRUE = 0.8
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -32,11 +32,11 @@ from salaug.datasets.objects import CLASS_NAMES, draw_shapes
 __all__ = ["Silhouettes"]
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
-_OBJECT_RADIUS = (0.16, 0.28)  # fractions of the side
-_FRAGMENT_RADIUS = (0.05, 0.10)
-_FRAGMENTS = 4
-_OBJECT_GREY = (0.6, 1.0)
-_FRAGMENT_GREY = (0.1, 0.3)
+_OBJECT_RADIUS = (0.13, 0.24)  # fractions of the side
+_FRAGMENT_RADIUS = (0.07, 0.14)
+_FRAGMENTS = 6
+_OBJECT_GREY = (0.4, 1.0)
+_FRAGMENT_GREY = (0.15, 0.6)
 
 
 class Silhouettes(Dataset):

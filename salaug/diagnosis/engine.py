@@ -326,7 +326,7 @@ def _summarise(setup: _Setup, t: _Totals, class_names: tuple[str, ...] | None) -
 def _entropy_bits(counts: Tensor) -> list[float]:
     """Entropy in bits of each row's distribution ``(V, K)`` counts -> ``V`` floats."""
     p = counts / counts.sum(1, keepdim=True).clamp_min(1)
-    return (-(p * p.clamp_min(1e-12).log2()).sum(1)).tolist()
+    return (-(p * p.clamp_min(1e-12).log2()).sum(1)).clamp_min(0).tolist()
 
 
 def _cells(model: nn.Module, layer: nn.Module, image: Tensor) -> tuple[float | None, list[tuple[str, float]]]:
@@ -463,11 +463,13 @@ def _class_names(data: object) -> tuple[str, ...] | None:
 
 class _Examples:
     """Keeps the first ``per_class`` images of each class for the report (one small sync per batch
-    until every class is full; the picture is not a hot path)."""
+    until every class is full; the picture is not a hot path). Images of another size than the
+    first batch's are resized to it (bilinear; their maps too, their boxes scaled)."""
 
     def __init__(self, num_classes: int, per_class: int) -> None:
         self.need = torch.full((num_classes,), per_class, dtype=torch.long)
         self.parts: list[dict[str, Tensor | None]] = []
+        self.size: tuple[int, int] | None = None
 
     @property
     def full(self) -> bool:
@@ -482,11 +484,21 @@ class _Examples:
             return
         self.need -= F.one_hot(cls[keep], self.need.numel()).sum(0)
         idx = keep.to(images.device)
-        part: dict[str, Tensor | None] = {"images": images.index_select(0, idx).detach().float().cpu(),
-                                          "labels": cls[keep],
-                                          "boxes": None if boxes is None else boxes.index_select(0, idx).cpu()}
-        part.update({m: v.index_select(0, idx).cpu() for m, v in maps.items()})
+        h, w = images.shape[-2:]
+        self.size = self.size or (h, w)
+        part: dict[str, Tensor | None] = {"images": self._fit(images.index_select(0, idx).detach().float().cpu()),
+                                          "labels": cls[keep], "boxes": None}
+        if boxes is not None:
+            scale = torch.tensor([self.size[1] / w, self.size[0] / h] * 2)
+            part["boxes"] = boxes.index_select(0, idx).float().cpu() * scale
+        part.update({m: self._fit(v.index_select(0, idx).cpu()) for m, v in maps.items()})
         self.parts.append(part)
+
+    def _fit(self, x: Tensor) -> Tensor:
+        assert self.size is not None
+        if tuple(x.shape[-2:]) == self.size:
+            return x
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
 
     def result(self) -> dict[str, Any]:
         if not self.parts:
