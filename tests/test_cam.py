@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 import salaug.cam as sc
+from salaug.cam.base import finalize_cam
 from salaug.cam.layers import unwrap_model
 
 ALL = list(sc.CAM_METHODS)
@@ -160,6 +161,20 @@ def test_soft_targets_are_the_cam_of_the_weighted_logit(net, images):
     torch.testing.assert_close(soft, 0.25 * g1 + 0.75 * g3)
     # and the public call with the same weights runs end to end
     assert cam(images, w).shape == (4, 1, 16, 16)
+
+
+def test_finalize_cam_drops_negative_evidence_before_normalising():
+    # hand-computed: ReLU -> [[0, 1], [3, 0]], then (x - 0) / (3 - 0 + 1e-7); without the ReLU the
+    # min-max would give [[2/7, 5/7], [1, 0]] (negative evidence turned into "some" evidence)
+    raw = torch.tensor([[[-2.0, 1.0], [3.0, -4.0]], [[-1.0, -2.0], [-3.0, -0.5]]])
+    out = finalize_cam(raw, None)
+    assert out.shape == (2, 1, 2, 2) and out.dtype == torch.float32
+    torch.testing.assert_close(out[0, 0], torch.tensor([[0.0, 1 / 3], [1.0, 0.0]]))
+    assert out[1].abs().max().item() == 0.0  # an all-negative map: no evidence, zeros (not a min-max of the negatives)
+    # at another output size: resized after the ReLU and min-max, then min-max again (still in [0, 1])
+    big = finalize_cam(raw[:1], (4, 4))
+    assert big.shape == (1, 1, 4, 4) and big.min().item() == 0.0 and big.max().item() == pytest.approx(1.0)
+    torch.testing.assert_close(big[0, 0, 3, 0], torch.tensor(1.0))  # the corner of the raw 3: its peak
 
 
 def test_all_zero_cam_stays_zero_not_nan(net, images):
