@@ -394,9 +394,8 @@ def test_grad_mode_restored_and_no_grad_context(net, images):
         assert not torch.is_grad_enabled()
     torch.testing.assert_close(out, expected)
     with torch.enable_grad():
-        with pytest.raises(ValueError):
-            with torch.no_grad():
-                sc.GradCAM(net, "features")(images, torch.tensor([9, 9, 9, 9]))
+        with pytest.raises(ValueError), torch.no_grad():
+            sc.GradCAM(net, "features")(images, torch.tensor([9, 9, 9, 9]))
         assert torch.is_grad_enabled()
 
 
@@ -498,9 +497,8 @@ def test_record_errors(net, images):
     with pytest.raises(RuntimeError, match="record"):
         sc.GradCAM(net, "features").from_logits(net(images))
     cam = sc.GradCAM(net, "features")
-    with cam.record():
-        with torch.no_grad():
-            logits = net(images)
+    with cam.record(), torch.no_grad():
+        logits = net(images)
     with pytest.raises(RuntimeError, match="without gradients"):
         cam.from_logits(logits)
     with cam.record():
@@ -512,10 +510,9 @@ def test_record_errors(net, images):
         with pytest.raises(TypeError, match="fused mode"):
             with sc.create_cam(name, net, "features").record():
                 pass
-    with pytest.raises(ValueError):
-        with cam.record():
-            net(images)
-            raise ValueError("inside")
+    with pytest.raises(ValueError), cam.record():
+        net(images)
+        raise ValueError("inside")
     assert hooks_of(net) == 0
 
 
@@ -527,9 +524,8 @@ def test_compiled_model_runs_eagerly(net, images):
     cam = sc.GradCAM(compiled, "features")
     torch.testing.assert_close(cam(images), expected)
     assert sc.GradCAM(compiled, "_orig_mod.features").target_layer is net.features
-    with pytest.raises(RuntimeError, match="torch.compile"):
-        with cam.record():
-            pass
+    with pytest.raises(RuntimeError, match="torch.compile"), cam.record():
+        pass
 
 
 # ---------------------------------------------------------------------------- errors

@@ -351,7 +351,7 @@ def test_box_energy_and_score_are_exact():
     s[1, 0, 3, 3] = 0.5
     boxes = torch.tensor([[2.0, 2.0, 6.0, 6.0]]).expand(3, 4)
     assert box_energy(s, boxes).tolist() == pytest.approx([1.0, 1 / 3, 0.0])  # an all-zero map scores 0
-    score, hit, energy = salaug.diagnosis.localisation_score(s, boxes)
+    score, hit, _ = salaug.diagnosis.localisation_score(s, boxes)
     assert hit.tolist() == [1.0, 0.0, 0.0] and score.tolist() == pytest.approx([1.0, 1 / 6, 0.0])
     assert salaug.diagnosis.localisation_score is salaug.metrics.localisation_score  # one implementation
 

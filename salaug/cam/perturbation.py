@@ -18,7 +18,8 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from salaug.cam.base import BaseCAM, _no_autocast, _Targets, weighted_sum
 
-__all__ = ["ScoreCAM", "AblationCAM"]
+__all__ = ["AblationCAM", "ScoreCAM"]
 
 
 class _PerturbationCAM(BaseCAM):

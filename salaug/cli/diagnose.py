@@ -88,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils.data import DataLoader
 
     from salaug.datasets import CLASS_NAMES, ClutteredObjects
-    from salaug.diagnosis import check_image_size, diagnose, load_demo_model, train_demo_model
+    from salaug.diagnosis import (
+        check_image_size,
+        diagnose,
+        load_demo_model,
+        train_demo_model,
+    )
 
     device = _device(args.device)
     torch.manual_seed(args.seed)

@@ -101,9 +101,10 @@ def demo_checkpoint(model: DemoNet, image_size: int) -> dict[str, Any]:
         raise TypeError(f"model must be a salaug.models.DemoNet, got {type(model).__name__}")
     check_demo_image_size(image_size)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    head, first = model.head[2], model.features[0]
+    assert isinstance(head, torch.nn.Linear) and isinstance(first, torch.nn.Conv2d)
     return {"state_dict": state, _META: {"model": "DemoNet", "image_size": image_size, "in_channels": 3,
-                                         "num_classes": int(model.head[2].out_features),
-                                         "width": int(model.features[0].out_channels)}}
+                                         "num_classes": head.out_features, "width": first.out_channels}}
 
 
 def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
