@@ -165,3 +165,14 @@ def test_batches_of_different_image_sizes_are_diagnosed_and_their_examples_resiz
     tall = (d.examples["labels"] == 2).nonzero().flatten()[0]
     assert d.examples["boxes"][tall].tolist() == [4.0, 2.0, 12.0, 6.0]
     assert [p.name for p in d.save(tmp_path / "r")] == ["report.png", "report.md"]
+
+
+def test_an_automatic_layer_choice_leaves_a_train_mode_model_untouched():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(4, 2)).train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    x, y = torch.rand(8, 3, 16, 16) * 3, torch.tensor([0, 1] * 4)
+    d = diagnose(net, [(x, y)], None, references=1, examples_per_class=0)  # the layer probed on the first batch
+    assert d.target_layer == "2" and net.training
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())  # BatchNorm statistics too

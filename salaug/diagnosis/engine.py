@@ -164,7 +164,8 @@ class _Setup:
 def _set_up(net: nn.Module, target_layer: str | nn.Module | None, images: Tensor, opts: _Options) -> _Setup:
     """The CAMs on the target layer (an automatic choice resolved on ``images``), the references."""
     probe = check_cams(net, target_layer, methods=("gradcam",))["gradcam"]
-    layer = probe._resolve_layer(images) if probe.target_layer is None else probe.target_layer
+    with eval_mode(net):  # an automatic choice probes one forward: BatchNorm statistics stay as they are
+        layer = probe._resolve_layer(images) if probe.target_layer is None else probe.target_layer
     cams = check_cams(net, layer, ablation_batch_size=opts.ablation_batch_size)
     cell, cells = _cells(cams["gradcam"].model, layer, images[:1])
     name = cams["gradcam"].target_layer_name
