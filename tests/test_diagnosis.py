@@ -234,7 +234,7 @@ def test_per_class_scores_report_and_json(healthy, data, tmp_path):
     md = (tmp_path / "report" / "report.md").read_text()
     assert d.verdict[0] in md and "![examples](report.png)" in md and d.table(details=True) in md
     assert "EigenCAM pointing" in md and "EigenCAM pointing" not in d.table() and d.table() in str(d)
-    assert d.summary in str(d) and "['" not in str(d)  # the verdict as sentences, not a Python list
+    assert f"- {d.verdict[0][:1].upper()}{d.verdict[0][1:]}." in str(d) and "['" not in str(d)  # sentences, not a list
     width, height = Image.open(tmp_path / "report" / "report.png").size
     assert width > height > 0  # 4 class rows of 2 examples x (image, GradCAM, EigenCAM, AblationCAM)
     assert sorted(os.listdir(tmp_path)) == ["report"]  # nothing else written

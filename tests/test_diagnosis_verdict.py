@@ -134,7 +134,9 @@ def test_a_healthy_verdict_says_how_its_per_class_findings_fit():
     assert "The healthy verdict holds over all images together; the classes named next fall short on their own " \
            "images" in text
     assert text.endswith("Head ignores object features for class 1 (AblationCAM margin +0.05).")
-    assert str(d).splitlines()[2] == text and "['" not in str(d)
+    lines = str(d).splitlines()
+    assert " ".join(line[2:] for line in lines[2:2 + len(d.verdict)]) == text and "['" not in str(d)
+    assert lines[2].startswith("- Healthy: ") and lines[3].startswith("- The decision does not depend")
 
 
 def test_whole_image_boxes_leave_the_model_unjudged_and_say_why():

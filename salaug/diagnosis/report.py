@@ -448,7 +448,7 @@ class Diagnosis:
 
     @property
     def summary(self) -> str:
-        """The verdict as sentences (what ``str(diagnosis)`` starts with).
+        """The verdict as one paragraph of sentences (``str(diagnosis)`` lists the same sentences).
 
         Example:
             >>> Diagnosis._sentences(["healthy: all fine", "the decision does not depend on it"])
@@ -533,7 +533,8 @@ class Diagnosis:
                    else "box-free evidence measure")
         title = (f"salaug diagnosis of layer {self.target_layer!r} on {self.num_images} images ({measure}"
                  f"{self._resolution_text()})")
-        return f"{title}\n\n{self.summary}\n\n{self.table()}"
+        sentences = "\n".join(f"- {self._sentences([line])}" for line in self.verdict)
+        return f"{title}\n\n{sentences}\n\n{self.table()}"
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the example pictures, as plain (JSON-serialisable) Python values."""
