@@ -219,8 +219,9 @@ def _measure(setup: _Setup, images: Tensor, labels: Tensor | None, boxes: Tensor
     if opts.reliance:
         assert boxes is not None and labels is not None
         variants = reliance_images(images, labels, boxes, masks, setup.generator)
-        with eval_mode(net), torch.no_grad():
-            predicted = net(variants.flatten(0, 1)).argmax(1).view(len(VARIANTS), -1)
+        with eval_mode(net), torch.no_grad():  # the originals' predictions are known: forward the others only
+            others = net(variants[1:].flatten(0, 1)).argmax(1).view(len(VARIANTS) - 1, -1)
+        predicted = torch.cat([pred.unsqueeze(0), others])
         hits = predicted == labels
     return _Batch(classes, width, torch.stack(correct).float(), torch.stack(scores), share, side,
                   None if hits is None else hits.float(), predicted, maps, labels is not None)
