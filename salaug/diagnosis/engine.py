@@ -95,8 +95,9 @@ def diagnose(
             return ``(B, K)`` logits.
         KeyError / IndexError: a batch without the entry an ``*_key`` names (the message names
             the argument to fix).
-        ValueError: bad arguments, empty data, labels out of range, empty / inverted boxes or boxes wholly outside the image, masks of the wrong
-            shape, a model with one output, NaN / inf logits (each naming the samples and the fix).
+        ValueError: bad arguments, empty data, labels out of range, empty / inverted boxes or boxes
+            wholly outside the image, masks of the wrong shape, a model with one output, NaN / inf
+            logits (each naming the samples and the fix).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
