@@ -18,7 +18,8 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from salaug.cam.base import BaseCAM, _no_autocast, _Targets, weighted_sum
 
-__all__ = ["ScoreCAM", "AblationCAM"]
+__all__ = ["AblationCAM", "ScoreCAM"]
 
 
 class _PerturbationCAM(BaseCAM):
@@ -247,7 +248,7 @@ class AblationCAM(_PerturbationCAM):
         """
         key = id(layer)
         if key not in self._shared_trunk:
-            pending["acts"] = acts
+            pending["acts"] = acts.clone()  # the rest of the network may modify it in place (ReLU(inplace=True))
             try:
                 out = self._model(images[:1])
             except RuntimeError as err:
