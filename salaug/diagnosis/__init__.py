@@ -56,7 +56,7 @@ from salaug.diagnosis.checkpoint import (
     train_demo_model,
 )
 from salaug.diagnosis.engine import diagnose
-from salaug.diagnosis.measure import METHODS, check_cams, score_maps
+from salaug.diagnosis.measure import CAM_ROLES, check_cams, score_maps
 from salaug.diagnosis.references import REFERENCE_SEED, random_reference
 from salaug.diagnosis.reliance import (
     FILLS,
@@ -96,7 +96,7 @@ __all__ = [
     "HEAD_MARGIN",
     "IMAGE_SIZES",
     "KINDS",
-    "METHODS",
+    "CAM_ROLES",
     "MIN_CLASS_IMAGES",
     "OBJECT_ONLY_SHARE",
     "ORIGINAL_MARGIN",

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from salaug._batch import get_field
 from salaug._checks import check_class_indices, check_flag, check_images, check_number
 from salaug.cam.base import BaseCAM, _check_logits, eval_mode, model_device, model_on
-from salaug.diagnosis.measure import METHODS, PARTS, check_cams, score_maps
+from salaug.diagnosis.measure import CAM_ROLES, PARTS, check_cams, score_maps
 from salaug.diagnosis.references import random_reference
 from salaug.diagnosis.reliance import VARIANTS, reliance_images
 from salaug.diagnosis.report import Diagnosis
@@ -229,8 +229,8 @@ def _measure(setup: _Setup, images: Tensor, labels: Tensor | None, boxes: Tensor
 
 
 def _stack(scores: dict[str, Tensor]) -> Tensor:
-    """method -> (B, P) as one (M, P, B) tensor in :data:`METHODS` order."""
-    return torch.stack([scores[m].T for m in METHODS])
+    """method -> (B, P) as one (M, P, B) tensor in :data:`CAM_ROLES` order."""
+    return torch.stack([scores[m].T for m in CAM_ROLES])
 
 
 class _Totals:
@@ -276,13 +276,13 @@ def _summarise(setup: _Setup, t: _Totals, class_names: tuple[str, ...] | None) -
 
     def scores_of(j: int, k: int | None) -> dict[str, dict[str, float]]:
         s = scores[j].sum(-1) / n if k is None else scores[j, :, :, k] / per[k]
-        return {m: {p: float(s[i, q]) for q, p in enumerate(parts)} for i, m in enumerate(METHODS)}
+        return {m: {p: float(s[i, q]) for q, p in enumerate(parts)} for i, m in enumerate(CAM_ROLES)}
 
     draws = len(setup.refs)
 
     def highest(k: int | None) -> dict[str, dict[str, float]]:  # per method, the draw scoring highest
         each = [scores_of(j + 1, k) for j in range(draws)]
-        return {m: max((e[m] for e in each), key=lambda v: v["score"]) for m in METHODS}
+        return {m: max((e[m] for e in each), key=lambda v: v["score"]) for m in CAM_ROLES}
 
     correct = t.correct.cpu()
     share = None if t.share is None else t.share.cpu()

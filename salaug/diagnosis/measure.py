@@ -14,16 +14,16 @@ from salaug.cam.base import BaseCAM
 from salaug.diagnosis.scores import evidence_score
 from salaug.metrics import localisation_score
 
-__all__ = ["METHODS", "PARTS", "check_cams", "score_maps"]
+__all__ = ["CAM_ROLES", "PARTS", "check_cams", "score_maps"]
 
 #: method -> what it checks; the order of the report's columns.
-METHODS: dict[str, str] = {"gradcam": "reference", "eigencam": "backbone", "ablationcam": "head"}
+CAM_ROLES: dict[str, str] = {"gradcam": "reference", "eigencam": "backbone", "ablationcam": "head"}
 #: The columns of :func:`score_maps` with boxes (without boxes: ``score`` only).
 PARTS = ("score", "pointing", "energy")
 
 
 def check_cams(model: nn.Module, layer: str | nn.Module | None, *, ablation_batch_size: int = 256,
-               methods: tuple[str, ...] = tuple(METHODS)) -> dict[str, BaseCAM]:
+               methods: tuple[str, ...] = tuple(CAM_ROLES)) -> dict[str, BaseCAM]:
     """The CAMs of the model check on one target layer: GradCAM (reference), EigenCAM (backbone),
     AblationCAM (head); ``methods`` picks a subset.
 

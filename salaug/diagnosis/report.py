@@ -61,7 +61,7 @@ import torch
 from torch import Tensor
 
 from salaug._checks import check_number
-from salaug.diagnosis.measure import METHODS
+from salaug.diagnosis.measure import CAM_ROLES
 from salaug.diagnosis.reliance import FILLS
 
 __all__ = [
@@ -72,7 +72,7 @@ __all__ = [
     "FULL_BOX_SHARE",
     "HEAD_MARGIN",
     "KINDS",
-    "METHODS",
+    "CAM_ROLES",
     "MIN_CLASS_IMAGES",
     "OBJECT_ONLY_SHARE",
     "ORIGINAL_MARGIN",
@@ -470,7 +470,7 @@ class Diagnosis:
         """
         parts = ["pointing", "energy"] if self.measure == "box" and details else []
         head = ["", "images", "accuracy", "backbone (EigenCAM)", "head (AblationCAM)", "GradCAM"]
-        head += [f"{_TITLES[m]} {p}" for m in METHODS for p in parts]
+        head += [f"{_TITLES[m]} {p}" for m in CAM_ROLES for p in parts]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
         def fmt(v: float | None, sign: bool = False) -> str:
@@ -479,10 +479,10 @@ class Diagnosis:
         def row(name: str, n: int | None, acc: float | None, s: dict[str, dict[str, float]]) -> str:
             cells = [name, "" if n is None else str(n), "n/a" if acc is None else f"{acc:.3f}"]
             cells += [fmt(s[m]["score"]) for m in ("eigencam", "ablationcam", "gradcam")]
-            cells += [fmt(s[m][p]) for m in METHODS for p in parts]
+            cells += [fmt(s[m][p]) for m in CAM_ROLES for p in parts]
             return "| " + " | ".join(cells) + " |"
 
-        blank = [""] * len(parts) * len(METHODS)
+        blank = [""] * len(parts) * len(CAM_ROLES)
         lines.append(row("**all**", self.num_images, self.accuracy, self.scores))
         if self.random_scores is not None:
             lines.append(row("random init (reference)", None, self.random_accuracy, self.random_scores))
@@ -552,7 +552,7 @@ class Diagnosis:
             "backbone_score": self.backbone_score,
             "head_score": self.head_score,
             "gradcam_score": self.gradcam_score,
-            "margins": {m: self.margin(m) for m in METHODS},
+            "margins": {m: self.margin(m) for m in CAM_ROLES},
             "thresholds": {"backbone_margin": BACKBONE_MARGIN, "head_margin": HEAD_MARGIN,
                            "bg_gap": BG_GAP_THRESHOLD, "background_only_margin": BACKGROUND_ONLY_MARGIN,
                            "original_margin": ORIGINAL_MARGIN, "object_only_share": OBJECT_ONLY_SHARE,
@@ -629,7 +629,7 @@ class Diagnosis:
         images, labels, boxes = ex["images"], ex["labels"], ex.get("boxes")
         shown = to_display(images)
         tiles = [draw_boxes(shown, boxes) if boxes is not None else shown]
-        for m in METHODS:
+        for m in CAM_ROLES:
             o = overlay(shown, ex[m])
             tiles.append(draw_boxes(o, boxes, color="white") if boxes is not None else o)
         stacked = torch.stack(tiles, dim=1)  # (N, 4, 3, H, W): image, then the three overlays
