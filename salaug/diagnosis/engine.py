@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from salaug._batch import get_field
 from salaug._checks import check_class_indices, check_flag, check_images, check_number
 from salaug.cam.base import BaseCAM, _check_logits, eval_mode, model_device, model_on
+from salaug.cam.hooks import Hooks
 from salaug.diagnosis.measure import CAM_ROLES, PARTS, check_cams, score_maps
 from salaug.diagnosis.references import random_reference
 from salaug.diagnosis.reliance import VARIANTS, reliance_images
@@ -336,28 +337,13 @@ def _cells(model: nn.Module, layer: nn.Module, image: Tensor) -> tuple[float | N
     """Pixels per feature cell of the target layer, and of every module with a spatial output, in
     execution order (one no-grad forward of one image)."""
     side = float(max(image.shape[-2:]))
-    seen: list[tuple[str, float]] = []
-    target: list[float] = []
-    handles = []
-
-    def hook(name: str, module: nn.Module):
-        def record(_m: nn.Module, _i: Any, out: Any) -> None:
-            if isinstance(out, Tensor) and out.ndim == 4 and out.shape[-1] > 0:
-                c = side / float(max(out.shape[-2:]))
-                seen.append((name, c))
-                if module is layer:
-                    target.append(c)
-        return record
-
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_hook(hook(name, module)))
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(image)
-    finally:
-        for handle in handles:
-            handle.remove()
+    records: list[tuple[nn.Module, Tensor]] = []
+    with Hooks() as hooks, eval_mode(model), torch.no_grad():
+        hooks.on_spatial_outputs(model, records)
+        model(image)
+    names = {id(m): n for n, m in model.named_modules()}
+    seen = [(names[id(m)], side / float(max(out.shape[-2:]))) for m, out in records if out.shape[-1] > 0]
+    target = [side / float(max(out.shape[-2:])) for m, out in records if m is layer and out.shape[-1] > 0]
     return (target[0] if target else None), seen
 
 
