@@ -15,6 +15,10 @@ from torch import nn
 import salaug
 import salaug.cam as sc
 
+# record() / from_logits() are deprecated (tests/test_deprecations.py checks the warning); their behaviour is
+# still tested here until they are removed in 0.5.0.
+pytestmark = pytest.mark.filterwarnings("ignore:.*record\\(\\) / from_logits\\(\\) are deprecated:DeprecationWarning")
+
 ALL = list(sc.CAM_METHODS)
 FUSED = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"]
 USES_TARGETS = [n for n in ALL if n != "eigencam"]
