@@ -339,7 +339,7 @@ def check_interval(name: str, value: object, *, low: float | None = None, high: 
 
     Raises:
         TypeError: if ``value`` is not a pair of numbers.
-        ValueError: for ``min > max`` or bounds broken (see :func:`check_number`).
+        ValueError: for ``min > max`` or bounds broken (see :func:`check_float`).
 
     Example:
         >>> check_interval("scale", (0.1, 0.4), low=0.0, high=1.0, low_open=True)
@@ -439,8 +439,10 @@ def resolve_index(index: object, length: int, owner: str = "", hint: str = "") -
         IndexError: index -5 out of range for a dataset of length 4 (valid: -4 to 3)
     """
     owner = owner or f"a dataset of length {length}"
-    if isinstance(index, numbers.Integral) and not isinstance(index, bool) or isinstance(index, Tensor) and index.ndim == 0 and not (
-            index.is_floating_point() or index.is_complex() or index.dtype == torch.bool):
+    if (isinstance(index, numbers.Integral) and not isinstance(index, bool)) or (
+        isinstance(index, Tensor) and index.ndim == 0
+        and not (index.is_floating_point() or index.is_complex() or index.dtype == torch.bool)
+    ):
         given = int(index)
     else:
         raise TypeError(f"indices of {owner} must be integers, got {index!r} ({type(index).__name__}){hint}")
@@ -556,10 +558,10 @@ def check_size(name: str, value: object, *, optional: bool = False) -> tuple[int
     if size is not None:
         return size
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        check_number(name, value, integer=True, low=1)
+        check_int(name, value, low=1)
     if isinstance(value, (tuple, list, torch.Size)) and len(value) == 2:
         for i, side in enumerate(value):
-            check_number(f"{name}[{i}]", side, integer=True, low=1)
+            check_int(f"{name}[{i}]", side, low=1)
     raise TypeError(f"{name} must be a positive int or an (h, w) pair of positive ints"
                     f"{' or None' if optional else ''}, got {value!r}")
 

@@ -109,7 +109,8 @@ def test_check_targets_accepts_both_spellings_and_deprecates_label():
         warnings.simplefilter("error")
         assert check_targets("targets", "labels", "X") == "labels"
         assert check_targets("targets", "predicted", "X") == "predicted"
-    with pytest.warns(DeprecationWarning, match=r"X\(targets='label'\) is deprecated: the spelling is targets='labels'"):
+    deprecated = r"X\(targets='label'\) is deprecated: the spelling is targets='labels'"
+    with pytest.warns(DeprecationWarning, match=deprecated):
         assert check_targets("targets", "label", "X") == "labels"
     for bad in ("truth", None, 1):
         with pytest.raises(ValueError, match=r"targets must be one of \('labels', 'predicted'\)"):

@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -313,7 +314,7 @@ class _Targets:
         self.weight = weight
 
     @classmethod
-    def resolve(cls, targets: Tensor | None, logits: Tensor) -> "_Targets":
+    def resolve(cls, targets: Tensor | None, logits: Tensor) -> _Targets:
         k = logits.shape[1]
         if targets is None:
             return cls(logits.detach().argmax(dim=1), None)
@@ -510,7 +511,7 @@ class BaseCAM:
         return finalize_cam(raw, size)
 
     @contextlib.contextmanager
-    def record(self) -> Iterator["BaseCAM"]:
+    def record(self) -> Iterator[BaseCAM]:
         """Capture the target activations of the forward run inside the block (fused mode).
 
         Deprecated (a ``DeprecationWarning``; removed in 0.5.0): the training forward's

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,7 @@ _POOLING_HEADS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 def is_compiled(model: nn.Module) -> bool:
     """Whether ``model`` is a ``torch.compile`` wrapper (``OptimizedModule``)."""
-    return hasattr(model, "_orig_mod") and isinstance(getattr(model, "_orig_mod"), nn.Module)
+    return hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

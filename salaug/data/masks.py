@@ -578,7 +578,9 @@ class MaskedDataset(Dataset):
                 f"{type(dataset).__name__}"
             )
         if transforms is not None and not callable(transforms):
-            raise TypeError(f"transforms must be a torchvision v2 transform (callable), got {type(transforms).__name__}")
+            raise TypeError(
+                f"transforms must be a torchvision v2 transform (callable), got {type(transforms).__name__}"
+            )
         check_key("image_key", image_key)
         if not isinstance(mask_key, str):
             raise TypeError(f"mask_key must be a str (the key added to dict samples), got {mask_key!r}")
@@ -609,7 +611,7 @@ class MaskedDataset(Dataset):
         getitems = getattr(self.dataset, "__getitems__", None)
         samples = getitems(list(indices)) if getitems is not None else [self.dataset[i] for i in indices]
         masks = self.bank.get(list(indices))
-        return [self._wrap(sample, mask) for sample, mask in zip(samples, masks)]
+        return [self._wrap(sample, mask) for sample, mask in zip(samples, masks, strict=True)]
 
     def _wrap(self, sample: Any, mask: Tensor):
         from torchvision import tv_tensors
