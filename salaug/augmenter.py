@@ -133,7 +133,7 @@ def resolve_batch_p(batch_p: object, p: object, owner: str) -> float:
     return float(p)  # type: ignore[arg-type]
 
 
-def check_forward_label_options(transform: object, labels_from: object, label_blend: object, *, cam: object,
+def check_forward_label_options(transform: object, labels_from: str, label_blend: object, *, cam: object,
                                 cam_scale: object, targets: object, ema_decay: object) -> str:
     """Validate ``labels_from`` / ``label_blend`` and resolve ``"auto"``.
 
@@ -724,7 +724,7 @@ def check_stream_state(state: object, owner: str, names: tuple[str, str, str] = 
     seed_name, steps_name, aug_name = names
     seed = check_int(f"state_dict[{seed_name!r}]", state[seed_name], optional=seed_optional)
     steps, augmented = (check_int(f"state_dict[{n!r}]", state[n], low=0) for n in names[1:])
-    if augmented > steps:  # type: ignore[operator]
+    if augmented > steps:
         raise ValueError(f"{owner}.load_state_dict: state_dict[{aug_name!r}]={augmented} exceeds "
                          f"state_dict[{steps_name!r}]={steps}; the state is corrupt")
-    return (None if seed is None else int(seed)), int(steps), int(augmented)  # type: ignore[arg-type]
+    return seed, steps, augmented

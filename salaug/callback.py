@@ -87,11 +87,11 @@ def _uncompiled_forward(pl_module: nn.Module) -> Iterator[None]:
         yield
         return
     compiled = pl_module.forward
-    pl_module.forward = ctx["original_forward"]  # type: ignore[method-assign]
+    pl_module.forward = ctx["original_forward"]
     try:
         yield
     finally:
-        pl_module.forward = compiled  # type: ignore[method-assign]
+        pl_module.forward = compiled
 
 
 def picture_sinks(trainer: pl.Trainer, picture_dir: str | None, subdir: str) -> tuple[list[Any], str | None]:
@@ -106,7 +106,8 @@ def picture_sinks(trainer: pl.Trainer, picture_dir: str | None, subdir: str) -> 
     Returns:
         ``(loggers, directory)``: the loggers taking images, and the PNG directory or ``None``.
     """
-    if not trainer.is_global_zero or trainer.fast_dev_run:
+    # Lightning sets fast_dev_run on the trainer from a helper; the Trainer class does not declare it
+    if not trainer.is_global_zero or getattr(trainer, "fast_dev_run", False):
         return [], None
     loggers = [lg for lg in trainer.loggers if not isinstance(lg, DummyLogger)]
     takes_images = [lg for lg in loggers if hasattr(getattr(lg, "experiment", None), "add_image")]

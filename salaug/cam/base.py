@@ -80,21 +80,21 @@ __all__ = ["BaseCAM", "eval_mode", "finalize_cam", "weighted_sum"]
 
 def model_dtype(model: nn.Module) -> torch.dtype | None:
     """The dtype of the model's first floating-point parameter (or buffer); ``None`` if it has none."""
-    for tensor in model.parameters():
-        if tensor.is_floating_point():
-            return tensor.dtype
-    for tensor in model.buffers():
-        if tensor.is_floating_point():
-            return tensor.dtype
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            return buffer.dtype
     return None
 
 
 def model_device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter (or buffer); ``None`` if it has neither."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
     return None
 
 

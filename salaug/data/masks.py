@@ -466,7 +466,7 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
     extra = _check_description(description)
     # the output is checked before the (long) computation, not when the file is renamed at the end
     path = check_output_file(path, "mask file")
-    n = len(dataset)  # type: ignore[arg-type]
+    n = len(dataset)
     if n == 0:
         raise ValueError("the dataset is empty: nothing to precompute")
     try:
@@ -585,7 +585,7 @@ class MaskedDataset(Dataset):
         if not isinstance(mask_key, str):
             raise TypeError(f"mask_key must be a str (the key added to dict samples), got {mask_key!r}")
         self.dataset = dataset
-        n = len(dataset)  # type: ignore[arg-type]
+        n = len(dataset)
         if isinstance(path, MaskBank):
             if len(path) != n:
                 raise ValueError(
@@ -600,7 +600,7 @@ class MaskedDataset(Dataset):
         self.mask_key = mask_key
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def __getitem__(self, index: int):
         return self._wrap(self.dataset[index], self.bank[index])
