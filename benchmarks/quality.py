@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from salaug.datasets import ClutteredObjects
-from salaug.demo import METHODS, run
+from salaug.demo import DEMO_ARMS, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = ["none", "cutmix", "saliencymix", "snapmix", "salientcrop", "keepcutout", "guidedmixup", "salientpaste",
@@ -89,9 +89,9 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     methods = [m for m in args.methods.split(",") if m]
-    unknown = set(methods) - set(METHODS)
+    unknown = set(methods) - set(DEMO_ARMS)
     if unknown:
-        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {', '.join(DEMO_ARMS)}")
     make = (lambda split, size, n, seed: ClutteredDigits(split, size, n, seed)) if args.dataset == "digits" else None
     rows: dict[str, list[Any]] = {m: [] for m in methods}
     for seed in range(args.seeds):

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         for step, (images, labels, _boxes) in enumerate(train_loader):
             if args.steps is not None and step >= args.steps:
                 break
-            images = salaug.crop_flip(images)[0]  # the standard recipe first; batches are already on this process's device
+            # the standard recipe first; batches are already on this process's device
+            images = salaug.crop_flip(images)[0]
             images, soft_labels = aug(images, labels)
             loss = F.cross_entropy(model(images), soft_labels)
             optimizer.zero_grad(set_to_none=True)

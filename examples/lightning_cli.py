@@ -92,7 +92,8 @@ def main() -> None:
         if isinstance(callback, salaug.SaliencyMonitor) and callback.history:
             last = callback.history[-1]
             print("SaliencyMonitor: " + ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in last.items() if "/" in k))
-    print(f"val_acc {float(cli.trainer.callback_metrics.get('val_acc', float('nan'))):.3f}; logs in {cli.trainer.log_dir}")
+    val_acc = float(cli.trainer.callback_metrics.get("val_acc", float("nan")))
+    print(f"val_acc {val_acc:.3f}; logs in {cli.trainer.log_dir}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from salaug._batch import get_field
 from salaug._checks import check_flag, check_key, check_number
 from salaug.callback import callback_bases, picture_sinks
 from salaug.cam import create_cam
-from salaug.metrics import cam_box_iou, localisation_score, pointing_game
+from salaug.diagnosis.measure import check_cams, score_maps
+from salaug.metrics import cam_box_iou, pointing_game
 
 if sys.version_info >= (3, 12):
     from typing import override
@@ -161,13 +162,12 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
         return self.head_check and (self.head_max_batches is None or batch_idx < self.head_max_batches)
 
     def _layer_cams(self, pl_module: pl.LightningModule) -> None:
-        """EigenCAM / AblationCAM of the GradCAM's layer, known once its first call resolved an automatic choice."""
-        from salaug.cam import AblationCAM, EigenCAM
-
+        """EigenCAM / AblationCAM of the GradCAM's layer (those of :func:`salaug.diagnose`), known once
+        its first call resolved an automatic choice."""
         if self._eigen is None:
-            self._eigen = EigenCAM(pl_module, self._cam.target_layer)
-        if self._ablation is None and self.head_check:
-            self._ablation = AblationCAM(pl_module, self._cam.target_layer)
+            methods = ("eigencam", "ablationcam") if self.head_check else ("eigencam",)
+            cams = check_cams(pl_module, self._cam.target_layer, ablation_batch_size=64, methods=methods)
+            self._eigen, self._ablation = cams["eigencam"], cams.get("ablationcam")
 
     @override
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
@@ -193,11 +193,14 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
                 boxes = get_field(batch, self.box_key, "boxes", "box_key", kind="batch").clone().to(images.device)
                 stats["pointing_game"] = pointing_game(grad_maps, boxes).float()
                 stats["box_iou"] = cam_box_iou(grad_maps, boxes)
-                score, hit, _ = localisation_score(eigen_maps, boxes)
-                stats["eigen_pointing_game"], stats["backbone_score"] = hit, score
+                # the per-image measurement of salaug.diagnose: columns score, pointing game, energy
+                maps = {"eigencam": eigen_maps} if head_maps is None else {"eigencam": eigen_maps,
+                                                                           "ablationcam": head_maps}
+                scores = score_maps(maps, boxes)
+                stats["backbone_score"], stats["eigen_pointing_game"] = scores["eigencam"][:, 0], scores["eigencam"][:, 1]
                 if head_maps is not None:
-                    score, hit, _ = localisation_score(head_maps, boxes)
-                    stats["head_pointing_game"], stats["head_score"] = hit, score
+                    stats["head_score"], stats["head_pointing_game"] = (scores["ablationcam"][:, 0],
+                                                                        scores["ablationcam"][:, 1])
         for name, value in stats.items():
             # per metric (sum, count): the head check runs on fewer batches than the others
             total = self._sums.setdefault(name, [torch.zeros((), device=value.device)] * 2)

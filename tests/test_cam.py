@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 import salaug.cam as sc
+from salaug.cam.base import finalize_cam
 from salaug.cam.layers import unwrap_model
 
 ALL = list(sc.CAM_METHODS)
@@ -160,6 +163,20 @@ def test_soft_targets_are_the_cam_of_the_weighted_logit(net, images):
     assert cam(images, w).shape == (4, 1, 16, 16)
 
 
+def test_finalize_cam_drops_negative_evidence_before_normalising():
+    # hand-computed: ReLU -> [[0, 1], [3, 0]], then (x - 0) / (3 - 0 + 1e-7); without the ReLU the
+    # min-max would give [[2/7, 5/7], [1, 0]] (negative evidence turned into "some" evidence)
+    raw = torch.tensor([[[-2.0, 1.0], [3.0, -4.0]], [[-1.0, -2.0], [-3.0, -0.5]]])
+    out = finalize_cam(raw, None)
+    assert out.shape == (2, 1, 2, 2) and out.dtype == torch.float32
+    torch.testing.assert_close(out[0, 0], torch.tensor([[0.0, 1 / 3], [1.0, 0.0]]))
+    assert out[1].abs().max().item() == 0.0  # an all-negative map: no evidence, zeros (not a min-max of the negatives)
+    # at another output size: resized after the ReLU and min-max, then min-max again (still in [0, 1])
+    big = finalize_cam(raw[:1], (4, 4))
+    assert big.shape == (1, 1, 4, 4) and big.min().item() == 0.0 and big.max().item() == pytest.approx(1.0)
+    torch.testing.assert_close(big[0, 0, 3, 0], torch.tensor(1.0))  # the corner of the raw 3: its peak
+
+
 def test_all_zero_cam_stays_zero_not_nan(net, images):
     with torch.no_grad():
         net.head[-1].weight.zero_()
@@ -240,10 +257,40 @@ def test_automatic_layer_for_torchvision_models():
         assert hooks_of(model) == 0
 
 
-def test_inplace_consumer_of_target_layer(net, images):
-    # features.4 (BatchNorm) is followed by ReLU(inplace=True): the hook's output must not be a leaf
-    out = sc.GradCAM(net, "features.4")(images)
-    assert out.shape == (4, 1, 16, 16) and bool(torch.isfinite(out).all())
+def _relu_flags(model: nn.Module, inplace: bool) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = inplace
+    return model
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_inplace_consumer_of_target_layer(name, net, images):
+    # features.4 (BatchNorm) is followed by ReLU(inplace=True): every method must read the layer's
+    # output as produced, so the maps equal those of the same weights with a non-in-place ReLU
+    assert any(isinstance(m, nn.ReLU) and m.inplace for m in net.modules())
+    twin = _relu_flags(copy.deepcopy(net), False)
+    out = make_cam(name, net, "features.4")(images)
+    torch.testing.assert_close(out, make_cam(name, twin, "features.4")(images), atol=1e-5, rtol=0)
+    assert out.shape == (4, 1, 16, 16) and float(out.amax()) > 0
+
+
+@pytest.mark.parametrize("cls", list(sc.CAM_METHODS.values()), ids=list(sc.CAM_METHODS))
+def test_every_method_reads_a_conv_followed_by_an_inplace_relu_as_produced(cls):
+    # conv -> ReLU(inplace=True) -> pool -> linear: the conv output has negative values that the
+    # ReLU overwrites in place (AblationCAM's ablation value and its maps depend on them)
+    def model(inplace: bool) -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(inplace=inplace), nn.AdaptiveAvgPool2d(2),
+                             nn.Flatten(), nn.Linear(24, 3)).eval()
+
+    x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    kw = {"batch_size": 8} if cls in (sc.ScoreCAM, sc.AblationCAM) else {}
+    for targets in (None, torch.tensor([0, 1, 2, 0])):
+        a = cls(model(True), "0", **kw)(x, targets)
+        b = cls(model(False), "0", **kw)(x, targets)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        assert float(a.amax()) > 0
 
 
 def test_vit_reshape():
@@ -347,9 +394,8 @@ def test_grad_mode_restored_and_no_grad_context(net, images):
         assert not torch.is_grad_enabled()
     torch.testing.assert_close(out, expected)
     with torch.enable_grad():
-        with pytest.raises(ValueError):
-            with torch.no_grad():
-                sc.GradCAM(net, "features")(images, torch.tensor([9, 9, 9, 9]))
+        with pytest.raises(ValueError), torch.no_grad():
+            sc.GradCAM(net, "features")(images, torch.tensor([9, 9, 9, 9]))
         assert torch.is_grad_enabled()
 
 
@@ -451,9 +497,8 @@ def test_record_errors(net, images):
     with pytest.raises(RuntimeError, match="record"):
         sc.GradCAM(net, "features").from_logits(net(images))
     cam = sc.GradCAM(net, "features")
-    with cam.record():
-        with torch.no_grad():
-            logits = net(images)
+    with cam.record(), torch.no_grad():
+        logits = net(images)
     with pytest.raises(RuntimeError, match="without gradients"):
         cam.from_logits(logits)
     with cam.record():
@@ -465,10 +510,9 @@ def test_record_errors(net, images):
         with pytest.raises(TypeError, match="fused mode"):
             with sc.create_cam(name, net, "features").record():
                 pass
-    with pytest.raises(ValueError):
-        with cam.record():
-            net(images)
-            raise ValueError("inside")
+    with pytest.raises(ValueError), cam.record():
+        net(images)
+        raise ValueError("inside")
     assert hooks_of(net) == 0
 
 
@@ -480,9 +524,8 @@ def test_compiled_model_runs_eagerly(net, images):
     cam = sc.GradCAM(compiled, "features")
     torch.testing.assert_close(cam(images), expected)
     assert sc.GradCAM(compiled, "_orig_mod.features").target_layer is net.features
-    with pytest.raises(RuntimeError, match="torch.compile"):
-        with cam.record():
-            pass
+    with pytest.raises(RuntimeError, match="torch.compile"), cam.record():
+        pass
 
 
 # ---------------------------------------------------------------------------- errors

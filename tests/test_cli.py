@@ -46,7 +46,7 @@ def test_subcommand_help(command, text, capsys):
 
 
 @pytest.mark.parametrize("command, shown", [
-    ("demo", ["(default: 40)", "(default: snapmix)", "(default: salaug_demo)", "(default: 32)"]),
+    ("demo", ["(default: 150)", "(default: snapmix)", "(default: salaug_demo)", "(default: 32)"]),
     ("diagnose", ["(default: 300)", "(default: salaug_diagnosis)", "(default: cpu)"]),
     ("precompute-masks", ["(default: gradcam)", "(default: uint8)", "(default: 64)"]),
 ])
@@ -166,10 +166,11 @@ def test_precompute_masks_end_to_end(tmp_path, capsys):
 def test_validation_and_test_splits_stay_unaugmented():
     from salaug.demo import crop_flip_collate, make_data
 
-    train, val, test = make_data(32, 8, 8, 8, 0, 8, 0)
+    train, val, tests = make_data(32, 8, 8, 8, 0, 8, 0)
     train_plain, _, _ = make_data(32, 8, 8, 8, 0, 8, 0, recipe=False)
     assert train.collate_fn is crop_flip_collate and train_plain.collate_fn is not crop_flip_collate
-    assert val.collate_fn is not crop_flip_collate and test.collate_fn is not crop_flip_collate
+    assert list(tests) == ["id", "background", "occlusion", "small"]
+    assert all(loader.collate_fn is not crop_flip_collate for loader in [val, *tests.values()])
     batch = next(iter(train))
     assert isinstance(batch, list)  # the callback rewrites the batch in place
     images, labels, boxes = batch
@@ -203,7 +204,7 @@ def demo_out(tmp_path_factory):
     """One tiny `salaug demo` run (1 epoch, 40 images), in-process."""
     out = tmp_path_factory.mktemp("demo") / "demo"
     rc = main(["demo", "--epochs", "1", "--train-size", "40", "--val-size", "16", "--test-size", "16",
-               "--batch-size", "20", "--no-progress", "--out", str(out)])
+               "--batch-size", "20", "--no-progress", "--processes", "1", "--seeds", "1", "--out", str(out)])
     assert rc == 0
     return out
 
@@ -217,9 +218,14 @@ def test_demo_writes_its_files_and_a_checkpoint_with_metadata(demo_out):
     assert names == ["accuracy.png", "augmented.png", "cam_overlays.png", "model.pt", "results.json", "results.md",
                      "runs"]
     assert (demo_out / "runs" / "snapmix" / "version_0" / "salaug_monitor" / "epoch0000.png").is_file()
-    assert "standard recipe" in (demo_out / "results.md").read_text()
-    (row,) = json.loads((demo_out / "results.json").read_text())
-    assert row["method"] == "snapmix" and row["recipe"] is True and 0 <= row["test_acc"] <= 1
+    assert sorted(p.name for p in (demo_out / "runs").iterdir()) == ["none", "snapmix"]
+    report = (demo_out / "results.md").read_text()
+    assert "standard recipe" in report and "## What the columns mean" in report and "**label fidelity**" in report
+    assert "| arm − none | id | background | occlusion | small |" in report and "Verdict: snapmix" in report
+    runs = json.loads((demo_out / "results.json").read_text())["runs"]
+    assert [r["method"] for r in runs] == ["none", "snapmix"] and all(r["recipe"] for r in runs)
+    assert set(runs[1]["accuracy"]) == {"id", "background", "occlusion", "small"}
+    assert runs[1]["test_acc"] == runs[1]["accuracy"]["id"]
     saved = torch.load(demo_out / "model.pt", weights_only=True)
     meta = saved["salaug"]
     assert meta["image_size"] == 32 and meta["in_channels"] == 3 and meta["num_classes"] == 10

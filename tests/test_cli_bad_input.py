@@ -36,6 +36,7 @@ def no_work(monkeypatch):
         raise AssertionError("argument validation must fail before any work starts")
 
     monkeypatch.setattr(demo, "run", forbidden)
+    monkeypatch.setattr(demo, "run_arms", forbidden)
     monkeypatch.setattr(precompute_cli, "precompute_masks", forbidden)
 
 
@@ -59,6 +60,10 @@ def no_work(monkeypatch):
     (["--device", "gpu9"], "--device: unknown device 'gpu9'"),
     (["--method", "magic"], "--method: invalid choice: 'magic'"),
     (["--compare", "none", "magic"], "--compare: invalid choice: 'magic'"),
+    (["--method", "cutmix-flat"], "--method: invalid choice: 'cutmix-flat'"),  # cutmix reads no saliency
+    (["--seeds", "0"], "--seeds: must be a positive integer"),
+    (["--processes", "0"], "--processes: must be a positive integer"),
+    (["--seed", "4294967295", "--seeds", "2"], "runs past the largest seed 4294967295; lower --seed"),
 ])
 def test_demo_bad_arguments(argv, fragment, capsys, no_work):
     assert fragment in _usage_error(["demo", *argv], capsys)
@@ -82,45 +87,63 @@ def test_demo_cuda_without_cuda(capsys, no_work):
     assert "CUDA is not available" in _usage_error(["demo", "--device", "cuda"], capsys)
 
 
-def test_demo_good_arguments_reach_run(monkeypatch, tmp_path):
+def test_demo_good_arguments_reach_the_runs(monkeypatch, tmp_path):
     import salaug.demo as demo
 
     calls = []
 
-    def fake_run(method, **kwargs):
-        calls.append((method, kwargs))
+    def fake_run_arms(arms, seeds, **kwargs):
+        calls.append((arms, seeds, kwargs))
         raise KeyboardInterrupt  # stop right after validation
 
-    monkeypatch.setattr(demo, "run", fake_run)
+    monkeypatch.setattr(demo, "run_arms", fake_run_arms)
     with pytest.raises(KeyboardInterrupt):
         main(["demo", "--epochs", "1", "--size", "32", "--cam-scale", "0.5", "--out", str(tmp_path / "o")])
-    method, kwargs = calls[0]
-    assert method == "snapmix" and kwargs["epochs"] == 1 and kwargs["cam_scale"] == 0.5 and kwargs["width"] == 16
+    arms, seeds, kwargs = calls[0]
+    assert arms == ["none", "snapmix"] and seeds == [0, 1]  # base only beside the default method, 2 paired seeds
+    assert kwargs["epochs"] == 1 and kwargs["cam_scale"] == 0.5 and kwargs["width"] == 16
     assert kwargs["recipe"] is True  # the standard recipe by default
-    assert not (tmp_path / "o").exists()  # validation creates nothing
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == []  # nothing written before the runs end
 
 
-@pytest.mark.parametrize("argv, order, recipe", [
-    (["--compare"], ["none", "cutmix", "snapmix"], True),  # base-only, base + CutMix, base + the default method
-    (["--compare", "none", "--no-recipe"], ["none", "snapmix"], False),
-    (["--method", "resizemix", "--compare", "resizemix", "none"], ["none", "resizemix"], True),
+@pytest.mark.parametrize("argv, arms, seeds, recipe", [
+    ([], ["none", "snapmix"], [0, 1], True),
+    (["--compare"], ["none", "cutmix", "snapmix-flat", "snapmix"], [0, 1], True),  # + CutMix and the flat twin
+    (["--compare", "none", "--seeds", "1"], ["none", "snapmix"], [0], True),  # none is already there: no more
+    (["--compare", "none", "--no-recipe", "--seeds", "2", "--seed", "5"], ["none", "snapmix"], [5, 6], False),
+    (["--method", "resizemix", "--compare"], ["none", "cutmix", "resizemix"], [0, 1], True),  # no resizemix-flat
+    (["--method", "none", "--seeds", "3"], ["none"], [0, 1, 2], True),
 ])
-def test_demo_compare_trains_every_arm_on_one_schedule(argv, order, recipe, monkeypatch, tmp_path):
+def test_demo_arms_and_seeds(argv, arms, seeds, recipe, monkeypatch, tmp_path):
     import salaug.demo as demo
 
     calls = []
 
-    def fake_run(method, **kwargs):
-        calls.append((method, kwargs))
-        if len(calls) == len(order):
-            raise KeyboardInterrupt  # every arm was started
-        return None
+    def fake_run_arms(arms, seeds, **kwargs):
+        calls.append((arms, seeds, kwargs))
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo, "run", fake_run)
+    monkeypatch.setattr(demo, "run_arms", fake_run_arms)
     with pytest.raises(KeyboardInterrupt):
         main(["demo", *argv, "--epochs", "2", "--out", str(tmp_path / "o")])
-    assert [m for m, _ in calls] == order
-    assert all(k == calls[0][1] for _, k in calls) and calls[0][1]["recipe"] is recipe
+    assert calls[0][0] == arms and calls[0][1] == seeds and calls[0][2]["recipe"] is recipe
+
+
+def test_demo_trains_in_parallel_processes_where_there_are_cores(monkeypatch, tmp_path):
+    import salaug.demo as demo
+
+    calls = []
+
+    def fake_run_arms(arms, seeds, **kwargs):
+        calls.append(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "plan_processes", lambda runs, device, processes=None: (min(runs, processes or 2), 1))
+    monkeypatch.setattr(demo, "run_arms", fake_run_arms)
+    for argv in ([], ["--processes", "1"]):
+        with pytest.raises(KeyboardInterrupt):
+            main(["demo", *argv, "--out", str(tmp_path / "o")])
+    assert [kw["processes"] for kw in calls] == [2, 1]
 
 
 # ---------------------------------------------------------------------------------------------

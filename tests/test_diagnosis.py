@@ -159,8 +159,11 @@ def test_mark_shortcut_is_called_background_reliance(healthy, shortcut, data):
     bad = run(shortcut, data, "tx_mark")
     print("shortcut:", bad.backbone_margin, bad.head_margin, bad.reliance)
     assert bad.accuracy > 0.9 and bad.kind == "background" and bad.verdict[0].startswith("background reliance")
-    assert bad.bg_gap > 0.4 and bad.reliance["background_only"] > 0.9  # the mark alone gives the label away
-    assert bad.reliance["mixed_rand"] < bad.reliance["mixed_same"] - 0.4
+    assert bad.reliance_state == "reliant"
+    assert bad.reliance["background_only_t"] > 0.9  # the mark alone gives the label away
+    for fill in ("t", "b"):  # both fills agree (the black box distracts a little more: 0.70 alone there)
+        assert bad.fill_gap(fill) > 0.4 and bad.reliance[f"background_only_{fill}"] > bad.chance_accuracy + 0.4
+        assert bad.reliance[f"mixed_rand_{fill}"] < bad.reliance[f"mixed_same_{fill}"] - 0.4
     assert bad.head_margin < HEAD_MARGIN and bad.head_score < run(healthy, data, "tx_mark").head_score - 0.3
 
 
@@ -222,7 +225,8 @@ def test_per_class_scores_report_and_json(healthy, data, tmp_path):
     assert "chance (box share)" in table and "**margin**" in table and "BG-gap" in table
     blob = json.loads(json.dumps(d.to_dict()))
     assert blob["kind"] == "healthy" and blob["backbone_score"] == d.backbone_score
-    assert blob["reliance"]["bg_gap"] == pytest.approx(d.bg_gap) and set(VARIANTS) < set(blob["reliance"])
+    assert blob["reliance"]["bg_gap"]["t"] == pytest.approx(d.bg_gap) and set(VARIANTS) == set(
+        blob["reliance"]["accuracy"]) and blob["reliance"]["state"] == d.reliance_state
     assert set(blob["per_class"]) == {"0", "1", "2", "3"} and blob["thresholds"]["head_margin"] == HEAD_MARGIN
     assert blob["resolution"] == {"cell": 4.0, "box_side": d.box_side, "coarse": False, "finer_layer": None}
     paths = d.save(tmp_path / "report")
@@ -230,6 +234,7 @@ def test_per_class_scores_report_and_json(healthy, data, tmp_path):
     md = (tmp_path / "report" / "report.md").read_text()
     assert d.verdict[0] in md and "![examples](report.png)" in md and d.table(details=True) in md
     assert "EigenCAM pointing" in md and "EigenCAM pointing" not in d.table() and d.table() in str(d)
+    assert f"- {d.verdict[0][:1].upper()}{d.verdict[0][1:]}." in str(d) and "['" not in str(d)  # sentences, not a list
     width, height = Image.open(tmp_path / "report" / "report.png").size
     assert width > height > 0  # 4 class rows of 2 examples x (image, GradCAM, EigenCAM, AblationCAM)
     assert sorted(os.listdir(tmp_path)) == ["report"]  # nothing else written
@@ -295,21 +300,28 @@ def _fake(backbone: list[float], head: list[float], counts: list[int] | None = N
     n = sum(counts)
     mean_b = sum(b * c for b, c in zip(backbone, counts)) / n
     mean_h = sum(h * c for h, c in zip(head, counts)) / n
-    rel = reliance or {"original": 0.9, "object_only": 0.8, "background_only": 0.3, "mixed_same": 0.85,
-                       "mixed_rand": 0.84}
+    rel = both_fills(reliance or {"original": 0.9, "object_only": 0.8, "background_only": 0.3, "mixed_same": 0.85,
+                                  "mixed_rand": 0.84})
     return Diagnosis(measure=measure, scores=block(mean_b, mean_h),
                      class_scores={k: block(b, h) for k, (b, h) in enumerate(zip(backbone, head))},
                      counts=dict(enumerate(counts)), accuracy=accuracy, class_accuracy={}, chance=0.1,
                      num_images=n, num_classes=len(counts), target_layer="features", class_names=("a", "b", "c"),
                      random_scores=block(random, random),
                      random_class_scores={k: block(random, random) for k in range(len(counts))},
-                     reliance=rel if measure == "box" else None, cell=cell, box_side=side)
+                     reliance=rel if measure == "box" else None, cell=cell, box_side=side,
+                     reliance_entropy={v: 1.5 for v in VARIANTS}, label_chance=1 / len(counts))
+
+
+def both_fills(accuracy: dict[str, float]) -> dict[str, float]:
+    """The same accuracies under fill T and fill B (``object_only`` -> ``object_only_t``, ``object_only_b``)."""
+    return {"original": accuracy["original"], **{f"{k}_{f}": v for k, v in accuracy.items() if k != "original"
+                                                 for f in ("t", "b")}}
 
 
 def test_verdict_rules():
     ok = _fake([0.8] * 3, [0.6] * 3)
     assert ok.kind == "healthy" and ok.verdict[0].startswith("healthy: ") and "margin +0.50" in ok.verdict[0]
-    assert "does not depend on the background (BG-gap +0.01" in ok.verdict[1]
+    assert "does not depend on the background (original 0.90, chance 0.33; fill T: BG-gap +0.01" in ok.verdict[1]
     assert _fake([0.8] * 3, [0.35] * 3).kind == "head"  # margin 0.05 over the random head's 0.3
     assert _fake([0.35] * 3, [0.8] * 3).kind == "backbone"
     assert _fake([0.35] * 3, [0.35] * 3).kind == "backbone"
@@ -322,7 +334,8 @@ def test_verdict_rules():
     assert _fake([0.35] * 3, [0.35] * 3, cell=16.0, side=12.0, reliance=shortcut).kind == "background"
     one_class = _fake([0.9, 0.9, 0.35], [0.6, 0.3, 0.6]).verdict
     assert one_class[0].startswith("healthy")
-    assert one_class[2:] == ["head ignores object features for class 1 (b) (AblationCAM margin +0.00)",
+    assert one_class[2].startswith("the healthy verdict holds over all images together; the classes named next")
+    assert one_class[3:] == ["head ignores object features for class 1 (b) (AblationCAM margin +0.00)",
                              "backbone features miss the object for class 2 (c) (EigenCAM margin +0.05)"]
     few = _fake([0.9, 0.9, 0.3], [0.6, 0.6, 0.6], counts=[20, 20, 3]).verdict
     assert len(few) == 2  # 3 images are too few for a per-class finding
@@ -339,7 +352,7 @@ def test_box_energy_and_score_are_exact():
     s[1, 0, 3, 3] = 0.5
     boxes = torch.tensor([[2.0, 2.0, 6.0, 6.0]]).expand(3, 4)
     assert box_energy(s, boxes).tolist() == pytest.approx([1.0, 1 / 3, 0.0])  # an all-zero map scores 0
-    score, hit, energy = salaug.diagnosis.localisation_score(s, boxes)
+    score, hit, _ = salaug.diagnosis.localisation_score(s, boxes)
     assert hit.tolist() == [1.0, 0.0, 0.0] and score.tolist() == pytest.approx([1.0, 1 / 6, 0.0])
     assert salaug.diagnosis.localisation_score is salaug.metrics.localisation_score  # one implementation
 

@@ -94,8 +94,8 @@ def test_save_examples_zero_writes_only_the_markdown_and_negative_is_refused(tmp
     (lambda m, x: diagnose(m, TensorDataset(*x)), TypeError, "DataLoader"),
     (lambda m, x: diagnose(m, []), ValueError, "no batches"),
     (lambda m, x: diagnose(m, [x], max_batches=0), ValueError, "max_batches"),
-    (lambda m, x: diagnose(m, [x], box_key=3), ValueError, "box_key=3"),
-    (lambda m, x: diagnose(m, [{"x": x[0]}]), ValueError, "image_key"),
+    (lambda m, x: diagnose(m, [x], box_key=3), IndexError, "not at position 3.*pass box_key="),
+    (lambda m, x: diagnose(m, [{"x": x[0]}]), KeyError, "pass image_key="),
     (lambda m, x: diagnose(m, [(x[0], x[1][:3])]), ValueError, "label_key"),
     (lambda m, x: diagnose(m, [(x[0], x[1], x[2][:, :2])], box_key=2), ValueError, r"\(4, 4\)"),
     (lambda m, x: diagnose(m, [(x[0], x[1] + 10)]), ValueError, "labels must lie in"),
@@ -108,3 +108,36 @@ def test_save_examples_zero_writes_only_the_markdown_and_negative_is_refused(tmp
 def test_bad_arguments_name_the_problem(call, error, match):
     with pytest.raises(error, match=match):
         call(net(), (X, Y, BOX))
+
+
+# ---------------------------------------------------------------------------- one image-size rule
+@pytest.mark.parametrize("size", [8, 15, 513, True, 32.0])
+def test_demo_checkpoints_and_their_metadata_obey_the_command_lines_size_rule(size):
+    from salaug.diagnosis import demo_checkpoint, load_demo_model
+    from salaug.models import DemoNet
+
+    rule = r"must be an integer in \[16, 512\] \(ClutteredObjects draws 16 to 512 px images here\)"
+    with pytest.raises(ValueError, match="image_size " + rule):
+        demo_checkpoint(DemoNet(num_classes=4, width=8), size)
+    ckpt = demo_checkpoint(DemoNet(num_classes=4, width=8), 16)
+    ckpt["salaug"]["image_size"] = size
+    with pytest.raises(ValueError, match="the checkpoint's metadata image_size " + rule):
+        load_demo_model(ckpt)
+
+
+def test_diagnose_cli_refuses_a_checkpoint_recording_a_size_the_data_cannot_be_drawn_at(tmp_path, capsys):
+    # before: demo_checkpoint accepted 8, and the command died with a traceback building the dataset
+    from salaug.cli.diagnose import main
+    from salaug.diagnosis import demo_checkpoint
+    from salaug.models import DemoNet
+
+    ckpt = demo_checkpoint(DemoNet(num_classes=4, width=8), 32)
+    ckpt["salaug"]["image_size"] = 8
+    torch.save(ckpt, tmp_path / "model.pt")
+    for argv in (["--checkpoint", str(tmp_path / "model.pt")], ["--size", "8"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--out", str(tmp_path / "rep")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "must be an integer in [16, 512] (ClutteredObjects draws 16 to 512 px images here), got" in err
+    assert not (tmp_path / "rep").exists()

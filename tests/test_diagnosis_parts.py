@@ -19,7 +19,7 @@ from salaug.diagnosis import (
     reliance_images,
     same_class_partners,
 )
-from salaug.diagnosis.reliance import random_partners
+from salaug.diagnosis.reliance import random_partners, tiled_background
 from salaug.models import DemoNet
 
 
@@ -72,26 +72,51 @@ def test_same_class_and_random_partners():
     assert sorted(r.tolist()) == list(range(8)) and bool((r != torch.arange(8)).all())
 
 
-def test_reliance_images_are_built_from_object_and_background():
-    x = torch.stack([torch.full((3, 8, 8), v) for v in (0.2, 0.4, 0.6, 0.8)])
+def test_reliance_images_are_built_from_object_and_background_under_both_fills():
+    ramp = torch.arange(8.0) * 0.01  # a background that varies along x: each fill is visible
+    x = torch.stack([(v + ramp).expand(3, 8, 8).clone() for v in (0.2, 0.4, 0.6, 0.8)])
     x[:, :, 2:4, 2:4] = 1.0  # the object: a white 2x2 square in every image
     boxes = torch.tensor([[2.0, 2.0, 4.0, 4.0]]).expand(4, 4)
     classes = torch.tensor([0, 0, 1, 1])
     v = reliance_images(x, classes, boxes, generator=torch.Generator().manual_seed(0))
-    assert v.shape == (len(VARIANTS), 4, 3, 8, 8) and torch.equal(v[0], x)
-    neutral = x.mean((0, 2, 3))
+    assert v.shape == (len(VARIANTS), 4, 3, 8, 8) == (9, 4, 3, 8, 8) and torch.equal(v[0], x)
+    base = torch.tensor([0.2, 0.4, 0.6, 0.8]).view(4, 1, 1)
     inside = torch.zeros(8, 8, dtype=torch.bool)
     inside[2:4, 2:4] = True
-    obj, bg, same, rand = v[1], v[2], v[3], v[4]
-    assert torch.equal(obj[:, :, inside], x[:, :, inside])  # the object kept ...
-    assert torch.allclose(obj[:, :, ~inside], neutral.view(1, 3, 1).expand(4, 3, 60))  # ... on the neutral colour
-    assert torch.allclose(bg[:, :, inside], neutral.view(1, 3, 1).expand(4, 3, 4)) and torch.equal(
-        bg[:, :, ~inside], x[:, :, ~inside])
-    for mixed in (same, rand):
-        assert torch.equal(mixed[:, :, inside], x[:, :, inside])
-    corner = same[:, 0, 0, 0]  # the background colour says whose background it is
-    assert bool((corner[:2] < 0.5).all()) and bool((corner[2:] > 0.5).all())  # class 0: 0.2 / 0.4, class 1: 0.6 / 0.8
-    assert not torch.equal(rand[:, 0, 0, 0], x[:, 0, 0, 0])  # a derangement: nobody keeps its own
+    t = {name[:-2]: v[i] for i, name in enumerate(VARIANTS) if name.endswith("_t")}
+    b = {name[:-2]: v[i] for i, name in enumerate(VARIANTS) if name.endswith("_b")}
+    # fill T: the box tiled from the widest strip beside it (right of the box: columns 4, 5 for 2, 3)
+    tiled = t["background_only"][:, :, 2:4, 2:4]
+    torch.testing.assert_close(tiled, (base + torch.tensor([0.04, 0.05])).unsqueeze(1).expand(4, 3, 2, 2))
+    assert torch.equal(t["background_only"][:, :, ~inside], x[:, :, ~inside])
+    own = base + 214 / 60 * 0.01  # the mean of the 60 background pixels (x sums to 214 outside the box)
+    torch.testing.assert_close(t["object_only"][:, :, ~inside], own.expand(4, 3, 60))
+    # fill B: black is each channel's darkest value of the image (column 0 of the ramp)
+    torch.testing.assert_close(b["background_only"][:, :, inside], base.expand(4, 3, 4))
+    torch.testing.assert_close(b["object_only"][:, :, ~inside], base.expand(4, 3, 60))
+    for fill in (t, b):
+        assert torch.equal(fill["object_only"][:, :, inside], x[:, :, inside])  # the object kept
+        for mixed in (fill["mixed_same"], fill["mixed_rand"]):
+            assert torch.equal(mixed[:, :, inside], x[:, :, inside])
+        corner = fill["mixed_same"][:, 0, 0, 0]  # the background colour says whose background it is
+        assert bool((corner[:2] < 0.5).all()) and bool((corner[2:] > 0.5).all())  # class 0: 0.2 / 0.4, 1: 0.6 / 0.8
+        assert not torch.equal(fill["mixed_rand"][:, 0, 0, 0], x[:, 0, 0, 0])  # a derangement
+        partner = fill["mixed_same"][:, 0, 0, 0].sub(x[:, 0, 0, 0]).abs() > 0  # the partner's background_only
+        assert bool(partner.all())
+
+
+def test_tiled_background_tiles_from_the_widest_strip_and_leaves_full_boxes_alone():
+    x = torch.arange(36.0).view(1, 1, 6, 6).repeat(3, 1, 1, 1)
+    boxes = torch.tensor([[1, 1, 3, 5], [0, 0, 6, 2], [0, 0, 6, 6]])
+    filled, ok = tiled_background(x, boxes)
+    assert ok.tolist() == [True, True, False]
+    # image 0: right strip (3 columns) wider than left (1), above (1 row) and below (1 row):
+    # box columns 1, 2 take columns 3, 4 of the same row
+    assert filled[0, 0, 1:5, 1:3].tolist() == [[r + 3, r + 4] for r in (6.0, 12.0, 18.0, 24.0)]
+    # image 1: the strip below (rows 2-5) is the largest; rows 0, 1 take rows 2, 3 of the same column
+    assert torch.equal(filled[1, 0, 0:2], x[1, 0, 2:4])
+    assert torch.equal(filled[2], x[2])  # nothing outside the box: left as it is
+    assert torch.equal(filled[0, :, 0], x[0, :, 0]) and torch.equal(filled[1, :, 2:], x[1, :, 2:])
 
 
 def test_reliance_images_use_masks_for_the_object():

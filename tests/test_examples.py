@@ -166,11 +166,13 @@ def test_fabric_loop_ddp_two_processes(tmp_path: Path) -> None:
 
 def test_demo(tmp_path: Path) -> None:
     out = run(["-m", "salaug", "demo", "--epochs", "1", "--train-size", "128", "--size", "32", "--batch-size", "32",
-               "--val-size", "64", "--test-size", "64", "--compare", "--no-progress", "--out", "demo"], tmp_path)
-    assert re.search(r"\| snapmix \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \|", out), out[-3000:]
-    assert re.search(r"\| none \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| n/a \| \d+ s \(1\.00x\) \|", out), out[-3000:]
-    cutmix_row = r"\| cutmix \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \| \d+ s \(\d\.\d\dx\) \|"
-    assert re.search(cutmix_row, out), out[-3000:]
+               "--val-size", "64", "--test-size", "64", "--compare", "--seeds", "1", "--no-progress", "--out", "demo"],
+              tmp_path)
+    row = r"\| {} \| 1 \| (\d\.\d{{3}} \| ){{6}}"
+    assert re.search(row.format("snapmix"), out), out[-3000:]
+    assert re.search(row.format("none") + r"n/a \| \d+ s \(1\.00x\) \|", out), out[-3000:]
+    assert re.search(row.format("cutmix") + r"\d\.\d{3} \| \d+ s \(\d\.\d\dx\) \|", out), out[-3000:]
+    assert "Verdict:" in out and "arm − none" in out  # the shift splits and the paired differences
     assert out.index("| none |") < out.index("| cutmix |") < out.index("| snapmix |")  # base-only first
     assert "standard recipe" in out
     demo = tmp_path / "demo"
@@ -178,7 +180,7 @@ def test_demo(tmp_path: Path) -> None:
     assert saved["state_dict"]["features.0.weight"].shape[0] == 16 and saved["salaug"]["image_size"] == 32
     assert (demo / "results.md").is_file() and (demo / "results.json").is_file()
     assert is_png(demo / "cam_overlays.png") and is_png(demo / "augmented.png") and is_png(demo / "accuracy.png")
-    assert sorted(p.name for p in (demo / "runs").iterdir()) == ["cutmix", "none", "snapmix"]
+    assert sorted(p.name for p in (demo / "runs").iterdir()) == ["cutmix", "none", "snapmix", "snapmix-flat"]
     assert list(tmp_path.iterdir()) == [demo]  # nothing outside --out
 
 

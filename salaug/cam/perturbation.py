@@ -18,15 +18,17 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from salaug.cam.base import BaseCAM, _no_autocast, _Targets, weighted_sum
+from salaug.cam.hooks import Hooks
 
-__all__ = ["ScoreCAM", "AblationCAM"]
+__all__ = ["AblationCAM", "ScoreCAM"]
 
 
 class _PerturbationCAM(BaseCAM):
@@ -176,9 +178,9 @@ class AblationCAM(_PerturbationCAM):
         def replace(_module: nn.Module, _inputs: Any, _output: Any) -> Tensor:
             return pending["acts"]
 
-        handle = layer.register_forward_hook(replace)
         try:
-            with torch.no_grad():
+            with Hooks() as hooks, torch.no_grad():
+                hooks.on_output(layer, replace)
                 ablated = None
                 if self.trunk_once:
                     if b > 1 and self._trunk_is_shared(images, acts, logits, layer, pending):
@@ -188,7 +190,6 @@ class AblationCAM(_PerturbationCAM):
                 if ablated is None:
                     ablated = self._ablate_full(images, acts, value, tgt, pending)
         finally:
-            handle.remove()
             pending.clear()
         with _no_autocast(images.device):
             # a zero score has no scale and no sign to divide by: its weights are the raw drops
@@ -247,7 +248,7 @@ class AblationCAM(_PerturbationCAM):
         """
         key = id(layer)
         if key not in self._shared_trunk:
-            pending["acts"] = acts
+            pending["acts"] = acts.clone()  # the rest of the network may modify it in place (ReLU(inplace=True))
             try:
                 out = self._model(images[:1])
             except RuntimeError as err:

@@ -19,6 +19,7 @@ __all__ = [
     "accelerator",
     "at_least",
     "cam_name",
+    "demo_image_size",
     "existing_dir",
     "fraction",
     "int_range",
@@ -102,6 +103,26 @@ def int_range(minimum: int, maximum: int | None = None, why: str = "") -> Callab
 
     parse.__name__ = "int"  # argparse names the type in its "invalid ... value" messages
     return parse
+
+
+def demo_image_size(text: str) -> int:
+    """An image side the demo's data is drawn at: the rule of
+    :func:`salaug.diagnosis.checkpoint.check_demo_image_size` (the same that checkpoints obey).
+
+    Example:
+        >>> demo_image_size("32")
+        32
+    """
+    from salaug.diagnosis.checkpoint import check_demo_image_size
+
+    value = _int(text)
+    try:
+        return check_demo_image_size(value, what="")
+    except ValueError as exc:  # " must be an integer in [...] (...), got 8": argparse names the argument
+        raise argparse.ArgumentTypeError(str(exc).strip().rsplit(", got ", 1)[0] + f", got {text!r}") from None
+
+
+demo_image_size.__name__ = "int"  # argparse names the type in its "invalid ... value" messages
 
 
 def at_least(minimum: int, why: str = "") -> Callable[[str], int]:

@@ -14,7 +14,7 @@ from typing import Any
 from salaug.cli._types import (
     HelpFormatter,
     accelerator,
-    int_range,
+    demo_image_size,
     nonnegative_int,
     output_dir,
     positive_int,
@@ -38,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="DemoNet weights: the model.pt of salaug demo (it records its image size), a "
                              "Lightning checkpoint or a state dict (then give --size); default: train the demo "
                              "model briefly")
-    parser.add_argument("--size", type=int_range(16, 512, "ClutteredObjects draws 16 to 512 px images here"),
-                        default=None,
+    parser.add_argument("--size", type=demo_image_size, default=None,
                         help="image side in pixels, that of the model's training; default: the checkpoint's "
                              f"recorded size, or {TRAIN_SIZE} when the model is trained here")
     parser.add_argument("--epochs", type=nonnegative_int, default=4, help="training epochs without --checkpoint")
@@ -89,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils.data import DataLoader
 
     from salaug.datasets import CLASS_NAMES, ClutteredObjects
-    from salaug.diagnosis import check_image_size, diagnose, load_demo_model, train_demo_model
+    from salaug.diagnosis import (
+        check_image_size,
+        diagnose,
+        load_demo_model,
+        train_demo_model,
+    )
 
     device = _device(args.device)
     torch.manual_seed(args.seed)

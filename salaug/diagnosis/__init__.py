@@ -8,7 +8,9 @@ uninformative answer looks like:
 * **Head** (AblationCAM, each channel weighted by how much removing it lowers the class score):
   does the classifier rely on channels that fire on the object?
 * **Reliance** (after Xiao et al., ICLR 2021): does the decision change when the object is shown
-  on another image's background? (:mod:`salaug.diagnosis.reliance`)
+  on another image's background, under two fills that stay on the data's distribution (the
+  image's own background tiled, black)? A validity gate says when the test cannot tell
+  (:mod:`salaug.diagnosis.reliance`, :attr:`Diagnosis.reliance_state`).
 
 Each map of each image gets a localisation score in ``[0, 1]``: with true boxes the mean of the
 pointing game and the energy inside the box (:func:`salaug.metrics.localisation_score`), without
@@ -17,9 +19,11 @@ in-image share of the image: where a map blind to the object lands) and the **sa
 at random initialisation** (:func:`random_reference`, the model-randomisation test of Adebayo et
 al., NeurIPS 2018); the verdict reads the margins over them and the reliance test, never an
 absolute score (rules and thresholds: :mod:`salaug.diagnosis.report`). When the target layer's
-cells are as large as the objects the maps are not judged and a finer layer is named.
+cells are as large as the objects the maps are not judged and a finer layer is named; boxes
+covering (nearly) the whole image leave nothing to judge either.
 
-Modules: :mod:`~salaug.diagnosis.engine` (:func:`diagnose`), :mod:`~salaug.diagnosis.report`
+Modules: :mod:`~salaug.diagnosis.engine` (:func:`diagnose`), :mod:`~salaug.diagnosis.measure`
+(the per-batch measurement shared with :class:`salaug.SaliencyMonitor`), :mod:`~salaug.diagnosis.report`
 (:class:`Diagnosis`, verdict, tables, ``save``), :mod:`~salaug.diagnosis.scores`,
 :mod:`~salaug.diagnosis.references`, :mod:`~salaug.diagnosis.reliance`,
 :mod:`~salaug.diagnosis.checkpoint` (DemoNet checkpoints with their image size). The command
@@ -42,7 +46,9 @@ Example:
 from __future__ import annotations
 
 from salaug.diagnosis.checkpoint import (
+    IMAGE_SIZES,
     DemoCheckpoint,
+    check_demo_image_size,
     check_image_size,
     demo_checkpoint,
     demo_model_from_state,
@@ -50,34 +56,59 @@ from salaug.diagnosis.checkpoint import (
     train_demo_model,
 )
 from salaug.diagnosis.engine import diagnose
+from salaug.diagnosis.measure import CAM_ROLES, check_cams, score_maps
 from salaug.diagnosis.references import REFERENCE_SEED, random_reference
-from salaug.diagnosis.reliance import VARIANTS, reliance_images, same_class_partners
+from salaug.diagnosis.reliance import (
+    FILLS,
+    VARIANTS,
+    reliance_images,
+    same_class_partners,
+    tiled_background,
+)
 from salaug.diagnosis.report import (
     BACKBONE_MARGIN,
     BACKGROUND_ONLY_MARGIN,
     BG_GAP_THRESHOLD,
+    COLLAPSE_RATIO,
+    FULL_BOX_SHARE,
     HEAD_MARGIN,
     KINDS,
-    METHODS,
     MIN_CLASS_IMAGES,
+    OBJECT_ONLY_SHARE,
+    ORIGINAL_MARGIN,
+    RELIANCE_STATES,
     Diagnosis,
 )
-from salaug.diagnosis.scores import box_energy, box_share, evidence_score, localisation_score
+from salaug.diagnosis.scores import (
+    box_energy,
+    box_share,
+    evidence_score,
+    localisation_score,
+)
 
 __all__ = [
     "BACKBONE_MARGIN",
     "BACKGROUND_ONLY_MARGIN",
     "BG_GAP_THRESHOLD",
+    "COLLAPSE_RATIO",
+    "FILLS",
+    "FULL_BOX_SHARE",
     "HEAD_MARGIN",
+    "IMAGE_SIZES",
     "KINDS",
-    "METHODS",
+    "CAM_ROLES",
     "MIN_CLASS_IMAGES",
+    "OBJECT_ONLY_SHARE",
+    "ORIGINAL_MARGIN",
     "REFERENCE_SEED",
+    "RELIANCE_STATES",
     "VARIANTS",
     "DemoCheckpoint",
     "Diagnosis",
     "box_energy",
     "box_share",
+    "check_cams",
+    "check_demo_image_size",
     "check_image_size",
     "demo_checkpoint",
     "demo_model_from_state",
@@ -88,5 +119,7 @@ __all__ = [
     "random_reference",
     "reliance_images",
     "same_class_partners",
+    "score_maps",
+    "tiled_background",
     "train_demo_model",
 ]

@@ -18,8 +18,12 @@ from torch import Tensor
 
 from salaug.models import DemoNet
 
-__all__ = ["DemoCheckpoint", "check_image_size", "demo_checkpoint", "demo_model_from_state", "load_demo_model",
-           "train_demo_model"]
+__all__ = ["IMAGE_SIZES", "DemoCheckpoint", "check_demo_image_size", "check_image_size", "demo_checkpoint",
+           "demo_model_from_state", "load_demo_model", "train_demo_model"]
+
+#: The image sides, in pixels, the demo's data (ClutteredObjects) is drawn at here: the sides a
+#: DemoNet checkpoint may record and ``salaug demo`` / ``salaug diagnose --size`` accept (one rule).
+IMAGE_SIZES = (16, 512)
 
 _META = "salaug"
 _PREFIXES = ("_orig_mod.", "module.", "model.", "net.")
@@ -47,6 +51,34 @@ class DemoCheckpoint:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
+def check_demo_image_size(size: object, what: str = "image_size") -> int:
+    """The one rule for a demo image side: an int in :data:`IMAGE_SIZES`.
+
+    Args:
+        size: the side to check.
+        what: how the message names it (``"image_size"``, ``"--size"``, ...).
+
+    Returns:
+        ``size``.
+
+    Raises:
+        ValueError: ``size`` is not an int in range (the message names ``what`` and the range).
+
+    Example:
+        >>> check_demo_image_size(32)
+        32
+        >>> check_demo_image_size(8)
+        Traceback (most recent call last):
+        ...
+        ValueError: image_size must be an integer in [16, 512] (ClutteredObjects draws 16 to 512 px images here), got 8
+    """
+    lo, hi = IMAGE_SIZES
+    if isinstance(size, bool) or not isinstance(size, int) or not lo <= size <= hi:
+        raise ValueError(f"{what} must be an integer in [{lo}, {hi}] (ClutteredObjects draws {lo} to {hi} px images "
+                         f"here), got {size!r}")
+    return size
+
+
 def demo_checkpoint(model: DemoNet, image_size: int) -> dict[str, Any]:
     """What to ``torch.save`` for a :class:`~salaug.models.DemoNet`: its state dict and its metadata.
 
@@ -67,12 +99,12 @@ def demo_checkpoint(model: DemoNet, image_size: int) -> dict[str, Any]:
     """
     if not isinstance(model, DemoNet):
         raise TypeError(f"model must be a salaug.models.DemoNet, got {type(model).__name__}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size must be the training image side in pixels (an int >= 8), got {image_size!r}")
+    check_demo_image_size(image_size)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    head, first = model.head[2], model.features[0]
+    assert isinstance(head, torch.nn.Linear) and isinstance(first, torch.nn.Conv2d)
     return {"state_dict": state, _META: {"model": "DemoNet", "image_size": image_size, "in_channels": 3,
-                                         "num_classes": int(model.head[2].out_features),
-                                         "width": int(model.features[0].out_channels)}}
+                                         "num_classes": head.out_features, "width": first.out_channels}}
 
 
 def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
@@ -139,9 +171,7 @@ def load_demo_model(checkpoint: Mapping[str, Any]) -> DemoCheckpoint:
                 raise ValueError(f"the checkpoint's metadata says {key}={meta[key]!r} but its weights have {value}; "
                                  "the file is inconsistent: save it again with salaug.diagnosis.demo_checkpoint")
         size = meta.get("image_size")
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"the checkpoint's metadata has image_size={size!r}, not a positive int")
-        image_size = size
+        image_size = None if size is None else check_demo_image_size(size, "the checkpoint's metadata image_size")
     return DemoCheckpoint(model=model.eval(), image_size=image_size, num_classes=num_classes, width=width,
                           metadata=dict(meta) if meta is not None else {})
 
@@ -174,7 +204,7 @@ def check_image_size(checkpoint: DemoCheckpoint, size: int | None) -> int:
         if size is None:
             raise ValueError("the checkpoint does not record its training image size; pass --size (the side of the "
                              "images it was trained on)")
-        return size
+        return check_demo_image_size(size, "--size")
     if size is not None and size != recorded:
         raise ValueError(f"--size {size} does not match the checkpoint's training image size {recorded}; drop --size "
                          f"or pass --size {recorded}")

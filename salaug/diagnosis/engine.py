@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
-from collections.abc import Iterable, Mapping
-from typing import Any, Iterator
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from salaug._batch import get_field
 from salaug._checks import check_class_indices, check_flag, check_images, check_number
-from salaug.cam import AblationCAM, EigenCAM, GradCAM
-from salaug.cam.base import eval_mode
+from salaug.cam.base import BaseCAM, _check_logits, eval_mode, model_device, model_on
+from salaug.cam.hooks import Hooks
+from salaug.diagnosis.measure import CAM_ROLES, PARTS, check_cams, score_maps
 from salaug.diagnosis.references import random_reference
 from salaug.diagnosis.reliance import VARIANTS, reliance_images
-from salaug.diagnosis.report import METHODS, Diagnosis
-from salaug.diagnosis.scores import evidence_score
-from salaug.metrics import box_share, localisation_score
+from salaug.diagnosis.report import Diagnosis
+from salaug.metrics import box_share
 
 __all__ = ["diagnose"]
-
-_PARTS = ("score", "pointing", "energy")
 
 
 def diagnose(
@@ -47,7 +45,9 @@ def diagnose(
     (AblationCAM) sit on the object, beyond chance and beyond the same network at random
     initialisation, and does its decision depend on the background?
 
-    Per batch: GradCAM (for reference), EigenCAM and AblationCAM maps of the model and of its
+    Three steps: a set-up on the first batch (the CAMs, the target layer's resolution, the
+    references), one measurement per batch (:func:`_measure`), a summary of the totals. Per batch:
+    GradCAM (for reference), EigenCAM and AblationCAM maps of the model and of its
     random-initialisation references (:func:`salaug.diagnosis.random_reference`, ``references``
     draws built once on the first batch), their localisation scores, and, with labels and boxes,
     the reliance test (:mod:`salaug.diagnosis.reliance`). The reference score of each method is
@@ -84,223 +84,305 @@ def diagnose(
         seed: seed of the references' weights (draw ``j`` uses ``seed + j``) and of the reliance
             test's pairings.
 
+    Batches may differ in image size (e.g. ``batch_size=1`` over full-size images): every image
+    is measured at its own size, and the report's example images are resized to the first
+    batch's size.
+
     Returns:
         A :class:`~salaug.diagnosis.Diagnosis`.
 
     Raises:
         TypeError: ``model`` is not a module, ``data`` does not yield batches, the model does not
             return ``(B, K)`` logits.
-        ValueError: bad arguments, empty data, batches without the named entries, labels out of
-            range, empty / inverted boxes or boxes wholly outside the image, masks of the wrong
-            shape, a model with one output, NaN / inf logits (each naming the samples and the fix).
+        KeyError / IndexError: a batch without the entry an ``*_key`` names (the message names
+            the argument to fix).
+        ValueError: bad arguments, empty data, labels out of range, empty / inverted boxes or boxes
+            wholly outside the image, masks of the wrong shape, a model with one output, NaN / inf
+            logits (each naming the samples and the fix).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_data(data)
-    max_batches = check_number("max_batches", max_batches, integer=True, low=1, optional=True)  # type: ignore[assignment]
-    num_classes = check_number("num_classes", num_classes, integer=True, low=2, optional=True)  # type: ignore[assignment]
-    examples_per_class = check_number("examples_per_class", examples_per_class, integer=True, low=0)  # type: ignore[assignment]
-    ablation_batch_size = check_number("ablation_batch_size", ablation_batch_size, integer=True, low=1)  # type: ignore[assignment]
-    seed = check_number("seed", seed, integer=True, low=0)  # type: ignore[assignment]
-    references = check_number("references", references, integer=True, low=0)  # type: ignore[assignment]
-    reliance = check_flag("reliance", reliance)
-    run_reliance = reliance and box_key is not None and label_key is not None
-    with _on_device(model, device) as (net, dev):
-        cams: dict[str, Any] = {"gradcam": GradCAM(net, target_layer)}
-        refs: list[tuple[nn.Module, dict[str, Any]]] = []
-        kept = 0
-        gen = torch.Generator().manual_seed(seed)
-        names: list[str] = []
-        sums: Tensor | None = None
-        keeper: _Examples | None = None
-        k_out = num_classes
-        n_batches = 0
-        cell: float | None = None
-        cells: list[tuple[str, float]] = []
-        for i, batch in enumerate(data):
-            if max_batches is not None and i >= max_batches:
-                break
-            images = check_images(_get(batch, image_key, "images", "image_key"), finite=True).to(dev)
-            b, _, h, w = images.shape
-            labels = None if label_key is None else _labels_of(_get(batch, label_key, "labels", "label_key"), b, dev)
-            boxes = None if box_key is None else _boxes_of(_get(batch, box_key, "boxes", "box_key"), b, (h, w), dev)
-            masks = None if mask_key is None else _masks_of(_get(batch, mask_key, "masks", "mask_key"), b, (h, w), dev)
-            with eval_mode(net), torch.no_grad():
-                logits = net(images)
-            k_all = _check_logits(logits, b)
-            if k_out is None:
-                k_out = k_all
-            elif k_out > k_all:
-                raise ValueError(f"num_classes={k_out} but the model has only {k_all} outputs")
-            pred = logits.argmax(dim=1)
-            classes = pred if labels is None else labels
-            if labels is not None:
-                check_class_indices(labels, k_out, "labels", f"num_classes={k_out}")
-            maps = {"gradcam": cams["gradcam"](images, classes)}
-            if len(cams) == 1:  # the same layer for all three, once an automatic choice is resolved
-                layer = cams["gradcam"].target_layer
-                cams["eigencam"] = EigenCAM(net, layer)
-                cams["ablationcam"] = AblationCAM(net, layer, batch_size=ablation_batch_size)
-                cell, cells = _cells(cams["gradcam"].model, layer, images[:1])
-                name = cams["gradcam"].target_layer_name
-                for j in range(references):
-                    ref, kept = random_reference(net, images, seed=seed + j)
-                    refs.append((ref, {"gradcam": GradCAM(ref, name), "eigencam": EigenCAM(ref, name),
-                                       "ablationcam": AblationCAM(ref, name, batch_size=ablation_batch_size)}))
-            maps["eigencam"] = cams["eigencam"](images, classes)
-            maps["ablationcam"] = cams["ablationcam"](images, classes)
-            cols: dict[str, Tensor] = {"count": torch.ones(b, device=dev), "correct": (pred == classes).float()}
-            if boxes is not None:
-                cols["share"] = box_share(boxes, (h, w))
-                cols["side"] = (boxes[:, 2] - boxes[:, 0]).clamp(min=0).mul(
-                    (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
-            cols.update(_map_stats("", net, images, classes, boxes, maps))
-            for j, (ref, ref_cams) in enumerate(refs):
-                with torch.no_grad():
-                    ref_logits = ref(images)
-                cols[f"ref{j}_correct"] = (ref_logits.argmax(1) == classes).float()
-                ref_maps = {m: cam(images, classes) for m, cam in ref_cams.items()}
-                cols.update(_map_stats(f"ref{j}_", ref, images, classes, boxes, ref_maps))
-            if run_reliance:
-                assert boxes is not None and labels is not None
-                variants = reliance_images(images, labels, boxes, masks, gen)
-                with eval_mode(net), torch.no_grad():
-                    out = net(variants.flatten(0, 1))
-                hits = (out.argmax(1).view(len(VARIANTS), b) == labels).float()
-                cols.update({f"rel_{v}": hits[j] for j, v in enumerate(VARIANTS)})
-            stats = torch.stack(list(cols.values()), dim=1)
-            if sums is None:  # one row per model output: predicted classes may exceed num_classes
-                names = list(cols)
-                sums = torch.zeros(k_all, stats.shape[1], device=dev)
-            sums.index_add_(0, classes, stats)
-            if examples_per_class > 0:
-                if keeper is None:
-                    keeper = _Examples(k_all, examples_per_class)
-                if not keeper.full:
-                    keeper.add(images, classes, boxes, maps)
-            n_batches += 1
-        if sums is None or n_batches == 0:
-            raise ValueError("data yielded no batches: pass a non-empty DataLoader (and max_batches >= 1)")
-        layer_name = cams["gradcam"].target_layer_name or ""
-    examples = keeper.result() if keeper is not None else {}
-    return _summarise(sums.cpu(), names, box_key is not None, label_key is not None, k_out,  # type: ignore[arg-type]
-                      layer_name, _class_names(data), examples, cell, cells, kept, len(refs))
+    opts = _Options(
+        num_classes=check_number("num_classes", num_classes, integer=True, low=2, optional=True),  # type: ignore[arg-type]
+        keys=(image_key, label_key, box_key, mask_key),
+        max_batches=check_number("max_batches", max_batches, integer=True, low=1, optional=True),  # type: ignore[arg-type]
+        examples_per_class=check_number("examples_per_class", examples_per_class, integer=True, low=0),  # type: ignore[arg-type]
+        ablation_batch_size=check_number("ablation_batch_size", ablation_batch_size, integer=True, low=1),  # type: ignore[arg-type]
+        references=check_number("references", references, integer=True, low=0),  # type: ignore[arg-type]
+        seed=check_number("seed", seed, integer=True, low=0),  # type: ignore[arg-type]
+        reliance=check_flag("reliance", reliance) and box_key is not None and label_key is not None,
+    )
+    here = model_device(model) or torch.device("cpu")
+    net = model_on(model, None if device is None else torch.device(device))  # a copy when moved
+    dev = here if device is None else torch.device(device)
+    setup: _Setup | None = None
+    totals: _Totals | None = None
+    for i, batch in enumerate(data):
+        if opts.max_batches is not None and i >= opts.max_batches:
+            break
+        images, labels, boxes, masks = _batch_fields(batch, opts, dev)
+        if setup is None:
+            setup = _set_up(net, target_layer, images, opts)
+        result = _measure(setup, images, labels, boxes, masks)
+        if totals is None:
+            totals = _Totals(result, opts.examples_per_class)
+        totals.add(result, images, boxes)
+    if setup is None or totals is None:
+        raise ValueError("data yielded no batches: pass a non-empty DataLoader (and max_batches >= 1)")
+    return _summarise(setup, totals, _class_names(data))
 
 
-def _map_stats(prefix: str, net: nn.Module, images: Tensor, classes: Tensor, boxes: Tensor | None,
-               maps: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Per-image score columns of the three maps: score, pointing, energy (boxes) or evidence."""
-    out: dict[str, Tensor] = {}
-    for m in METHODS:
-        if boxes is not None:
-            for part, value in zip(_PARTS, localisation_score(maps[m], boxes)):
-                out[f"{prefix}{m}.{part}"] = value
-        else:
-            out[f"{prefix}{m}.score"] = evidence_score(net, images, maps[m], classes)
-    return out
+@dataclass
+class _Options:
+    num_classes: int | None
+    keys: tuple[int | str, int | str | None, int | str | None, int | str | None]  # image, label, box, mask
+    max_batches: int | None
+    examples_per_class: int
+    ablation_batch_size: int
+    references: int
+    seed: int
+    reliance: bool
+
+
+@dataclass
+class _Setup:
+    """What the first batch fixes: the CAMs of the model and of its references, the layer's resolution."""
+
+    net: nn.Module
+    opts: _Options
+    cams: dict[str, BaseCAM]
+    refs: list[tuple[nn.Module, dict[str, BaseCAM]]]
+    kept: int
+    cell: float | None
+    cells: list[tuple[str, float]]
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+    @property
+    def layer_name(self) -> str:
+        return self.cams["gradcam"].target_layer_name or ""
+
+
+def _set_up(net: nn.Module, target_layer: str | nn.Module | None, images: Tensor, opts: _Options) -> _Setup:
+    """The CAMs on the target layer (an automatic choice resolved on ``images``), the references."""
+    probe = check_cams(net, target_layer, methods=("gradcam",))["gradcam"]
+    with eval_mode(net):  # an automatic choice probes one forward: BatchNorm statistics stay as they are
+        layer = probe._resolve_layer(images) if probe.target_layer is None else probe.target_layer
+    cams = check_cams(net, layer, ablation_batch_size=opts.ablation_batch_size)
+    cell, cells = _cells(cams["gradcam"].model, layer, images[:1])
+    name = cams["gradcam"].target_layer_name
+    refs, kept = [], 0
+    for j in range(opts.references):
+        ref, kept = random_reference(net, images, seed=opts.seed + j)
+        refs.append((ref, check_cams(ref, name, ablation_batch_size=opts.ablation_batch_size)))
+    return _Setup(net, opts, cams, refs, kept, cell, cells, torch.Generator().manual_seed(opts.seed))
+
+
+@dataclass
+class _Batch:
+    """One batch's measurement: per image its class, and per model (the model, then each reference)
+    its correctness and map scores; per variant of the reliance test the hits and predictions."""
+
+    classes: Tensor  # (B,) true class, or the predicted one without labels
+    width: int  # the model's output width K
+    correct: Tensor  # (R + 1, B): the model, then each reference
+    scores: Tensor  # (R + 1, M, P, B): per model, method and score part
+    share: Tensor | None  # (B,) the box's share of the image
+    side: Tensor | None  # (B,) the box's side
+    hits: Tensor | None  # (V, B) reliance-test hits per variant
+    predicted: Tensor | None  # (V, B) reliance-test predicted class per variant
+    maps: dict[str, Tensor]  # the model's maps, for the report's examples
+    labelled: bool
+
+
+def _measure(setup: _Setup, images: Tensor, labels: Tensor | None, boxes: Tensor | None,
+             masks: Tensor | None) -> _Batch:
+    """One batch: the model's maps and scores, each reference's, the reliance test."""
+    net, opts = setup.net, setup.opts
+    with eval_mode(net), torch.no_grad():
+        logits = net(images)
+    width = _logit_width(logits, images.shape[0], opts.num_classes)
+    pred = logits.argmax(dim=1)
+    classes = pred if labels is None else labels
+    if labels is not None:
+        k = opts.num_classes or width
+        check_class_indices(labels, k, "labels", f"num_classes={k}")
+    maps = {m: cam(images, classes) for m, cam in setup.cams.items()}
+    correct, scores = [pred == classes], [_stack(score_maps(maps, boxes, model=net, images=images, targets=classes))]
+    for ref, ref_cams in setup.refs:
+        with torch.no_grad():
+            correct.append(ref(images).argmax(1) == classes)
+        ref_maps = {m: cam(images, classes) for m, cam in ref_cams.items()}
+        scores.append(_stack(score_maps(ref_maps, boxes, model=ref, images=images, targets=classes)))
+    hits = predicted = share = side = None
+    if boxes is not None:
+        share = box_share(boxes, (images.shape[-2], images.shape[-1]))
+        side = (boxes[:, 2] - boxes[:, 0]).clamp(min=0).mul((boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
+    if opts.reliance:
+        assert boxes is not None and labels is not None
+        variants = reliance_images(images, labels, boxes, masks, setup.generator)
+        with eval_mode(net), torch.no_grad():  # the originals' predictions are known: forward the others only
+            others = net(variants[1:].flatten(0, 1)).argmax(1).view(len(VARIANTS) - 1, -1)
+        predicted = torch.cat([pred.unsqueeze(0), others])
+        hits = predicted == labels
+    return _Batch(classes, width, torch.stack(correct).float(), torch.stack(scores), share, side,
+                  None if hits is None else hits.float(), predicted, maps, labels is not None)
+
+
+def _stack(scores: dict[str, Tensor]) -> Tensor:
+    """method -> (B, P) as one (M, P, B) tensor in :data:`CAM_ROLES` order."""
+    return torch.stack([scores[m].T for m in CAM_ROLES])
+
+
+class _Totals:
+    """Per-class sums over the batches (one row per model output: predicted classes may exceed
+    ``num_classes``), the reliance test's prediction counts and the report's examples."""
+
+    def __init__(self, first: _Batch, examples_per_class: int) -> None:
+        k, dev = first.width, first.classes.device
+        self.width, self.labelled = k, first.labelled
+        self.count = torch.zeros(k, device=dev)
+        self.correct = torch.zeros(first.correct.shape[0], k, device=dev)
+        self.scores = torch.zeros(*first.scores.shape[:3], k, device=dev)
+        self.share = None if first.share is None else torch.zeros(k, device=dev)
+        self.side = None if first.side is None else torch.zeros(k, device=dev)
+        self.hits = None if first.hits is None else torch.zeros(first.hits.shape[0], k, device=dev)
+        self.predicted = None if first.predicted is None else torch.zeros(first.predicted.shape[0], k, device=dev)
+        self.examples = _Examples(k, examples_per_class) if examples_per_class > 0 else None
+
+    def add(self, b: _Batch, images: Tensor, boxes: Tensor | None) -> None:
+        cls = b.classes
+        self.count.index_add_(0, cls, torch.ones_like(cls, dtype=self.count.dtype))
+        self.correct.index_add_(1, cls, b.correct)
+        self.scores.index_add_(3, cls, b.scores)
+        for total, value in ((self.share, b.share), (self.side, b.side)):
+            if total is not None and value is not None:
+                total.index_add_(0, cls, value)
+        if self.hits is not None and b.hits is not None and self.predicted is not None and b.predicted is not None:
+            self.hits.index_add_(1, cls, b.hits)
+            self.predicted.scatter_add_(1, b.predicted, torch.ones_like(b.predicted, dtype=self.predicted.dtype))
+        if self.examples is not None and not self.examples.full:
+            self.examples.add(images, cls, boxes, b.maps)
+
+
+def _summarise(setup: _Setup, t: _Totals, class_names: tuple[str, ...] | None) -> Diagnosis:
+    """The totals as a :class:`Diagnosis` (host values: one transfer)."""
+    count = t.count.cpu()
+    n = count.sum()
+    present = [k for k in range(t.width) if count[k] > 0]
+    per = count.clamp_min(1)
+    has_boxes = t.share is not None
+    parts = PARTS if has_boxes else PARTS[:1]
+    scores = t.scores.cpu()  # (R + 1, M, P, K)
+
+    def scores_of(j: int, k: int | None) -> dict[str, dict[str, float]]:
+        s = scores[j].sum(-1) / n if k is None else scores[j, :, :, k] / per[k]
+        return {m: {p: float(s[i, q]) for q, p in enumerate(parts)} for i, m in enumerate(CAM_ROLES)}
+
+    draws = len(setup.refs)
+
+    def highest(k: int | None) -> dict[str, dict[str, float]]:  # per method, the draw scoring highest
+        each = [scores_of(j + 1, k) for j in range(draws)]
+        return {m: max((e[m] for e in each), key=lambda v: v["score"]) for m in CAM_ROLES}
+
+    correct = t.correct.cpu()
+    share = None if t.share is None else t.share.cpu()
+    side = None if t.side is None else float(t.side.sum().cpu() / n)
+    finer = None
+    if setup.cell is not None and side is not None and setup.cell >= side:
+        fine = [name for name, c in setup.cells if c <= side / 2]
+        finer = fine[-1] if fine else None
+    reliance = class_reliance = entropy = None
+    if t.hits is not None and t.predicted is not None:
+        hits = t.hits.cpu()
+        reliance = {v: float(hits[i].sum() / n) for i, v in enumerate(VARIANTS)}
+        class_reliance = {k: {v: float(hits[i, k] / per[k]) for i, v in enumerate(VARIANTS)} for k in present}
+        entropy = dict(zip(VARIANTS, _entropy_bits(t.predicted.cpu())))
+    return Diagnosis(
+        measure="box" if has_boxes else "evidence",
+        scores=scores_of(0, None),
+        class_scores={k: scores_of(0, k) for k in present},
+        counts={k: int(count[k]) for k in present},
+        accuracy=float(correct[0].sum() / n) if t.labelled else None,
+        class_accuracy={k: float(correct[0, k] / per[k]) for k in present} if t.labelled else {},
+        chance=None if share is None else float(share.sum() / n),
+        num_images=int(n),
+        num_classes=setup.opts.num_classes or t.width,
+        target_layer=setup.layer_name,
+        class_names=class_names,
+        examples=t.examples.result() if t.examples is not None else {},
+        random_scores=highest(None) if draws else None,
+        random_class_scores={k: highest(k) for k in present} if draws else {},
+        random_accuracy=float(correct[1:].sum() / n / draws) if draws and t.labelled else None,
+        random_draws=[{m: v["score"] for m, v in scores_of(j + 1, None).items()} for j in range(draws)],
+        class_chance={} if share is None else {k: float(share[k] / per[k]) for k in present},
+        reliance=reliance,
+        class_reliance=class_reliance or {},
+        reliance_entropy=entropy or {},
+        label_chance=float(count.max() / n) if t.labelled else None,
+        cell=setup.cell,
+        box_side=side,
+        finer_layer=finer,
+        kept_parameters=setup.kept,
+    )
+
+
+def _entropy_bits(counts: Tensor) -> list[float]:
+    """Entropy in bits of each row's distribution ``(V, K)`` counts -> ``V`` floats."""
+    p = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    return (-(p * p.clamp_min(1e-12).log2()).sum(1)).clamp_min(0).tolist()
 
 
 def _cells(model: nn.Module, layer: nn.Module, image: Tensor) -> tuple[float | None, list[tuple[str, float]]]:
     """Pixels per feature cell of the target layer, and of every module with a spatial output, in
     execution order (one no-grad forward of one image)."""
     side = float(max(image.shape[-2:]))
-    seen: list[tuple[str, float]] = []
-    target: list[float] = []
-    handles = []
-
-    def hook(name: str, module: nn.Module):
-        def record(_m: nn.Module, _i: Any, out: Any) -> None:
-            if isinstance(out, Tensor) and out.ndim == 4 and out.shape[-1] > 0:
-                c = side / float(max(out.shape[-2:]))
-                seen.append((name, c))
-                if module is layer:
-                    target.append(c)
-        return record
-
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_hook(hook(name, module)))
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(image)
-    finally:
-        for handle in handles:
-            handle.remove()
+    records: list[tuple[nn.Module, Tensor]] = []
+    with Hooks() as hooks, eval_mode(model), torch.no_grad():
+        hooks.on_spatial_outputs(model, records)
+        model(image)
+    names = {id(m): n for n, m in model.named_modules()}
+    seen = [(names[id(m)], side / float(max(out.shape[-2:]))) for m, out in records if out.shape[-1] > 0]
+    target = [side / float(max(out.shape[-2:])) for m, out in records if m is layer and out.shape[-1] > 0]
     return (target[0] if target else None), seen
-
-
-def _summarise(sums: Tensor, names: list[str], has_boxes: bool, has_labels: bool, num_classes: int, layer: str,
-               class_names: tuple[str, ...] | None, examples: dict[str, Any], cell: float | None,
-               cells: list[tuple[str, float]], kept: int, draws: int) -> Diagnosis:
-    col = {n: j for j, n in enumerate(names)}
-    parts = _PARTS if has_boxes else ("score",)
-
-    def scores_of(row: Tensor, prefix: str = "") -> dict[str, dict[str, float]]:
-        n = max(float(row[col["count"]]), 1.0)
-        return {m: {p: float(row[col[f"{prefix}{m}.{p}"]]) / n for p in parts} for m in METHODS}
-
-    def mean(row: Tensor, name: str) -> float:
-        return float(row[col[name]]) / max(float(row[col["count"]]), 1.0)
-
-    total = sums.sum(0)
-    n = int(total[col["count"]])
-    present = [k for k in range(sums.shape[0]) if float(sums[k, col["count"]]) > 0]
-    has_ref = draws > 0
-
-    def highest(row: Tensor) -> dict[str, dict[str, float]]:  # per method, the draw scoring highest
-        each = [scores_of(row, f"ref{j}_") for j in range(draws)]
-        return {m: max((e[m] for e in each), key=lambda v: v["score"]) for m in METHODS}
-
-    has_rel = "rel_original" in col
-    box_side = mean(total, "side") if has_boxes else None
-    finer = None
-    if cell is not None and box_side is not None and cell >= box_side:
-        fine = [name for name, c in cells if c <= box_side / 2]
-        finer = fine[-1] if fine else None
-    return Diagnosis(
-        measure="box" if has_boxes else "evidence",
-        scores=scores_of(total),
-        class_scores={k: scores_of(sums[k]) for k in present},
-        counts={k: int(sums[k, col["count"]]) for k in present},
-        accuracy=mean(total, "correct") if has_labels else None,
-        class_accuracy={k: mean(sums[k], "correct") for k in present} if has_labels else {},
-        chance=mean(total, "share") if has_boxes else None,
-        num_images=n,
-        num_classes=num_classes,
-        target_layer=layer,
-        class_names=class_names,
-        examples=examples,
-        random_scores=highest(total) if has_ref else None,
-        random_class_scores={k: highest(sums[k]) for k in present} if has_ref else {},
-        random_accuracy=sum(mean(total, f"ref{j}_correct") for j in range(draws)) / draws
-        if has_ref and has_labels else None,
-        random_draws=[{m: v["score"] for m, v in scores_of(total, f"ref{j}_").items()} for j in range(draws)],
-        class_chance={k: mean(sums[k], "share") for k in present} if has_boxes else {},
-        reliance={v: mean(total, f"rel_{v}") for v in VARIANTS} if has_rel else None,
-        class_reliance={k: {v: mean(sums[k], f"rel_{v}") for v in VARIANTS} for k in present} if has_rel else {},
-        cell=cell,
-        box_side=box_side,
-        finer_layer=finer,
-        kept_parameters=kept,
-    )
 
 
 # --------------------------------------------------------------------------------------------- #
 # batch entries and their checks
 # --------------------------------------------------------------------------------------------- #
+def _batch_fields(batch: Any, opts: _Options, device: torch.device) -> tuple[Tensor, Tensor | None, Tensor | None,
+                                                                              Tensor | None]:
+    """Images, labels, boxes and masks of one batch, checked, on ``device``."""
+    image_key, label_key, box_key, mask_key = opts.keys
+    images = check_images(get_field(batch, image_key, "images", "image_key", kind="batch"), finite=True).to(device)
+    b, _, h, w = images.shape
+    labels = None if label_key is None else _labels_of(
+        get_field(batch, label_key, "labels", "label_key", kind="batch"), b, device)
+    boxes = None if box_key is None else _boxes_of(
+        get_field(batch, box_key, "boxes", "box_key", kind="batch"), b, (h, w), device)
+    masks = None if mask_key is None else _masks_of(
+        get_field(batch, mask_key, "masks", "mask_key", kind="batch"), b, (h, w), device)
+    return images, labels, boxes, masks
+
+
+def _logit_width(logits: Any, batch: int, num_classes: int | None) -> int:
+    """The model's output width ``K``, after the checks that the maps and accuracies need."""
+    logits = _check_logits(logits, batch)
+    if logits.shape[1] < 2:
+        raise ValueError("the model has one output: class maps and accuracies need K >= 2 logits; for a binary "
+                         "classifier with one logit z wrap it to return torch.cat([-z, z], dim=1)")
+    bad = ~torch.isfinite(logits).all(1)
+    if bool(bad.any()):
+        raise ValueError(f"the model returns NaN or inf logits for samples {_samples(bad)}; its scores and verdict "
+                         "would be meaningless: check the model's weights and the input normalisation")
+    if num_classes is not None and num_classes > logits.shape[1]:
+        raise ValueError(f"num_classes={num_classes} but the model has only {logits.shape[1]} outputs")
+    return int(logits.shape[1])
+
+
 def _samples(bad: Tensor) -> str:
     idx = bad.nonzero().flatten().tolist()
     return f"{idx[:8]}{'...' if len(idx) > 8 else ''}"
-
-
-def _get(batch: Any, key: int | str, what: str, arg: str) -> Any:
-    try:
-        return batch[key]
-    except (KeyError, IndexError, TypeError) as exc:
-        kind = f"keys {sorted(batch)}" if isinstance(batch, Mapping) else (
-            f"{len(batch)} entries" if isinstance(batch, (list, tuple)) else type(batch).__name__)
-        raise ValueError(f"a batch has no {what} at {arg}={key!r} (the batch has {kind}); pass {arg}= to say where "
-                         f"the {what} are") from exc
 
 
 def _labels_of(value: Any, batch: int, device: torch.device) -> Tensor:
@@ -348,28 +430,6 @@ def _masks_of(value: Any, batch: int, size: tuple[int, int], device: torch.devic
     return masks.to(device=device, dtype=torch.bool)
 
 
-def _check_logits(logits: Any, batch: int) -> int:
-    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != batch:
-        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise TypeError(f"the model must return (B, K) logits, got {got}; wrap it so that it does")
-    if logits.shape[1] < 2:
-        raise ValueError("the model has one output: class maps and accuracies need K >= 2 logits; for a binary "
-                         "classifier with one logit z wrap it to return torch.cat([-z, z], dim=1)")
-    bad = ~torch.isfinite(logits).all(1)
-    if bool(bad.any()):
-        raise ValueError(f"the model returns NaN or inf logits for samples {_samples(bad)}; its scores and verdict "
-                         "would be meaningless: check the model's weights and the input normalisation")
-    return int(logits.shape[1])
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 def _check_data(data: object) -> None:
     from torch.utils.data import DataLoader, Dataset, IterableDataset
 
@@ -392,11 +452,13 @@ def _class_names(data: object) -> tuple[str, ...] | None:
 
 class _Examples:
     """Keeps the first ``per_class`` images of each class for the report (one small sync per batch
-    until every class is full; the picture is not a hot path)."""
+    until every class is full; the picture is not a hot path). Images of another size than the
+    first batch's are resized to it (bilinear; their maps too, their boxes scaled)."""
 
     def __init__(self, num_classes: int, per_class: int) -> None:
         self.need = torch.full((num_classes,), per_class, dtype=torch.long)
         self.parts: list[dict[str, Tensor | None]] = []
+        self.size: tuple[int, int] | None = None
 
     @property
     def full(self) -> bool:
@@ -411,11 +473,21 @@ class _Examples:
             return
         self.need -= F.one_hot(cls[keep], self.need.numel()).sum(0)
         idx = keep.to(images.device)
-        part: dict[str, Tensor | None] = {"images": images.index_select(0, idx).detach().float().cpu(),
-                                          "labels": cls[keep],
-                                          "boxes": None if boxes is None else boxes.index_select(0, idx).cpu()}
-        part.update({m: v.index_select(0, idx).cpu() for m, v in maps.items()})
+        h, w = images.shape[-2:]
+        self.size = self.size or (h, w)
+        part: dict[str, Tensor | None] = {"images": self._fit(images.index_select(0, idx).detach().float().cpu()),
+                                          "labels": cls[keep], "boxes": None}
+        if boxes is not None:
+            scale = torch.tensor([self.size[1] / w, self.size[0] / h] * 2)
+            part["boxes"] = boxes.index_select(0, idx).float().cpu() * scale
+        part.update({m: self._fit(v.index_select(0, idx).cpu()) for m, v in maps.items()})
         self.parts.append(part)
+
+    def _fit(self, x: Tensor) -> Tensor:
+        assert self.size is not None
+        if tuple(x.shape[-2:]) == self.size:
+            return x
+        return F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
 
     def result(self) -> dict[str, Any]:
         if not self.parts:
@@ -426,13 +498,3 @@ class _Examples:
             vals = [p[key] for p in self.parts]
             out[key] = None if vals[0] is None else torch.cat(vals)[order]  # type: ignore[arg-type]
         return out
-
-
-@contextlib.contextmanager
-def _on_device(model: nn.Module, device: torch.device | str | None) -> Iterator[tuple[nn.Module, torch.device]]:
-    here = _model_device(model)
-    if device is None or torch.device(device) == here:
-        yield model, here
-        return
-    target = torch.device(device)
-    yield copy.deepcopy(model).to(target), target  # a copy: the caller's model stays where it is

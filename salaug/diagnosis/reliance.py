@@ -1,21 +1,33 @@
 """The reliance test: does the model's decision depend on the object or on its background?
 
 After Xiao et al., "Noise or Signal: The Role of Image Backgrounds in Object Recognition" (ICLR
-2021, the backgrounds challenge). Each image is shown to the model in five versions, all built
-in one batched pass, and the accuracy of each is measured:
+2021, the Backgrounds Challenge; no inpainting there either). Each image is shown to the model in
+nine versions, all built in one batched pass, and the accuracy of each is measured: the original,
+and four versions under each of two **fills** of the removed region:
 
-* ``original``: the image as it is;
-* ``object_only``: the object on a neutral background (every pixel outside the object replaced
-  by the batch's mean colour, the same for all images, so the fill carries no class information);
-* ``background_only``: the object's box filled with that neutral colour (the object removed);
-* ``mixed_same``: the object pasted, at its place, onto the background (object box filled) of
-  another image **of the same class**;
-* ``mixed_rand``: the same onto the background of a **random** image of the batch.
+* fill ``t`` (Only-BG-T): the object's box is filled by **tiling the same image's own background**
+  from outside the box (the widest strip beside the box, repeated across it); outside the object
+  the Only-FG version shows the image's own mean background colour;
+* fill ``b`` (Only-BG-B): the box is filled with **black**, read as each channel's darkest value in
+  the image (the library does not know the normalisation; a black pixel in the image is black in
+  any per-channel normalisation); the Only-FG version shows the object on that black.
+
+Per fill ``f``:
+
+* ``object_only_f``: the object (its mask where given, else its box) on the fill;
+* ``background_only_f``: the image with its object's box filled (the object removed);
+* ``mixed_same_f``: the object pasted, at its place, onto the ``background_only_f`` of another image
+  **of the same class**;
+* ``mixed_rand_f``: the same onto that of a **random** image of the batch.
 
 The **BG-gap** ``mixed_same - mixed_rand`` is what the background's class information is worth
 to the model: about 0 for a model that reads the object, large for one that reads the
 background (a class-coded mark, a background colour). ``background_only`` far above chance
-says the same from the other side.
+says the same from the other side. Neither can come from the fill itself (the fill is the same
+for every class, and a model that answers one class on every filled image scores at most the
+majority class's share), so positive evidence holds on any data; a *negative* result only
+counts when the fill kept the images on the data's distribution, which the validity gate of
+:mod:`salaug.diagnosis.report` checks.
 
 The object region is its pixel mask when the data gives one (grown by one pixel to take its
 anti-aliased rim along), else its box. The removed region of ``background_only`` and of the
@@ -30,10 +42,13 @@ from torch import Tensor
 
 from salaug.boxes import box_mask
 
-__all__ = ["VARIANTS", "reliance_images", "same_class_partners"]
+__all__ = ["FILLS", "VARIANTS", "reliance_images", "same_class_partners", "tiled_background"]
 
-#: The five versions of each image, in the order of :func:`reliance_images`.
-VARIANTS = ("original", "object_only", "background_only", "mixed_same", "mixed_rand")
+#: The two fills: ``"t"`` (the image's own background tiled into the box) and ``"b"`` (black).
+FILLS = ("t", "b")
+#: The versions of each image, in the order of :func:`reliance_images`.
+VARIANTS = ("original",) + tuple(f"{v}_{f}" for f in FILLS
+                                 for v in ("object_only", "background_only", "mixed_same", "mixed_rand"))
 
 
 def same_class_partners(classes: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -77,6 +92,52 @@ def random_partners(batch: int, device: torch.device, generator: torch.Generator
     return partner
 
 
+def tiled_background(images: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """Only-BG-T: each image's box filled by tiling the image's own background from beside the box.
+
+    The source is the largest of the four strips outside the box (left, right, above, below);
+    pixel ``(y, x)`` of the box takes the strip's pixel in the same row (left / right) or column
+    (above / below), the strip repeated as often as the box needs. Batched: one gather.
+
+    Args:
+        images: ``(B, C, H, W)`` float images.
+        boxes: ``(B, 4)`` integer half-open ``xyxy`` boxes, clipped to the image.
+
+    Returns:
+        ``(filled, has_source)``: ``(B, C, H, W)`` images with their boxes tiled, and ``(B,)`` bool,
+        ``False`` for a box covering the whole image (nothing to tile: the box is left as it is).
+
+    Example:
+        >>> x = torch.arange(8.0).view(1, 1, 1, 8)
+        >>> filled, ok = tiled_background(x, torch.tensor([[1, 0, 5, 1]]))
+        >>> filled.flatten().tolist(), ok.tolist()
+        ([0.0, 5.0, 6.0, 7.0, 5.0, 5.0, 6.0, 7.0], [True])
+    """
+    b, c, h, w = images.shape
+    x1, y1, x2, y2 = boxes.unbind(1)
+    strips = torch.stack([x1 * h, (w - x2) * h, y1 * w, (h - y2) * w], 1)  # left, right, above, below
+    side = strips.argmax(1).view(b, 1, 1)
+    ys = torch.arange(h, device=images.device).view(1, h, 1)
+    xs = torch.arange(w, device=images.device).view(1, 1, w)
+
+    def v(t: Tensor) -> Tensor:
+        return t.view(b, 1, 1)
+
+    dx, dy = xs - v(x1), ys - v(y1)
+    left = torch.remainder(dx, v(x1.clamp_min(1)))
+    right = v(x2) + torch.remainder(dx, v((w - x2).clamp_min(1)))
+    above = torch.remainder(dy, v(y1.clamp_min(1)))
+    below = v(y2) + torch.remainder(dy, v((h - y2).clamp_min(1)))
+    src_x = torch.where(side == 0, left, torch.where(side == 1, right, xs.expand(b, h, w)))
+    src_y = torch.where(side == 2, above, torch.where(side == 3, below, ys.expand(b, h, w)))
+    inside = box_mask(boxes, (h, w))[:, 0]
+    has_source = strips.amax(1) > 0
+    inside = inside & has_source.view(b, 1, 1)
+    index = torch.where(inside, src_y * w + src_x, ys * w + xs).flatten(1)  # (B, H*W)
+    filled = images.flatten(2).gather(2, index.unsqueeze(1).expand(b, c, h * w)).view(b, c, h, w)
+    return filled, has_source
+
+
 def reliance_images(
     images: Tensor,
     classes: Tensor,
@@ -84,7 +145,7 @@ def reliance_images(
     masks: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """The five versions of :data:`VARIANTS`, stacked: ``(5, B, C, H, W)``.
+    """The versions of :data:`VARIANTS`, stacked: ``(9, B, C, H, W)``.
 
     Args:
         images: ``(B, C, H, W)`` float images.
@@ -94,20 +155,27 @@ def reliance_images(
         generator: random source of the pairings (CPU generator).
 
     Returns:
-        ``(5, B, C, H, W)`` on the images' device and dtype.
+        ``(9, B, C, H, W)`` on the images' device and dtype.
     """
     b, _, h, w = images.shape
-    inside = box_mask(boxes.round().long(), (h, w))  # (B, 1, H, W)
+    whole = torch.tensor([w, h, w, h], device=boxes.device)
+    pixel_boxes = torch.minimum(boxes.round().long().clamp_min(0), whole)
+    inside = box_mask(pixel_boxes, (h, w))  # (B, 1, H, W)
     if masks is None:
         obj = inside
     else:
         grown = F.max_pool2d(masks.to(images.dtype), 3, stride=1, padding=1) > 0
         obj = grown & inside | masks.bool()
-    neutral = images.mean(dim=(0, 2, 3), keepdim=True).to(images.dtype)  # (1, C, 1, 1)
-    background = torch.where(inside, neutral, images)
-    object_only = torch.where(obj, images, neutral)
+    black = images.amin(dim=(2, 3), keepdim=True)  # (B, C, 1, 1): each channel's darkest value
+    tiled, has_source = tiled_background(images, pixel_boxes)
+    outside = (~inside).to(images.dtype)
+    own_colour = (images * outside).sum((2, 3), keepdim=True) / outside.sum((2, 3), keepdim=True).clamp_min(1)
+    tiled = torch.where(inside & ~has_source.view(b, 1, 1, 1), black, tiled)  # nothing to tile: black
     same = same_class_partners(classes, generator)
     rand = random_partners(b, images.device, generator)
-    mixed_same = torch.where(obj, images, background.index_select(0, same))
-    mixed_rand = torch.where(obj, images, background.index_select(0, rand))
-    return torch.stack([images, object_only, background, mixed_same, mixed_rand])
+    out = [images]
+    for background, fill in ((tiled, own_colour), (torch.where(inside, black, images), black)):
+        out += [torch.where(obj, images, fill.expand_as(images)), background,
+                torch.where(obj, images, background.index_select(0, same)),
+                torch.where(obj, images, background.index_select(0, rand))]
+    return torch.stack(out)

@@ -22,7 +22,7 @@ def _delete(images: Tensor, saliency: Tensor, top: bool, fraction: float) -> Ten
     """Replace each image's top (or bottom) ``fraction`` of map pixels by its mean colour."""
     b, _, h, w = images.shape
     flat = saliency.to(torch.float32).flatten(1)
-    k = max(1, int(round(fraction * h * w)))
+    k = max(1, round(fraction * h * w))
     idx = flat.topk(k, dim=1, largest=top).indices
     mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True).view(b, 1, h, w)
     fill = images.mean(dim=(2, 3), keepdim=True)

@@ -26,6 +26,7 @@ from salaug.transforms.mix import (
 from salaug.transforms.paste import SalientPaste
 from salaug.transforms.puzzle import PuzzleMix
 from salaug.transforms.recipe import crop_flip
+from salaug.transforms.registry import TRANSFORM_NAMES, TRANSFORMS, TransformSpec, create_transform
 
 __all__ = [
     "AttentiveCutMix",
@@ -42,6 +43,10 @@ __all__ = [
     "SalientCrop",
     "SalientPaste",
     "SnapMix",
+    "TRANSFORMS",
+    "TRANSFORM_NAMES",
+    "TransformSpec",
+    "create_transform",
     "crop_flip",
     "mix_soft_labels",
     "to_soft_labels",
