@@ -321,18 +321,6 @@ def check_float(name: str, value: object, *, low: float | None = None, high: flo
     return None if v is None else float(v)
 
 
-def check_number(name: str, value: object, *, integer: bool = False, low: float | None = None,
-                 high: float | None = None, low_open: bool = False, high_open: bool = False,
-                 optional: bool = False) -> float | int | None:
-    """:func:`check_int` (``integer=True``) or :func:`check_float`, untyped: for call sites not yet moved.
-
-    Prefer :func:`check_int` / :func:`check_float`, whose return types need no ``cast``.
-    """
-    if integer:
-        return check_int(name, value, low=low, high=high, optional=optional)
-    return check_float(name, value, low=low, high=high, low_open=low_open, high_open=high_open, optional=optional)
-
-
 def check_interval(name: str, value: object, *, low: float | None = None, high: float | None = None,
                    low_open: bool = False) -> tuple[float, float]:
     """Check a ``(min, max)`` pair of numbers with ``min <= max``, each within the bounds.
