@@ -33,8 +33,8 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import warnings
 import time
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -71,7 +71,9 @@ class GradCamPackageAugmentation(SaliencyAugmentation):
     modes are restored here so that training stays correct (the comparison is about speed).
     """
 
-    def compute_saliency(self, trainer: Any, pl_module: Any, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def compute_saliency(
+        self, trainer: Any, pl_module: Any, images: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -248,7 +250,7 @@ def main() -> None:
     for name, ts in times.items():
         base = times[f"{name.split(':')[0]}: plain step"]
         # loop rows: the median of step-by-step ratios (the steps ran side by side); Lightning: of medians
-        ratio = statistics.median(t / p for t, p in zip(ts, base)) if name.startswith("loop") else \
+        ratio = statistics.median(t / p for t, p in zip(ts, base, strict=True)) if name.startswith("loop") else \
             statistics.median(ts) / statistics.median(base)
         print(f"| {name} | {1000 * statistics.median(ts):.1f} | {ratio:.2f}x |")
 

@@ -2,9 +2,10 @@
 
 Every job of a model is run once per round, rounds are interleaved (job order rotates each
 round); times are medians over rounds and ratios are medians of per-round ratios, so all numbers
-of a table come from the same run and each ratio compares jobs that ran next to each other. Random weights (no downloads); the same images, targets and output
-size for every library. torchcam returns low-resolution ``(B, h, w)`` maps (no upsampling), so its
-times exclude a resize; pytorch-grad-cam and salaug return full-size maps.
+of a table come from the same run and each ratio compares jobs that ran next to each other.
+Random weights (no downloads); the same images, targets and output size for every library.
+torchcam returns low-resolution ``(B, h, w)`` maps (no upsampling), so its times exclude a resize;
+pytorch-grad-cam and salaug return full-size maps.
 
 Gradient methods and EigenCAM run on ``--batch`` images of ``--size``; ScoreCAM/AblationCAM need
 ``B * C`` forwards and run on ``--perturb-batch`` images of ``--perturb-size`` for the models in
@@ -24,7 +25,7 @@ import io
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torchvision
@@ -53,7 +54,10 @@ PGC = {
     "scorecam": "ScoreCAM",
     "ablationcam": "AblationCAM",
 }
-TORCHCAM = {"gradcam": "GradCAM", "gradcam++": "GradCAMpp", "xgradcam": "XGradCAM", "layercam": "LayerCAM", "scorecam": "ScoreCAM"}
+TORCHCAM = {
+    "gradcam": "GradCAM", "gradcam++": "GradCAMpp", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
+    "scorecam": "ScoreCAM",
+}
 
 
 def ours_job(model, name, images, targets, batch_size=None) -> Callable[[], object]:
@@ -127,7 +131,7 @@ def measure(jobs: dict[str, Callable[[], object]], rounds: int, warmup: int, clo
 
 def _ratio(num: list[float], den: list[float]) -> float:
     """Median of per-round ratios: jobs of one round ran close together, under the same load."""
-    return statistics.median(a / b for a, b in zip(num, den))
+    return statistics.median(a / b for a, b in zip(num, den, strict=True))
 
 
 def table(title: str, methods: list[str], t: dict[str, list[float]]) -> str:
@@ -136,7 +140,8 @@ def table(title: str, methods: list[str], t: dict[str, list[float]]) -> str:
     lines = [
         title,
         f"  no-grad eval forward: {med(fwd) * 1e3:9.1f} ms",
-        f"  {'method':<12} {'salaug ms':>10} {'x fwd':>7} {'pgc ms':>10} {'pgc/salaug':>11} {'torchcam ms':>12} {'tc/salaug':>10}",
+        f"  {'method':<12} {'salaug ms':>10} {'x fwd':>7} {'pgc ms':>10} {'pgc/salaug':>11}"
+        f" {'torchcam ms':>12} {'tc/salaug':>10}",
     ]
     for m in methods:
         ours = t[f"salaug:{m}"]
@@ -187,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-torchcam", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument(
-        "--clock", choices=["wall", "cpu"], default="wall", help="wall time, or process CPU time (robust to a busy machine)"
+        "--clock", choices=["wall", "cpu"], default="wall",
+        help="wall time, or process CPU time (robust to a busy machine)",
     )
     args = ap.parse_args(argv)
     global tcm
@@ -209,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         jobs = build_jobs(model, methods, images, targets)
         t = measure(jobs, args.rounds, args.warmup, args.clock)
         print()
-        print(table(f"{arch}, B={args.batch}, {args.size}x{args.size}, target layer4, {args.rounds} rounds", methods, t))
+        title = f"{arch}, B={args.batch}, {args.size}x{args.size}, target layer4, {args.rounds} rounds"
+        print(table(title, methods, t))
 
     for arch in [m for m in args.perturb_models.split(",") if m]:
         model = build(arch, args.device)

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     cpu_ms: dict[str, list[float]] = {name: [] for name in loaders}
-    for name, loader in loaders.items():  # warm-up epoch
+    for loader in loaders.values():  # warm-up epoch
         epoch_rate(loader)
     for _ in range(args.rounds):
         for name, loader in loaders.items():

@@ -205,7 +205,8 @@ def cell(job: tuple[str, int, str]) -> dict[str, Any]:
     expected = FAULTS[fault] if took is None or took >= (PARTIAL_TOOK if fault == "mark_partial" else TOOK) \
         else "healthy"
     return {"dataset": dataset, "seed": seed, "fault": fault, "expected": expected, "kind": diag.kind,
-            "right": diag.kind == expected, "right_as_built": diag.kind == FAULTS[fault], "accuracy": diag.accuracy, "backbone_margin": diag.backbone_margin,
+            "right": diag.kind == expected, "right_as_built": diag.kind == FAULTS[fault], "accuracy": diag.accuracy,
+            "backbone_margin": diag.backbone_margin,
             "head_margin": diag.head_margin, "bg_gap": diag.bg_gap,
             "background_only": diag.reliance["background_only_t"] if diag.reliance else None,
             "background_only_b": diag.reliance["background_only_b"] if diag.reliance else None,
@@ -224,7 +225,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     right = sum(r["right"] for r in rows)
     built = sum(r["right_as_built"] for r in rows)
     lines = [(f"DemoNet width {WIDTH}, {SIZE}x{SIZE} images, {TRAIN} training and {TEST} test images, {EPOCHS} "
-              f"epochs; seeds {', '.join(map(str, args.seeds))}. Right verdicts per cell (of {len(args.seeds)} seeds):"),
+              f"epochs; seeds {', '.join(map(str, args.seeds))}. "
+              f"Right verdicts per cell (of {len(args.seeds)} seeds):"),
              "", "| fault (right verdict) | " + " | ".join(datasets) + " |", "|" + "---|" * (len(datasets) + 1)]
     for fl in faults:
         cells = []
@@ -258,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. n-1")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=None, help="folder for diagnosis_matrix.md / .json (default: print only)")
-    parser.add_argument("--from-json", default=None, help="rewrite the report of the rows in this JSON file (no training)")
+    parser.add_argument("--from-json", default=None,
+                        help="rewrite the report of the rows in this JSON file (no training)")
     args = parser.parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     args.faults = [fl.strip() for fl in args.faults.split(",") if fl.strip()]

@@ -140,7 +140,7 @@ def loop_snapmix(x, s, y, k, alpha=5.0):
 
 
 def loop_guided_mixup(x, s, y, k, sigma=3.0):
-    b, _, h, w = x.shape
+    b = x.shape[0]
     half = math.ceil(3 * sigma)
     smooth = []
     for i in range(b):

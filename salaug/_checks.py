@@ -321,25 +321,13 @@ def check_float(name: str, value: object, *, low: float | None = None, high: flo
     return None if v is None else float(v)
 
 
-def check_number(name: str, value: object, *, integer: bool = False, low: float | None = None,
-                 high: float | None = None, low_open: bool = False, high_open: bool = False,
-                 optional: bool = False) -> float | int | None:
-    """:func:`check_int` (``integer=True``) or :func:`check_float`, untyped: for call sites not yet moved.
-
-    Prefer :func:`check_int` / :func:`check_float`, whose return types need no ``cast``.
-    """
-    if integer:
-        return check_int(name, value, low=low, high=high, optional=optional)
-    return check_float(name, value, low=low, high=high, low_open=low_open, high_open=high_open, optional=optional)
-
-
 def check_interval(name: str, value: object, *, low: float | None = None, high: float | None = None,
                    low_open: bool = False) -> tuple[float, float]:
     """Check a ``(min, max)`` pair of numbers with ``min <= max``, each within the bounds.
 
     Raises:
         TypeError: if ``value`` is not a pair of numbers.
-        ValueError: for ``min > max`` or bounds broken (see :func:`check_number`).
+        ValueError: for ``min > max`` or bounds broken (see :func:`check_float`).
 
     Example:
         >>> check_interval("scale", (0.1, 0.4), low=0.0, high=1.0, low_open=True)
@@ -439,8 +427,10 @@ def resolve_index(index: object, length: int, owner: str = "", hint: str = "") -
         IndexError: index -5 out of range for a dataset of length 4 (valid: -4 to 3)
     """
     owner = owner or f"a dataset of length {length}"
-    if isinstance(index, numbers.Integral) and not isinstance(index, bool) or isinstance(index, Tensor) and index.ndim == 0 and not (
-            index.is_floating_point() or index.is_complex() or index.dtype == torch.bool):
+    if (isinstance(index, numbers.Integral) and not isinstance(index, bool)) or (
+        isinstance(index, Tensor) and index.ndim == 0
+        and not (index.is_floating_point() or index.is_complex() or index.dtype == torch.bool)
+    ):
         given = int(index)
     else:
         raise TypeError(f"indices of {owner} must be integers, got {index!r} ({type(index).__name__}){hint}")
@@ -556,10 +546,10 @@ def check_size(name: str, value: object, *, optional: bool = False) -> tuple[int
     if size is not None:
         return size
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        check_number(name, value, integer=True, low=1)
+        check_int(name, value, low=1)
     if isinstance(value, (tuple, list, torch.Size)) and len(value) == 2:
         for i, side in enumerate(value):
-            check_number(f"{name}[{i}]", side, integer=True, low=1)
+            check_int(f"{name}[{i}]", side, low=1)
     raise TypeError(f"{name} must be a positive int or an (h, w) pair of positive ints"
                     f"{' or None' if optional else ''}, got {value!r}")
 

@@ -49,8 +49,9 @@ from torch import Tensor, nn
 from salaug._checks import (
     check_choice,
     check_class_indices,
+    check_float,
     check_images,
-    check_number,
+    check_int,
     check_targets,
     to_soft_labels,
 )
@@ -116,10 +117,10 @@ def resolve_batch_p(batch_p: object, p: object, owner: str) -> float:
     Raises:
         TypeError, ValueError: a gate that is not a probability; both spellings given.
     """
-    check_number("batch_p", batch_p, low=0.0, high=1.0)
+    check_float("batch_p", batch_p, low=0.0, high=1.0)
     if p is None:
         return float(batch_p)  # type: ignore[arg-type]
-    check_number("p", p, low=0.0, high=1.0)
+    check_float("p", p, low=0.0, high=1.0)
     if batch_p != 1.0:
         raise ValueError(f"{owner} got both p={p!r} and batch_p={batch_p!r}; p is the old name of batch_p, pass "
                          "batch_p only")
@@ -132,7 +133,7 @@ def resolve_batch_p(batch_p: object, p: object, owner: str) -> float:
     return float(p)  # type: ignore[arg-type]
 
 
-def check_forward_label_options(transform: object, labels_from: object, label_blend: object, *, cam: object,
+def check_forward_label_options(transform: object, labels_from: str, label_blend: object, *, cam: object,
                                 cam_scale: object, targets: object, ema_decay: object) -> str:
     """Validate ``labels_from`` / ``label_blend`` and resolve ``"auto"``.
 
@@ -148,7 +149,7 @@ def check_forward_label_options(transform: object, labels_from: object, label_bl
             ``cam_scale``, predicted targets, EMA).
     """
     source = check_choice("labels_from", labels_from, ("auto", "cam", "forward"))
-    check_number("label_blend", label_blend, low=0.0, high=1.0, optional=True)
+    check_float("label_blend", label_blend, low=0.0, high=1.0, optional=True)
     set_options = [name for name, is_set in (("cam", cam != "gradcam"), ("cam_scale", cam_scale != 1.0),
                                              ("targets", targets != "labels"), ("ema_decay", ema_decay is not None))
                    if is_set]
@@ -161,8 +162,8 @@ def check_forward_label_options(transform: object, labels_from: object, label_bl
         return source
     if not supports_forward_labels(transform):
         raise ValueError(
-            f"labels_from='forward' needs a box mix whose labels only depend on the box (SnapMix, SaliencyMix / CutMix, "
-            f"ResizeMix), got {type(transform).__name__}; use labels_from='cam' for it"
+            "labels_from='forward' needs a box mix whose labels only depend on the box (SnapMix, "
+            f"SaliencyMix / CutMix, ResizeMix), got {type(transform).__name__}; use labels_from='cam' for it"
         )
     if set_options:
         raise ValueError(
@@ -189,14 +190,14 @@ def check_augmenter_options(*, batch_p: object = 1.0, cam_scale: object = 1.0, t
         ...
         ValueError: cam_scale must be a number in (0, 1], got 0
     """
-    check_number("batch_p", batch_p, low=0.0, high=1.0)
-    check_number("cam_scale", cam_scale, low=0.0, high=1.0, low_open=True)
+    check_float("batch_p", batch_p, low=0.0, high=1.0)
+    check_float("cam_scale", cam_scale, low=0.0, high=1.0, low_open=True)
     check_choice("targets", targets, _TARGETS)
-    check_number("num_classes", num_classes, integer=True, low=1, optional=True)
-    check_number("seed", seed, integer=True, optional=True)
-    check_number("warmup_steps", warmup_steps, integer=True, low=0)
-    check_number("ema_decay", ema_decay, low=0.0, high=1.0, low_open=True, high_open=True, optional=True)
-    check_number("rank", rank, integer=True, low=0, optional=True)
+    check_int("num_classes", num_classes, low=1, optional=True)
+    check_int("seed", seed, optional=True)
+    check_int("warmup_steps", warmup_steps, low=0)
+    check_float("ema_decay", ema_decay, low=0.0, high=1.0, low_open=True, high_open=True, optional=True)
+    check_int("rank", rank, low=0, optional=True)
 
 
 class DeprecatedBatchP:
@@ -210,7 +211,7 @@ class DeprecatedBatchP:
 
     def __set__(self, obj: Any, value: float) -> None:
         self._warn(obj)
-        obj.batch_p = float(check_number("batch_p", value, low=0.0, high=1.0))  # type: ignore[arg-type]
+        obj.batch_p = check_float("batch_p", value, low=0.0, high=1.0)
 
     @staticmethod
     def _warn(obj: Any) -> None:
@@ -721,9 +722,9 @@ def check_stream_state(state: object, owner: str, names: tuple[str, str, str] = 
             f"{owner}.state_dict() returned, not another object's state (a model's state_dict, a truncated dict)"
         )
     seed_name, steps_name, aug_name = names
-    seed = check_number(f"state_dict[{seed_name!r}]", state[seed_name], integer=True, optional=seed_optional)
-    steps, augmented = (check_number(f"state_dict[{n!r}]", state[n], integer=True, low=0) for n in names[1:])
-    if augmented > steps:  # type: ignore[operator]
+    seed = check_int(f"state_dict[{seed_name!r}]", state[seed_name], optional=seed_optional)
+    steps, augmented = (check_int(f"state_dict[{n!r}]", state[n], low=0) for n in names[1:])
+    if augmented > steps:
         raise ValueError(f"{owner}.load_state_dict: state_dict[{aug_name!r}]={augmented} exceeds "
                          f"state_dict[{steps_name!r}]={steps}; the state is corrupt")
-    return (None if seed is None else int(seed)), int(steps), int(augmented)  # type: ignore[arg-type]
+    return seed, steps, augmented

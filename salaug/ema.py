@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from salaug._checks import check_number
+from salaug._checks import check_float
 
 __all__ = ["ModelEMA"]
 
@@ -49,7 +49,7 @@ class ModelEMA:
     """
 
     def __init__(self, decay: float) -> None:
-        check_number("ema_decay", decay, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_float("ema_decay", decay, low=0.0, high=1.0, low_open=True, high_open=True)
         self.decay = float(decay)
         self.module: nn.Module | None = None
         self._pending: dict[str, Tensor] | None = None  # loaded before the copy exists
@@ -76,10 +76,10 @@ class ModelEMA:
                     return  # a fresh copy already equals the weights
                 self.module.load_state_dict(self._pending)
                 self._pending = None
-            for average, weight in zip(self.module.parameters(), model.parameters()):
+            for average, weight in zip(self.module.parameters(), model.parameters(), strict=True):
                 if average.is_floating_point():
                     average.lerp_(weight.detach(), 1.0 - self.decay)
-            for mine, buffer in zip(self.module.buffers(), model.buffers()):
+            for mine, buffer in zip(self.module.buffers(), model.buffers(), strict=True):
                 mine.copy_(buffer)
 
     def state_dict(self) -> dict[str, Tensor] | None:

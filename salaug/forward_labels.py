@@ -22,8 +22,9 @@ The rules (``share`` is the partner's label share, ``area`` the pasted box's sha
   recomputed from that block's captured input; ``cam`` = attention inside the box over the whole row.
 
 ``share = blend * cam + (1 - blend) * area`` (``area`` where the model shows no evidence at all or
-the numbers are not finite); by default ``blend`` is 1 for the CNN rule and 0.5 for TransMix, then ``labels = (1 - share) * y + share * y[perm]`` on mixed rows. The
-label arithmetic runs in float32 with autocast off.
+the numbers are not finite); by default ``blend`` is 1 for the CNN rule and 0.5 for TransMix, then
+``labels = (1 - share) * y + share * y[perm]`` on mixed rows. The label arithmetic runs in float32
+with autocast off.
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ _BOX_KEYS = ("dst_boxes", "boxes")  # where a box mix keeps the boxes its partne
 
 
 def supports_forward_labels(transform: object) -> bool:
-    """Whether ``transform`` is a box mix whose labels the forward can set (SnapMix, SaliencyMix / CutMix, ResizeMix)."""
+    """Whether ``transform`` is a box mix whose labels the forward can set.
+
+    The box mixes: SnapMix, SaliencyMix / CutMix, ResizeMix.
+    """
     return isinstance(transform, MixTransform) and any(k in transform.required_params for k in _BOX_KEYS)
 
 
@@ -146,7 +150,9 @@ class ForwardLabels:
             )
         if blend is not None and (isinstance(blend, bool) or not isinstance(blend, (int, float))
                                   or not 0.0 <= float(blend) <= 1.0):
-            raise ValueError(f"blend must be a number in [0, 1] (0: area labels, 1: evidence only) or None, got {blend!r}")
+            raise ValueError(
+                f"blend must be a number in [0, 1] (0: area labels, 1: evidence only) or None, got {blend!r}"
+            )
         self.model = model
         self._blend = None if blend is None else float(blend)
         self.num_prefix_tokens = int(num_prefix_tokens)
@@ -265,7 +271,8 @@ class ForwardLabels:
         if pending is None:
             return
         try:
-            attn = cls_attention(module, attention_input(module, args, kwargs), num_prefix_tokens=self.num_prefix_tokens)
+            tokens = attention_input(module, args, kwargs)
+            attn = cls_attention(module, tokens, num_prefix_tokens=self.num_prefix_tokens)
             grid = _token_grid(attn.shape[1], pending.shape[-2:])
             with _no_autocast(attn.device):
                 share = transmix_share(attn, tokens_from_mask(pending.region, grid), pending.area, self.blend)

@@ -12,7 +12,6 @@ without a peak: a pointing-game miss and the whole-image box of :func:`saliency_
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -108,7 +107,7 @@ def pointing_game(
         [True, False]
     """
     saliency = _resize(_check_maps(saliency), image_size)
-    b, _, h, w = saliency.shape
+    b, _, _, w = saliency.shape
     boxes = _check_boxes(boxes, b).to(device=saliency.device, dtype=torch.float32)
     tolerance = check_float("tolerance", tolerance, low=0)
     flat = saliency.flatten(1)

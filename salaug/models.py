@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from salaug._checks import check_number
+from salaug._checks import check_int
 
 if TYPE_CHECKING:
     from torchvision.models import VisionTransformer
@@ -142,7 +142,7 @@ def tiny_vit(num_classes: int = 10, image_size: int = 32, patch_size: int = 4, n
     sizes = {"num_classes": num_classes, "image_size": image_size, "patch_size": patch_size,
              "num_layers": num_layers, "num_heads": num_heads, "hidden_dim": hidden_dim, "mlp_dim": mlp_dim}
     for name, value in sizes.items():
-        check_number(name, value, integer=True, low=1)
+        check_int(name, value, low=1)
     if image_size % patch_size:
         raise ValueError(f"patch_size={patch_size} must divide image_size={image_size}; e.g. patch_size=4 for "
                          "32-pixel images (an 8 x 8 grid)")

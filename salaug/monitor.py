@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from salaug._batch import get_field
-from salaug._checks import check_flag, check_key, check_number
+from salaug._checks import check_flag, check_int, check_key
 from salaug.callback import callback_bases, picture_sinks
 from salaug.cam import create_cam
 from salaug.diagnosis.measure import check_cams, score_maps
@@ -85,14 +85,14 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
                  box_key: int | str | None = None, max_batches: int | None = None,
                  every_n_epochs: int = 1, head_check: bool = True, head_max_batches: int | None = 2,
                  picture_dir: str | os.PathLike[str] | None = None) -> None:
-        check_number("num_images", num_images, integer=True, low=1)
-        check_number("every_n_epochs", every_n_epochs, integer=True, low=1)
-        check_number("max_batches", max_batches, integer=True, low=1, optional=True)
+        check_int("num_images", num_images, low=1)
+        check_int("every_n_epochs", every_n_epochs, low=1)
+        check_int("max_batches", max_batches, low=1, optional=True)
         check_flag("head_check", head_check)
         if isinstance(head_max_batches, int) and not isinstance(head_max_batches, bool) and head_max_batches < 1:
             raise ValueError(f"head_max_batches must be >= 1 or None, got {head_max_batches!r}; turn the head "
                              "check off with head_check=False")
-        check_number("head_max_batches", head_max_batches, integer=True, low=1, optional=True)
+        check_int("head_max_batches", head_max_batches, low=1, optional=True)
         check_key("image_key", image_key)
         check_key("label_key", label_key, optional=True)
         check_key("box_key", box_key, optional=True)
@@ -116,7 +116,9 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
     @property
     @override
     def state_key(self) -> str:
-        layer = self.target_layer if isinstance(self.target_layer, (str, type(None))) else type(self.target_layer).__name__
+        layer = self.target_layer
+        if not isinstance(layer, (str, type(None))):
+            layer = type(layer).__name__
         cam = self.cam if isinstance(self.cam, str) else type(self.cam).__name__
         return self._generate_state_key(cam=cam, target_layer=layer, image_key=self.image_key,
                                         label_key=self.label_key, box_key=self.box_key)
@@ -197,7 +199,8 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
                 maps = {"eigencam": eigen_maps} if head_maps is None else {"eigencam": eigen_maps,
                                                                            "ablationcam": head_maps}
                 scores = score_maps(maps, boxes)
-                stats["backbone_score"], stats["eigen_pointing_game"] = scores["eigencam"][:, 0], scores["eigencam"][:, 1]
+                stats["backbone_score"] = scores["eigencam"][:, 0]
+                stats["eigen_pointing_game"] = scores["eigencam"][:, 1]
                 if head_maps is not None:
                     stats["head_score"], stats["head_pointing_game"] = (scores["ablationcam"][:, 0],
                                                                         scores["ablationcam"][:, 1])
@@ -238,7 +241,8 @@ class SaliencyMonitor(*callback_bases()):  # type: ignore[misc]
             for logger in loggers:
                 logger.experiment.add_image("salaug_monitor/gradcam_eigencam_ablationcam", grid, trainer.global_step)
         if directory is not None:
-            named = dict(zip(["validation images", "GradCAM", "EigenCAM (backbone)", "AblationCAM (head)"], rows))
+            titles = ["validation images", "GradCAM", "EigenCAM (backbone)", "AblationCAM (head)"]
+            named = dict(zip(titles, rows, strict=False))  # no AblationCAM row without a head check
             save_grid(named, os.path.join(directory, f"epoch{trainer.current_epoch:04d}.png"), nrow=images.shape[0])
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from salaug._checks import check_images, check_number, check_saliency_shape, resize_saliency
+from salaug._checks import check_float, check_images, check_int, check_saliency_shape, resize_saliency
 
 __all__ = ["colorize", "draw_boxes", "overlay", "save_grid", "to_display"]
 
@@ -98,7 +98,7 @@ def overlay(images: Tensor, saliency: Tensor, alpha: float = 0.5) -> Tensor:
         >>> out.shape, out[0, :, 0, 0].tolist()
         (torch.Size([2, 3, 8, 8]), [0.25, 0.0, 0.0])
     """
-    alpha = check_number("alpha", alpha, low=0.0, high=1.0)  # type: ignore[assignment]
+    alpha = check_float("alpha", alpha, low=0.0, high=1.0)
     rgb = torch.nan_to_num(_as_rgb(images).to(torch.float32), nan=0.0).clamp(0, 1)
     s = check_saliency_shape(saliency).to(device=rgb.device, dtype=torch.float32)
     if s.shape[0] != rgb.shape[0]:
@@ -144,7 +144,7 @@ def draw_boxes(
 
     rgb = _as_rgb(images)
     b, _, h, w = rgb.shape
-    check_number("width", width, integer=True, low=1)
+    check_int("width", width, low=1)
     if isinstance(boxes, Tensor):
         if boxes.ndim != 2 or boxes.shape != (b, 4):
             raise ValueError(
@@ -236,10 +236,10 @@ def save_grid(
         if t.shape[-2:] != (h, w):
             raise ValueError(f"all rows must share one image size, got {tuple(t.shape[-2:])} and {(h, w)}")
     if nrow is not None:
-        check_number("nrow", nrow, integer=True, low=1)
+        check_int("nrow", nrow, low=1)
     if scale is not None:
-        check_number("scale", scale, integer=True, low=1)
-    check_number("padding", padding, integer=True, low=0)
+        check_int("scale", scale, low=1)
+    check_int("padding", padding, low=0)
     from salaug.data._paths import check_output_file
 
     path = check_output_file(path, "picture file")  # before drawing anything
@@ -256,7 +256,7 @@ def save_grid(
                     f"captions must be a list of strings (for the last row) or one list (or None) per row "
                     f"({len(tensors)} rows), got {len(captions)} entries"
                 )
-            row_captions = captions  # type: ignore[assignment]
+            row_captions = captions
     for t, caps in zip(tensors, row_captions, strict=True):
         if caps is not None and len(caps) < min(ncol, t.shape[0]):
             raise ValueError(f"a row of {min(ncol, t.shape[0])} tiles needs as many captions, got {len(caps)}")

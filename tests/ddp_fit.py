@@ -9,11 +9,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
+import pytorch_lightning as pl
+import torch
 
-from salaug.callback import SaliencyAugmentation  # noqa: E402
-from test_callback import Net, Squares, loader, mix  # noqa: E402
+from salaug.callback import SaliencyAugmentation
+from test_callback import Net, Squares, loader, mix
 
 
 class ShardNet(Net):

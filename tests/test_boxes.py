@@ -6,11 +6,23 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from salaug.boxes import (
-    box_area, box_around, box_mask, box_mass, box_size, boxes_to_corners, cells_mask, grid_cells,
-    integral_image, least_salient_box, peak, row_prefix, top_k_cells,
+    box_area,
+    box_around,
+    box_mask,
+    box_mass,
+    box_size,
+    boxes_to_corners,
+    cells_mask,
+    grid_cells,
+    integral_image,
+    least_salient_box,
+    peak,
+    row_prefix,
+    top_k_cells,
 )
 
 FAST = settings(max_examples=25, deadline=None)
@@ -134,7 +146,7 @@ def test_peak_matches_loops_and_fallback():
     got = peak(s)
     got_fb = peak(s, fallback=fb)
     for b in range(2):
-        best = max(((float(s[b, 0, y, x]), -(y * 7 + x), x, y) for y in range(5) for x in range(7)))
+        best = max((float(s[b, 0, y, x]), -(y * 7 + x), x, y) for y in range(5) for x in range(7))
         assert got[b].tolist() == [best[2], best[3]]
         assert got_fb[b].tolist() == [best[2], best[3]]
     assert got[2:].tolist() == [[3, 2], [3, 2]]

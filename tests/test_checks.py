@@ -13,7 +13,6 @@ from salaug._checks import (
     check_float,
     check_int,
     check_interval,
-    check_number,
     check_size,
     check_targets,
     resolve_index,
@@ -72,12 +71,12 @@ def test_check_float_refuses_naming_the_argument_and_the_fix(value, kw, error, m
         check_float("x", value, **kw)
 
 
-def test_check_float_optional_and_the_untyped_twin_agree():
+def test_check_float_and_check_int_optional():
     assert check_float("fill", None, optional=True) is None
-    assert check_number("n", 3, integer=True, low=1) == check_int("n", 3, low=1)
-    assert check_number("x", 1, low=0) == check_float("x", 1, low=0) and type(check_number("x", 1)) is float
+    assert check_int("n", None, low=1, optional=True) is None
+    assert check_float("x", 1, low=0) == 1.0 and type(check_float("x", 1)) is float
     with pytest.raises(TypeError, match="n must be an int >= 1 or None"):
-        check_number("n", 4.0, integer=True, low=1, optional=True)
+        check_int("n", 4.0, low=1, optional=True)
 
 
 # -- intervals, sizes ---------------------------------------------------------------------------------------------
@@ -109,7 +108,8 @@ def test_check_targets_accepts_both_spellings_and_deprecates_label():
         warnings.simplefilter("error")
         assert check_targets("targets", "labels", "X") == "labels"
         assert check_targets("targets", "predicted", "X") == "predicted"
-    with pytest.warns(DeprecationWarning, match=r"X\(targets='label'\) is deprecated: the spelling is targets='labels'"):
+    deprecated = r"X\(targets='label'\) is deprecated: the spelling is targets='labels'"
+    with pytest.warns(DeprecationWarning, match=deprecated):
         assert check_targets("targets", "label", "X") == "labels"
     for bad in ("truth", None, 1):
         with pytest.raises(ValueError, match=r"targets must be one of \('labels', 'predicted'\)"):

@@ -40,8 +40,8 @@ def test_targets_defaults_to_labels_and_offers_both_spellings():
     args = ["--arch", "resnet18", "--num-classes", "3", "--out", "m.salm", "--dataset", "cluttered"]
     parser = build_parser()
     assert parser.parse_args(args).targets == "labels"
-    assert parser.parse_args(args + ["--targets", "labels"]).targets == "labels"
-    assert parser.parse_args(args + ["--targets", "predicted"]).targets == "predicted"
+    assert parser.parse_args([*args, "--targets", "labels"]).targets == "labels"
+    assert parser.parse_args([*args, "--targets", "predicted"]).targets == "predicted"
     assert "{labels,predicted}" in parser.format_help()
 
 

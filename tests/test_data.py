@@ -21,7 +21,7 @@ from salaug.data import (
     read_mask_header,
     save_masks,
 )
-from salaug.transforms import SalientBatch, SaliencyTransform
+from salaug.transforms import SaliencyTransform, SalientBatch
 from salaug.transforms.base import sample_uniform
 
 
@@ -423,7 +423,7 @@ def test_stored_masks_through_dataloader_workers_reach_the_transform(tmp_path):
     collate = SaliencyCollate(Identity(num_classes=8), "mask", seed=0, return_saliency=True)
     loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate)
     n = 0
-    for images, labels, saliency in loader:
+    for images, _, saliency in loader:
         assert type(images) is torch.Tensor and images.shape == (4, 3, 16, 16)
         assert saliency.shape == (4, 1, 16, 16)
         # the transform received the (flipped-with-the-image) stored mask

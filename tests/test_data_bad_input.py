@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
 from salaug.data import CAMSaliency, MaskBank, MaskedDataset, SaliencyCollate, precompute_masks, save_masks
-from salaug.transforms import SaliencyMix, SalientBatch, SaliencyTransform
+from salaug.transforms import SaliencyMix, SaliencyTransform, SalientBatch
 
 
 def mean_source(images):
@@ -364,7 +364,8 @@ def test_collate_string_labels():
 def test_collate_non_finite_pixels_are_named(bad):
     samples = [(torch.rand(3, 8, 8), 0) for _ in range(3)]
     samples[2][0][1, 2, 3] = bad
-    with pytest.raises(ValueError, match=r"images contain \d+ NaN or inf value\(s\) of \d+ in sample\(s\) \[2\]; fix the dataset"):
+    message = r"images contain \d+ NaN or inf value\(s\) of \d+ in sample\(s\) \[2\]; fix the dataset"
+    with pytest.raises(ValueError, match=message):
         _collate()(samples)
 
 
@@ -398,13 +399,15 @@ def test_collate_masks_of_a_wrong_shape_kind_or_value():
     images, labels = _collate(saliency="mask")(good)
     assert images.shape == (2, 3, 8, 8)
     three = [(s[0], s[1], torch.rand(3, 4, 4)) for s in good]
-    with pytest.raises(ValueError, match=r"mask at mask_key=-1 must be \(1, h, w\) or \(h, w\) per sample, got \(3, 4, 4\)"):
+    message = r"mask at mask_key=-1 must be \(1, h, w\) or \(h, w\) per sample, got \(3, 4, 4\)"
+    with pytest.raises(ValueError, match=message):
         _collate(saliency="mask")(three)
     listed = [(s[0], s[1], [0.5]) for s in good]
     with pytest.raises(TypeError, match="must be a tensor"):
         _collate(saliency="mask")(listed)
     nan = [(s[0], s[1], torch.full((1, 4, 4), float("nan"))) for s in good]
-    with pytest.raises(ValueError, match=r"masks at mask_key=-1 contain 32 NaN or inf value\(s\) of 32 in sample\(s\) \[0, 1\]; recompute"):
+    message = r"masks at mask_key=-1 contain 32 NaN or inf value\(s\) of 32 in sample\(s\) \[0, 1\]; recompute"
+    with pytest.raises(ValueError, match=message):
         _collate(saliency="mask")(nan)
     over = [(s[0], s[1], torch.full((1, 4, 4), 255.0)) for s in good]
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

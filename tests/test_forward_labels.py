@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import salaug
-from salaug.models import DemoNet
 from salaug.forward_labels import ForwardLabels, evidence_share, pasted_region, supports_forward_labels
+from salaug.models import DemoNet
 from salaug.transforms.labels import mix_soft_labels
 
 
@@ -391,7 +391,7 @@ def test_callback_forward_labels_are_final_when_the_loss_reads_them(tmp_path):
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
     assert module.forwards == 3 and len(module.read) == 3  # one forward per step: no CAM pass
     assert cb.labels_from == "forward"
-    for before, after in module.read:
+    for _, after in module.read:
         assert torch.isfinite(after).all()
         torch.testing.assert_close(after.sum(1), torch.ones(8))
     assert any(not torch.allclose(before, after) for before, after in module.read)

@@ -97,7 +97,7 @@ def test_saliency_labels_never_nan_and_follow_the_mass(name):
 
 
 def test_labels_option_is_checked():
-    for name, make in BOX_MIXES.items():
+    for make in BOX_MIXES.values():
         with pytest.raises(ValueError, match="labels must be one of"):
             make(labels="mass")
         with pytest.raises(ValueError, match="labels must be one of"):

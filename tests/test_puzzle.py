@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from salaug.transforms.puzzle import (
-    PuzzleMix, _cuts, _move_blocks, _move_pixels, block_costs, mask_energy, solve_mask, transport_blocks,
+    PuzzleMix,
+    _cuts,
+    _move_blocks,
+    _move_pixels,
+    block_costs,
+    mask_energy,
+    solve_mask,
+    transport_blocks,
 )
 from test_transform_contract import K, batch, check_out
 
@@ -224,8 +231,10 @@ def test_larger_beta_gives_fewer_boundary_edges():
 
 def test_each_block_shows_the_image_with_more_saliency_there():
     # target salient top-left, partner salient bottom-right: the mix shows both objects
-    st = torch.zeros(1, 4, 4); st[0, 0, 0] = 1.0
-    sp = torch.zeros(1, 4, 4); sp[0, 3, 3] = 1.0
+    st = torch.zeros(1, 4, 4)
+    st[0, 0, 0] = 1.0
+    sp = torch.zeros(1, 4, 4)
+    sp[0, 3, 3] = 1.0
     lam = torch.tensor([0.5])
     z = solve_mask(block_costs(st, sp, lam, eta=0.2), lam, beta=1.2, gamma=0.5)
     assert not z[0, 0, 0] and z[0, 3, 3]
@@ -237,15 +246,20 @@ def test_transport_moves_a_salient_block_into_the_only_region():
     src = transport_blocks(mass, torch.tensor([[False, False, False, True]]), move_cost=0.25)
     assert src[0, 3] == 0 and sorted(src[0].tolist()) == [0, 1, 2, 3]
     # 4x4: the salient corner block lands on the nearest block of the bottom-right 2x2 region
-    mass = torch.zeros(1, 16); mass[0, 0] = 1.0
-    region = torch.zeros(4, 4, dtype=torch.bool); region[2:, 2:] = True
+    mass = torch.zeros(1, 16)
+    mass[0, 0] = 1.0
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[2:, 2:] = True
     src = transport_blocks(mass, region.view(1, 16), move_cost=0.25)
     assert src[0, 10] == 0
     # already in the region: nothing moves
-    region = torch.zeros(1, 16, dtype=torch.bool); region[0, :2] = True
+    region = torch.zeros(1, 16, dtype=torch.bool)
+    region[0, :2] = True
     assert torch.equal(transport_blocks(mass, region, move_cost=0.25), torch.arange(16)[None])
     # too far for a weak block: it stays
-    mass = torch.zeros(1, 4); mass[0, 0] = 1.0; mass[0, 1] = 0.2
+    mass = torch.zeros(1, 4)
+    mass[0, 0] = 1.0
+    mass[0, 1] = 0.2
     src = transport_blocks(mass, torch.tensor([[False, False, False, True]]), move_cost=0.25)
     assert src[0, 3] == 0 and src[0, 1] == 1
 

@@ -267,6 +267,6 @@ def test_layouts_tiny_images_and_grad_inputs() -> None:
     torch.testing.assert_close(SpectralResidual()(images.clone().requires_grad_(True)).detach(), ref)
     for shape in ((2, 3, 1, 1), (2, 1, 1, 7), (1, 3, 2, 2)):
         out = SpectralResidual()(torch.rand(shape))
-        assert out.shape == (shape[0], 1) + shape[2:] and bool(torch.isfinite(out).all())
+        assert out.shape == (shape[0], 1, *shape[2:]) and bool(torch.isfinite(out).all())
         assert float(out.min()) >= 0 and float(out.max()) <= 1
     assert float(SpectralResidual()(torch.rand(2, 3, 1, 1)).abs().max()) == 0.0  # one pixel: nothing salient

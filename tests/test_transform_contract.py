@@ -396,7 +396,7 @@ def test_arguments_after_the_first_are_keyword_only(name):
         type(t)(K, 0.5)
 
 
-# -- hypothesis ---------------------------------------------------------------------------------------------------------
+# -- hypothesis -------------------------------------------------------------------------------------------------
 @settings(max_examples=30, deadline=None)
 @given(name=st.sampled_from(NAMES), b=st.integers(1, 6), h=st.integers(8, 20), w=st.integers(8, 20),
        p=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**31 - 1), soft=st.booleans())
@@ -412,7 +412,7 @@ def test_contract_holds_for_any_shape_p_and_seed(name, b, h, w, p, seed, soft):
     assert torch.equal(again.images, out.images) and torch.equal(again.labels, out.labels)
 
 
-# -- CUDA: no host syncs in the hot path ---------------------------------------------------------------------------------
+# -- CUDA: no host syncs in the hot path -------------------------------------------------------------------------
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("name", NAMES)
 def test_cuda_no_host_sync(name):

@@ -184,7 +184,8 @@ def test_snapmix_weights_are_saliency_masses(normalize):
         tb, sb = params["dst_boxes"][i].tolist(), params["src_boxes"][i].tolist()
         if not applied[i]:
             assert params["weights"][i].tolist() == [1.0, 0.0]
-            assert torch.equal(out.images[i], x[i]) and torch.equal(out.labels[i], F.one_hot(torch.tensor(i), b).float())
+            assert torch.equal(out.images[i], x[i])
+            assert torch.equal(out.labels[i], F.one_hot(torch.tensor(i), b).float())
             continue
         wt, wp = 1 - _mass(s[i], tb), _mass(s[j], sb)
         assert params["weights"][i].tolist() == pytest.approx([wt, wp], abs=1e-5)
@@ -424,7 +425,9 @@ def test_constructor_errors():
     with pytest.raises(ValueError, match="k must"):
         AttentiveCutMix(k=0)
     with pytest.raises(ValueError, match="grid needs"):
-        AttentiveCutMix(grid=(7, 7), num_classes=2)(torch.rand(2, 3, 5, 5), torch.rand(2, 1, 5, 5), torch.tensor([0, 1]))
+        AttentiveCutMix(grid=(7, 7), num_classes=2)(
+            torch.rand(2, 3, 5, 5), torch.rand(2, 1, 5, 5), torch.tensor([0, 1])
+        )
     with pytest.raises(ValueError, match="sigma"):
         GuidedMixup(sigma=-1)
     with pytest.raises(ValueError, match="pairing"):

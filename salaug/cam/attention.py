@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salaug._checks import check_number, check_saliency_shape, value_checks_on
+from salaug._checks import check_float, check_int, check_saliency_shape, value_checks_on
 from salaug.cam.layers import resolve_target_layer, unwrap_model
 
 __all__ = ["attention_input", "cls_attention", "find_attention", "is_attention", "tokens_from_mask", "transmix_share"]
@@ -103,12 +103,14 @@ def find_attention(model: nn.Module, name: str | None = None) -> tuple[str, nn.M
             "VisionTransformer) or a timm-style attention (a `qkv` nn.Linear to 3 * dim features and an int "
             "`num_heads`); TransMix labels need a vision transformer"
         )
-    shown = candidates if len(candidates) <= 6 else candidates[:2] + ["..."] + candidates[-3:]
+    shown = candidates if len(candidates) <= 6 else [*candidates[:2], "...", *candidates[-3:]]
     if name is None:
         last = candidates[-1]
         return last, inner.get_submodule(last)
     if not isinstance(name, str):
-        raise TypeError(f"name must be a dotted module name or None, got {type(name).__name__}; e.g. name={shown[-1]!r}")
+        raise TypeError(
+            f"name must be a dotted module name or None, got {type(name).__name__}; e.g. name={shown[-1]!r}"
+        )
     try:
         found, module = resolve_target_layer(inner, name, wrapper=model)
     except ValueError:
@@ -265,7 +267,7 @@ def cls_attention(module: nn.Module, tokens: Tensor, *, num_prefix_tokens: int =
     """
     _check_module(module)
     qk = _mha_projections(module) if isinstance(module, nn.MultiheadAttention) else _timm_projections(module)
-    check_number("num_prefix_tokens", num_prefix_tokens, integer=True, low=1)
+    check_int("num_prefix_tokens", num_prefix_tokens, low=1)
     prefix = int(num_prefix_tokens)
     x = _check_tokens(tokens, qk, prefix, type(module).__name__)
     b, length, _ = x.shape
@@ -345,8 +347,8 @@ def tokens_from_mask(mask: Tensor, grid: int | tuple[int, int]) -> Tensor:
     if isinstance(grid, (tuple, list)) and len(grid) != 2:
         raise ValueError(f"grid must be one int or a (gh, gw) pair of patch counts, got {grid!r}; e.g. grid=(8, 8)")
     gh, gw = (grid, grid) if not isinstance(grid, (tuple, list)) else grid
-    check_number("grid[0]", gh, integer=True, low=1)
-    check_number("grid[1]", gw, integer=True, low=1)
+    check_int("grid[0]", gh, low=1)
+    check_int("grid[1]", gw, low=1)
     gh, gw = int(gh), int(gw)
     h, w = mask.shape[-2:]
     if h % gh or w % gw:
@@ -387,7 +389,7 @@ def transmix_share(attn: Tensor, token_mask: Tensor, area_share: Tensor, blend: 
         >>> transmix_share(attn, torch.tensor([[0.0, 1.0, 0.0, 0.0]]), torch.tensor([0.25])).tolist()
         [0.3125]
     """
-    check_number("blend", blend, low=0.0, high=1.0)
+    check_float("blend", blend, low=0.0, high=1.0)
     blend = float(blend)
     for name, t, dims in (("attn", attn, 2), ("token_mask", token_mask, 2), ("area_share", area_share, 1)):
         if not isinstance(t, Tensor) or not t.is_floating_point():

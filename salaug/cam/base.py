@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -79,21 +80,21 @@ __all__ = ["BaseCAM", "eval_mode", "finalize_cam", "weighted_sum"]
 
 def model_dtype(model: nn.Module) -> torch.dtype | None:
     """The dtype of the model's first floating-point parameter (or buffer); ``None`` if it has none."""
-    for tensor in model.parameters():
-        if tensor.is_floating_point():
-            return tensor.dtype
-    for tensor in model.buffers():
-        if tensor.is_floating_point():
-            return tensor.dtype
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            return buffer.dtype
     return None
 
 
 def model_device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter (or buffer); ``None`` if it has neither."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
     return None
 
 
@@ -313,7 +314,7 @@ class _Targets:
         self.weight = weight
 
     @classmethod
-    def resolve(cls, targets: Tensor | None, logits: Tensor) -> "_Targets":
+    def resolve(cls, targets: Tensor | None, logits: Tensor) -> _Targets:
         k = logits.shape[1]
         if targets is None:
             return cls(logits.detach().argmax(dim=1), None)
@@ -510,7 +511,7 @@ class BaseCAM:
         return finalize_cam(raw, size)
 
     @contextlib.contextmanager
-    def record(self) -> Iterator["BaseCAM"]:
+    def record(self) -> Iterator[BaseCAM]:
         """Capture the target activations of the forward run inside the block (fused mode).
 
         Deprecated (a ``DeprecationWarning``; removed in 0.5.0): the training forward's

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,7 @@ _POOLING_HEADS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 def is_compiled(model: nn.Module) -> bool:
     """Whether ``model`` is a ``torch.compile`` wrapper (``OptimizedModule``)."""
-    return hasattr(model, "_orig_mod") and isinstance(getattr(model, "_orig_mod"), nn.Module)
+    return hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -58,8 +58,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     seen = 0
     while seen < 8:
         seen += 1
-        if is_compiled(model):
-            model = model._orig_mod
+        compiled = getattr(model, "_orig_mod", None)  # set by torch.compile's OptimizedModule
+        if isinstance(compiled, nn.Module):
+            model = compiled
         elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
         else:
@@ -115,9 +116,9 @@ def resolve_target_layer(
         module = _walk(model, target_layer)
         if module is None and wrapper is not None and wrapper is not model:
             module = _walk(wrapper, target_layer)
-            if module is not None and not any(module is m for m in model.modules()):
-                module = None
-        if module is None:
+        # a module reached through the wrapper only counts if it is inside the model
+        name = None if module is None else _name_of(model, module)
+        if module is None or name is None:
             names = [n for n, _ in model.named_modules() if n]
             close = difflib.get_close_matches(target_layer, names, n=5, cutoff=0.5)
             hint = f"; closest: {close}" if close else ""
@@ -126,7 +127,7 @@ def resolve_target_layer(
                 f"target_layer {target_layer!r} is not a submodule of {type(model).__name__}{hint} "
                 f"(the model has {len(names)} named submodules, the last ones are {last})"
             )
-        return _name_of(model, module), module
+        return name, module
     if isinstance(target_layer, nn.Module):
         name = _name_of(model, target_layer)
         if name is None:

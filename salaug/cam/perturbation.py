@@ -259,7 +259,7 @@ class AblationCAM(_PerturbationCAM):
             if ok:
                 ref = logits.float()
                 tol = (1e-4 if logits.dtype == torch.float32 else 1e-2) * float(ref.abs().amax().clamp_min(1.0))
-                ok = bool(((out.float() - ref).abs() <= tol).all())  # type: ignore[union-attr]
+                ok = bool(((out.float() - ref).abs() <= tol).all())
             self._shared_trunk[key] = ok
         return self._shared_trunk[key]
 

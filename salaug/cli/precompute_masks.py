@@ -179,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.image_size:
                 steps.append(v2.Resize((args.image_size, args.image_size), antialias=True))
             steps.append(v2.ToDtype(torch.float32, scale=True))
-            dataset: Dataset = torchvision.datasets.ImageFolder(args.root, transform=v2.Compose(steps))
+            folder = torchvision.datasets.ImageFolder(args.root, transform=v2.Compose(steps))
+            dataset: Dataset = folder
+            if args.limit is not None:
+                dataset = torch.utils.data.Subset(folder, range(min(args.limit, len(folder))))
         else:
             from salaug.datasets import ClutteredObjects
 
@@ -189,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.limit is not None:
                 kwargs["length"] = args.limit
             dataset = ClutteredObjects(**kwargs)
-        if args.limit is not None and args.dataset == "folder":
-            dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
         if args.weights is None:
             warnings.warn("no --weights given: the CAMs come from a randomly initialised model", stacklevel=1)
         if args.normalize == "imagenet":

@@ -23,7 +23,7 @@ from salaug._checks import (
     check_targets,
 )
 from salaug.cam import create_cam
-from salaug.cam.base import model_device, model_on
+from salaug.cam.base import BaseCAM, model_device, model_on
 from salaug.data.masks import MASK_KEY
 
 
@@ -88,7 +88,7 @@ class CAMSaliency:
         self.targets = targets
         self.uses_labels = targets == "labels"
         self.output_size = output_size
-        self._cam = None
+        self._cam: BaseCAM | None = None
         create_cam(cam, model, target_layer=target_layer)  # fail early on an unknown CAM name or target layer
 
     def __getstate__(self) -> dict:
@@ -159,10 +159,10 @@ def _check_samples(samples: Sequence, image_key: int | str, label_key: int | str
         get_field(first, mask_key, "masks (saliency='mask')", "mask_key")
     if not is_map:
         n = len(first)
-        where = {"image_key": field_position(image_key, n), "label_key": field_position(label_key, n)}  # type: ignore[arg-type]
+        where = {"image_key": field_position(image_key, n), "label_key": field_position(label_key, n)}
         if where["image_key"] == where["label_key"]:
             raise ValueError(f"image_key={image_key!r} and label_key={label_key!r} name the same field")
-        if mask_key is not None and field_position(mask_key, n) in where.values():  # type: ignore[arg-type]
+        if mask_key is not None and field_position(mask_key, n) in where.values():
             raise ValueError(
                 f"saliency='mask' but the samples have only {n} fields and mask_key={mask_key!r} "
                 "points at the image or the label; wrap the dataset with MaskedDataset (which appends "
@@ -470,7 +470,7 @@ class SaliencyCollate:
                 result[MASK_KEY] = new_saliency
             return result
         n = len(batch)
-        skip = {field_position(image_key, n), field_position(label_key, n)}  # type: ignore[arg-type]
+        skip = {field_position(image_key, n), field_position(label_key, n)}
         if use_mask:
             skip.add(field_position(mask_key, n))  # type: ignore[arg-type]
         extras = [batch[i] for i in range(n) if i not in skip]

@@ -466,7 +466,7 @@ def precompute_masks(model: nn.Module, dataset: Dataset, path: str | os.PathLike
     extra = _check_description(description)
     # the output is checked before the (long) computation, not when the file is renamed at the end
     path = check_output_file(path, "mask file")
-    n = len(dataset)  # type: ignore[arg-type]
+    n = len(dataset)
     if n == 0:
         raise ValueError("the dataset is empty: nothing to precompute")
     try:
@@ -578,12 +578,14 @@ class MaskedDataset(Dataset):
                 f"{type(dataset).__name__}"
             )
         if transforms is not None and not callable(transforms):
-            raise TypeError(f"transforms must be a torchvision v2 transform (callable), got {type(transforms).__name__}")
+            raise TypeError(
+                f"transforms must be a torchvision v2 transform (callable), got {type(transforms).__name__}"
+            )
         check_key("image_key", image_key)
         if not isinstance(mask_key, str):
             raise TypeError(f"mask_key must be a str (the key added to dict samples), got {mask_key!r}")
         self.dataset = dataset
-        n = len(dataset)  # type: ignore[arg-type]
+        n = len(dataset)
         if isinstance(path, MaskBank):
             if len(path) != n:
                 raise ValueError(
@@ -598,7 +600,7 @@ class MaskedDataset(Dataset):
         self.mask_key = mask_key
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def __getitem__(self, index: int):
         return self._wrap(self.dataset[index], self.bank[index])
@@ -609,7 +611,7 @@ class MaskedDataset(Dataset):
         getitems = getattr(self.dataset, "__getitems__", None)
         samples = getitems(list(indices)) if getitems is not None else [self.dataset[i] for i in indices]
         masks = self.bank.get(list(indices))
-        return [self._wrap(sample, mask) for sample, mask in zip(samples, masks)]
+        return [self._wrap(sample, mask) for sample, mask in zip(samples, masks, strict=True)]
 
     def _wrap(self, sample: Any, mask: Tensor):
         from torchvision import tv_tensors

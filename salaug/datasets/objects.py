@@ -442,7 +442,7 @@ class ClutteredObjects(Dataset):
             c = self._cache
             image = c["image"][index].to(torch.float32) / 255
             out = (image, int(c["label"][index]), c["box"][index].clone())
-            return out + (c["mask"][index].clone(),) if self.return_mask else out
+            return (*out, c["mask"][index].clone()) if self.return_mask else out
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple]:
@@ -454,7 +454,7 @@ class ClutteredObjects(Dataset):
         parts = [batch["image"].unbind(0), labels, batch["box"].unbind(0)]
         if self.return_mask:
             parts.append(batch["mask"].unbind(0))
-        return list(zip(*parts))
+        return list(zip(*parts, strict=True))
 
     def __repr__(self) -> str:
         return (
@@ -671,7 +671,9 @@ class ClutteredObjects(Dataset):
             image = image + a * (colour[:, j].view(n, 3, 1, 1) - image)
         return image.clamp(0, 1)
 
-    def _occlude(self, image: Tensor, mask: Tensor, keys: Tensor, centers: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+    def _occlude(
+        self, image: Tensor, mask: Tensor, keys: Tensor, centers: Tensor, radius: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Hide ``round(occlusion * area)`` pixels of each object under a flat occluder; ``(image, mask)``."""
         n, s = image.shape[0], self.size
         o = _uniform(keys, 7, 6)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from salaug._checks import check_choice, check_number
+from salaug._checks import check_choice, check_int
 from salaug.datasets.objects import CLASS_NAMES, draw_shapes
 
 __all__ = ["Silhouettes"]
@@ -60,10 +60,10 @@ class Silhouettes(Dataset):
     def __init__(self, split: str = "train", size: int = 32, length: int = 1000, num_classes: int = 6,
                  seed: int = 0, channels: int = 1) -> None:
         check_choice("split", split, tuple(_SPLITS))
-        check_number("size", size, integer=True, low=16)
-        check_number("length", length, integer=True, low=0)
-        check_number("num_classes", num_classes, integer=True, low=2, high=len(CLASS_NAMES))
-        check_number("seed", seed, integer=True, low=0)
+        check_int("size", size, low=16)
+        check_int("length", length, low=0)
+        check_int("num_classes", num_classes, low=2, high=len(CLASS_NAMES))
+        check_int("seed", seed, low=0)
         check_choice("channels", channels, (1, 3))
         self.split, self.size, self.length = split, size, length
         self.num_classes, self.seed, self.channels = num_classes, seed, channels

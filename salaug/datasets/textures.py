@@ -87,7 +87,7 @@ def _blob(params: Tensor, cx: Tensor, cy: Tensor, radius: Tensor, size: int) -> 
     du, dv = xs - cx.view(-1, 1, 1), ys - cy.view(-1, 1, 1)
     theta = torch.atan2(dv, du)
     edge = torch.ones_like(theta)
-    for h, i in zip((2, 3, 4), (0, 2, 4)):
+    for h, i in zip((2, 3, 4), (0, 2, 4), strict=True):
         amp = (params[:, i] - 0.5) * (2 * _HARMONIC_AMP)
         edge = edge + amp.view(-1, 1, 1) * torch.cos(h * theta + 2 * math.pi * params[:, i + 1].view(-1, 1, 1))
     dist = torch.sqrt(du * du + dv * dv) - radius.view(-1, 1, 1) * edge
@@ -163,7 +163,7 @@ class TexturedBlobs(Dataset):
         index = resolve_index(index, self.length)
         b = self.render([index])
         out = (b["image"][0], int(b["label"][0]), b["box"][0])
-        return out + (b["mask"][0],) if self.return_mask else out
+        return (*out, b["mask"][0]) if self.return_mask else out
 
     def render(self, indices: Sequence[int] | Tensor) -> dict[str, Tensor]:
         """Samples ``indices`` as a dict: ``"image"`` ``(N, 3, H, W)`` float32, ``"label"`` ``(N,)``

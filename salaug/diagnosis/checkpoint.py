@@ -138,7 +138,7 @@ def load_demo_model(checkpoint: Mapping[str, Any]) -> DemoCheckpoint:
         raise TypeError(f"checkpoint must be a mapping (a state dict or a checkpoint dict), got "
                         f"{type(checkpoint).__name__}")
     meta = checkpoint.get(_META) if isinstance(checkpoint.get(_META), Mapping) else None
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint.get("state_dict"), Mapping) else checkpoint
+    state = checkpoint["state_dict"] if isinstance(checkpoint.get("state_dict"), Mapping) else checkpoint
     state = _strip_prefix({k: v for k, v in state.items() if k != _META})
     fix = "for another architecture call salaug.diagnose(model, loader) from Python"
     bad = [k for k, v in state.items() if not isinstance(v, Tensor)]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from salaug._batch import get_field
-from salaug._checks import check_class_indices, check_flag, check_images, check_number
+from salaug._checks import check_class_indices, check_flag, check_images, check_int
 from salaug.cam.base import BaseCAM, _check_logits, eval_mode, model_device, model_on
 from salaug.cam.hooks import Hooks
 from salaug.diagnosis.measure import CAM_ROLES, PARTS, check_cams, score_maps
@@ -104,13 +104,13 @@ def diagnose(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_data(data)
     opts = _Options(
-        num_classes=check_number("num_classes", num_classes, integer=True, low=2, optional=True),  # type: ignore[arg-type]
+        num_classes=check_int("num_classes", num_classes, low=2, optional=True),
         keys=(image_key, label_key, box_key, mask_key),
-        max_batches=check_number("max_batches", max_batches, integer=True, low=1, optional=True),  # type: ignore[arg-type]
-        examples_per_class=check_number("examples_per_class", examples_per_class, integer=True, low=0),  # type: ignore[arg-type]
-        ablation_batch_size=check_number("ablation_batch_size", ablation_batch_size, integer=True, low=1),  # type: ignore[arg-type]
-        references=check_number("references", references, integer=True, low=0),  # type: ignore[arg-type]
-        seed=check_number("seed", seed, integer=True, low=0),  # type: ignore[arg-type]
+        max_batches=check_int("max_batches", max_batches, low=1, optional=True),
+        examples_per_class=check_int("examples_per_class", examples_per_class, low=0),
+        ablation_batch_size=check_int("ablation_batch_size", ablation_batch_size, low=1),
+        references=check_int("references", references, low=0),
+        seed=check_int("seed", seed, low=0),
         reliance=check_flag("reliance", reliance) and box_key is not None and label_key is not None,
     )
     here = model_device(model) or torch.device("cpu")
@@ -297,7 +297,7 @@ def _summarise(setup: _Setup, t: _Totals, class_names: tuple[str, ...] | None) -
         hits = t.hits.cpu()
         reliance = {v: float(hits[i].sum() / n) for i, v in enumerate(VARIANTS)}
         class_reliance = {k: {v: float(hits[i, k] / per[k]) for i, v in enumerate(VARIANTS)} for k in present}
-        entropy = dict(zip(VARIANTS, _entropy_bits(t.predicted.cpu())))
+        entropy = dict(zip(VARIANTS, _entropy_bits(t.predicted.cpu()), strict=True))
     return Diagnosis(
         measure="box" if has_boxes else "evidence",
         scores=scores_of(0, None),

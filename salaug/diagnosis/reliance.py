@@ -47,8 +47,8 @@ __all__ = ["FILLS", "VARIANTS", "reliance_images", "same_class_partners", "tiled
 #: The two fills: ``"t"`` (the image's own background tiled into the box) and ``"b"`` (black).
 FILLS = ("t", "b")
 #: The versions of each image, in the order of :func:`reliance_images`.
-VARIANTS = ("original",) + tuple(f"{v}_{f}" for f in FILLS
-                                 for v in ("object_only", "background_only", "mixed_same", "mixed_rand"))
+VARIANTS = ("original", *(f"{v}_{f}" for f in FILLS
+                          for v in ("object_only", "background_only", "mixed_same", "mixed_rand")))
 
 
 def same_class_partners(classes: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -60,7 +60,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from salaug._checks import check_number
+from salaug._checks import check_int
 from salaug.diagnosis.measure import CAM_ROLES
 from salaug.diagnosis.reliance import FILLS
 
@@ -283,7 +283,8 @@ class Diagnosis:
             problems.append(f"object alone {obj:.2f}")
         floor = COLLAPSE_RATIO * self.reliance_entropy.get("original", 0.0)
         low = [v for v in (f"object_only_{fill}", f"mixed_rand_{fill}") if self.reliance_entropy.get(v, floor) < floor]
-        problems += [f"{_PARTS_TITLES[v[:-2]]} predictions spread over {self.reliance_entropy[v]:.1f} bits" for v in low]
+        problems += [f"{_PARTS_TITLES[v[:-2]]} predictions spread over {self.reliance_entropy[v]:.1f} bits"
+                     for v in low]
         return problems
 
     @property
@@ -334,8 +335,8 @@ class Diagnosis:
     def _fill_text(self, fill: str) -> str:
         r = self.reliance
         assert r is not None
-        return (f"fill {fill.upper()}: BG-gap {self.fill_gap(fill):+.2f}, background alone {r[f'background_only_{fill}']:.2f}, "
-                f"object alone {r[f'object_only_{fill}']:.2f}")
+        return (f"fill {fill.upper()}: BG-gap {self.fill_gap(fill):+.2f}, "
+                f"background alone {r[f'background_only_{fill}']:.2f}, object alone {r[f'object_only_{fill}']:.2f}")
 
     def _reliance_text(self) -> str:
         r = self.reliance
@@ -489,8 +490,8 @@ class Diagnosis:
         if self.chance is not None:
             lines.append("| " + " | ".join(["chance (box share)", "", f"{1 / self.num_classes:.3f}",
                                              *[fmt(self.chance)] * 3, *blank]) + " |")
-        lines.append("| " + " | ".join(["**margin**", "", "", *[fmt(self.margin(m), True) for m in
-                                                                 ("eigencam", "ablationcam", "gradcam")], *blank]) + " |")
+        margins = [fmt(self.margin(m), True) for m in ("eigencam", "ablationcam", "gradcam")]
+        lines.append("| " + " | ".join(["**margin**", "", "", *margins, *blank]) + " |")
         for k in sorted(self.class_scores):
             lines.append(row(self.class_name(k), self.counts[k], self.class_accuracy.get(k), self.class_scores[k]))
         if self.reliance is not None:
@@ -591,8 +592,8 @@ class Diagnosis:
         Raises:
             TypeError / ValueError: ``examples`` or ``scale`` not a non-negative (positive) int.
         """
-        examples = check_number("examples", examples, integer=True, low=0, optional=True)  # type: ignore[assignment]
-        scale = check_number("scale", scale, integer=True, low=1, optional=True)  # type: ignore[assignment]
+        examples = check_int("examples", examples, low=0, optional=True)
+        scale = check_int("scale", scale, low=1, optional=True)
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         written = []

@@ -334,7 +334,7 @@ class SaliencyTransform(nn.Module):
             want = tuple(dims.get(d, d) if isinstance(d, str) else d for d in shape)
             if not isinstance(value, Tensor):
                 raise TypeError(f"params[{key!r}] must be a tensor of shape {want}, got {type(value).__name__}")
-            fits = value.ndim == len(want) and all(d == "*" or d == n for d, n in zip(want, value.shape))
+            fits = value.ndim == len(want) and all(d == "*" or d == n for d, n in zip(want, value.shape, strict=True))
             if not fits or not _kind_ok(value, kind):
                 what = "batch" if value.ndim and value.shape[0] != b else "shape"
                 raise ValueError(f"params[{key!r}] is {value.dtype} of shape {tuple(value.shape)}, expected {kind} of "
