@@ -106,8 +106,9 @@ class StepTimer(pl.Callback):
 def configurations(num_classes: int) -> dict[str, Any]:
     layer = "net.layer4"
 
-    def ours(transform: Any, scale: float) -> Any:
-        return lambda: SaliencyAugmentation(transform(), cam="gradcam", target_layer=layer, cam_scale=scale)
+    def ours(transform: Any, scale: float) -> Any:  # the CAM rows: a CAM forward per batch (labels_from="cam")
+        return lambda: SaliencyAugmentation(transform(), cam="gradcam", target_layer=layer, cam_scale=scale,
+                                            labels_from="cam")
 
     def mix() -> Any:
         return salaug.SaliencyMix(num_classes=num_classes)
@@ -131,6 +132,7 @@ def loop_configurations(num_classes: int) -> dict[str, Any]:
     """Plain-loop rows: ``None`` (no augmenter) or ``model -> SaliencyAugmenter``."""
 
     def ours(transform: type, scale: float, **options: Any) -> Any:
+        options.setdefault("labels_from", "cam")  # the GradCAM rows run their CAM forward
         return lambda model: SaliencyAugmenter(model, transform(num_classes=num_classes), cam="gradcam",
                                                target_layer="layer4", cam_scale=scale, seed=0, **options)
 
@@ -223,6 +225,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--loops", choices=("all", "loop", "lightning"), default="all",
                         help="which training loops to time (default: both)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                        help="time only the configurations whose name contains one of these (plain steps always)")
     args = parser.parse_args()
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -235,6 +239,12 @@ def main() -> None:
     loop = loop_configurations(k) if args.loops in ("all", "loop") else {}
     lightning = {f"lightning: {name}": make for name, make in configurations(k).items()} \
         if args.loops in ("all", "lightning") else {}
+    if args.only:
+        def keep(name: str) -> bool:
+            return name.endswith("plain step") or any(text in name for text in args.only)
+
+        loop = {name: make for name, make in loop.items() if keep(name)}
+        lightning = {name: make for name, make in lightning.items() if keep(name)}
     times: dict[str, list[float]] = {name: [] for name in [*loop, *lightning]}
     for _ in range(args.rounds):
         # the plain loop interleaves its configurations step by step; Lightning fit by fit
