@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-per-class", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--p", type=float, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
+    parser.add_argument("--weight-decay", type=float, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one thread each by default)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
@@ -78,7 +80,7 @@ def make_config(args: argparse.Namespace, preset: str) -> Config:
         if not args.root or not os.path.isdir(os.path.join(args.root, "train")):
             raise SystemExit("--dataset folder needs --root PATH holding train/<class>/... and test/ (or val/)")
         cfg.num_classes = len([d for d in os.scandir(os.path.join(args.root, "train")) if d.is_dir()])
-    for key in ("seeds", "epochs", "train_per_class", "width", "p", "threads", "base", "arch"):
+    for key in ("seeds", "epochs", "train_per_class", "width", "p", "threads", "base", "arch", "lr", "weight_decay"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     return cfg
