@@ -30,7 +30,7 @@ Input rules, the same for all eight methods:
   the next module modifies its input in place (``ReLU(inplace=True)``).
 
 Speed: on CPU the CAM forward of a model with ``Conv2d`` layers runs on a channels-last copy of the
-images (oneDNN's convolutions, pooling and BatchNorm are ~15-20% faster in that layout; the maps
+images (oneDNN's convolutions, pooling and BatchNorm are faster in that layout, see the speed page; the maps
 agree with the contiguous layout to float rounding). A model that cannot take it (a ``.view()`` on
 a feature map) is detected on its first call and keeps the contiguous layout from then on.
 
@@ -442,7 +442,7 @@ class BaseCAM:
             self._layer_name, self._layer = resolve_target_layer(self._model, target_layer, wrapper=model)
         self._recording: dict[str, Any] | None = None
         self._record_active = False
-        # CPU convolutions (oneDNN) run ~15-20% faster on channels-last inputs; None: not tried yet,
+        # CPU convolutions (oneDNN) run faster on channels-last inputs; None: not tried yet,
         # False: the model failed on them (e.g. a .view() on a feature map) and gets contiguous ones.
         self._channels_last: bool | None = None if any(isinstance(m, nn.Conv2d) for m in self._model.modules()) \
             else False

@@ -51,8 +51,8 @@ def diagnose(
     random-initialisation references (:func:`salaug.diagnosis.random_reference`, ``references``
     draws built once on the first batch), their localisation scores, and, with labels and boxes,
     the reliance test (:mod:`salaug.diagnosis.reliance`). The reference score of each method is
-    the **highest** over the draws: one random draw's score varies a lot from draw to draw (EigenCAM
-    0.17 to 0.38 over six draws of one network on TexturedBlobs), and a random backbone must not
+    the **highest** over the draws: one random draw's score varies a lot from draw to draw (the
+    evidence pages give the spread), and a random backbone must not
     pass for a trained one because it drew better than a single reference. The verdict rules are in
     :mod:`salaug.diagnosis.report`.
 
