@@ -395,3 +395,23 @@ def test_callback_forward_labels_are_final_when_the_loss_reads_them(tmp_path):
         assert torch.isfinite(after).all()
         torch.testing.assert_close(after.sum(1), torch.ones(8))
     assert any(not torch.allclose(before, after) for before, after in module.read)
+
+
+def test_ddp_each_rank_fills_its_labels_from_its_own_forward(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "ddp_fit.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, script, str(tmp_path), "forward"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    y0, y1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert y0.shape == y1.shape == (2, 8, 4)
+    torch.testing.assert_close(y0.sum(-1), torch.ones(2, 8))
+    assert torch.isfinite(y0).all() and torch.isfinite(y1).all()
+    assert not torch.equal(y0, y1)  # each rank its own boxes, its own forward
+    assert (y0.amax(-1) < 1).any() and (y1.amax(-1) < 1).any()  # mixed labels
+    for rank, after in ((0, y0), (1, y1)):  # the forward rewrote what the callback had written
+        assert not torch.allclose(torch.load(tmp_path / f"rank{rank}_before.pt"), after)
