@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from salaug import models
+from salaug.augmenter import SaliencyAugmenter
 from salaug.callback import SaliencyAugmentation
 from salaug.cam import GradCAM
 from salaug.datasets import ClutteredObjects
@@ -264,10 +265,16 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
     ds = ClutteredObjects(split="train", size=size, length=n, seed=seed, return_mask=True)
     batch = ds.render(range(n))
     x, y, masks = batch["image"], batch["label"], batch["mask"]
-    saliency = GradCAM(model, TARGET_LAYER)(x, y)
-    if flat_saliency:  # plain CutMix: SaliencyMix on a flat map
-        saliency = torch.zeros_like(saliency)
-    out, params = transform(x, saliency, y, num_classes=num_classes, return_params=True)
+    # the labels as training made them: the augmenter with the arm's label source (with forward
+    # labels, the model's forward of the mixed images fills them)
+    aug = SaliencyAugmenter(model, transform, target_layer=TARGET_LAYER, seed=seed, num_classes=num_classes,
+                            labels_from="cam" if flat_saliency else "auto")
+    saliency = torch.zeros((n, 1, size, size)) if flat_saliency else None  # flat: SaliencyMix is CutMix
+    images, labels = aug(x, y, saliency=saliency)
+    if aug.labels_from == "forward":
+        model(images)
+    assert aug.last is not None and aug.last.params is not None and aug.last.saliency is not None
+    params, saliency = aug.last.params, aug.last.saliency
     if "perm" not in params:  # label-preserving (crop, cutout): fidelity is 1 by construction
         return None
     partner = params["perm"]
@@ -284,7 +291,7 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
         visible = torch.stack([(shown & (source == own)).flatten(1).sum(1) / area,
                                (shown & from_partner).flatten(1).sum(1) / area[partner]], 1).clamp(max=1)
     classes = torch.stack([y, y[partner]], 1)
-    return float(label_fidelity(out.labels, classes, visible).mean())
+    return float(label_fidelity(labels.detach(), classes, visible).mean())
 
 
 
@@ -567,10 +574,15 @@ def write_pictures(model: nn.Module, method: str, results: Sequence[RunResult], 
     paths = [str(save_grid(rows, os.path.join(out, "cam_overlays.png"), nrow=16, captions=[truth, truth]))]
     transform, flat = _transform_of(method, len(names) if names is not None else 10)
     if transform is not None:
-        transform.generator = torch.Generator().manual_seed(seed)
-        mixed = transform(x, torch.zeros_like(maps) if flat else maps, y)
-        rows = {"images": x, f"{method} (soft labels below)": mixed.images}
-        captions = [truth, soft_label_captions(mixed.labels, names)]
+        # the samples as training made them: the augmenter with the arm's label source; with forward
+        # labels, the model's forward of the mixed images fills them
+        aug = SaliencyAugmenter(model, transform, target_layer=TARGET_LAYER, seed=seed,
+                                labels_from="cam" if flat else "auto")
+        images, soft = aug(x, y, saliency=torch.zeros_like(maps) if flat else None)
+        if aug.labels_from == "forward":
+            model(images)
+        rows = {"images": x, f"{method} (soft labels below)": images}
+        captions = [truth, soft_label_captions(soft.detach(), names)]
         paths.append(str(save_grid(rows, os.path.join(out, "augmented.png"), nrow=16, captions=captions)))
     try:
         return [*paths, _comparison_figure(results, os.path.join(out, "accuracy.png"))]
