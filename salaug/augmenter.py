@@ -62,6 +62,7 @@ from salaug.cam.layers import probe_target_layer, unwrap_model
 from salaug.ema import ModelEMA
 from salaug.forward_labels import ForwardLabels, supports_forward_labels
 from salaug.transforms.base import (
+    MixTransform,
     Params,
     SaliencyTransform,
     SalientBatch,
@@ -546,7 +547,9 @@ class SaliencyAugmenter:
         """Hand ``out.labels`` (area labels so far) to the forward-label capture, which fills it in place."""
         assert self._forward is not None
         own = to_soft_labels(labels, images.shape[0], self.num_classes, images.device)
-        area = self.transform.area_share(params, (images.shape[-2], images.shape[-1])) * params["applied"]  # type: ignore[operator]
+        transform = self.transform
+        assert isinstance(transform, MixTransform)  # forward labels take box mixes only (checked when configured)
+        area = transform.area_share(params, (images.shape[-2], images.shape[-1]))
         self._forward.arm(out.images, out.labels, own, params, area)
 
     def _stream_key(self, step: int) -> int:

@@ -250,6 +250,23 @@ def localisation(model: nn.Module, loader: DataLoader, max_batches: int = 4) -> 
     return hits / max(n, 1), ious / max(n, 1)
 
 
+def augment_as_trained(model: nn.Module, transform: SaliencyTransform, x: Tensor, y: Tensor, seed: int,
+                       flat: bool, num_classes: int | None = None) -> tuple[SaliencyAugmenter, Tensor, Tensor]:
+    """One batch augmented as training augmented it: ``(augmenter, images, soft labels)``.
+
+    The augmenter takes the arm's label source (a flat map on the CAM path for the ``-flat`` twin,
+    the library default otherwise); with labels from the forward, the model's forward of the mixed
+    images fills the labels, as the training step's forward did.
+    """
+    aug = SaliencyAugmenter(model, transform, target_layer=TARGET_LAYER, seed=seed, num_classes=num_classes,
+                            labels_from="cam" if flat else "auto")
+    saliency = torch.zeros((x.shape[0], 1, *x.shape[-2:])) if flat else None  # flat: SaliencyMix is CutMix
+    images, labels = aug(x, y, saliency=saliency)
+    if aug.labels_from == "forward":
+        model(images)
+    return aug, images, labels.detach()
+
+
 def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size: int, seed: int,
                            num_classes: int, n: int = 128, flat_saliency: bool = False) -> float | None:
     """Mean label fidelity of ``transform`` on ``n`` training images with true object masks.
@@ -265,14 +282,7 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
     ds = ClutteredObjects(split="train", size=size, length=n, seed=seed, return_mask=True)
     batch = ds.render(range(n))
     x, y, masks = batch["image"], batch["label"], batch["mask"]
-    # the labels as training made them: the augmenter with the arm's label source (with forward
-    # labels, the model's forward of the mixed images fills them)
-    aug = SaliencyAugmenter(model, transform, target_layer=TARGET_LAYER, seed=seed, num_classes=num_classes,
-                            labels_from="cam" if flat_saliency else "auto")
-    saliency = torch.zeros((n, 1, size, size)) if flat_saliency else None  # flat: SaliencyMix is CutMix
-    images, labels = aug(x, y, saliency=saliency)
-    if aug.labels_from == "forward":
-        model(images)
+    aug, _, labels = augment_as_trained(model, transform, x, y, seed, flat_saliency, num_classes)
     assert aug.last is not None and aug.last.params is not None and aug.last.saliency is not None
     params, saliency = aug.last.params, aug.last.saliency
     if "perm" not in params:  # label-preserving (crop, cutout): fidelity is 1 by construction
@@ -291,7 +301,7 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
         visible = torch.stack([(shown & (source == own)).flatten(1).sum(1) / area,
                                (shown & from_partner).flatten(1).sum(1) / area[partner]], 1).clamp(max=1)
     classes = torch.stack([y, y[partner]], 1)
-    return float(label_fidelity(labels.detach(), classes, visible).mean())
+    return float(label_fidelity(labels, classes, visible).mean())
 
 
 
@@ -574,15 +584,9 @@ def write_pictures(model: nn.Module, method: str, results: Sequence[RunResult], 
     paths = [str(save_grid(rows, os.path.join(out, "cam_overlays.png"), nrow=16, captions=[truth, truth]))]
     transform, flat = _transform_of(method, len(names) if names is not None else 10)
     if transform is not None:
-        # the samples as training made them: the augmenter with the arm's label source; with forward
-        # labels, the model's forward of the mixed images fills them
-        aug = SaliencyAugmenter(model, transform, target_layer=TARGET_LAYER, seed=seed,
-                                labels_from="cam" if flat else "auto")
-        images, soft = aug(x, y, saliency=torch.zeros_like(maps) if flat else None)
-        if aug.labels_from == "forward":
-            model(images)
+        _, images, soft = augment_as_trained(model, transform, x, y, seed, flat)
         rows = {"images": x, f"{method} (soft labels below)": images}
-        captions = [truth, soft_label_captions(soft.detach(), names)]
+        captions = [truth, soft_label_captions(soft, names)]
         paths.append(str(save_grid(rows, os.path.join(out, "augmented.png"), nrow=16, captions=captions)))
     try:
         return [*paths, _comparison_figure(results, os.path.join(out, "accuracy.png"))]
