@@ -37,6 +37,33 @@ def test_tiny_vit_defaults_and_seed():
     assert len(a.encoder.layers) == 4 and a.hidden_dim == 64 and a.mlp_dim == 128 and a.patch_size == 4
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert a.heads.head.out_features == 10
+    convs = [m for m in a.conv_proj.modules() if isinstance(m, nn.Conv2d)]  # the default conv stem
+    assert [c.stride for c in convs] == [(2, 2), (2, 2), (1, 1)] and convs[-1].out_channels == 64
+
+
+@pytest.mark.parametrize("stem", ["conv", "patch"])
+def test_tiny_vit_stems_keep_the_token_grid(stem):
+    torch.manual_seed(0)
+    vit = tiny_vit(num_classes=3, image_size=16, patch_size=4, num_layers=1, hidden_dim=32, mlp_dim=64, stem=stem)
+    tokens = vit._process_input(torch.rand(2, 3, 16, 16))
+    assert tokens.shape == (2, 16, 32)
+    assert isinstance(vit.conv_proj, nn.Conv2d) == (stem == "patch")
+
+
+def test_tiny_vit_default_stem_fits_a_small_task():
+    """The default (conv stem) model trains: 40 full-batch steps fit a batch of two separable classes."""
+    torch.manual_seed(0)
+    x = torch.rand(32, 3, 16, 16) * 0.2
+    y = torch.arange(32) % 2
+    x[y == 1, :, 4:12, 4:12] += 0.6  # class 1: a bright square somewhere in the middle
+    vit = tiny_vit(num_classes=2, image_size=16, patch_size=4, num_layers=1, hidden_dim=32, mlp_dim=64)
+    opt = torch.optim.Adam(vit.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = nn.functional.cross_entropy(vit(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.3
 
 
 def test_tiny_vit_trains_and_feeds_the_attention_and_cam_paths():
@@ -65,3 +92,8 @@ def test_tiny_vit_bad_arguments():
         tiny_vit(num_layers=0)
     with pytest.raises(TypeError, match="hidden_dim must be an int"):
         tiny_vit(hidden_dim=64.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="patch_size must be a power of two, got 6; use patch_size=4 or stem='patch'"):
+        tiny_vit(image_size=36, patch_size=6)
+    tiny_vit(image_size=36, patch_size=6, stem="patch")  # a linear patch embedding takes any divisor
+    with pytest.raises(ValueError, match="stem"):
+        tiny_vit(stem="convolutional")  # type: ignore[arg-type]

@@ -33,7 +33,8 @@ TARGET_LAYER = "features"
 def build_model(cfg: Config) -> nn.Module:
     """The network of ``cfg.arch``: salaug.models.DemoNet / ResNet8 (CAM layer ``features``), a
     CIFAR-style torchvision ResNet-18 (3x3 stem, no max-pool; CAM layer ``layer4``), or
-    salaug.models.tiny_vit (patch 4, 4 blocks; forward labels read its last block's attention)."""
+    salaug.models.tiny_vit (a conv stem to an 8 x 8 token grid, 4 blocks; forward labels read its last block's
+    attention)."""
     if cfg.arch == "demonet":
         return DemoNet(num_classes=cfg.num_classes, width=cfg.width)
     if cfg.arch == "resnet8":
