@@ -42,9 +42,9 @@ from salaug.cam.base import _no_autocast, weighted_sum
 from salaug.cam.hooks import Hooks
 from salaug.cam.layers import _POOLING_HEADS, is_compiled, pick_recorded_layer, resolve_target_layer, unwrap_model
 from salaug.transforms.base import MixTransform, Params
-from salaug.transforms.labels import mix_soft_labels
+from salaug.transforms.labels import evidence_share, mix_soft_labels
 
-__all__ = ["ForwardLabels", "evidence_share", "pasted_region", "supports_forward_labels"]
+__all__ = ["ForwardLabels", "pasted_region", "supports_forward_labels"]
 
 #: default blends: the CNN rule uses the evidence alone, TransMix the mean of attention and area
 CAM_BLEND = 1.0
@@ -67,37 +67,6 @@ def pasted_region(params: Params, size: tuple[int, int]) -> Tensor:
         raise ValueError(f"forward labels need a box mix's params (one of {_BOX_KEYS}), got keys {sorted(params)}")
     mask = box_mask(params[key], size) & params["applied"].view(-1, 1, 1, 1)
     return mask.float()
-
-
-def evidence_share(own: Tensor, partner: Tensor, region: Tensor, area: Tensor, blend: float) -> Tensor:
-    """The partner's label share from evidence maps of the mixed images.
-
-    Args:
-        own: ``(B, h, w)`` non-negative evidence for each sample's own class.
-        partner: ``(B, h, w)`` non-negative evidence for the partner's class.
-        region: ``(B, h, w)`` in ``[0, 1]``, the fraction of each cell showing the partner.
-        area: ``(B,)`` the partner's area share.
-        blend: weight of the evidence rule against the area share, in ``[0, 1]``.
-
-    Returns:
-        ``(B,)`` float32 ``blend * e_in / (e_in + e_out) + (1 - blend) * area``; the area share where
-        there is no evidence or a value is not finite.
-
-    Example:
-        >>> own, partner = torch.ones(1, 2, 2), torch.ones(1, 2, 2)
-        >>> region = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])          # one cell of four pasted
-        >>> evidence_share(own, partner, region, torch.tensor([0.25]), blend=1.0)
-        tensor([0.2500])
-        >>> evidence_share(own * 3, partner, region, torch.tensor([0.25]), blend=1.0)  # target stronger
-        tensor([0.1000])
-    """
-    e_in = (partner.float() * region).flatten(1).sum(1)
-    e_out = (own.float() * (1 - region)).flatten(1).sum(1)
-    total = e_in + e_out
-    evidence = e_in / total.clamp_min(torch.finfo(torch.float32).tiny)
-    valid = (total > 0) & torch.isfinite(evidence)
-    area = area.float()
-    return torch.where(valid, blend * evidence + (1 - blend) * area, area).clamp(0, 1)
 
 
 class _Pending:

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import salaug
-from salaug.forward_labels import ForwardLabels, evidence_share, pasted_region, supports_forward_labels
+from salaug.forward_labels import ForwardLabels, pasted_region, supports_forward_labels
 from salaug.models import DemoNet
-from salaug.transforms.labels import mix_soft_labels
+from salaug.transforms.labels import evidence_share, mix_soft_labels
 
 
 class MaskNet(nn.Module):

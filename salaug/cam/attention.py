@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from salaug._checks import check_float, check_int, check_saliency_shape, value_checks_on
 from salaug.cam.layers import resolve_target_layer, unwrap_model
+from salaug.transforms.labels import evidence_share
 
 __all__ = ["attention_input", "cls_attention", "find_attention", "is_attention", "tokens_from_mask", "transmix_share"]
 
@@ -400,9 +401,4 @@ def transmix_share(attn: Tensor, token_mask: Tensor, area_share: Tensor, blend: 
     if token_mask.shape != attn.shape or area_share.shape[0] != attn.shape[0]:
         raise ValueError(f"attn {tuple(attn.shape)}, token_mask {tuple(token_mask.shape)} and area_share "
                          f"{tuple(area_share.shape)} must agree: (B, N), (B, N), (B,) on the same patch grid")
-    attn, token_mask, area = attn.float(), token_mask.float(), area_share.float()
-    total = attn.sum(1)
-    ok = total > 0  # False for NaN too
-    inside = (attn * token_mask).sum(1)
-    attn_share = torch.where(ok, inside / torch.where(ok, total, torch.ones_like(total)), area)
-    return blend * attn_share + (1.0 - blend) * area
+    return evidence_share(attn, attn, token_mask, area_share, blend)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from salaug._checks import check_class_indices, value_checks_on
 
-__all__ = ["mix_soft_labels", "to_soft_labels"]
+__all__ = ["evidence_share", "mix_soft_labels", "to_soft_labels"]
 
 
 def mix_soft_labels(labels: Tensor, perm: Tensor, weight: Tensor) -> Tensor:
@@ -35,6 +35,42 @@ def mix_soft_labels(labels: Tensor, perm: Tensor, weight: Tensor) -> Tensor:
     """
     w = weight.to(labels.dtype).clamp(0, 1).unsqueeze(1)
     return labels.lerp(labels[perm], w)
+
+
+def evidence_share(own: Tensor, partner: Tensor, region: Tensor, area: Tensor, blend: float) -> Tensor:
+    """The partner's label share from evidence maps of the mixed images (labels from the forward).
+
+    ``e_in`` is the partner's evidence inside the pasted region, ``e_out`` the sample's own
+    evidence outside it; the evidence share ``e_in / (e_in + e_out)`` is blended with the area
+    share. GradCAM maps of both classes give the CNN rule; one attention map passed as both ``own``
+    and ``partner`` gives TransMix's (:func:`salaug.cam.attention.transmix_share`).
+
+    Args:
+        own: ``(B, h, w)`` non-negative evidence for each sample's own class.
+        partner: ``(B, h, w)`` non-negative evidence for the partner's class.
+        region: ``(B, h, w)`` in ``[0, 1]``, the fraction of each cell showing the partner.
+        area: ``(B,)`` the partner's area share.
+        blend: weight of the evidence rule against the area share, in ``[0, 1]``.
+
+    Returns:
+        ``(B,)`` float32 ``blend * e_in / (e_in + e_out) + (1 - blend) * area``; the area share where
+        there is no evidence or a value is not finite.
+
+    Example:
+        >>> own, partner = torch.ones(1, 2, 2), torch.ones(1, 2, 2)
+        >>> region = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])          # one cell of four pasted
+        >>> evidence_share(own, partner, region, torch.tensor([0.25]), blend=1.0)
+        tensor([0.2500])
+        >>> evidence_share(own * 3, partner, region, torch.tensor([0.25]), blend=1.0)  # target stronger
+        tensor([0.1000])
+    """
+    e_in = (partner.float() * region).flatten(1).sum(1)
+    e_out = (own.float() * (1 - region)).flatten(1).sum(1)
+    total = e_in + e_out
+    evidence = e_in / total.clamp_min(torch.finfo(torch.float32).tiny)
+    valid = (total > 0) & torch.isfinite(evidence)
+    area = area.float()
+    return torch.where(valid, blend * evidence + (1 - blend) * area, area).clamp(0, 1)
 
 
 def to_soft_labels(labels: object, batch_size: int, num_classes: int | None, device: torch.device) -> Tensor:
