@@ -9,7 +9,7 @@ flat saliency map (its saliency-free twin, which isolates what the CAM adds).
 
 Arms of one seed share their training images, initial weights and batch order, so the difference
 between two arms of a seed is a *paired* difference. Each run is measured on a fixed test set
-in-distribution and on three shifted test sets (:data:`SHIFT_SPLITS`). :func:`run` trains and
+in-distribution and on three shifted test sets (``ClutteredObjects.SHIFTS``). :func:`run` trains and
 measures one arm on one seed; :func:`run_arms` runs several in parallel processes;
 :func:`paired_differences`, :func:`verdict`, :func:`format_report` and :func:`write_pictures`
 report them. The command line (``salaug demo``) is :mod:`salaug.cli.demo`.
@@ -45,7 +45,7 @@ from salaug.transforms.mix import GuidedMixup
 from salaug.transforms.recipe import crop_flip
 from salaug.transforms.registry import NO_TRANSFORM, SALIENCY_FREE, TRANSFORM_NAMES, TRANSFORMS, create_transform
 
-__all__ = ["DEMO_ARMS", "SHIFT_SPLITS", "SPLITS", "DemoNet", "RunResult", "crop_flip_collate", "format_report",
+__all__ = ["DEMO_ARMS", "SPLITS", "DemoNet", "RunResult", "crop_flip_collate", "format_report",
            "format_table", "make_data", "paired_differences", "plan_processes", "run", "run_arms",
            "soft_label_captions", "verdict", "write_pictures"]
 
@@ -54,14 +54,7 @@ FLAT = "-flat"
 #: arm names: every transform name, and ``"<name>-flat"`` for those that read saliency
 DEMO_ARMS: tuple[str, ...] = (*TRANSFORM_NAMES, *(name + FLAT for name, spec in TRANSFORMS.items()
                                                   if spec.reads_saliency))
-#: the shifted test sets: ClutteredObjects options (a background family never seen in training,
-#: 40 % of each object hidden, objects at a third of their usual size)
-SHIFT_SPLITS: dict[str, dict[str, Any]] = {
-    "background": {"background": "shifted"},
-    "occlusion": {"occlusion": 0.4},
-    "small": {"object_scale": (0.09, 0.14)},
-}
-SPLITS: tuple[str, ...] = ("id", *SHIFT_SPLITS)
+SPLITS: tuple[str, ...] = ("id", *ClutteredObjects.SHIFTS)
 #: one fixed test set for every seed, so the seed-to-seed spread is the training's
 TEST_SEED = 7_777
 BASELINE = NO_TRANSFORM
@@ -208,7 +201,7 @@ def make_data(size: int, train_size: int, val_size: int, test_size: int, seed: i
 
     Returns:
         The train (shuffled) and validation loaders, and one test loader per split (``"id"`` and,
-        for ClutteredObjects, those of :data:`SHIFT_SPLITS`).
+        for ClutteredObjects, those of ``ClutteredObjects.SHIFTS``).
     """
     def objects(split: Any, size: int, n: int, seed: int, **options: Any) -> ClutteredObjects:
         return ClutteredObjects(split=split, size=size, length=n, seed=seed, cache=True, **options)
@@ -222,7 +215,8 @@ def make_data(size: int, train_size: int, val_size: int, test_size: int, seed: i
     val = loader(build("val", size, val_size, seed))
     tests = {"id": loader(build("test", size, test_size, TEST_SEED))}
     if make_dataset is None:
-        tests.update({s: loader(objects("test", size, test_size, TEST_SEED, **o)) for s, o in SHIFT_SPLITS.items()})
+        shifts = ClutteredObjects.SHIFTS.items()
+        tests.update({s: loader(objects("test", size, test_size, TEST_SEED, **o)) for s, o in shifts})
     return train, val, tests
 
 

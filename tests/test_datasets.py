@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from salaug.datasets import CLASS_NAMES, ClutteredObjects, draw_shapes
+from salaug.datasets import CLASS_NAMES, ClutteredObjects, TexturedBlobs, draw_shapes
 
 
 @pytest.fixture(scope="module")
@@ -404,3 +404,14 @@ def test_negative_index_out_of_range_names_the_index_given(name):
     assert torch.equal(ds[-4][0], ds[0][0]) and torch.equal(ds[torch.tensor(-1)][0], ds[3][0])
     with pytest.raises(TypeError, match="must be integers"):
         ds[1.0]
+
+
+@pytest.mark.parametrize("cls", [ClutteredObjects, TexturedBlobs])
+def test_shift_splits_are_constructor_options_that_change_the_images(cls):
+    base = cls("test", size=32, length=4, seed=3)[0][0]
+    assert cls.SHIFTS and "background" in cls.SHIFTS
+    for name, options in cls.SHIFTS.items():
+        shifted = cls("test", size=32, length=4, seed=3, **options)[0][0]
+        assert shifted.shape == base.shape and not torch.equal(shifted, base), name
+    with pytest.raises(TypeError):
+        cls.SHIFTS["new"] = {}  # type: ignore[index]  # one definition, read-only

@@ -12,22 +12,13 @@ from torch import Tensor
 
 from benchmarks.payoff.config import Config
 from salaug.datasets import ClutteredObjects, TexturedBlobs
+from salaug.demo import TEST_SEED
 from salaug.transforms.recipe import crop_flip
 
-SPLITS = ("id", "background", "occlusion", "small")
-SPLIT_OPTIONS: dict[str, dict[str, Any]] = {
-    "id": {},
-    "background": {"background": "shifted"},
-    "occlusion": {"occlusion": 0.4},
-    "small": {"object_scale": (0.09, 0.14)},
-}
-TEXTURE_SPLITS = ("id", "background", "small")
-TEXTURE_SPLIT_OPTIONS: dict[str, dict[str, Any]] = {
-    "id": {},
-    "background": {"background": "shifted"},
-    "small": {"object_scale": (0.12, 0.18)},
-}
-TEST_SEED = 7_777  # one fixed test set for every seed: the seed-to-seed spread is the training's
+SPLITS = ("id", *ClutteredObjects.SHIFTS)
+SPLIT_OPTIONS: dict[str, dict[str, Any]] = {"id": {}, **ClutteredObjects.SHIFTS}
+TEXTURE_SPLITS = ("id", *TexturedBlobs.SHIFTS)
+TEXTURE_SPLIT_OPTIONS: dict[str, dict[str, Any]] = {"id": {}, **TexturedBlobs.SHIFTS}
 SHIFTS = {"objects": SPLITS, "textures": TEXTURE_SPLITS, "digits": ("id",)}
 Split = Literal["train", "val", "test"]
 BENCHMARKS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -390,6 +391,14 @@ class ClutteredObjects(Dataset):
         >>> bool((hidden[3][3] <= mask).all())  # same object, fewer visible pixels
         True
     """
+
+    #: the shifted test sets of the evidence and the demo, as constructor options: a background
+    #: family never seen in training, 40 % of each object hidden, objects at a third of their usual size
+    SHIFTS: ClassVar[MappingProxyType[str, dict[str, Any]]] = MappingProxyType({
+        "background": {"background": "shifted"},
+        "occlusion": {"occlusion": 0.4},
+        "small": {"object_scale": (0.09, 0.14)},
+    })
 
     def __init__(
         self,

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -136,6 +137,13 @@ class TexturedBlobs(Dataset):
         >>> bool((batch["image"][3] == image).all()), sorted(batch)
         (True, ['box', 'image', 'label', 'mask'])
     """
+
+    #: the shifted test sets of the evidence, as constructor options: a background family never
+    #: seen in training, objects at about half their usual size
+    SHIFTS: ClassVar[MappingProxyType[str, dict[str, Any]]] = MappingProxyType({
+        "background": {"background": "shifted"},
+        "small": {"object_scale": (0.12, 0.18)},
+    })
 
     def __init__(self, split: Literal["train", "val", "test"] = "train", size: int = 32, length: int = 1000,
                  num_classes: int = 10, seed: int = 0, return_mask: bool = False,
