@@ -1,9 +1,10 @@
 """Speed of the seven saliency transforms: batched vs a per-sample loop vs torchvision's CutMix.
 
 For each transform, three things are timed side by side in one run, on the same batch, in
-interleaved rounds (median over rounds): the batched salaug transform, a straightforward
-per-sample Python loop implementing the same algorithm (written here, as a reference a user might
-write), and ``torchvision.transforms.v2.CutMix(num_classes=K)``. Prints a markdown table.
+interleaved rounds, each round in a new random order (median over rounds): the batched salaug
+transform, a straightforward per-sample Python loop implementing the same algorithm (written
+here, as a reference a user might write), and ``torchvision.transforms.v2.CutMix(num_classes=K)``.
+Prints a markdown table.
 
     python benchmarks/transform_speed.py --batch 128 --size 224 --rounds 7
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import statistics
 import time
 
@@ -287,8 +289,11 @@ def main() -> None:
     for f in fns.values():  # warm up
         f()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    order = random.Random(0)
     for _ in range(args.rounds):
-        for name, f in fns.items():
+        # a new order every round: each call finds the allocator as the previous call left it (at
+        # this size a fresh buffer costs page faults), so a fixed order favours some entries
+        for name, f in order.sample(list(fns.items()), len(fns)):
             _sync()
             t0 = time.perf_counter()
             f()

@@ -257,6 +257,24 @@ def test_snapmix_region_path_equals_the_full_image_path(monkeypatch, interpolati
     assert torch.equal(region.images[not_applied], x[not_applied])  # untouched samples are copied exactly
 
 
+def test_snapmix_region_windows_moved_inside_the_image():
+    # the largest box sets the window (7 x 9); a small box in the bottom-right corner gets a window
+    # moved up and left, whose pixels outside the box must stay the target's
+    x = torch.rand(3, 2, 10, 12, generator=gen(18))
+    s = torch.rand(3, 1, 10, 12, generator=gen(19))
+    params = {"applied": torch.tensor([True, True, True]), "perm": torch.tensor([1, 2, 0]),
+              "src_boxes": torch.tensor([[1, 1, 10, 8], [0, 0, 4, 3], [5, 2, 12, 10]]),
+              "dst_boxes": torch.tensor([[2, 1, 11, 8], [9, 8, 12, 10], [0, 6, 2, 10]]),
+              "weights": torch.tensor([[0.5, 0.5]] * 3)}
+    for grad in (False, True):
+        xin = x.clone().requires_grad_(grad)
+        out = SnapMix(num_classes=3)(xin, s, torch.arange(3), params=params)
+        torch.testing.assert_close(out.images.detach(), old_snapmix(x, params), atol=ATOL, rtol=0)
+        outside = torch.ones(10, 12, dtype=torch.bool)
+        outside[8:10, 9:12] = False
+        assert torch.equal(out.images[1].detach()[:, outside], x[1][:, outside])
+
+
 def test_snapmix_region_path_edge_cases_and_gradients():
     x = torch.rand(4, 2, 10, 12, generator=gen(16), requires_grad=True)
     s = torch.rand(4, 1, 10, 12, generator=gen(17))

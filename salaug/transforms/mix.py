@@ -64,13 +64,11 @@ from salaug.boxes import (
 )
 from salaug.transforms._ops import (
     axis_pixels,
-    flat_index,
     image_aspect_boxes,
     masked,
     needs_graph,
     partner_box_mass,
     paste,
-    patch_index,
     resample,
     separable_grid,
     warp,
@@ -303,17 +301,20 @@ def _snap_paste(x: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool) -> Tensor
 class _RegionPlan(NamedTuple):
     """SnapMix's plan on CPU: the applied samples with a non-empty destination box, ``(A,)`` each.
 
-    ``target`` and ``partner`` are sample indices, ``uy (A, Hm)`` / ``ux (A, Wm)`` the source
-    coordinates of a patch as large as the largest destination box, ``idx (A, 1, Hm * Wm)`` the
-    flat pixels the patch is written to (a patch row or column beyond its box repeats the box's
-    last one, see :func:`~salaug.transforms._ops.patch_index`).
+    Each of them is rewritten inside one window of the patch size ``(Hm, Wm)`` (the largest
+    destination box), placed at its box's corner and moved back inside the image where it would
+    leave it: ``top`` / ``left`` ``(A,)`` its corner, ``inside (A, 1, Hm, Wm)`` the box's pixels in it,
+    ``uy (A, Hm)`` / ``ux (A, Wm)`` the source coordinates of its rows and columns (clamped into the
+    source box, so the ones outside the box are valid and unused).
     """
 
     target: Tensor
     partner: Tensor
+    top: Tensor
+    left: Tensor
+    inside: Tensor
     uy: Tensor
     ux: Tensor
-    idx: Tensor
     mode: str
 
 
@@ -322,41 +323,50 @@ def _region_plan(src: Tensor, dst: Tensor, applied: Tensor, perm: Tensor, size: 
     """Plan :func:`_region_paste`: the source coordinates of the pasted pixels only.
 
     The coordinates are those of :func:`_snap_plan` (``F.interpolate(..., align_corners=False)``
-    pixel mapping, clamped into the source box), at the size of the largest destination box of
-    the applied samples. Which samples and how large a patch are read back as numbers: on CPU this
-    costs no sync (accelerators use :func:`_snap_plan`).
+    pixel mapping, clamped into the source box), over a window as large as the largest destination
+    box of the applied samples. Which samples and how large a window are read back as numbers: on
+    CPU this costs no sync (accelerators use :func:`_snap_plan`).
     """
+    h, w = size
     x1, y1, x2, y2 = dst.unbind(1)
-    hd, wd = y2 - y1, x2 - x1
-    target = (applied & (hd > 0) & (wd > 0)).nonzero().flatten()
-    box = dst[target]
-    patch = (int(hd[target].amax()), int(wd[target].amax())) if target.numel() else (1, 1)
-    rows, cols, ri, ci = patch_index(box, patch, size)
-    sb = src[target]
+    target = (applied & (y2 > y1) & (x2 > x1)).nonzero().flatten()
+    box, sb = dst[target], src[target]
+    hm, wm = (int((y2 - y1)[target].amax()), int((x2 - x1)[target].amax())) if target.numel() else (1, 1)
+    top, left = box[:, 1].clamp(max=h - hm), box[:, 0].clamp(max=w - wm)
+    ri = torch.arange(hm, device=dst.device)[None, :] + top[:, None] - box[:, 1:2]  # row in the box
+    ci = torch.arange(wm, device=dst.device)[None, :] + left[:, None] - box[:, 0:1]
+    inside = ((ri >= 0) & (ri < (box[:, 3] - box[:, 1])[:, None]))[:, None, :, None] \
+        & ((ci >= 0) & (ci < (box[:, 2] - box[:, 0])[:, None]))[:, None, None, :]
     uy = axis_pixels(box[:, 1], box[:, 3], sb[:, 1], sb[:, 3], ri)
     ux = axis_pixels(box[:, 0], box[:, 2], sb[:, 0], sb[:, 2], ci)
-    return _RegionPlan(target, perm[target], uy, ux, flat_index(rows, cols, size[1]), mode)
+    return _RegionPlan(target, perm[target], top, left, inside, uy, ux, mode)
 
 
 def _region_paste(x: Tensor, plan: _RegionPlan, clamp: bool) -> Tensor:
     """:func:`_snap_paste` on CPU, resampling only the pasted region of the applied samples.
 
-    The partners of the applied samples are resampled at patch size (one ``grid_sample``, or one
-    gather for nearest) and written by one indexed copy into a copy of ``x``.
+    The partners of the applied samples are resampled at window size (one ``grid_sample``, or one
+    gather for nearest), the window's pixels outside the box are taken from the target, and each
+    window is written back as one strided block (a windowed view of a copy of ``x``): no per-pixel
+    index, which costs several times the block copy.
     """
-    b, c, h, w = x.shape
-    out = x.clone()
+    c, (h, w) = x.shape[1], plan.inside.shape[-2:]
     if plan.target.numel() == 0:
-        return out
-    values = resample(x[plan.partner], plan.uy, plan.ux, plan.mode)  # (index_select: slower on a busy CPU)
+        return x.clone()
+    values = resample(x[plan.partner], plan.uy, plan.ux, plan.mode).to(x.dtype)  # (index_select: slower)
     if clamp:
         values = values.clamp(0, 1) if needs_graph(values) else values.clamp_(0, 1)
-    where = (plan.target.view(-1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1), plan.idx)
-    values = values.reshape(plan.target.numel(), c, -1).to(x.dtype)
-    flat = out.view(b, c, h * w)
-    if needs_graph(flat, values):
-        return flat.index_put(where, values).view(b, c, h, w)
-    flat.index_put_(where, values)
+    channels = torch.arange(c, device=x.device)
+    if needs_graph(x, values):  # the same paste, differentiable: per-pixel indices
+        rows = plan.top[:, None] + torch.arange(h, device=x.device)
+        cols = plan.left[:, None] + torch.arange(w, device=x.device)
+        at = (plan.target[:, None, None, None], channels[None, :, None, None], rows[:, None, :, None],
+              cols[:, None, None, :])
+        return x.index_put(at, torch.where(plan.inside, values, x[at]))
+    out = x.clone()
+    windows = out.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, H - h + 1, W - w + 1, h, w), a view of out
+    at = (plan.target[:, None], channels[None, :], plan.top[:, None], plan.left[:, None])
+    windows[at] = torch.where(plan.inside, values, windows[at], out=values)
     return out
 
 
