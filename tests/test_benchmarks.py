@@ -285,6 +285,15 @@ def test_reuse_finds_the_runs_of_a_committed_results_file(payoff, name, argv, ru
     assert payoff.load_reusable([path], cfg) == {}
 
 
+def test_vit_arch_takes_the_vit_recipe_unless_told(payoff) -> None:
+    def config(*argv: str):
+        return payoff.cli.make_config(payoff.cli.build_parser().parse_args(list(argv)), "full")
+
+    assert (config("--arch", "vit").lr, config("--arch", "vit").weight_decay) == (1e-3, 0.05)
+    assert (config().lr, config().weight_decay) == (3e-3, 5e-4)
+    assert config("--arch", "vit", "--lr", "5e-4").lr == 5e-4
+
+
 def test_reuse_skips_runs_of_another_in_loop_path(payoff) -> None:
     # the 400-epoch cell ran its mixing arms through an older stand-in of the augmenter
     cfg = payoff.cli.make_config(payoff.cli.build_parser().parse_args(["--epochs", "400", "--seeds", "2"]), "full")

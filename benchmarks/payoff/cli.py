@@ -19,7 +19,7 @@ from benchmarks.payoff.arms import (
     parse_arm,
     sweep_arms,
 )
-from benchmarks.payoff.config import PRESETS, Config
+from benchmarks.payoff.config import PRESETS, VIT_RECIPE, Config
 from benchmarks.payoff.data import splits_of
 from benchmarks.payoff.reporting import (
     format_tables,
@@ -55,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-per-class", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--p", type=float, default=None)
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3)")
-    parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3; 1e-3 for --arch vit)")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="AdamW weight decay (default 5e-4; 0.05 for --arch vit)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one thread each by default)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
@@ -80,6 +81,9 @@ def make_config(args: argparse.Namespace, preset: str) -> Config:
         if not args.root or not os.path.isdir(os.path.join(args.root, "train")):
             raise SystemExit("--dataset folder needs --root PATH holding train/<class>/... and test/ (or val/)")
         cfg.num_classes = len([d for d in os.scandir(os.path.join(args.root, "train")) if d.is_dir()])
+    if args.arch == "vit":
+        for key, value in VIT_RECIPE.items():
+            setattr(cfg, key, value)
     for key in ("seeds", "epochs", "train_per_class", "width", "p", "threads", "base", "arch", "lr", "weight_decay"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
