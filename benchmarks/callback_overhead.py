@@ -26,6 +26,7 @@ Usage::
     python benchmarks/callback_overhead.py                 # ResNet-18, B32, 96x96, CPU, both loops
     python benchmarks/callback_overhead.py --loops loop    # the plain PyTorch loop only
     python benchmarks/callback_overhead.py --device cuda --batch 128 --size 224
+    python benchmarks/callback_overhead.py --model vit --loops loop   # TransMix on a ViT
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import salaug
 from salaug.augmenter import SaliencyAugmenter
 from salaug.callback import SaliencyAugmentation
 from salaug.cam.base import eval_mode
+from salaug.models import tiny_vit
 
 
 class Classifier(pl.LightningModule):
@@ -128,6 +130,31 @@ def configurations(num_classes: int) -> dict[str, Any]:
     }
 
 
+def build_model(name: str, num_classes: int, size: int) -> torch.nn.Module:
+    """``resnet18`` (torchvision) or ``vit``: a DeiT-Tiny-shaped torchvision ``VisionTransformer``
+    (patch 8, 12 blocks of width 192, 3 heads, linear patch embedding), randomly initialised."""
+    if name == "vit":
+        return tiny_vit(num_classes=num_classes, image_size=size, patch_size=8, num_layers=12,
+                        num_heads=3, hidden_dim=192, mlp_dim=768, stem="patch")
+    return torchvision.models.resnet18(num_classes=num_classes)
+
+
+def vit_loop_configurations(num_classes: int) -> dict[str, Any]:
+    """Plain-loop rows for the ViT: the saliency-free mix and the forward-label mixes (TransMix)."""
+
+    def forward(transform: type) -> Any:
+        return lambda model: SaliencyAugmenter(model, transform(num_classes=num_classes), labels_from="forward",
+                                               seed=0)
+
+    return {
+        "loop: plain step": None,
+        "loop: CutMix (SaliencyMix on flat saliency, no CAM)": lambda model: FlatSaliency(
+            SaliencyAugmenter(model, salaug.SaliencyMix(num_classes=num_classes), seed=0)),
+        "loop: TransMix (CutMix, labels from the forward's attention)": forward(salaug.SaliencyMix),
+        "loop: SnapMix, labels from the forward's attention": forward(salaug.SnapMix),
+    }
+
+
 def loop_configurations(num_classes: int) -> dict[str, Any]:
     """Plain-loop rows: ``None`` (no augmenter) or ``model -> SaliencyAugmenter``."""
 
@@ -167,9 +194,10 @@ class FlatSaliency:
 class LoopRun:
     """One configuration's model, optimizer and augmenter in a plain PyTorch training loop."""
 
-    def __init__(self, make_augmenter: Any, device: str, num_classes: int) -> None:
+    def __init__(self, make_augmenter: Any, device: str, num_classes: int, model: str = "resnet18",
+                 size: int = 96) -> None:
         torch.manual_seed(0)
-        self.model = torchvision.models.resnet18(num_classes=num_classes).to(device)
+        self.model = build_model(model, num_classes, size).to(device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.augment = make_augmenter(self.model) if make_augmenter else None
         self.cuda = torch.device(device).type == "cuda"
@@ -191,9 +219,10 @@ class LoopRun:
 
 
 def loop_round(configs: dict[str, Any], batches: list[tuple[torch.Tensor, torch.Tensor]], warmup: int, device: str,
-               num_classes: int) -> dict[str, list[float]]:
+               num_classes: int, model: str = "resnet18") -> dict[str, list[float]]:
     """Fresh runs of every configuration, interleaved step by step: each step's times of each run."""
-    runs = [(name, LoopRun(make, device, num_classes)) for name, make in configs.items()]
+    size = batches[0][0].shape[-1]
+    runs = [(name, LoopRun(make, device, num_classes, model, size)) for name, make in configs.items()]
     times: dict[str, list[float]] = {name: [] for name in configs}
     for i, (images, labels) in enumerate(batches):
         for j in range(len(runs)):  # the order rotates, so that no run always follows the same one
@@ -225,6 +254,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--loops", choices=("all", "loop", "lightning"), default="all",
                         help="which training loops to time (default: both)")
+    parser.add_argument("--model", choices=("resnet18", "vit"), default="resnet18",
+                        help="vit: a DeiT-Tiny-shaped ViT, plain loop only (CutMix, TransMix, SnapMix forward labels)")
     parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
                         help="time only the configurations whose name contains one of these (plain steps always)")
     args = parser.parse_args()
@@ -236,9 +267,12 @@ def main() -> None:
     data = TensorDataset(torch.randn(n, 3, args.size, args.size), torch.randint(0, k, (n,)))
     loader = DataLoader(data, batch_size=args.batch, shuffle=False)
     batches = [(x.to(args.device), y.to(args.device)) for x, y in loader]
-    loop = loop_configurations(k) if args.loops in ("all", "loop") else {}
+    if args.model == "vit" and args.loops == "lightning":
+        parser.error("--model vit times the plain loop only; use --loops loop")
+    loop_rows = vit_loop_configurations(k) if args.model == "vit" else loop_configurations(k)
+    loop = loop_rows if args.loops in ("all", "loop") else {}
     lightning = {f"lightning: {name}": make for name, make in configurations(k).items()} \
-        if args.loops in ("all", "lightning") else {}
+        if args.loops in ("all", "lightning") and args.model == "resnet18" else {}
     if args.only:
         def keep(name: str) -> bool:
             return name.endswith("plain step") or any(text in name for text in args.only)
@@ -248,11 +282,12 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in [*loop, *lightning]}
     for _ in range(args.rounds):
         # the plain loop interleaves its configurations step by step; Lightning fit by fit
-        for name, ts in loop_round(loop, batches, args.warmup, args.device, k).items():
+        for name, ts in loop_round(loop, batches, args.warmup, args.device, k, args.model).items():
             times[name].extend(ts)
         for name, make in lightning.items():
             times[name].append(fit_once(make, loader, args.steps, args.warmup, args.device, k))
-    print(f"ResNet-18, batch {args.batch}, {args.size}x{args.size}, device {args.device}, "
+    model = "ViT (DeiT-Tiny shape, patch 8)" if args.model == "vit" else "ResNet-18"
+    print(f"{model}, batch {args.batch}, {args.size}x{args.size}, device {args.device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.rounds} interleaved "
           f"rounds x {args.steps} steps")
     print("| configuration | ms / step | ratio to plain step |")
