@@ -189,3 +189,12 @@ def test_examples_pass_no_deprecated_arguments() -> None:
         text = path.read_text()
         assert not re.search(r"SaliencyAugment(?:er|ation)\([^)]*\bp=", text, re.S), path.name
         assert not re.search(r"^\s+p: 1\.0", text, re.M), path.name
+
+
+def test_vit_transmix(tmp_path: Path) -> None:
+    out = run([str(EXAMPLES / "vit_transmix.py"), "--epochs", "1", "--limit", "128", "--test", "64"], tmp_path)
+    line = r"epoch 0 \| loss (\d+\.\d+) \| test acc (\d\.\d{3}) \| attention moved (\d+) labels by (\d\.\d{3})"
+    found = re.search(line, out)
+    assert found, out[-3000:]
+    assert float(found[1]) > 0 and 0 < int(found[3]) <= 128  # half the samples are mixed (p=0.5) per batch
+    assert list(tmp_path.iterdir()) == []  # writes nothing
