@@ -16,7 +16,7 @@ from benchmarks.payoff.data import splits_of
 from benchmarks.payoff.statistics import paired
 
 ARCH_NAMES = {"demonet": "DemoNet", "resnet8": "ResNet8", "resnet18": "ResNet-18 (CIFAR stem)",
-              "vit": "tiny ViT (patch 4, 4 blocks, width 64)"}
+              "vit": "tiny ViT (conv stem to 8 x 8 tokens, 4 blocks, width 64)"}
 BASE_NAMES = {"none": "none (no crop, no flip: a secondary, no-recipe table)",
               "cropflip": "padded random crop + horizontal flip",
               "trivialaugment": "TrivialAugmentWide + padded random crop + horizontal flip"}
@@ -56,8 +56,10 @@ def _ci(d: dict[str, float] | None) -> str:
 def header(cfg: Config, what: str, wall: float, workers: int, trained: int, reused: int) -> str:
     """The paragraph above a cell's tables: the regime, the arms and the wall time."""
     return (f"Dataset {cfg.dataset}, {cfg.size}x{cfg.size}, {cfg.num_classes} classes, {cfg.train_per_class} "
-            f"training images per class, {ARCH_NAMES[cfg.arch]} width {cfg.width}, {cfg.epochs} epochs "
-            f"{'SGD cosine' if cfg.optimizer == 'sgd' else 'AdamW OneCycle'} lr {cfg.lr:g}, "
+            f"training images per class, {ARCH_NAMES[cfg.arch]}"
+            f"{f' width {cfg.width}' if cfg.arch in ('demonet', 'resnet8') else ''}, {cfg.epochs} epochs "
+            f"{'SGD cosine' if cfg.optimizer == 'sgd' else 'AdamW OneCycle'} lr {cfg.lr:g} weight decay "
+            f"{cfg.weight_decay:g}, "
             f"base augmentation in every arm: {BASE_NAMES[cfg.base]}, "
             f"batch {cfg.batch_size}, p={cfg.p:g} per sample, no mixing in the last {cfg.off_epochs} epoch(s) unless "
             f"the arm says off=; {cfg.seeds} paired seeds, final-epoch accuracy on {cfg.test_size} test images per "
