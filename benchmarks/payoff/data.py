@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -15,18 +16,16 @@ from salaug.datasets import ClutteredObjects, TexturedBlobs
 from salaug.demo import TEST_SEED
 from salaug.transforms.recipe import crop_flip
 
-SPLITS = ("id", *ClutteredObjects.SHIFTS)
-SPLIT_OPTIONS: dict[str, dict[str, Any]] = {"id": {}, **ClutteredObjects.SHIFTS}
-TEXTURE_SPLITS = ("id", *TexturedBlobs.SHIFTS)
-TEXTURE_SPLIT_OPTIONS: dict[str, dict[str, Any]] = {"id": {}, **TexturedBlobs.SHIFTS}
-SHIFTS = {"objects": SPLITS, "textures": TEXTURE_SPLITS, "digits": ("id",)}
+#: the shifted test sets per dataset, as constructor options (digits and folders have none)
+SHIFTS: dict[str, Mapping[str, dict[str, Any]]] = {"objects": ClutteredObjects.SHIFTS,
+                                                   "textures": TexturedBlobs.SHIFTS}
 Split = Literal["train", "val", "test"]
 BENCHMARKS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def splits_of(dataset: str) -> list[str]:
     """The test splits of a dataset: ``id`` and its shift splits."""
-    return list(SHIFTS.get(dataset, ("id",)))
+    return ["id", *SHIFTS.get(dataset, {})]
 
 
 def _objects(split: Split, cfg: Config, seed: int, length: int, **options: Any) -> dict[str, Tensor]:
@@ -117,7 +116,7 @@ def load_data(cfg: Config, seed: int) -> tuple[dict[str, Tensor], dict[str, dict
         _DATA_CACHE[key] = make("train", cfg, seed, n_train)
     tkey = ("test", cfg.dataset, cfg.size, cfg.test_size, cfg.num_classes)
     if tkey not in _DATA_CACHE:
-        options = TEXTURE_SPLIT_OPTIONS if cfg.dataset == "textures" else SPLIT_OPTIONS
+        options = {"id": {}, **SHIFTS.get(cfg.dataset, {})}
         _DATA_CACHE[tkey] = {s: make("test", cfg, TEST_SEED, cfg.test_size, **options[s])
                              for s in splits_of(cfg.dataset)}
     return _DATA_CACHE[key], _DATA_CACHE[tkey]
