@@ -139,6 +139,11 @@ def build_model(name: str, num_classes: int, size: int) -> torch.nn.Module:
     return torchvision.models.resnet18(num_classes=num_classes)
 
 
+def flat_mix(transform: type, num_classes: int) -> Any:
+    """``model -> augmenter`` of ``transform`` fed flat saliency: the saliency-free mix, no CAM forward."""
+    return lambda model: FlatSaliency(SaliencyAugmenter(model, transform(num_classes=num_classes), seed=0))
+
+
 def vit_loop_configurations(num_classes: int) -> dict[str, Any]:
     """Plain-loop rows for the ViT: the saliency-free mix and the forward-label mixes (TransMix)."""
 
@@ -148,8 +153,7 @@ def vit_loop_configurations(num_classes: int) -> dict[str, Any]:
 
     return {
         "loop: plain step": None,
-        "loop: CutMix (SaliencyMix on flat saliency, no CAM)": lambda model: FlatSaliency(
-            SaliencyAugmenter(model, salaug.SaliencyMix(num_classes=num_classes), seed=0)),
+        "loop: CutMix (SaliencyMix on flat saliency, no CAM)": flat_mix(salaug.SaliencyMix, num_classes),
         "loop: TransMix (CutMix, labels from the forward's attention)": forward(salaug.SaliencyMix),
         "loop: SnapMix, labels from the forward's attention": forward(salaug.SnapMix),
     }
@@ -163,12 +167,9 @@ def loop_configurations(num_classes: int) -> dict[str, Any]:
         return lambda model: SaliencyAugmenter(model, transform(num_classes=num_classes), cam="gradcam",
                                                target_layer="layer4", cam_scale=scale, seed=0, **options)
 
-    def flat(transform: type) -> Any:
-        return lambda model: FlatSaliency(SaliencyAugmenter(model, transform(num_classes=num_classes), seed=0))
-
     return {
         "loop: plain step": None,
-        "loop: CutMix (SaliencyMix on flat saliency, no CAM)": flat(salaug.SaliencyMix),
+        "loop: CutMix (SaliencyMix on flat saliency, no CAM)": flat_mix(salaug.SaliencyMix, num_classes),
         "loop: SaliencyAugmenter CutMix, labels from the forward": ours(salaug.SaliencyMix, 1.0, labels_from="forward"),
         "loop: SaliencyAugmenter SnapMix, labels from the forward": ours(salaug.SnapMix, 1.0, labels_from="forward"),
         "loop: SaliencyAugmenter GradCAM x1.0 + SaliencyMix": ours(salaug.SaliencyMix, 1.0),
