@@ -49,6 +49,7 @@ from salaug.augmenter import SaliencyAugmenter
 from salaug.callback import SaliencyAugmentation
 from salaug.cam.base import eval_mode
 from salaug.models import tiny_vit
+from salaug.sources import Flat, SaliencySource
 
 
 class Classifier(pl.LightningModule):
@@ -66,23 +67,38 @@ class Classifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
 
 
-class GradCamPackageAugmentation(SaliencyAugmentation):
-    """The same callback with its CAMs from pytorch-grad-cam instead of salaug's engine.
+class GradCamPackage(SaliencySource):
+    """CAMs from pytorch-grad-cam instead of salaug's engine, on the LightningModule given at setup.
 
     pytorch-grad-cam puts the model in eval mode and never restores it, and zeroes the grads; the
     modes are restored here so that training stays correct (the comparison is about speed).
     """
 
-    def compute_saliency(
-        self, trainer: Any, pl_module: Any, images: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
+    def __init__(self, target_layer: str) -> None:
+        self.target_layer = target_layer
+        self.module: torch.nn.Module | None = None
+
+    def saliency(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-        layer = pl_module.get_submodule(self.target_layer)
-        with eval_mode(pl_module), GradCAM(model=pl_module, target_layers=[layer]) as cam:
+        assert self.module is not None, "set at setup"
+        layer = self.module.get_submodule(self.target_layer)
+        with eval_mode(self.module), GradCAM(model=self.module, target_layers=[layer]) as cam:
             maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in labels])
         return torch.from_numpy(maps).unsqueeze(1).to(images.device)
+
+
+class GradCamPackageAugmentation(SaliencyAugmentation):
+    """The callback with its saliency from :class:`GradCamPackage`."""
+
+    def __init__(self, transform: Any, target_layer: str) -> None:
+        self.package = GradCamPackage(target_layer)
+        super().__init__(transform, source=self.package)
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.package.module = pl_module
+        super().setup(trainer, pl_module, stage)
 
 
 class StepTimer(pl.Callback):
@@ -141,7 +157,7 @@ def build_model(name: str, num_classes: int, size: int) -> torch.nn.Module:
 
 def flat_mix(transform: type, num_classes: int) -> Any:
     """``model -> augmenter`` of ``transform`` fed flat saliency: the saliency-free mix, no CAM forward."""
-    return lambda model: FlatSaliency(SaliencyAugmenter(model, transform(num_classes=num_classes), seed=0))
+    return lambda model: SaliencyAugmenter(model, transform(num_classes=num_classes), source=Flat(), seed=0)
 
 
 def vit_loop_configurations(num_classes: int) -> dict[str, Any]:
@@ -180,16 +196,6 @@ def loop_configurations(num_classes: int) -> dict[str, Any]:
         "loop: SaliencyAugmenter GradCAM x1.0 + PuzzleMix transport": ours(
             lambda num_classes: salaug.PuzzleMix(num_classes=num_classes, transport=True), 1.0),
     }
-
-
-class FlatSaliency:
-    """An augmenter fed flat saliency: the saliency-free mix through the same code, no CAM forward."""
-
-    def __init__(self, augmenter: SaliencyAugmenter) -> None:
-        self.augmenter = augmenter
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.augmenter(images, labels, saliency=torch.ones_like(images[:, :1]))
 
 
 class LoopRun:

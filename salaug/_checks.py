@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, Literal, TypeVar, overload
+from typing import Literal, TypeVar, overload
 
 import torch
 import torch.nn.functional as F
@@ -553,12 +553,3 @@ def check_size(name: str, value: object, *, optional: bool = False) -> tuple[int
     raise TypeError(f"{name} must be a positive int or an (h, w) pair of positive ints"
                     f"{' or None' if optional else ''}, got {value!r}")
 
-
-def __getattr__(name: str) -> Any:
-    # to_soft_labels is public in salaug.transforms.labels; internal code still imports it from here
-    # (lazily: salaug.transforms imports this module)
-    if name == "to_soft_labels":
-        from salaug.transforms.labels import to_soft_labels
-
-        return to_soft_labels
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

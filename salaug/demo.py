@@ -40,6 +40,7 @@ from salaug.cam import GradCAM
 from salaug.datasets import ClutteredObjects
 from salaug.metrics import cam_box_iou, label_fidelity, mix_visibility, pointing_game
 from salaug.monitor import SaliencyMonitor
+from salaug.sources import Flat
 from salaug.transforms.base import SaliencyTransform
 from salaug.transforms.mix import GuidedMixup
 from salaug.transforms.recipe import crop_flip
@@ -154,15 +155,6 @@ def crop_flip_collate(samples: Sequence[Any]) -> list[Any]:
 
 
 
-class _FlatSaliency(SaliencyAugmentation):
-    """The callback with a flat saliency map: SaliencyMix then degenerates to plain CutMix."""
-
-    def compute_saliency(self, trainer: Any, pl_module: Any, images: Tensor, labels: Tensor) -> Tensor:
-        return torch.zeros_like(images[:, :1], dtype=torch.float32)
-
-
-
-
 @dataclass
 class RunResult:
     """What one demo run (an arm on a seed) measured.
@@ -248,14 +240,13 @@ def augment_as_trained(model: nn.Module, transform: SaliencyTransform, x: Tensor
                        flat: bool, num_classes: int | None = None) -> tuple[SaliencyAugmenter, Tensor, Tensor]:
     """One batch augmented as training augmented it: ``(augmenter, images, soft labels)``.
 
-    The augmenter takes the arm's label source (a flat map on the CAM path for the ``-flat`` twin,
-    the library default otherwise); with labels from the forward, the model's forward of the mixed
+    The augmenter takes the arm's saliency source (:class:`~salaug.sources.Flat` for the ``-flat``
+    twin, the library default otherwise); with labels from the forward, the model's forward of the mixed
     images fills the labels, as the training step's forward did.
     """
-    aug = SaliencyAugmenter(model, transform, target_layer=TARGET_LAYER, seed=seed, num_classes=num_classes,
-                            labels_from="cam" if flat else "auto")
-    saliency = torch.zeros((x.shape[0], 1, *x.shape[-2:])) if flat else None  # flat: SaliencyMix is CutMix
-    images, labels = aug(x, y, saliency=saliency)
+    options: dict[str, Any] = {"source": Flat()} if flat else {"target_layer": TARGET_LAYER}
+    aug = SaliencyAugmenter(model, transform, seed=seed, num_classes=num_classes, **options)
+    images, labels = aug(x, y)
     if aug.labels_from == "forward":
         model(images)
     return aug, images, labels.detach()
@@ -277,7 +268,7 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
     batch = ds.render(range(n))
     x, y, masks = batch["image"], batch["label"], batch["mask"]
     aug, _, labels = augment_as_trained(model, transform, x, y, seed, flat_saliency, num_classes)
-    assert aug.last is not None and aug.last.params is not None and aug.last.saliency is not None
+    assert aug.last is not None and aug.last.params is not None
     params, saliency = aug.last.params, aug.last.saliency
     if "perm" not in params:  # label-preserving (crop, cutout): fidelity is 1 by construction
         return None
@@ -306,11 +297,10 @@ def _callbacks(arm: str, transform: SaliencyTransform | None, flat: bool, epochs
     callbacks: list[Any] = [SaliencyMonitor(target_layer=TARGET_LAYER, box_key=2, max_batches=2,
                                             every_n_epochs=max(epochs // 4, 1), head_check=False)]
     if transform is not None:
-        kind = _FlatSaliency if flat else SaliencyAugmentation
-        # the flat twin must see its flat map (labels_from="cam"); the method keeps the library default
-        callbacks.append(kind(transform, cam="gradcam", target_layer=TARGET_LAYER, seed=seed, cam_scale=cam_scale,
-                              stop_epoch=max(epochs - 1, 1) if epochs > 2 else None, log_every_n_steps=0,
-                              labels_from="cam" if flat else "auto"))
+        # the flat twin draws from the Flat source; the method keeps the library default
+        options: dict[str, Any] = {"source": Flat()} if flat else {"target_layer": TARGET_LAYER, "cam_scale": cam_scale}
+        callbacks.append(SaliencyAugmentation(transform, seed=seed, log_every_n_steps=0,
+                                              stop_epoch=max(epochs - 1, 1) if epochs > 2 else None, **options))
     return callbacks
 
 

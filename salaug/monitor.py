@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from salaug._batch import get_field
 from salaug._checks import check_flag, check_int, check_key
-from salaug.callback import callback_bases, picture_sinks
+from salaug._lightning import callback_bases, picture_sinks
 from salaug.cam import create_cam
 from salaug.diagnosis.measure import check_cams, score_maps
 from salaug.metrics import cam_box_iou, pointing_game

@@ -22,8 +22,8 @@ from salaug.cam.attention import (
     find_attention,
     is_attention,
     tokens_from_mask,
-    transmix_share,
 )
+from salaug.transforms.labels import transmix_share
 
 TOL = 1e-5
 
@@ -351,8 +351,8 @@ def test_cls_attention_bad_tokens():
         cls_attention(mha, [[0.0]])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="none of them a patch after num_prefix_tokens=1"):
         cls_attention(mha, torch.randn(2, 1, 64))
-    with pytest.raises(ValueError, match="num_prefix_tokens must be an int >= 1"):
-        cls_attention(mha, torch.randn(2, 65, 64), num_prefix_tokens=0)
+    with pytest.raises(ValueError, match="num_prefix_tokens must be an int >= 0"):
+        cls_attention(mha, torch.randn(2, 65, 64), num_prefix_tokens=-1)
     with pytest.raises(TypeError, match="num_prefix_tokens must be an int"):
         cls_attention(mha, torch.randn(2, 65, 64), num_prefix_tokens=1.5)  # type: ignore[arg-type]
 
@@ -499,3 +499,15 @@ def test_end_to_end_share_on_a_torchvision_vit():
     want_attn = (mha_reference(mha, capture_input(vit, mha, images)) * tokens).sum(1) / attn.sum(1)
     assert torch.allclose(share, 0.5 * want_attn + 0.5 * 0.25, atol=TOL)
     assert bool(((share >= 0) & (share <= 1)).all())
+
+
+def test_no_class_token_gives_the_attention_each_patch_receives():
+    # a global-pool ViT: num_prefix_tokens=0 averages the full attention matrix over queries and heads
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    tokens = torch.randn(3, 9, 16)
+    _, weights = mha(tokens, tokens, tokens, need_weights=True, average_attn_weights=True)  # (B, L, L)
+    got = cls_attention(mha, tokens, num_prefix_tokens=0)
+    assert got.shape == (3, 9)
+    assert (got - weights.mean(1)).abs().max() <= TOL
+    assert torch.allclose(got.sum(1), torch.ones(3))

@@ -68,7 +68,7 @@ def test_ema_state_of_another_architecture_is_refused_at_load():
     same = make(net(8), ema_decay=0.9)
     same.load_state_dict(state)  # the matching architecture resumes
     same(*batch(seed=1))
-    torch.testing.assert_close(same.ema_model.features[0].weight, small.ema_model.features[0].weight, rtol=0.2,
+    torch.testing.assert_close(same.source.ema_model.features[0].weight, small.source.ema_model.features[0].weight, rtol=0.2,
                                atol=0.05)
 
 
@@ -80,7 +80,7 @@ def test_ema_with_a_first_call_under_inference_mode():
     with torch.inference_mode():
         aug(*batch(seed=2))
     assert aug.steps == 3 and soft.shape == (6, K)
-    assert not any(p.is_inference() for p in aug.ema_model.parameters())
+    assert not any(p.is_inference() for p in aug.source.ema_model.parameters())
     flat = aug.last.saliency.flatten(1)
     assert int((flat.amax(1) > flat.amin(1)).sum()) >= 4  # real CAMs (an untrained net may give a zero map)
 

@@ -156,10 +156,10 @@ def test_soft_targets_are_the_cam_of_the_weighted_logit(net, images):
     # HiResCAM is linear in the gradient: raw(w1 l1 + w2 l2) = w1 raw(l1) + w2 raw(l2)
     cam = sc.HiResCAM(net, "features")
     w = torch.tensor([[0.0, 0.25, 0.0, 0.75, 0.0]]).expand(4, 5)
-    from salaug.cam.base import _Targets
+    from salaug.cam.base import Targets
 
     leaf, logits = cam._forward_with_grad(images, cam.target_layer)
-    soft = torch.autograd.grad(_Targets(None, w).score(logits).sum(), leaf, retain_graph=True)[0]
+    soft = torch.autograd.grad(Targets(None, w).score(logits).sum(), leaf, retain_graph=True)[0]
     g1 = torch.autograd.grad(logits[:, 1].sum(), leaf, retain_graph=True)[0]
     g3 = torch.autograd.grad(logits[:, 3].sum(), leaf)[0]
     torch.testing.assert_close(soft, 0.25 * g1 + 0.75 * g3)

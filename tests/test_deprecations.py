@@ -96,7 +96,7 @@ def test_augmenter_targets_label_is_labels():
 
     old = _warns_at_caller(lambda: make("label"), "targets='labels'")
     assert isinstance(old, salaug.SaliencyAugmenter)
-    assert old.targets == "labels"
+    assert old.source.targets == "labels"
     for a, b in zip(_augment(old), _augment(make("labels")), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

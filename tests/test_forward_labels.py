@@ -1,4 +1,4 @@
-"""Forward labels: soft labels of a mixed batch filled by the user's own forward of it."""
+"""Forward labels (ForwardEvidence): soft labels of a mixed batch filled by the user's own forward of it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import salaug
-from salaug.forward_labels import ForwardLabels, pasted_region, supports_forward_labels
+from salaug.sources import ForwardEvidence, PendingLabels, pasted_region
 from salaug.models import DemoNet
 from salaug.transforms.labels import evidence_share, mix_soft_labels
 
@@ -41,10 +41,20 @@ def object_images(b: int, k: int, size: int = 16, side: int = 6) -> tuple[torch.
 
 def mixed_batch(transform, x, labels, k, seed=0):
     soft = F.one_hot(labels, k).float()
-    flat = torch.ones(x.shape[0], 1, *x.shape[-2:])
-    out, params = transform(x, flat, soft, return_params=True, generator=torch.Generator().manual_seed(seed))
+    out, params = transform(x, None, soft, return_params=True, generator=torch.Generator().manual_seed(seed))
     area = transform.area_share(params, x.shape[-2:]) * params["applied"]
     return soft, out, params, area
+
+
+def arm(fwd, transform, x, labels, k, seed=0):
+    """What the augmenter does: the transform on flat saliency, then the source's pending labels."""
+    soft, out, params, area = mixed_batch(transform, x, labels, k, seed)
+    y = fwd.labels(x, soft, out, params, transform, step=0)
+    return y, out, params, area, soft
+
+
+def hook_count(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 @pytest.mark.parametrize("transform", [salaug.SnapMix(num_classes=4, p=1.0), salaug.SaliencyMix(num_classes=4, p=1.0),
@@ -53,11 +63,9 @@ def test_labels_from_true_mask_cams_are_the_visible_object_shares(transform):
     k = 4
     net = MaskNet(k)
     x, labels = object_images(8, k)
-    soft, out, params, area = mixed_batch(transform, x, labels, k)
-    fwd = ForwardLabels(net, "features", blend=1.0)
-    y = out.labels
-    fwd.arm(out.images, y, soft, params, area)
-    assert fwd.pending
+    fwd = ForwardEvidence(net, "features", blend=1.0)
+    y, out, params, area, soft = arm(fwd, transform, x, labels, k)
+    assert fwd.pending and isinstance(y, PendingLabels) and not y.filled
     net(out.images)
     assert not fwd.pending
     # what each mixed image shows: pixels of its own object outside the box, of the partner's inside it
@@ -101,18 +109,17 @@ def test_one_forward_per_step_and_no_hooks_left():
     torch.manual_seed(0)
     net = DemoNet(num_classes=5, width=8)
     calls = counting(net)
-    fwd = ForwardLabels(net, "features")
+    fwd = ForwardEvidence(net, "features")
     t = salaug.SnapMix(num_classes=5, p=1.0)
     x, labels = torch.rand(6, 3, 32, 32), torch.arange(6) % 5
-    hooks_before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
-    soft, out, params, area = mixed_batch(t, x, labels, 5)
-    fwd.arm(out.images, out.labels, soft, params, area)
-    loss = F.cross_entropy(net(out.images), out.labels)
+    hooks_before = hook_count(net)
+    y, out, *_ = arm(fwd, t, x, labels, 5)
+    assert hook_count(net) > hooks_before
+    loss = F.cross_entropy(net(out.images), y)
     loss.backward()
     assert len(calls) == 1
-    hooks_after = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
-    assert hooks_after == hooks_before
-    torch.testing.assert_close(out.labels.sum(1), torch.ones(6))
+    assert hook_count(net) == hooks_before
+    torch.testing.assert_close(y.sum(1), torch.ones(6))
 
 
 def test_labels_do_not_touch_grads_or_change_the_backward():
@@ -120,29 +127,30 @@ def test_labels_do_not_touch_grads_or_change_the_backward():
     net = DemoNet(num_classes=5, width=8)
     t = salaug.SnapMix(num_classes=5, p=1.0)
     x, labels = torch.rand(6, 3, 32, 32), torch.arange(6) % 5
-    soft, out, params, area = mixed_batch(t, x, labels, 5)
-    fwd = ForwardLabels(net, "features")
-    fwd.arm(out.images, out.labels, soft, params, area)
+    fwd = ForwardEvidence(net, "features")
+    y, out, *_ = arm(fwd, t, x, labels, 5)
     logits = net(out.images)
     assert all(p.grad is None for p in net.parameters())
-    F.cross_entropy(logits, out.labels).backward()
+    F.cross_entropy(logits, y).backward()
     grads = [p.grad.clone() for p in net.parameters()]
     net.zero_grad(set_to_none=True)
-    F.cross_entropy(net(out.images), out.labels.clone()).backward()  # same labels, no hooks
+    F.cross_entropy(net(out.images), y.clone()).backward()  # same labels, no hooks
     for g, p in zip(grads, net.parameters()):
         torch.testing.assert_close(g, p.grad)
 
 
-def test_automatic_layer_is_chosen_in_the_armed_forward():
+def test_automatic_layer_is_the_one_a_live_cam_chooses():
     net = DemoNet(num_classes=5, width=8)
-    fwd = ForwardLabels(net)
+    fwd = ForwardEvidence(net)
     assert fwd.kind == "auto"
     t = salaug.SnapMix(num_classes=5, p=1.0)
-    soft, out, params, area = mixed_batch(t, torch.rand(4, 3, 32, 32), torch.arange(4), 5)
-    fwd.arm(out.images, out.labels, soft, params, area)
+    x = torch.rand(4, 3, 32, 32)
+    y, out, *_ = arm(fwd, t, x, torch.arange(4), 5)
     net(out.images)
-    assert fwd.kind == "cam" and fwd.target_layer_name is not None
-    assert not fwd.pending
+    live = salaug.sources.LiveCAM(net)
+    live.saliency(x, torch.arange(4))
+    assert fwd.kind == "cam" and fwd.target_layer_name == live.cam.target_layer_name  # one rule
+    assert not fwd.pending and y.filled
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -151,38 +159,99 @@ def test_autocast_labels_are_finite(dtype):
         pytest.importorskip("torch")  # CPU autocast supports float16 in recent torch
     net = DemoNet(num_classes=5, width=8)
     t = salaug.SnapMix(num_classes=5, p=1.0)
-    soft, out, params, area = mixed_batch(t, torch.rand(6, 3, 32, 32), torch.arange(6) % 5, 5)
-    fwd = ForwardLabels(net, "features")
-    fwd.arm(out.images, out.labels, soft, params, area)
+    fwd = ForwardEvidence(net, "features")
+    y, out, *_ = arm(fwd, t, torch.rand(6, 3, 32, 32), torch.arange(6) % 5, 5)
     with torch.autocast("cpu", dtype=dtype):
         net(out.images)
-    assert out.labels.dtype == torch.float32 and torch.isfinite(out.labels).all()
-    torch.testing.assert_close(out.labels.sum(1), torch.ones(6))
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    torch.testing.assert_close(y.sum(1), torch.ones(6))
 
 
 # ----------------------------------------------------------------------------- clear errors
 def armed(net, layer="features", b=4):
     t = salaug.SnapMix(num_classes=5, p=1.0)
-    soft, out, params, area = mixed_batch(t, torch.rand(b, 3, 32, 32), torch.arange(b) % 5, 5)
-    fwd = ForwardLabels(net, layer)
-    fwd.arm(out.images, out.labels, soft, params, area)
-    return fwd, out, (soft, params, area)
+    fwd = ForwardEvidence(net, layer)
+    y, out, *_ = arm(fwd, t, torch.rand(b, 3, 32, 32), torch.arange(b) % 5, 5)
+    return fwd, out, y
 
 
-def test_arming_again_before_the_forward_is_refused():
+def test_arming_again_before_the_forward_drops_the_first_batch_with_a_warning():
     net = DemoNet(num_classes=5, width=8)
-    fwd, out, (soft, params, area) = armed(net)
-    with pytest.raises(RuntimeError, match="never filled"):
-        fwd.arm(out.images, out.labels, soft, params, area)
-    assert not fwd.pending and not any(m._forward_hooks for m in net.modules())
+    before = hook_count(net)
+    fwd, out, first = armed(net)
+    t = salaug.SnapMix(num_classes=5, p=1.0)
+    with pytest.warns(RuntimeWarning, match="never filled"):
+        second, out2, *_ = arm(fwd, t, torch.rand(4, 3, 32, 32), torch.arange(4), 5)
+    with pytest.raises(RuntimeError, match="were dropped"):
+        first.sum()
+    net(out2.images)
+    assert second.filled and not fwd.pending and hook_count(net) == before
 
 
-def test_forward_of_other_images_is_refused():
+@pytest.mark.parametrize("copy", [lambda y: y.double(), lambda y: y.clone(), lambda y: y.to("cpu", copy=True),
+                                  lambda y: y + 0, lambda y: y.detach().cpu().numpy(), lambda y: y[0].tolist(),
+                                  lambda y: F.cross_entropy(torch.zeros(4, 5), y), lambda y: str(y.sum())])
+def test_a_use_before_the_forward_raises_and_names_why(copy):
     net = DemoNet(num_classes=5, width=8)
-    fwd, out, _ = armed(net)
-    with pytest.raises(RuntimeError, match="other inputs"):
-        net(torch.rand(7, 3, 32, 32))
-    assert not fwd.pending
+    fwd, out, y = armed(net)
+    with pytest.raises(RuntimeError, match="has not run yet.*Run model\\(images\\) first"):
+        copy(y)
+    # metadata and no-op conversions are fine before the forward; the forward then fills the same tensor
+    assert y.shape == (4, 5) and y.dtype == torch.float32 and y.device.type == "cpu" and len(y) == 4
+    assert y.to("cpu") is y and y.float() is y and y.contiguous() is y
+    assert "PendingLabels" in repr(y)
+    net(out.images)
+    assert y.filled and type(y + 0) is torch.Tensor and type(y.clone()) is torch.Tensor
+    torch.testing.assert_close(y.double().sum(1), torch.ones(4, dtype=torch.float64))
+
+
+def test_a_forward_of_other_images_of_the_same_shape_fills_nothing():
+    net = DemoNet(num_classes=5, width=8)
+    fwd, out, y = armed(net)
+    other = torch.rand_like(out.images)
+    net(other)                          # another batch, same shape: ignored
+    with torch.no_grad():
+        net(torch.rand(7, 3, 32, 32))   # a validation batch under no_grad: ignored
+    assert fwd.pending and not y.filled
+    net(out.images)
+    assert y.filled and not fwd.pending
+    # the labels are those of the mixed images, as if the other forwards had never run
+    fwd2, out2, y2 = armed(net)
+    net(out2.images)
+    fwd3 = ForwardEvidence(net, "features")
+    y3, out3, *_ = arm(fwd3, salaug.SnapMix(num_classes=5, p=1.0), torch.rand(4, 3, 32, 32), torch.arange(4) % 5, 5)
+    net(out3.images.clone().contiguous(memory_format=torch.channels_last))  # a copy in another layout is ours
+    assert y3.filled
+
+
+def test_an_exception_in_the_forward_removes_the_hooks_and_drops_the_batch():
+    class Flaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = DemoNet(num_classes=5, width=8)
+            self.fail = True
+
+        def forward(self, x):
+            out = self.net(x)
+            if self.fail:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return out
+
+    model = Flaky()
+    before = hook_count(model)
+    fwd, out, y = armed(model, layer="net.features")
+    with pytest.warns(RuntimeWarning, match="raised; its labels were dropped"), \
+            pytest.raises(torch.cuda.OutOfMemoryError):
+        model(out.images)
+    assert hook_count(model) == before and not fwd.pending
+    with pytest.raises(RuntimeError, match="were dropped"):
+        F.cross_entropy(torch.zeros(4, 5), y)
+    model.fail = False
+    with torch.no_grad():
+        model(out.images)  # the next no_grad forward works: no stale hook
+    fwd2, out2, y2 = armed(model, layer="net.features")  # and the next batch works
+    model(out2.images)
+    assert y2.filled and hook_count(model) == before
 
 
 @pytest.mark.parametrize("ctx", [torch.no_grad, torch.inference_mode])
@@ -208,24 +277,82 @@ def test_target_layer_that_does_not_run_is_refused():
     fwd, out, _ = armed(model, layer="unused")
     with pytest.raises(RuntimeError, match="did not run"):
         model(out.images)
+    assert not fwd.pending and hook_count(model) == 0
+
+
+def test_a_submodule_forward_is_named_when_the_labels_are_used():
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = DemoNet(num_classes=5, width=8)
+
+        def forward(self, x):
+            return self.net(x)
+
+    model = Wrapper()
+    fwd, out, y = armed(model, layer="net.features")
+    logits = model.net(out.images)  # a training step calling the submodule, not the model
+    with pytest.raises(RuntimeError, match="not inside a forward of Wrapper itself.*self.net\\(x\\)"):
+        F.cross_entropy(logits, y)
+    fwd.cancel()
+    assert hook_count(model) == 0
+
+
+def test_a_tuple_returning_target_layer_is_named_as_such():
+    class TupleBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 3, padding=1)
+
+        def forward(self, x):
+            a = self.conv(x)
+            return a, a.mean()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = TupleBlock()
+            self.head = nn.Linear(5, 5)
+
+        def forward(self, x):
+            a, _ = self.block(x)
+            return self.head(a.mean((2, 3)))
+
+    model = Net()
+    fwd, out, _ = armed(model, layer="block")
+    with pytest.raises(ValueError, match="returns a tuple of 2, not a tensor"):
+        model(out.images)
+    assert hook_count(model) == 0
+
+
+def test_a_1x1_target_map_is_warned_about():
+    net = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(5, 5))
+    fwd, out, y = armed(net, layer="2")
+    with pytest.warns(RuntimeWarning, match="1x1 map"):
+        net(out.images)
+    assert y.filled
 
 
 def test_compiled_model_and_bad_blend_are_refused():
     net = DemoNet(num_classes=5, width=8)
     with pytest.raises(RuntimeError, match="torch.compile"):
-        ForwardLabels(torch.compile(net))
+        ForwardEvidence(torch.compile(net))
     with pytest.raises(ValueError, match="blend"):
-        ForwardLabels(net, blend=1.5)
+        ForwardEvidence(net, blend=1.5)
     with pytest.raises(ValueError):
-        ForwardLabels(net, "no.such.layer")
+        ForwardEvidence(net, "no.such.layer")
 
 
-def test_which_transforms_support_forward_labels():
-    assert supports_forward_labels(salaug.SnapMix(num_classes=3))
-    assert supports_forward_labels(salaug.SaliencyMix(num_classes=3))
-    assert supports_forward_labels(salaug.ResizeMix(num_classes=3))
-    assert not supports_forward_labels(salaug.GuidedMixup(num_classes=3))
-    assert not supports_forward_labels(salaug.SalientCrop())
+def test_which_transforms_forward_evidence_serves():
+    assert ForwardEvidence.serves(salaug.SnapMix(num_classes=3))
+    assert ForwardEvidence.serves(salaug.SaliencyMix(num_classes=3))
+    assert ForwardEvidence.serves(salaug.ResizeMix(num_classes=3))
+    assert not ForwardEvidence.serves(salaug.GuidedMixup(num_classes=3))
+    assert not ForwardEvidence.serves(salaug.SalientCrop())
+    assert ForwardEvidence.is_default_for(salaug.SnapMix(num_classes=3))
+    assert not ForwardEvidence.is_default_for(salaug.SnapMix(num_classes=3, labels="area"))
+    assert not ForwardEvidence.is_default_for(salaug.SaliencyMix(num_classes=3))
 
 
 # ----------------------------------------------------------------------------- ViTs: TransMix
@@ -237,14 +364,13 @@ def test_transmix_labels_match_a_direct_attention_computation():
     with torch.no_grad():
         vit.heads.head.weight.normal_()  # torchvision starts the head at zero
     t = salaug.SaliencyMix(num_classes=5, p=1.0)  # CutMix on flat saliency
-    soft, out, params, area = mixed_batch(t, torch.rand(6, 3, 32, 32), torch.arange(6) % 5, 5)
-    fwd = ForwardLabels(vit)
+    fwd = ForwardEvidence(vit)
     assert fwd.kind == "attention" and fwd.blend == 0.5
     attn_module = vit.encoder.layers[-1].self_attention
     seen = {}
     handle = attn_module.register_forward_pre_hook(lambda m, a: seen.update(x=a[0].detach()))
     calls = counting(vit)
-    fwd.arm(out.images, out.labels, soft, params, area)
+    y, out, params, area, soft = arm(fwd, t, torch.rand(6, 3, 32, 32), torch.arange(6) % 5, 5)
     vit(out.images)
     handle.remove()
     assert len(calls) == 1 and not fwd.pending
@@ -255,7 +381,7 @@ def test_transmix_labels_match_a_direct_attention_computation():
     tokens = F.avg_pool2d(box, 4).flatten(1)  # the box on the token grid, row-major
     lam_attn = (attn * tokens).sum(1) / attn.sum(1)
     share = (0.5 * lam_attn + 0.5 * area) * params["applied"]
-    torch.testing.assert_close(out.labels, mix_soft_labels(soft, params["perm"], share), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y, mix_soft_labels(soft, params["perm"], share), atol=1e-5, rtol=0)
 
 
 def test_transmix_under_bf16_autocast_is_finite():
@@ -263,13 +389,12 @@ def test_transmix_under_bf16_autocast_is_finite():
 
     vit = tiny_vit(num_classes=5, num_layers=2, hidden_dim=32, mlp_dim=64)
     t = salaug.SnapMix(num_classes=5, p=1.0)
-    soft, out, params, area = mixed_batch(t, torch.rand(4, 3, 32, 32), torch.arange(4), 5)
-    fwd = ForwardLabels(vit)
-    fwd.arm(out.images, out.labels, soft, params, area)
+    fwd = ForwardEvidence(vit)
+    y, out, *_ = arm(fwd, t, torch.rand(4, 3, 32, 32), torch.arange(4), 5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         vit(out.images)
-    assert torch.isfinite(out.labels).all()
-    torch.testing.assert_close(out.labels.sum(1), torch.ones(4))
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.sum(1), torch.ones(4))
 
 
 # ----------------------------------------------------------------------------- the augmenter and the callback
@@ -284,11 +409,12 @@ def test_augmenter_forward_labels_are_the_visible_shares_with_one_forward_per_st
         x = x.roll(step, 0)
         labels = labels.roll(step, 0)
         images, soft = aug(x, labels)
-        area_labels = soft.clone()
+        params = aug.last.params
+        area = aug.transform.area_share(params, (16, 16)) * params["applied"]
+        area_labels = mix_soft_labels(F.one_hot(labels, k).float(), params["perm"], area)
         assert len(calls) == step  # the augmenter ran no forward of its own
         net(images)
         assert len(calls) == step + 1
-        params = aug.last.params
         region = pasted_region(params, (16, 16))[:, 0]
         own = images[torch.arange(8), labels]
         partner = images[torch.arange(8), labels[params["perm"]]]
@@ -299,13 +425,20 @@ def test_augmenter_forward_labels_are_the_visible_shares_with_one_forward_per_st
         assert not torch.allclose(soft, area_labels)
 
 
-def test_augmenter_refuses_a_second_batch_before_the_forward():
+def test_augmenter_drops_a_batch_whose_forward_never_ran():
     net = DemoNet(num_classes=5, width=8)
-    aug = salaug.SaliencyAugmenter(net, salaug.SnapMix(num_classes=5), labels_from="forward", seed=0)
+    aug = salaug.SaliencyAugmenter(net, salaug.SnapMix(num_classes=5, p=1.0), labels_from="forward", seed=0)
     x, y = torch.rand(4, 3, 32, 32), torch.arange(4)
+    _, first = aug(x, y)
+    with pytest.warns(RuntimeWarning, match="batch 0 were never filled"):
+        images, second = aug(x, y)
+    with pytest.raises(RuntimeError, match="batch 0 were dropped"):
+        first.clone()
+    net(images)
+    assert second.filled
     aug(x, y)
-    with pytest.raises(RuntimeError, match="never filled"):
-        aug(x, y)
+    aug.cancel()  # a loop that abandons a batch
+    assert hook_count(net) == 0
 
 
 @pytest.mark.parametrize("options, match", [
@@ -373,9 +506,10 @@ def test_callback_forward_labels_are_final_when_the_loss_reads_them(tmp_path):
 
         def training_step(self, batch, batch_idx):
             x, y = batch
-            before = y.clone()
+            with pytest.raises(RuntimeError, match="has not run yet"):
+                y.clone()  # a copy before the forward cannot hold area labels
             logits = self(x)
-            self.read.append((before, y.clone()))  # what the loss reads
+            self.read.append(y.clone())  # what the loss reads
             return F.cross_entropy(logits, y)
 
         def configure_optimizers(self):
@@ -391,10 +525,11 @@ def test_callback_forward_labels_are_final_when_the_loss_reads_them(tmp_path):
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
     assert module.forwards == 3 and len(module.read) == 3  # one forward per step: no CAM pass
     assert cb.labels_from == "forward"
-    for _, after in module.read:
+    for after in module.read:
         assert torch.isfinite(after).all()
         torch.testing.assert_close(after.sum(1), torch.ones(8))
-    assert any(not torch.allclose(before, after) for before, after in module.read)
+    assert any(bool((after.amax(1) < 1).any()) for after in module.read)  # mixed rows
+    assert hook_count(module) == 0
 
 
 def test_ddp_each_rank_fills_its_labels_from_its_own_forward(tmp_path):

@@ -500,7 +500,7 @@ def test_defaults_are_the_benchmarks_choice():
     import inspect
 
     from salaug import SaliencyAugmentation, SaliencyAugmenter
-    from salaug.forward_labels import CAM_BLEND
+    from salaug.sources.forward import CAM_BLEND
 
     for cls in (SaliencyAugmenter, SaliencyAugmentation):
         params = inspect.signature(cls).parameters

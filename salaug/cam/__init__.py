@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from salaug.cam.attention import attention_input, cls_attention, find_attention, tokens_from_mask, transmix_share
+from salaug.cam.attention import attention_input, cls_attention, find_attention, tokens_from_mask
 from salaug.cam.base import BaseCAM
 from salaug.cam.eigen import EigenCAM
 from salaug.cam.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
@@ -50,7 +50,6 @@ __all__ = [
     "attention_input",
     "cls_attention",
     "tokens_from_mask",
-    "transmix_share",
 ]
 
 #: name -> class, the names accepted by :func:`create_cam` (and by the callback's ``cam=``).

@@ -11,8 +11,10 @@ partner's label weight. This module holds the pure parts, with no hooks on model
 * :func:`cls_attention` recomputes the CLS row ``softmax(q_cls kᵀ · scale)`` from that input,
   because torchvision's ``VisionTransformer`` runs its attention with ``need_weights=False`` and
   timm's fused attention never builds the matrix;
-* :func:`tokens_from_mask` brings a pixel mask (the pasted box) to the token grid;
-* :func:`transmix_share` blends the attention share with the area share.
+* :func:`tokens_from_mask` brings a pixel mask (the pasted box) to the token grid.
+
+The label rule that blends the attention share with the area share is
+:func:`salaug.transforms.labels.transmix_share` (the CAM engine imports nothing of augmentation).
 
 Two layouts are understood: ``torch.nn.MultiheadAttention`` (torchvision's ViT blocks'
 ``self_attention``) and timm-style attention (a ``qkv`` ``nn.Linear`` to ``3 * inner`` features,
@@ -30,9 +32,8 @@ Example:
     >>> attn.shape, bool(attn.sum(1).le(1 + 1e-6).all())
     (torch.Size([2, 64]), True)
     >>> box = torch.zeros(2, 1, 32, 32); box[..., :16, :16] = 1.0   # pasted top-left quarter
-    >>> share = transmix_share(attn, tokens_from_mask(box, 8), torch.full((2,), 0.25))
-    >>> share.shape
-    torch.Size([2])
+    >>> tokens_from_mask(box, 8).shape
+    torch.Size([2, 64])
 """
 
 from __future__ import annotations
@@ -46,11 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salaug._checks import check_float, check_int, check_saliency_shape, value_checks_on
+from salaug._checks import check_int, check_saliency_shape, value_checks_on
 from salaug.cam.layers import resolve_target_layer, unwrap_model
-from salaug.transforms.labels import evidence_share
 
-__all__ = ["attention_input", "cls_attention", "find_attention", "is_attention", "tokens_from_mask", "transmix_share"]
+__all__ = ["attention_input", "cls_attention", "find_attention", "is_attention", "tokens_from_mask"]
 
 
 def _is_timm_attention(module: nn.Module) -> bool:
@@ -249,7 +249,9 @@ def cls_attention(module: nn.Module, tokens: Tensor, *, num_prefix_tokens: int =
             ``(B, L, C)`` with ``L = num_prefix_tokens + N``; ``(L, B, C)`` for a
             ``MultiheadAttention`` built with ``batch_first=False``.
         num_prefix_tokens: how many leading tokens are not patches (the first is the class token
-            whose row is read).
+            whose row is read; then e.g. register tokens). ``0``: a ViT without a class token
+            (global average pooling): the attention each patch receives, averaged over all queries
+            and heads (the pooled token's view; builds the full ``L x L`` matrix).
 
     Returns:
         ``(B, N)`` float32, detached, on ``tokens.device``.
@@ -268,9 +270,11 @@ def cls_attention(module: nn.Module, tokens: Tensor, *, num_prefix_tokens: int =
     """
     _check_module(module)
     qk = _mha_projections(module) if isinstance(module, nn.MultiheadAttention) else _timm_projections(module)
-    check_int("num_prefix_tokens", num_prefix_tokens, low=1)
+    check_int("num_prefix_tokens", num_prefix_tokens, low=0)
     prefix = int(num_prefix_tokens)
     x = _check_tokens(tokens, qk, prefix, type(module).__name__)
+    if prefix == 0:
+        return _pooled_attention(qk, x)
     b, length, _ = x.shape
     heads = qk.num_heads
     with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
@@ -293,6 +297,25 @@ def cls_attention(module: nn.Module, tokens: Tensor, *, num_prefix_tokens: int =
         scale = qk.scale.float() if isinstance(qk.scale, Tensor) else qk.scale
         row = logits.mul_(scale).softmax(-1)                     # (B, h, L)
         return row[:, :, prefix:].mean(1)
+
+
+def _pooled_attention(qk: _QK, x: Tensor) -> Tensor:
+    """``(B, L)`` the attention each token receives, averaged over queries and heads (no class token)."""
+    b, length, _ = x.shape
+    heads = qk.num_heads
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        x = x.float()
+        q = F.linear(x, qk.wq.detach().float(), None if qk.bq is None else qk.bq.detach().float())
+        k = F.linear(x, qk.wk.detach().float(), None if qk.bk is None else qk.bk.detach().float())
+        q = q.view(b, length, heads, -1).transpose(1, 2)
+        k = k.view(b, length, heads, -1).transpose(1, 2)
+        if qk.q_norm is not None:
+            q = _float32_call(qk.q_norm, q)
+        if qk.k_norm is not None:
+            k = _float32_call(qk.k_norm, k)
+        scale = qk.scale.float() if isinstance(qk.scale, Tensor) else qk.scale
+        attn = (q @ k.transpose(-2, -1)).mul_(scale).softmax(-1)   # (B, h, L, L)
+        return attn.mean((1, 2))
 
 
 def _check_tokens(tokens: object, qk: _QK, prefix: int, owner: str) -> Tensor:
@@ -361,44 +384,3 @@ def tokens_from_mask(mask: Tensor, grid: int | tuple[int, int]) -> Tensor:
             raise ValueError(f"mask values must lie in [0, 1], got min {float(lo):.4g}, max {float(hi):.4g}; pass "
                              "the pasted region as a 0 / 1 (or fractional) mask")
     return F.avg_pool2d(mask.float(), (h // gh, w // gw)).flatten(1)
-
-
-def transmix_share(attn: Tensor, token_mask: Tensor, area_share: Tensor, blend: float = 0.5) -> Tensor:
-    """The partner's label weight: the attention share of the pasted region blended with its area share.
-
-    ``λ_attn = Σ attn · token_mask / Σ attn`` per sample (the attention inside the box over the
-    whole row), ``λ = blend · λ_attn + (1 − blend) · area_share``; the mixed target is
-    ``(1 − λ) · y_a + λ · y_b``. TransMix uses ``blend=0.5``. A sample whose attention sums to
-    zero (or is not finite) keeps its area share.
-
-    Args:
-        attn: ``(B, N)`` non-negative attention over patches (:func:`cls_attention`).
-        token_mask: ``(B, N)`` fraction of each patch covered by the pasted region
-            (:func:`tokens_from_mask`).
-        area_share: ``(B,)`` the pasted region's share of the image area.
-        blend: weight of the attention share in ``[0, 1]``.
-
-    Returns:
-        ``(B,)`` float32.
-
-    Raises:
-        TypeError: an argument is not a floating-point tensor, or ``blend`` not a number.
-        ValueError: wrong shapes, or ``blend`` outside ``[0, 1]``.
-
-    Example:
-        >>> attn = torch.tensor([[0.1, 0.3, 0.2, 0.2]])
-        >>> transmix_share(attn, torch.tensor([[0.0, 1.0, 0.0, 0.0]]), torch.tensor([0.25])).tolist()
-        [0.3125]
-    """
-    check_float("blend", blend, low=0.0, high=1.0)
-    blend = float(blend)
-    for name, t, dims in (("attn", attn, 2), ("token_mask", token_mask, 2), ("area_share", area_share, 1)):
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            what = type(t).__name__ if not isinstance(t, Tensor) else t.dtype
-            raise TypeError(f"{name} must be a floating-point tensor, got {what}")
-        if t.ndim != dims:
-            raise ValueError(f"{name} must be {'(B, N)' if dims == 2 else '(B,)'}, got shape {tuple(t.shape)}")
-    if token_mask.shape != attn.shape or area_share.shape[0] != attn.shape[0]:
-        raise ValueError(f"attn {tuple(attn.shape)}, token_mask {tuple(token_mask.shape)} and area_share "
-                         f"{tuple(area_share.shape)} must agree: (B, N), (B, N), (B,) on the same patch grid")
-    return evidence_share(attn, attn, token_mask, area_share, blend)

@@ -65,9 +65,10 @@ from salaug._checks import (
     value_checks_on,
     zero_nonfinite_maps,
 )
+from salaug.cam.capture import LayerCapture, StopForward, check_ran_once
 from salaug.cam.hooks import Hooks
 from salaug.cam.layers import (
-    _POOLING_HEADS,
+    POOLING_HEADS,
     is_compiled,
     pick_recorded_layer,
     probe_target_layer,
@@ -75,7 +76,7 @@ from salaug.cam.layers import (
     unwrap_model,
 )
 
-__all__ = ["BaseCAM", "eval_mode", "finalize_cam", "weighted_sum"]
+__all__ = ["BaseCAM", "Targets", "check_logits", "eval_mode", "finalize_cam", "no_autocast", "weighted_sum"]
 
 
 def model_dtype(model: nn.Module) -> torch.dtype | None:
@@ -124,10 +125,6 @@ def model_on(model: nn.Module, device: torch.device | None) -> nn.Module:
 _EPS = 1e-7
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward once the target activations are captured."""
-
-
 # --------------------------------------------------------------------------------------------- #
 # context helpers
 # --------------------------------------------------------------------------------------------- #
@@ -166,7 +163,7 @@ def _isolated(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     try:
         return torch.autocast(device_type=device.type, enabled=False)
     except (RuntimeError, ValueError):  # pragma: no cover - exotic device types
@@ -243,7 +240,7 @@ def _check_targets(targets: object, batch: int) -> Tensor | None:
     return targets
 
 
-def _check_logits(output: object, batch: int, recorded: bool = False) -> Tensor:
+def check_logits(output: object, batch: int, recorded: bool = False) -> Tensor:
     if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[0] != batch or not output.is_floating_point():
         got = f"shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
         if isinstance(output, Tensor) and output.dtype.is_floating_point:
@@ -261,36 +258,6 @@ def _check_logits(output: object, batch: int, recorded: bool = False) -> Tensor:
     return output
 
 
-def _check_layer_output(output: object, name: str, has_reshape: bool) -> Tensor:
-    if not isinstance(output, Tensor):
-        raise ValueError(
-            f"target layer {name!r} returns {type(output).__name__}, not a tensor; choose a layer whose output is "
-            "a (B, C, h, w) tensor"
-        )
-    if not has_reshape and output.ndim != 4:
-        hint = (
-            " (token output: pass reshape=salaug.cam.vit_reshape or your own (B, N, D) -> (B, D, h, w) function)"
-            if output.ndim == 3
-            else ""
-        )
-        raise ValueError(
-            f"target layer {name!r} outputs shape {tuple(output.shape)}, but CAMs need a (B, C, h, w) feature "
-            f"map{hint}; choose a convolutional layer (e.g. ResNet 'layer4') or pass reshape="
-        )
-    return output
-
-
-def _check_ran_once(calls: int, name: str, where: str = "in one forward") -> None:
-    """A target layer must run exactly once per forward (0: not reached, 2+: a reused module)."""
-    if calls == 0:
-        raise RuntimeError(f"target layer {name!r} did not run during the model's forward")
-    if calls > 1:
-        raise ValueError(
-            f"target layer {name!r} ran {calls} times {where} (a module the model reuses, e.g. one shared ReLU, or "
-            "several forwards); choose a module that runs once per forward, such as the block containing it"
-        )
-
-
 def _prepare_images(images: object, model: nn.Module) -> Tensor:
     """Check a ``(B, C, H, W)`` batch and cast it to the model's parameter dtype."""
     images = check_images(images)
@@ -306,7 +273,7 @@ def _prepare_images(images: object, model: nn.Module) -> Tensor:
     return images
 
 
-class _Targets:
+class Targets:
     """Resolved targets: ``index`` ``(B,)`` long or ``weight`` ``(B, K)`` float32, on the logits' device."""
 
     def __init__(self, index: Tensor | None, weight: Tensor | None) -> None:
@@ -314,7 +281,7 @@ class _Targets:
         self.weight = weight
 
     @classmethod
-    def resolve(cls, targets: Tensor | None, logits: Tensor) -> _Targets:
+    def resolve(cls, targets: Tensor | None, logits: Tensor) -> Targets:
         k = logits.shape[1]
         if targets is None:
             return cls(logits.detach().argmax(dim=1), None)
@@ -365,7 +332,7 @@ def finalize_cam(raw: Tensor, output_size: tuple[int, int] | None) -> Tensor:
         >>> finalize_cam(torch.zeros(1, 2, 2), (4, 4)).abs().max().item()
         0.0
     """
-    with _no_autocast(raw.device):
+    with no_autocast(raw.device):
         # checked at feature resolution: a finite map in [0, 1] stays finite through the resize and
         # the second min-max, so the full-size map needs no second pass
         cam = zero_nonfinite_maps(_minmax(raw.float().clamp_min(0)).unsqueeze(1))
@@ -516,7 +483,7 @@ class BaseCAM:
 
         Deprecated (a ``DeprecationWarning``; removed in 0.5.0): the training forward's
         own CAM evidence is what ``SaliencyAugmenter(..., labels_from="forward")`` reads
-        (:mod:`salaug.forward_labels`), the one way to use it.
+        (:class:`salaug.sources.ForwardEvidence`), the one way to use it.
 
         The block's forward runs exactly as the caller set it up (train mode, grad enabled,
         autocast); nothing is changed but a temporary forward hook. Use :meth:`from_logits`
@@ -555,46 +522,39 @@ class BaseCAM:
                 "record() is already active for this CAM; record() blocks do not nest: leave the first block "
                 "(and call from_logits()) before recording again, or use a second CAM object"
             )
-        rec: dict[str, Any] = {"acts": None, "size": None, "calls": 0}
         model = self._model
-        has_reshape = self.reshape is not None
+        sizes: list[tuple[int, int]] = []
 
         def size_hook(_module: nn.Module, args: tuple[Any, ...], _kwargs: dict[str, Any]) -> None:
-            if rec["size"] is None and args and isinstance(args[0], Tensor) and args[0].ndim == 4:
-                rec["size"] = (int(args[0].shape[-2]), int(args[0].shape[-1]))
+            if not sizes and args and isinstance(args[0], Tensor) and args[0].ndim == 4:
+                sizes.append((int(args[0].shape[-2]), int(args[0].shape[-1])))
 
-        hooks = Hooks()
-        hooks.on_input(model, size_hook)
-        try:
+        seen: list[tuple[nn.Module, Tensor]] = []
+        capture = None
+        with Hooks() as hooks:
+            hooks.on_input(model, size_hook)
             if self._layer is not None:
-                name = self._layer_name or type(self._layer).__name__
-
-                keep_copy = not self.uses_gradients
-
-                def layer_hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-                    acts = _check_layer_output(output, name, has_reshape)
-                    # EigenCAM needs no graph: keep a copy in case the model modifies it in place
-                    rec["acts"] = acts.detach().clone() if keep_copy else acts
-                    rec["calls"] += 1
-
-                hooks.on_output(self._layer, layer_hook)
+                # EigenCAM needs no graph: it keeps a copy in case the model modifies the output in place
+                keep = "graph" if self.uses_gradients else "copy"
+                capture = LayerCapture(self._layer, self._layer_name or type(self._layer).__name__, keep=keep,
+                                       tokens_ok=self.reshape is not None)
+                capture.attach(hooks)
             else:
-                seen: list[tuple[nn.Module, Tensor]] = []
-                rec["seen"] = seen
-                hooks.on_spatial_outputs(model, seen, skip=_POOLING_HEADS)
+                hooks.on_spatial_outputs(model, seen, skip=POOLING_HEADS)
             self._recording = None
             self._record_active = True
-            yield self
-        finally:
-            self._record_active = False
-            hooks.remove()
+            try:
+                yield self
+            finally:
+                self._record_active = False
+        acts, calls = (capture.acts, capture.calls) if capture is not None else (None, 0)
         if self._layer is None:
-            chosen = pick_recorded_layer(rec.get("seen", []))
+            chosen = pick_recorded_layer(seen)
             if chosen is not None:
                 self._layer = chosen[0]
                 self._layer_name = next(n for n, m in model.named_modules() if m is chosen[0])
-                rec["acts"] = chosen[1]
-        self._recording = {"acts": rec["acts"], "size": rec["size"], "calls": max(rec["calls"], 1)}
+                acts = chosen[1]
+        self._recording = {"acts": acts, "size": sizes[0] if sizes else None, "calls": max(calls, 1)}
 
     def from_logits(
         self,
@@ -634,22 +594,22 @@ class BaseCAM:
                 "layer must run inside the block; a torch.compile'd model ignores the hook)"
             )
         self._recording = None
-        _check_ran_once(rec["calls"], self._layer_name or "?", "inside record() (run exactly one forward per block)")
+        check_ran_once(rec["calls"], self._layer_name or "?", "inside record() (run exactly one forward per block)")
         acts: Tensor = rec["acts"]
         batch = acts.shape[0]
         size = _check_output_size(output_size, rec["size"])
         checked = _check_targets(targets, batch)
         grads = None
-        with _no_autocast(acts.device):
+        with no_autocast(acts.device):
             if self.uses_gradients:
-                logits = _check_logits(logits, batch, recorded=True)
+                logits = check_logits(logits, batch, recorded=True)
                 if not acts.requires_grad:
                     raise RuntimeError(
                         "the recorded forward ran without gradients (torch.no_grad / inference_mode / frozen trunk); "
                         "record a forward with grad enabled, or call the CAM directly"
                     )
                 with torch.enable_grad():
-                    score = _Targets.resolve(checked, logits).score(logits).sum()
+                    score = Targets.resolve(checked, logits).score(logits).sum()
                 if not score.requires_grad:
                     raise RuntimeError(
                         "from_logits() got logits that do not require grad; pass the output of the forward run "
@@ -662,7 +622,7 @@ class BaseCAM:
                         "inside record(); pass the logits of that same forward (one forward per record() block)"
                     )
             a, g = self._feature_maps(acts.detach(), grads)
-            raw = self._combine(a, g)
+            raw = self.combine(a, g)
         return finalize_cam(raw, size)
 
     # ------------------------------------------------------------------ machinery
@@ -697,71 +657,48 @@ class BaseCAM:
                 raise ValueError(f"reshape must return a (B, C, h, w) tensor, got {got}")
         return acts.float(), (grads.float() if grads is not None else None)
 
+    def _capture(self, layer: nn.Module, keep: str, *, stop: bool = False) -> LayerCapture:
+        name = self._layer_name or type(layer).__name__
+        return LayerCapture(layer, name, keep=keep, stop=stop, tokens_ok=self.reshape is not None)  # type: ignore[arg-type]
+
     def _forward_with_grad(self, images: Tensor, layer: nn.Module) -> tuple[Tensor, Tensor]:
         """No-grad trunk, grad-enabled head. Returns the activation leaf and the logits."""
-        store: dict[str, Tensor] = {}
-        name = self._layer_name or type(layer).__name__
-        has_reshape = self.reshape is not None
-
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
-            _check_layer_output(output, name, has_reshape)
-            torch.set_grad_enabled(True)  # restored by the enclosing no_grad() on exit
-            leaf = output.detach().requires_grad_(True)
-            store["acts"] = leaf
-            calls[0] += 1
-            return leaf.clone()  # a non-leaf, so in-place consumers (ReLU(inplace=True)) are fine
-
-        calls = [0]
+        capture = self._capture(layer, "leaf")
         with Hooks() as hooks, torch.no_grad():
-            hooks.on_output(layer, hook)
+            capture.attach(hooks)
             logits = self._model(images)
-        _check_ran_once(calls[0], name)
-        return store["acts"], _check_logits(logits, images.shape[0])
+        return capture.activations(), check_logits(logits, images.shape[0])
 
     def _forward_capture(self, images: Tensor, layer: nn.Module, *, stop: bool = False) -> tuple[Tensor, Tensor | None]:
         """No-grad forward capturing the target output; ``stop`` ends the forward right there."""
-        store: dict[str, Tensor] = {}
-        name = self._layer_name or type(layer).__name__
-        has_reshape = self.reshape is not None
-
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            acts = _check_layer_output(output, name, has_reshape).detach()
-            if stop:
-                store["acts"] = acts
-                raise _StopForward
-            # a copy: the rest of the forward may modify the output in place (ReLU(inplace=True))
-            store["acts"] = acts.clone()
-            calls[0] += 1
-
-        calls = [0]
+        capture = self._capture(layer, "copy", stop=stop)
         logits = None
         with Hooks() as hooks, torch.no_grad():
-            hooks.on_output(layer, hook)
+            capture.attach(hooks)
             try:
                 logits = self._model(images)
-            except _StopForward:
+            except StopForward:
                 pass
-        if "acts" not in store:
-            raise RuntimeError(f"target layer {name!r} did not run during the model's forward")
-        if not stop:
-            _check_ran_once(calls[0], name)
-            logits = _check_logits(logits, images.shape[0])
-        return store["acts"], logits
+        if capture.acts is None:
+            raise RuntimeError(f"target layer {capture.name!r} did not run during the model's forward")
+        if stop:
+            return capture.acts, None
+        return capture.activations(), check_logits(logits, images.shape[0])
 
     def _compute(self, images: Tensor, targets: Tensor | None, layer: nn.Module) -> Tensor:
         """Raw CAM ``(B, h, w)`` (float32, before ReLU) for a batch; gradient methods by default."""
         leaf, logits = self._forward_with_grad(images, layer)
-        with _no_autocast(images.device), torch.enable_grad():
-            score = _Targets.resolve(targets, logits).score(logits).sum()
+        with no_autocast(images.device), torch.enable_grad():
+            score = Targets.resolve(targets, logits).score(logits).sum()
             if not score.requires_grad:
                 raise RuntimeError(f"the logits do not depend on target layer {self._layer_name!r}")
             (grads,) = torch.autograd.grad(score, leaf, allow_unused=True)
             if grads is None:
                 raise RuntimeError(f"the logits do not depend on target layer {self._layer_name!r}")
             acts, g = self._feature_maps(leaf.detach(), grads)
-            return self._combine(acts, g)
+            return self.combine(acts, g)
 
-    def _combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+    def combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
         """Method-specific: ``(B, C, h, w)`` float32 activations (+ gradients) -> ``(B, h, w)``."""
         raise NotImplementedError
 

@@ -47,7 +47,7 @@ class EigenCAM(BaseCAM):
     def _compute(self, images: Tensor, targets: Tensor | None, layer: nn.Module) -> Tensor:
         acts, _ = self._forward_capture(images, layer, stop=True)
         a, _ = self._feature_maps(acts, None)
-        return self._combine(a, None)
+        return self.combine(a, None)
 
     def from_logits(
         self,
@@ -63,7 +63,7 @@ class EigenCAM(BaseCAM):
         """
         return super().from_logits(logits, None, output_size=output_size)  # type: ignore[arg-type]
 
-    def _combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+    def combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
         b, c, h, w = acts.shape
         finite = torch.isfinite(acts).flatten(1).all(dim=1).view(b, 1, 1, 1)
         # zeros for such an image: the SVD of a non-finite matrix fails, that of zeros projects to 0

@@ -33,7 +33,7 @@ class GradCAM(BaseCAM):
 
     name = "gradcam"
 
-    def _combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+    def combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
         assert grads is not None
         return weighted_sum(grads.mean(dim=(2, 3)), acts)
 
@@ -48,7 +48,7 @@ class GradCAMPlusPlus(BaseCAM):
 
     name = "gradcam++"
 
-    def _combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+    def combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
         assert grads is not None
         g2 = grads * grads
         g3 = g2 * grads
@@ -64,7 +64,7 @@ class XGradCAM(BaseCAM):
 
     name = "xgradcam"
 
-    def _combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+    def combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
         assert grads is not None
         weights = (grads * acts).sum(dim=(2, 3)) / (acts.sum(dim=(2, 3)) + 1e-7)
         return weighted_sum(weights, acts)
@@ -75,7 +75,7 @@ class HiResCAM(BaseCAM):
 
     name = "hirescam"
 
-    def _combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+    def combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
         assert grads is not None
         return (grads * acts).sum(dim=1)
 
@@ -85,6 +85,6 @@ class LayerCAM(BaseCAM):
 
     name = "layercam"
 
-    def _combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
+    def combine(self, acts: Tensor, grads: Tensor | None) -> Tensor:
         assert grads is not None
         return (grads.clamp_min(0) * acts).sum(dim=1)

@@ -42,9 +42,13 @@ class Hooks:
         """Whether any hook is registered."""
         return bool(self._handles)
 
-    def on_output(self, module: nn.Module, fn: OutputHook) -> None:
-        """Call ``fn(module, args, output)`` after each forward of ``module`` (a return value replaces the output)."""
-        self._handles.append(module.register_forward_hook(fn))
+    def on_output(self, module: nn.Module, fn: OutputHook, *, always: bool = False) -> None:
+        """Call ``fn(module, args, output)`` after each forward of ``module`` (a return value replaces the output).
+
+        ``always``: also when the forward raises (``output`` is then ``None``), so a job waiting for
+        the forward can clean up; an exception ``fn`` raises then is turned into a warning by torch.
+        """
+        self._handles.append(module.register_forward_hook(fn, always_call=always))
 
     def on_input(self, module: nn.Module, fn: InputHook) -> None:
         """Call ``fn(module, args, kwargs)`` before each forward of ``module``."""

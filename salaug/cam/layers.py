@@ -30,7 +30,7 @@ from salaug.cam.hooks import Hooks
 
 __all__ = ["unwrap_model", "resolve_target_layer", "probe_target_layer", "vit_reshape", "is_compiled"]
 
-_POOLING_HEADS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+POOLING_HEADS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -167,7 +167,7 @@ def probe_target_layer(model: nn.Module, images: Tensor) -> tuple[str, nn.Module
     """
     records: list[tuple[nn.Module, Tensor]] = []
     with Hooks() as hooks, torch.no_grad():
-        hooks.on_spatial_outputs(model, records, skip=_POOLING_HEADS)
+        hooks.on_spatial_outputs(model, records, skip=POOLING_HEADS)
         model(images[:1])
     chosen = pick_recorded_layer(records)
     module = chosen[0] if chosen is not None else None

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salaug.cam.base import BaseCAM, _no_autocast, _Targets, weighted_sum
+from salaug.cam.base import BaseCAM, Targets, no_autocast, weighted_sum
 from salaug.cam.hooks import Hooks
 
 __all__ = ["AblationCAM", "ScoreCAM"]
@@ -78,8 +78,8 @@ class ScoreCAM(_PerturbationCAM):
     def _compute(self, images: Tensor, targets: Tensor | None, layer: nn.Module) -> Tensor:
         acts, logits = self._forward_capture(images, layer)
         assert logits is not None
-        with _no_autocast(images.device):
-            tgt = _Targets.resolve(targets, logits)
+        with no_autocast(images.device):
+            tgt = Targets.resolve(targets, logits)
             a, _ = self._feature_maps(acts, None)
         b, c, h, w = a.shape
         size = images.shape[-2:]
@@ -88,14 +88,14 @@ class ScoreCAM(_PerturbationCAM):
         with torch.no_grad():
             for rows in self._chunks(b * c, a.device):
                 img = torch.div(rows, c, rounding_mode="floor")
-                with _no_autocast(images.device):
+                with no_autocast(images.device):
                     mask = F.interpolate(flat.index_select(0, rows), size=size, mode="bilinear", align_corners=True)
                     flat_mask = mask.flatten(1)
                     lo, hi = flat_mask.amin(dim=1), flat_mask.amax(dim=1)
                     mask = (mask - lo.view(-1, 1, 1, 1)) / (hi - lo + 1e-8).view(-1, 1, 1, 1)
                 out = self._model(images.index_select(0, img) * mask.to(images.dtype))
                 scores[rows] = tgt.score(out, img)
-        with _no_autocast(images.device):
+        with no_autocast(images.device):
             weights = torch.softmax(scores.view(b, c), dim=1)
             return weighted_sum(weights, a)
 
@@ -167,8 +167,8 @@ class AblationCAM(_PerturbationCAM):
     def _compute(self, images: Tensor, targets: Tensor | None, layer: nn.Module) -> Tensor:
         acts, logits = self._forward_capture(images, layer)
         assert logits is not None
-        with _no_autocast(images.device):
-            tgt = _Targets.resolve(targets, logits)
+        with no_autocast(images.device):
+            tgt = Targets.resolve(targets, logits)
             original = tgt.score(logits)  # (B,)
         b, c = acts.shape[:2]
         low = acts.flatten(1).amin(dim=1)
@@ -191,7 +191,7 @@ class AblationCAM(_PerturbationCAM):
                     ablated = self._ablate_full(images, acts, value, tgt, pending)
         finally:
             pending.clear()
-        with _no_autocast(images.device):
+        with no_autocast(images.device):
             # a zero score has no scale and no sign to divide by: its weights are the raw drops
             s = original.unsqueeze(1)
             weights = (s - ablated.view(b, c)) / torch.where(s == 0, torch.ones_like(s), s)
@@ -199,7 +199,7 @@ class AblationCAM(_PerturbationCAM):
             return weighted_sum(weights, a)
 
     def _ablate_full(
-        self, images: Tensor, acts: Tensor, value: Tensor, tgt: _Targets, pending: dict[str, Tensor]
+        self, images: Tensor, acts: Tensor, value: Tensor, tgt: Targets, pending: dict[str, Tensor]
     ) -> Tensor:
         """Chunks of ``batch_size`` (image, channel) rows across images; the whole model per row."""
         out = self._ablate_rows(acts, value, tgt, pending, lambda img: images.index_select(0, img), tolerant=False)
@@ -210,7 +210,7 @@ class AblationCAM(_PerturbationCAM):
         self,
         acts: Tensor,
         value: Tensor,
-        tgt: _Targets,
+        tgt: Targets,
         pending: dict[str, Tensor],
         inputs: Callable[[Tensor], Tensor],
         tolerant: bool,
@@ -264,7 +264,7 @@ class AblationCAM(_PerturbationCAM):
         return self._shared_trunk[key]
 
     def _ablate_across_images(
-        self, images: Tensor, acts: Tensor, value: Tensor, tgt: _Targets, pending: dict[str, Tensor]
+        self, images: Tensor, acts: Tensor, value: Tensor, tgt: Targets, pending: dict[str, Tensor]
     ) -> Tensor | None:
         """Chunks of ``batch_size`` (image, channel) rows across images; the trunk on one image.
 
@@ -274,7 +274,7 @@ class AblationCAM(_PerturbationCAM):
         return self._ablate_rows(acts, value, tgt, pending, lambda _img: first, tolerant=True)
 
     def _ablate_trunk_once(
-        self, images: Tensor, acts: Tensor, value: Tensor, tgt: _Targets, pending: dict[str, Tensor]
+        self, images: Tensor, acts: Tensor, value: Tensor, tgt: Targets, pending: dict[str, Tensor]
     ) -> Tensor | None:
         """Chunks of up to ``batch_size`` channels of one image; the trunk runs on that image once.
 

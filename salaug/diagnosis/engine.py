@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from salaug._batch import get_field
 from salaug._checks import check_class_indices, check_flag, check_images, check_int
-from salaug.cam.base import BaseCAM, _check_logits, eval_mode, model_device, model_on
+from salaug.cam.base import BaseCAM, check_logits, eval_mode, model_device, model_on
 from salaug.cam.hooks import Hooks
 from salaug.diagnosis.measure import CAM_ROLES, PARTS, check_cams, score_maps
 from salaug.diagnosis.references import random_reference
@@ -367,7 +367,7 @@ def _batch_fields(batch: Any, opts: _Options, device: torch.device) -> tuple[Ten
 
 def _logit_width(logits: Any, batch: int, num_classes: int | None) -> int:
     """The model's output width ``K``, after the checks that the maps and accuracies need."""
-    logits = _check_logits(logits, batch)
+    logits = check_logits(logits, batch)
     if logits.shape[1] < 2:
         raise ValueError("the model has one output: class maps and accuracies need K >= 2 logits; for a binary "
                          "classifier with one logit z wrap it to return torch.cat([-z, z], dim=1)")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import math
 from contextvars import ContextVar
-from typing import Any, ClassVar, Literal, NamedTuple, overload
+from typing import Any, ClassVar, Literal, NamedTuple, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -88,12 +88,13 @@ class SalientBatch(NamedTuple):
 
     Attributes:
         images: ``(B, C, H, W)``, same dtype and device as the input images.
-        saliency: ``(B, 1, H, W)`` float32 in ``[0, 1]``, transformed together with the images.
+        saliency: ``(B, 1, H, W)`` float32 in ``[0, 1]``, transformed together with the images;
+            ``None`` when the call was given ``saliency=None`` (flat).
         labels: ``(B, K)`` float32 soft labels, rows summing to 1.
     """
 
     images: Tensor
-    saliency: Tensor
+    saliency: Tensor | None
     labels: Tensor
 
 
@@ -233,6 +234,9 @@ class SaliencyTransform(nn.Module):
     #: constructor options that change what a replay of the same params does to the pixels; params
     #: remember their values and a replay on a transform with other values is refused
     replay_options: ClassVar[tuple[str, ...]] = ()
+    #: whether ``saliency=None`` (flat) is handled without building a map: the box mixes then draw
+    #: their boxes at random and label by area, reading no saliency; the others get a flat map
+    flat_without_maps: ClassVar[bool] = False
 
     def __init__(self, num_classes: int | None = None, *, p: float = 1.0,
                  generator: torch.Generator | None = None) -> None:
@@ -359,17 +363,17 @@ class SaliencyTransform(nn.Module):
 
     # -- the call -------------------------------------------------------------------------------
     @overload
-    def forward(self, images: Tensor, saliency: Tensor, labels: Tensor, *, num_classes: int | None = ...,
+    def forward(self, images: Tensor, saliency: Tensor | None, labels: Tensor, *, num_classes: int | None = ...,
                 params: dict[str, Tensor] | None = ..., return_params: Literal[False] = ...,
                 generator: torch.Generator | None = ..., interpolation: Interpolation | None = ...) -> SalientBatch: ...
 
     @overload
-    def forward(self, images: Tensor, saliency: Tensor, labels: Tensor, *, num_classes: int | None = ...,
+    def forward(self, images: Tensor, saliency: Tensor | None, labels: Tensor, *, num_classes: int | None = ...,
                 params: dict[str, Tensor] | None = ..., return_params: Literal[True],
                 generator: torch.Generator | None = ...,
                 interpolation: Interpolation | None = ...) -> tuple[SalientBatch, Params]: ...
 
-    def forward(self, images: Tensor, saliency: Tensor, labels: Tensor, *, num_classes: int | None = None,
+    def forward(self, images: Tensor, saliency: Tensor | None, labels: Tensor, *, num_classes: int | None = None,
                 params: dict[str, Tensor] | None = None, return_params: bool = False,
                 generator: torch.Generator | None = None, interpolation: Interpolation | None = None):
         """Transform a batch.
@@ -383,7 +387,10 @@ class SaliencyTransform(nn.Module):
             images: ``(B, C, H, W)`` floating point, any normalisation, any memory format; on a
                 replay (``params`` given) also bool or integer masks / label maps.
             saliency: ``(B, 1, H, W)`` (or lower resolution ``(B, 1, h, w)`` of the same aspect,
-                as a feature map of the images) in ``[0, 1]``.
+                as a feature map of the images) in ``[0, 1]``, or ``None``: flat saliency (no
+                information: random placement, area labels), the output's ``saliency`` is then
+                ``None`` too. The box mixes (SnapMix, SaliencyMix, ResizeMix) read no map at all
+                then; the others are given a map of ones.
             labels: ``(B,)`` class indices (needs ``num_classes``) or ``(B, K)`` probabilities.
             num_classes: overrides the constructor's ``num_classes`` for this call.
             params: parameters returned by an earlier call (``return_params=True``) to replay the
@@ -427,7 +434,13 @@ class SaliencyTransform(nn.Module):
                 "t(masks, saliency, labels, params=params), which keeps their dtype and values")
         images = check_images(images, finite=True, masks=replay)
         mode = self._interpolation(images, interpolation)
-        saliency = check_saliency(saliency, images)
+        flat = saliency is None
+        if flat:
+            b, _, h, w = images.shape
+            saliency = None if self.flat_without_maps else torch.ones((b, 1, h, w), device=images.device)
+        else:
+            saliency = check_saliency(saliency, images)
+        maps = cast(Tensor, saliency)  # None only reaches the transforms that read no map when flat
         k = self.num_classes if num_classes is None else check_int("num_classes", num_classes, low=1)
         soft = to_soft_labels(labels, images.shape[0], k, images.device)
         call = _RESAMPLING.set((self, mode))
@@ -436,7 +449,7 @@ class SaliencyTransform(nn.Module):
                 g = self.generator if generator is None else check_generator(generator)
                 token = _CALL.set((self, g))
                 try:
-                    raw = self.generate_parameters(images, saliency)
+                    raw = self.generate_parameters(images, maps)
                 finally:
                     _CALL.reset(token)
                 b, _, h, w = images.shape
@@ -444,9 +457,11 @@ class SaliencyTransform(nn.Module):
                 used = params
             else:
                 used = self.check_params(params, images)
-            out = self.apply_transform(images, saliency, soft, used)
+            out = self.apply_transform(images, maps, soft, used)
         finally:
             _RESAMPLING.reset(call)
+        if flat:
+            out = out._replace(saliency=None)
         return (out, params) if return_params else out
 
     def _interpolation(self, images: Tensor, interpolation: Interpolation | None) -> Interpolation:
@@ -557,11 +572,17 @@ class MixTransform(SaliencyTransform):
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------------
-    def generate_parameters(self, images: Tensor, saliency: Tensor) -> dict[str, Tensor]:
+    def sample_flat_mix(self, images: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
+        """:meth:`sample_mix` on flat saliency without a map (the transforms with ``flat_without_maps``)."""
+        raise NotImplementedError
+
+    def generate_parameters(self, images: Tensor, saliency: Tensor | None) -> dict[str, Tensor]:
         b = images.shape[0]
         applied = self.sample_applied(b, images.device)
         perm = self.sample_partners(b, images.device)
-        return {"applied": applied, "perm": perm, **self.sample_mix(images, saliency, applied, perm)}
+        mix = self.sample_flat_mix(images, applied, perm) if saliency is None else \
+            self.sample_mix(images, saliency, applied, perm)
+        return {"applied": applied, "perm": perm, **mix}
 
     def mass_share(self, kept: Tensor, pasted: Tensor, area: Tensor) -> Tensor:
         """``(B,)`` the partner's share from the masses (:func:`saliency_share`; SnapMix may differ)."""
@@ -580,9 +601,14 @@ class MixTransform(SaliencyTransform):
         flat = is_flat(saliency)
         return torch.where(flat | flat[params["perm"]], area, self.mass_share(kept, pasted, area))
 
-    def apply_transform(self, images: Tensor, saliency: Tensor, labels: Tensor, params: Params) -> SalientBatch:
-        plan = self.pixel_plan(params, (images.shape[-2], images.shape[-1]))
+    def apply_transform(self, images: Tensor, saliency: Tensor | None, labels: Tensor,
+                        params: Params) -> SalientBatch:
+        size = (images.shape[-2], images.shape[-1])
+        plan = self.pixel_plan(params, size)
         out = self.mix_pixels(images, params, plan)
+        if saliency is None:  # flat without a map: area labels, nothing to mix
+            share = self.area_share(params, size) * params["applied"]
+            return SalientBatch(out, None, mix_soft_labels(labels, params["perm"], share))
         sal = self.mix_pixels(saliency, params, plan, is_saliency=True)
         if self.clamp_saliency:
             sal = sal.clamp(0, 1)

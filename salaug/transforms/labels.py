@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug._checks import check_class_indices, value_checks_on
+from salaug._checks import check_class_indices, check_float, value_checks_on
 
 __all__ = ["evidence_share", "mix_soft_labels", "to_soft_labels"]
 
@@ -43,7 +43,7 @@ def evidence_share(own: Tensor, partner: Tensor, region: Tensor, area: Tensor, b
     ``e_in`` is the partner's evidence inside the pasted region, ``e_out`` the sample's own
     evidence outside it; the evidence share ``e_in / (e_in + e_out)`` is blended with the area
     share. GradCAM maps of both classes give the CNN rule; one attention map passed as both ``own``
-    and ``partner`` gives TransMix's (:func:`salaug.cam.attention.transmix_share`).
+    and ``partner`` gives TransMix's (:func:`transmix_share`).
 
     Args:
         own: ``(B, h, w)`` non-negative evidence for each sample's own class.
@@ -119,3 +119,44 @@ def to_soft_labels(labels: object, batch_size: int, num_classes: int | None, dev
                                  "labels / labels.sum(1, keepdim=True)")
         return labels
     raise ValueError(f"labels must have shape (B,) or (B, K), got {tuple(labels.shape)}")
+
+
+def transmix_share(attn: Tensor, token_mask: Tensor, area_share: Tensor, blend: float = 0.5) -> Tensor:
+    """The partner's label weight: the attention share of the pasted region blended with its area share.
+
+    ``λ_attn = Σ attn · token_mask / Σ attn`` per sample (the attention inside the box over the
+    whole row), ``λ = blend · λ_attn + (1 − blend) · area_share``; the mixed target is
+    ``(1 − λ) · y_a + λ · y_b``. TransMix uses ``blend=0.5``. A sample whose attention sums to
+    zero (or is not finite) keeps its area share.
+
+    Args:
+        attn: ``(B, N)`` non-negative attention over patches (:func:`salaug.cam.attention.cls_attention`).
+        token_mask: ``(B, N)`` fraction of each patch covered by the pasted region
+            (:func:`salaug.cam.attention.tokens_from_mask`).
+        area_share: ``(B,)`` the pasted region's share of the image area.
+        blend: weight of the attention share in ``[0, 1]``.
+
+    Returns:
+        ``(B,)`` float32.
+
+    Raises:
+        TypeError: an argument is not a floating-point tensor, or ``blend`` not a number.
+        ValueError: wrong shapes, or ``blend`` outside ``[0, 1]``.
+
+    Example:
+        >>> attn = torch.tensor([[0.1, 0.3, 0.2, 0.2]])
+        >>> transmix_share(attn, torch.tensor([[0.0, 1.0, 0.0, 0.0]]), torch.tensor([0.25])).tolist()
+        [0.3125]
+    """
+    check_float("blend", blend, low=0.0, high=1.0)
+    blend = float(blend)
+    for name, t, dims in (("attn", attn, 2), ("token_mask", token_mask, 2), ("area_share", area_share, 1)):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            what = type(t).__name__ if not isinstance(t, Tensor) else t.dtype
+            raise TypeError(f"{name} must be a floating-point tensor, got {what}")
+        if t.ndim != dims:
+            raise ValueError(f"{name} must be {'(B, N)' if dims == 2 else '(B,)'}, got shape {tuple(t.shape)}")
+    if token_mask.shape != attn.shape or area_share.shape[0] != attn.shape[0]:
+        raise ValueError(f"attn {tuple(attn.shape)}, token_mask {tuple(token_mask.shape)} and area_share "
+                         f"{tuple(area_share.shape)} must agree: (B, N), (B, N), (B,) on the same patch grid")
+    return evidence_share(attn, attn, token_mask, area_share, blend)

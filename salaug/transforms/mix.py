@@ -134,6 +134,7 @@ class SaliencyMix(MixTransform):
     """
 
     required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "boxes": ("int", ("B", 4))}
+    flat_without_maps = True
     clamp_saliency = False  # pixels are copied, never resampled
 
     def __init__(self, num_classes: int | None = None, *, alpha: float = 1.0,
@@ -143,13 +144,19 @@ class SaliencyMix(MixTransform):
         self.alpha = _alpha(alpha)
 
     def sample_mix(self, images: Tensor, saliency: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
+        return self._sample_boxes(images, saliency, perm)
+
+    def sample_flat_mix(self, images: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
+        return self._sample_boxes(images, None, perm)  # CutMix: a random centre for every box
+
+    def _sample_boxes(self, images: Tensor, saliency: Tensor | None, perm: Tensor) -> dict[str, Tensor]:
         b, _, h, w = images.shape
         dev, g = images.device, self.active_generator
         area = sample_beta(self.alpha, self.alpha, (b,), dev, g)
         u = sample_uniform((b, 2), dev, g)
         random_centres = torch.stack(((u[:, 0] * w).long().clamp(max=w - 1), (u[:, 1] * h).long().clamp(max=h - 1)), 1)
-        centres = peak(saliency, fallback=random_centres)[perm]
-        return {"boxes": box_around(centres, box_size(area, (h, w)), (h, w))}
+        centres = random_centres if saliency is None else peak(saliency, fallback=random_centres)
+        return {"boxes": box_around(centres[perm], box_size(area, (h, w)), (h, w))}
 
     def pixel_plan(self, params: Params, size: tuple[int, int]) -> Tensor:
         return masked(box_mask(params["boxes"], size), params["applied"])
@@ -377,6 +384,7 @@ class _ResizedBoxMix(MixTransform):
     required_params: ClassVar[ParamSpec] = {**MixTransform.required_params, "src_boxes": ("int", ("B", 4)),
                                             "dst_boxes": ("int", ("B", 4))}
     clamp_saliency = False  # the resampled saliency is clamped before the paste
+    flat_without_maps = True
 
     def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan | _RegionPlan:
         src, dst, applied = params["src_boxes"], params["dst_boxes"], params["applied"]
@@ -466,15 +474,25 @@ class SnapMix(_ResizedBoxMix):
         self.normalize = check_flag("normalize", normalize)
 
     def sample_mix(self, images: Tensor, saliency: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
+        src, dst = self._sample_boxes(images)
+        prefix = row_prefix(saliency)
+        return self._with_weights(src, dst, box_mass(saliency, dst, prefix),
+                                  partner_box_mass(saliency, src, perm, prefix), applied)
+
+    def sample_flat_mix(self, images: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
+        src, dst = self._sample_boxes(images)
+        pixels = images.shape[-2] * images.shape[-1]  # a flat map's mass in a box is the box's area share
+        return self._with_weights(src, dst, box_area(dst) / pixels, box_area(src) / pixels, applied)
+
+    def _sample_boxes(self, images: Tensor) -> tuple[Tensor, Tensor]:
         b, _, h, w = images.shape
         dev, g = images.device, self.active_generator
         areas = sample_beta(self.alpha, self.alpha, (b, 2), dev, g)
         u = sample_uniform((b, 4), dev, g)
-        dst = image_aspect_boxes(areas[:, 0], u[:, :2], (h, w))
-        src = image_aspect_boxes(areas[:, 1], u[:, 2:], (h, w))
-        prefix = row_prefix(saliency)
-        removed = box_mass(saliency, dst, prefix)
-        pasted = partner_box_mass(saliency, src, perm, prefix)
+        return image_aspect_boxes(areas[:, 1], u[:, 2:], (h, w)), image_aspect_boxes(areas[:, 0], u[:, :2], (h, w))
+
+    @staticmethod
+    def _with_weights(src: Tensor, dst: Tensor, removed: Tensor, pasted: Tensor, applied: Tensor) -> dict[str, Tensor]:
         weights = torch.stack((torch.where(applied, 1 - removed, 1.0), torch.where(applied, pasted, 0.0)), 1)
         return {"src_boxes": src, "dst_boxes": dst, "weights": weights}
 
@@ -565,6 +583,9 @@ class ResizeMix(_ResizedBoxMix):
         self.scale = check_interval("scale", scale, low=0.0, high=1.0, low_open=True)
 
     def sample_mix(self, images: Tensor, saliency: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
+        return self.sample_flat_mix(images, applied, perm)  # the boxes never read the saliency
+
+    def sample_flat_mix(self, images: Tensor, applied: Tensor, perm: Tensor) -> dict[str, Tensor]:
         b, _, h, w = images.shape
         dev, g = images.device, self.active_generator
         lo, hi = self.scale
