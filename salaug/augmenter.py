@@ -44,7 +44,7 @@ from salaug.cam.base import BaseCAM, eval_mode, model_dtype
 from salaug.cam.layers import unwrap_model
 from salaug.sources import ForwardEvidence, LiveCAM, SaliencySource, as_source
 from salaug.sources.live import ForwardContext
-from salaug.sources.options import source_from_options
+from salaug.sources.options import check_no_cam_options, source_from_options
 from salaug.transforms.base import Params, SaliencyTransform, SalientBatch, check_transform
 from salaug.transforms.labels import to_soft_labels
 
@@ -266,7 +266,7 @@ class SaliencyAugmenter:
                                               labels_from=labels_from, label_blend=label_blend,
                                               forward_context=self.forward_context)
         else:
-            _check_no_cam_options(cam=cam, target_layer=target_layer, cam_scale=cam_scale, targets=targets,
+            check_no_cam_options(cam=cam, target_layer=target_layer, cam_scale=cam_scale, targets=targets,
                                   ema_decay=ema_decay, labels_from=labels_from, label_blend=label_blend)
             self.source = as_source(source)
             self.source.check_transform(transform)
@@ -440,15 +440,6 @@ class SaliencyAugmenter:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _check_no_cam_options(**options: object) -> None:
-    defaults = {"cam": "gradcam", "target_layer": None, "cam_scale": 1.0, "targets": "labels", "ema_decay": None,
-                "labels_from": "auto", "label_blend": None}
-    set_options = [name for name, value in options.items() if value != defaults[name]]
-    if set_options:
-        raise ValueError(f"source= gives the saliency, so {', '.join(set_options)} cannot apply; build the source with "
-                         "them (salaug.sources.LiveCAM(model, cam, target_layer, cam_scale=...)) or drop source=")
-
-
 def _first_conv_channels(model: nn.Module) -> int | None:
     """``in_channels`` of the model's first convolution (module order), or ``None`` if it has none."""
     for module in model.modules():

@@ -21,6 +21,7 @@ import importlib
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterator, MutableMapping, MutableSequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
@@ -43,7 +44,7 @@ from salaug.augmenter import (
     resolve_batch_p,
 )
 from salaug.sources import PendingLabels, SaliencySource, as_source
-from salaug.sources.options import resolve_labels_from
+from salaug.sources.options import check_no_cam_options, resolve_labels_from
 from salaug.transforms.base import SaliencyTransform, check_transform
 
 if sys.version_info >= (3, 12):
@@ -68,22 +69,6 @@ def _sharded_strategies() -> tuple[type, ...]:
             continue
         found.extend(cls for cls in (getattr(module, name, None) for name in names) if isinstance(cls, type))
     return tuple(found)
-
-
-@contextlib.contextmanager
-def _uncompiled_forward(pl_module: nn.Module) -> Iterator[None]:
-    # A LightningModule compiled with torch.compile has its forward replaced by the compiled one,
-    # which ignores forward hooks added later; the CAM forward runs the original eager forward.
-    ctx = getattr(pl_module, "_compiler_ctx", None)
-    if not ctx:
-        yield
-        return
-    compiled = pl_module.forward
-    pl_module.forward = ctx["original_forward"]
-    try:
-        yield
-    finally:
-        pl_module.forward = compiled
 
 
 @contextlib.contextmanager
@@ -204,6 +189,8 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
             resolve_labels_from(transform, labels_from, label_blend, cam=cam, cam_scale=cam_scale, targets=targets,
                                 ema_decay=ema_decay)
         else:
+            check_no_cam_options(cam=cam, target_layer=target_layer, cam_scale=cam_scale, targets=targets,
+                                 ema_decay=ema_decay, labels_from=labels_from, label_blend=label_blend)
             source = as_source(source)
         check_int("start_epoch", start_epoch, low=0)
         check_int("stop_epoch", stop_epoch, low=0, optional=True)
@@ -312,12 +299,32 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
             stack.enter_context(_uncompiled_forward(pl_module))
             return stack
 
-        options: dict[str, Any] = {"source": self.source} if self.source is not None else {
+        source = self.source if self.source is not None else self._overridden_saliency(trainer, pl_module)
+        options: dict[str, Any] = {"source": source} if source is not None else {
             "cam": self.cam, "target_layer": self.target_layer, "cam_scale": self.cam_scale, "targets": self.targets,
             "ema_decay": self.ema_decay, "labels_from": self.labels_from, "label_blend": self.label_blend}
         return SaliencyAugmenter(pl_module, self.transform, batch_p=self.batch_p, num_classes=self.num_classes,
                                  seed=self.seed, warmup_steps=self.warmup_steps, rank=trainer.global_rank,
                                  forward_context=forward_context, **options)
+
+    def compute_saliency(self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor,
+                         labels: Tensor) -> Tensor | None:
+        """The augmenter's saliency for ``images`` (deprecated as an override point: pass ``source=``).
+
+        A subclass that overrides it still has its maps used, with a ``DeprecationWarning`` (removal
+        in 0.5.0): pass the function as ``source=`` (any callable ``(images, labels) -> maps``).
+        """
+        assert self.augmenter is not None, "built at setup('fit')"
+        return self.augmenter.compute_saliency(images, labels)
+
+    def _overridden_saliency(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        if type(self).compute_saliency is SaliencyAugmentation.compute_saliency:
+            return None
+        warnings.warn(
+            f"{type(self).__name__} overrides SaliencyAugmentation.compute_saliency, which is deprecated and will be "
+            "removed in 0.5.0: pass the saliency as source= (a salaug.sources.SaliencySource, or any callable "
+            "(images, labels) -> (B, 1, H, W) maps)", DeprecationWarning, stacklevel=2)
+        return lambda images, labels: self.compute_saliency(trainer, pl_module, images, labels)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -459,7 +466,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         # and writing happen on a worker thread, so a picture does not stall training.
         saliency = record.saliency[:k].detach().clone() if record.saliency is not None else None
         tiles = tuple(torch.as_tensor(t)[:k].detach().clone() for t in (record.images, out.images, out.labels))
-        self._pictures.submit(_draw_picture, tiles, saliency, trainer.global_step, loggers, directory)
+        self._pictures.submit(_draw_picture, tiles, saliency, record.step, loggers, directory)
 
 
 class _PictureWorker:

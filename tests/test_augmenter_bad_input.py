@@ -68,8 +68,8 @@ def test_ema_state_of_another_architecture_is_refused_at_load():
     same = make(net(8), ema_decay=0.9)
     same.load_state_dict(state)  # the matching architecture resumes
     same(*batch(seed=1))
-    torch.testing.assert_close(same.source.ema_model.features[0].weight, small.source.ema_model.features[0].weight, rtol=0.2,
-                               atol=0.05)
+    torch.testing.assert_close(same.source.ema_model.features[0].weight, small.source.ema_model.features[0].weight,
+                               rtol=0.2, atol=0.05)
 
 
 def test_ema_with_a_first_call_under_inference_mode():

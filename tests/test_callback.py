@@ -77,8 +77,8 @@ class Recording(SaliencyTransform):
     def forward(self, images, saliency, labels, **kw):
         result = self.inner(images, saliency, labels, **kw)
         out = result[0] if isinstance(result, tuple) and not isinstance(result, SalientBatch) else result
-        self.outputs.append(SalientBatch(*(t.detach().clone() for t in out)))
-        self.saliency.append(saliency.detach().clone())
+        self.outputs.append(SalientBatch(*(t.detach().clone() if t is not None else None for t in out)))
+        self.saliency.append(saliency.detach().clone() if saliency is not None else None)
         return result
 
 
@@ -260,7 +260,7 @@ def test_num_classes_inferred_from_model(tmp_path):
     model = Net()
     cb = SaliencyAugmentation(salaug.SaliencyMix(), target_layer="net.5")
     trainer(tmp_path, [cb]).fit(model, loader())
-    assert cb.num_classes == K and model.seen[0][1].shape == (8, K)
+    assert cb.augmenter is not None and cb.augmenter.num_classes == K and model.seen[0][1].shape == (8, K)
 
 
 @pytest.mark.parametrize("ema_decay", [None, 0.9])
@@ -289,10 +289,10 @@ def test_resume_continues_the_same_random_stream(tmp_path, ema_decay):
 
 def test_state_dict_round_trip_and_state_key():
     cb = SaliencyAugmentation(mix(), cam="gradcam", target_layer="net.5", seed=5)
-    cb.batches_seen, cb.batches_augmented = 9, 4
+    cb.load_state_dict({"seed": 5, "batches_seen": 9, "batches_augmented": 4})
     other = SaliencyAugmentation(mix(), cam="gradcam", target_layer="net.5")
     other.load_state_dict(copy.deepcopy(cb.state_dict()))
-    assert (other.seed, other.batches_seen, other.batches_augmented) == (5, 9, 4)
+    assert (other.state_dict()["seed"], other.batches_seen, other.batches_augmented) == (5, 9, 4)
     assert cb.state_key == other.state_key
     assert SaliencyAugmentation(mix(), cam="eigencam").state_key != cb.state_key
 
@@ -422,32 +422,43 @@ class FakeTrainer:
     global_rank = 0
 
 
-def test_options_and_counters_live_on_the_augmenter():
+def test_the_callback_composes_an_augmenter_built_at_setup():
     cb = SaliencyAugmentation(mix(), target_layer="net.5", seed=2, batch_p=0.5, cam_scale=0.5, ema_decay=0.9)
-    cb.setup(FakeTrainer(), Net(), "fit")  # type: ignore[arg-type]
+    assert cb.augmenter is None and cb.state_dict() == {"seed": 2, "batches_seen": 0, "batches_augmented": 0}
+    module = Net()
+    cb.setup(FakeTrainer(), module, "fit")  # type: ignore[arg-type]
     aug = cb.augmenter
-    assert aug is not None
-    assert (aug.batch_p, aug.cam_scale, aug.seed, aug.ema_decay, aug.transform) == (0.5, 0.5, 2, 0.9, cb.transform)
-    cb.batch_p, cb.cam_scale, cb.targets = 0.25, 1.0, "predicted"  # written where they are used
-    assert (aug.batch_p, aug.cam_scale, aug.targets) == (0.25, 1.0, "predicted")
+    assert isinstance(aug, salaug.SaliencyAugmenter) and aug.model is module
+    assert isinstance(aug.source, salaug.sources.LiveCAM)
+    assert (aug.batch_p, aug.source.cam_scale, aug.seed, aug.source.ema.decay, aug.transform) == \
+        (0.5, 0.5, 2, 0.9, cb.transform)
     aug.steps, aug.augmented = 7, 3
-    assert (cb.batches_seen, cb.batches_augmented) == (7, 3)
+    assert (cb.batches_seen, cb.batches_augmented) == (7, 3)  # read from the augmenter, not mirrored
     assert cb.state_dict() == {"seed": 2, "batches_seen": 7, "batches_augmented": 3}
-    for name in ("cam", "target_layer", "ema_decay"):
-        with pytest.raises(AttributeError, match=f"SaliencyAugmentation.{name} is read-only"):
-            setattr(cb, name, None)
-    assert (cb.cam, cb.target_layer) == ("gradcam", "net.5")
-    cb.num_classes = K
-    with pytest.raises(TypeError, match="num_classes must be an int"):
-        cb.num_classes = 2.5
-    assert aug.num_classes == K
+    other = SaliencyAugmentation(mix(), target_layer="net.5")
+    other.load_state_dict(cb.state_dict())
+    other.setup(FakeTrainer(), Net(), "fit")  # type: ignore[arg-type]
+    assert other.state_dict() == cb.state_dict()  # symmetric: what state_dict gives, load_state_dict takes
+    with pytest.raises(AttributeError):
+        cb.batches_seen = 1  # type: ignore[misc]
+
+
+def test_a_model_free_source_replaces_the_cam():
+    rec = Recording(mix())
+    cb = SaliencyAugmentation(rec, source=salaug.sources.Flat())
+    model = Net()
+    with pytest.raises(ValueError, match="source= gives the saliency, so cam_scale cannot apply"):
+        cb2 = SaliencyAugmentation(rec, source=salaug.sources.Flat(), cam_scale=0.5)
+        cb2.setup(FakeTrainer(), model, "fit")  # type: ignore[arg-type]
+    cb.setup(FakeTrainer(), model, "fit")  # type: ignore[arg-type]
+    assert cb.augmenter is not None and cb.augmenter.labels_from == "source"
 
 
 def test_batch_p_set_during_training_takes_effect_at_the_next_batch(tmp_path):
     class SwitchOff(pl.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if batch_idx == 1:
-                augment.batch_p = 0.0
+                augment.augmenter.batch_p = 0.0  # the augmenter built at setup holds the options
 
     augment = SaliencyAugmentation(mix(), target_layer="net.5")
     model = Net()
@@ -469,7 +480,7 @@ def test_ema_state_loaded_before_setup_is_checked_at_setup(tmp_path):
         assert torch.equal(fresh.augmenter.state_dict()["ema"][k], v), k
     foreign = SaliencyAugmentation(mix(), target_layer="net.5", ema_decay=0.9)
     foreign.load_state_dict({**state, "ema": {k: v[..., :1] if v.ndim else v for k, v in state["ema"].items()}})
-    with pytest.raises(ValueError, match=r"SaliencyAugmentation.load_state_dict: state_dict\['ema'\].*another "):
+    with pytest.raises(ValueError, match=r"load_state_dict: state_dict\['ema'\].*another "):
         foreign.setup(FakeTrainer(), Net(), "fit")  # type: ignore[arg-type]
 
 
@@ -521,17 +532,18 @@ def test_warmup_gives_flat_saliency_first(tmp_path, kind):
     trainer(tmp_path, [cb], max_epochs=2).fit(Net(), loader())
     assert cb.augmenter is not None and cb.augmenter.warmup_steps == 4  # 1 epoch = 4 batches
     assert len(rec.saliency) == 8
-    assert all(is_flat(s) for s in rec.saliency[:4])
-    assert not any(is_flat(s) for s in rec.saliency[4:])
+    assert all(s is None for s in rec.saliency[:4])  # flat: the box mix reads no map
+    assert not any(s is None or is_flat(s) for s in rec.saliency[4:])
 
 
-def test_compute_saliency_override_is_used(tmp_path):
+def test_compute_saliency_override_is_used_with_a_deprecation_warning(tmp_path):
     class Zeros(SaliencyAugmentation):
         def compute_saliency(self, trainer, pl_module, images, labels):
             return torch.zeros_like(images[:, :1])
 
     rec = Recording(mix())
-    trainer(tmp_path, [Zeros(rec, target_layer="net.5")]).fit(Net(), loader())
+    with pytest.warns(DeprecationWarning, match="compute_saliency.*source="):
+        trainer(tmp_path, [Zeros(rec, target_layer="net.5")]).fit(Net(), loader())
     assert len(rec.saliency) == 4 and all(bool((s == 0).all()) for s in rec.saliency)
 
 

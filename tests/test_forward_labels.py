@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import salaug
-from salaug.sources import ForwardEvidence, PendingLabels, pasted_region
 from salaug.models import DemoNet
+from salaug.sources import ForwardEvidence, PendingLabels, pasted_region
 from salaug.transforms.labels import evidence_share, mix_soft_labels
 
 

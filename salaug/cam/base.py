@@ -65,7 +65,7 @@ from salaug._checks import (
     value_checks_on,
     zero_nonfinite_maps,
 )
-from salaug.cam.capture import LayerCapture, StopForward, check_ran_once
+from salaug.cam.capture import Keep, LayerCapture, StopForward, check_ran_once
 from salaug.cam.hooks import Hooks
 from salaug.cam.layers import (
     POOLING_HEADS,
@@ -535,7 +535,7 @@ class BaseCAM:
             hooks.on_input(model, size_hook)
             if self._layer is not None:
                 # EigenCAM needs no graph: it keeps a copy in case the model modifies the output in place
-                keep = "graph" if self.uses_gradients else "copy"
+                keep: Keep = "graph" if self.uses_gradients else "copy"
                 capture = LayerCapture(self._layer, self._layer_name or type(self._layer).__name__, keep=keep,
                                        tokens_ok=self.reshape is not None)
                 capture.attach(hooks)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from salaug.cam.hooks import Hooks
 
-__all__ = ["LayerCapture", "StopForward", "check_layer_output", "check_ran_once"]
+__all__ = ["Keep", "LayerCapture", "StopForward", "check_layer_output", "check_ran_once"]
 
 Keep = Literal["leaf", "graph", "copy"]
 

@@ -75,12 +75,11 @@ def pasted_region(params: Params, size: tuple[int, int]) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- labels
-_METADATA = {
+_METADATA: set[Any] = {
     Tensor.size, Tensor.dim, Tensor.numel, Tensor.__len__, Tensor.is_floating_point, Tensor.data_ptr,
     Tensor.element_size, Tensor.nelement, Tensor.stride, Tensor.is_contiguous, Tensor.get_device,
-    Tensor.shape.__get__, Tensor.ndim.__get__, Tensor.dtype.__get__, Tensor.device.__get__,  # type: ignore[attr-defined]
-    Tensor.requires_grad.__get__, Tensor.is_cuda.__get__, Tensor.layout.__get__,  # type: ignore[attr-defined]
-    Tensor.is_leaf.__get__, Tensor.grad_fn.__get__,  # type: ignore[attr-defined]
+    *(getattr(Tensor, name).__get__ for name in ("shape", "ndim", "dtype", "device", "requires_grad", "is_cuda",
+                                                 "layout", "is_leaf", "grad_fn")),
 }
 
 

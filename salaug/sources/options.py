@@ -11,7 +11,7 @@ from salaug.sources.forward import ForwardEvidence
 from salaug.sources.live import ForwardContext, LiveCAM
 from salaug.transforms.base import SaliencyTransform
 
-__all__ = ["resolve_labels_from", "source_from_options"]
+__all__ = ["check_no_cam_options", "resolve_labels_from", "source_from_options"]
 
 
 def resolve_labels_from(transform: object, labels_from: str, label_blend: object, *, cam: object,
@@ -66,3 +66,13 @@ def source_from_options(model: nn.Module, transform: SaliencyTransform, *, cam: 
         return ForwardEvidence(model, target_layer, blend=label_blend, forward_context=forward_context)
     return LiveCAM(model, cam, target_layer, cam_scale=cam_scale, targets=targets, ema_decay=ema_decay,
                    forward_context=forward_context)
+
+
+def check_no_cam_options(**options: object) -> None:
+    """Refuse CAM options given together with ``source=`` (they would silently not apply)."""
+    defaults = {"cam": "gradcam", "target_layer": None, "cam_scale": 1.0, "targets": "labels", "ema_decay": None,
+                "labels_from": "auto", "label_blend": None}
+    set_options = [name for name, value in options.items() if value != defaults[name]]
+    if set_options:
+        raise ValueError(f"source= gives the saliency, so {', '.join(set_options)} cannot apply; build the source with "
+                         "them (salaug.sources.LiveCAM(model, cam, target_layer, cam_scale=...)) or drop source=")

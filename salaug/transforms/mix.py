@@ -742,7 +742,8 @@ class GuidedMixup(MixTransform):
         uniform = torch.full_like(s, 1.0 / (h * w))
         return torch.where(total > 0, s / total.clamp(min=1e-30), uniform)
 
-    def generate_parameters(self, images: Tensor, saliency: Tensor) -> dict[str, Tensor]:
+    def generate_parameters(self, images: Tensor, saliency: Tensor | None) -> dict[str, Tensor]:
+        assert saliency is not None, "flat saliency reaches GuidedMixup as a map of ones"
         # the pairing needs the smoothed maps the weights are made of: sampled here in one place
         b, _, h, w = images.shape
         dev = images.device
