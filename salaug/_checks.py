@@ -59,14 +59,14 @@ def check_images(images: object, name: str = "images", *, finite: bool = False, 
                          "transforming them")
     if images.shape[-2] == 0 or images.shape[-1] == 0:
         raise ValueError(f"{name} have no pixels: shape {tuple(images.shape)}")
-    if finite and images.is_floating_point() and value_checks_on(images) and not _finite(images):
+    if finite and images.is_floating_point() and value_checks_on(images) and not all_finite(images):
         bad = (~torch.isfinite(images)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"{name} contain NaN or inf values (samples {bad[:8]}{'...' if len(bad) > 8 else ''}); "
                          "fix the data pipeline (e.g. a division by a zero std) or drop these samples")
     return images
 
 
-def _finite(x: Tensor) -> bool:
+def all_finite(x: Tensor) -> bool:
     """Whether ``x`` holds no NaN / inf: one min-max pass (NaN propagates), far cheaper than isfinite."""
     lo, hi = torch.aminmax(x)
     return bool(torch.isfinite(lo) & torch.isfinite(hi))

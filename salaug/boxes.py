@@ -24,6 +24,7 @@ __all__ = [
     "box_mass",
     "box_size",
     "boxes_to_corners",
+    "cell_index",
     "cell_mass",
     "cells_mask",
     "grid_cells",
@@ -236,8 +237,13 @@ def top_k_cells(saliency: Tensor, grid: tuple[int, int], k: int, tie_break: Tens
     return torch.zeros_like(mass, dtype=torch.bool).scatter_(1, top, True)
 
 
-def _cell_index(n: int, cells: int, device: torch.device) -> Tensor:
-    """Cell number of each of ``n`` pixels along one axis, for edges ``floor(i * n / cells)``."""
+def cell_index(n: int, cells: int, device: torch.device) -> Tensor:
+    """Cell number ``(n,)`` of each of ``n`` pixels along one axis, for edges ``floor(i * n / cells)``.
+
+    Example:
+        >>> cell_index(5, 2, torch.device("cpu")).tolist()
+        [0, 0, 1, 1, 1]
+    """
     return torch.bucketize(torch.arange(n, device=device), torch.arange(1, cells, device=device) * n // cells,
                            right=True)
 
@@ -257,8 +263,8 @@ def cell_mass(saliency: Tensor, grid: tuple[int, int]) -> Tensor:
     gh, gw = grid
     dev = saliency.device
     s = saliency[:, 0].float()
-    bands = torch.zeros(b, gh, w, device=dev).index_add_(1, _cell_index(h, gh, dev), s)
-    cells = torch.zeros(b, gh, gw, device=dev).index_add_(2, _cell_index(w, gw, dev), bands).flatten(1)
+    bands = torch.zeros(b, gh, w, device=dev).index_add_(1, cell_index(h, gh, dev), s)
+    cells = torch.zeros(b, gh, gw, device=dev).index_add_(2, cell_index(w, gw, dev), bands).flatten(1)
     total = cells.sum(1, keepdim=True)
     area = box_area(grid_cells((h, w), grid, dev)) / (h * w)
     return torch.where(total > 0, cells / total.clamp(min=1e-12), area.expand(b, -1))
@@ -274,7 +280,7 @@ def cells_mask(selected: Tensor, grid: tuple[int, int], size: tuple[int, int]) -
     h, w = size
     gh, gw = grid
     dev = selected.device
-    cell = (_cell_index(h, gh, dev)[:, None] * gw + _cell_index(w, gw, dev)[None, :]).flatten()
+    cell = (cell_index(h, gh, dev)[:, None] * gw + cell_index(w, gw, dev)[None, :]).flatten()
     return selected.gather(1, cell.expand(selected.shape[0], -1)).view(-1, 1, h, w)
 
 

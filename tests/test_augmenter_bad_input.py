@@ -132,3 +132,44 @@ def test_saliency_at_four_times_the_resolution_keeps_its_mass():
     assert used.shape == (6, 1, 16, 16)
     torch.testing.assert_close(used, F.avg_pool2d(big, 4))  # area resize: the spot's mass is kept
     assert bool((used.flatten(1).sum(1) > 0).all())  # bilinear sampling gave all-zero maps here
+
+
+# -- early input checks, under the default (forward labels) and the CAM path --------------------------
+@pytest.mark.parametrize("labels_from", ["auto", "cam"])
+def test_channel_count_against_the_first_convolution(labels_from):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, K))
+    aug = SaliencyAugmenter(net, salaug.SnapMix(num_classes=K), target_layer="1", labels_from=labels_from)
+    with pytest.raises(ValueError, match=r"1 channel\(s\).*first convolution takes 3.*expand\(-1, 3, -1, -1\)"):
+        aug(torch.rand(4, 1, 16, 16), torch.arange(4) % K)
+    with pytest.raises(ValueError, match=r"channels-last, \(B, H, W, C\).*permute\(0, 3, 1, 2\)"):
+        aug(torch.rand(4, 16, 16, 3), torch.arange(4) % K)
+    assert aug.steps == 0
+
+
+def test_channels_last_batch_is_named_without_a_convolution_to_compare():
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16 * 3, K))
+    aug = SaliencyAugmenter(net, salaug.SnapMix(num_classes=K), source=salaug.sources.Flat())
+    with pytest.raises(ValueError, match="channels-last"):
+        aug(torch.rand(4, 16, 16, 3), torch.arange(4) % K)
+
+
+@pytest.mark.parametrize("labels_from", ["auto", "cam"])
+def test_a_model_on_the_meta_device_is_named(labels_from):
+    with torch.device("meta"):
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(4, K))
+    aug = SaliencyAugmenter(net, salaug.SnapMix(num_classes=K), target_layer="1", labels_from=labels_from)
+    with pytest.raises(ValueError, match="'meta' device.*to_empty"):
+        aug(torch.rand(4, 3, 16, 16), torch.arange(4) % K)
+
+
+def test_cam_options_with_a_source_are_refused():
+    with pytest.raises(ValueError, match="source= gives the saliency, so target_layer, cam_scale cannot apply"):
+        SaliencyAugmenter(net(), salaug.SnapMix(num_classes=K), source=salaug.sources.Flat(), cam_scale=0.5,
+                          target_layer="features")
+    with pytest.raises(TypeError, match="SaliencySource"):
+        SaliencyAugmenter(net(), salaug.SnapMix(num_classes=K), source=3)
+    with pytest.raises(ValueError, match="box mix"):
+        SaliencyAugmenter(net(), salaug.GuidedMixup(num_classes=K),
+                          source=salaug.sources.ForwardEvidence(net(), "features"))

@@ -45,9 +45,11 @@ def test_cam_engine_on_the_device_and_dtype(name, device, dtype):
 
 def test_augmenter_on_the_device_and_dtype(device, dtype):
     def run(dev: torch.device, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        aug = salaug.SaliencyAugmenter(net().to(dev), salaug.SnapMix(num_classes=K, p=1.0), target_layer="features",
-                                       seed=3)
-        return aug(images(8).to(device=dev, dtype=dt), (torch.arange(8) % K).to(dev))
+        model = net().to(dev)
+        aug = salaug.SaliencyAugmenter(model, salaug.SnapMix(num_classes=K, p=1.0), target_layer="features", seed=3)
+        out, soft = aug(images(8).to(device=dev, dtype=dt), (torch.arange(8) % K).to(dev))
+        model(out.to(next(model.parameters()).dtype))  # the forward fills the labels (a dtype copy is the batch)
+        return out, soft
 
     out, soft = run(device, dtype)
     assert out.shape == (8, 3, 16, 16) and out.dtype == dtype and out.device.type == device.type

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+import salaug
 from salaug.data import (
     MaskBank,
     MaskedDataset,
@@ -584,3 +585,25 @@ def test_cam_saliency_and_precompute_leave_the_callers_model_where_it_was(tmp_pa
     cam = elsewhere._get_cam()
     assert cam.model is not net and next(cam.model.parameters()).is_meta
     assert all(p.device.type == "cpu" for p in net.parameters())
+
+
+# -- the same saliency sources as the augmenter -------------------------------------------------------
+def test_collate_takes_the_saliency_sources():
+    from salaug.sources import Flat, ForwardEvidence, ModelFree, StoredMasks
+
+    samples = [(torch.rand(3, 16, 16), i % 4, torch.rand(1, 16, 16)) for i in range(8)]
+    snap = salaug.SnapMix(num_classes=4, p=1.0)
+    for source in (Flat(), ModelFree(salaug.SpectralResidual()), StoredMasks()):
+        collate = salaug.SaliencyCollate(snap, saliency=source, seed=0, return_saliency=True)
+        images, labels, saliency = collate(samples)[:3] if not isinstance(source, StoredMasks) else collate(samples)
+        assert images.shape == (8, 3, 16, 16) and labels.shape == (8, 4) and saliency.shape == (8, 1, 16, 16)
+    # StoredMasks is saliency="mask": the same batch from the same seed
+    by_name = salaug.SaliencyCollate(snap, saliency="mask", seed=0)(samples)
+    by_source = salaug.SaliencyCollate(snap, saliency=StoredMasks(), seed=0)(samples)
+    for a, b in zip(by_name, by_source, strict=True):
+        torch.testing.assert_close(a, b)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="model being trained.*CAMSaliency"):
+        salaug.SaliencyCollate(snap, saliency=ForwardEvidence(net, "0"))
+    assert isinstance(salaug.CAMSaliency(net, target_layer="0"), salaug.sources.SaliencySource)

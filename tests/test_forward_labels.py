@@ -550,3 +550,160 @@ def test_ddp_each_rank_fills_its_labels_from_its_own_forward(tmp_path):
     assert (y0.amax(-1) < 1).any() and (y1.amax(-1) < 1).any()  # mixed labels
     for rank, after in ((0, y0), (1, y1)):  # the forward rewrote what the callback had written
         assert not torch.allclose(torch.load(tmp_path / f"rank{rank}_before.pt"), after)
+
+
+# ----------------------------------------------------------------------------- ViTs without a class token, registers
+class TimmStyleAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class TokenViT(nn.Module):
+    """Patches of 4x4, then ``prefix`` learned tokens (class first, then registers) or none (global pool)."""
+
+    def __init__(self, k: int, prefix: int, dim: int = 16) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.embed = nn.Conv2d(3, dim, 4, 4)
+        self.tokens = nn.Parameter(torch.randn(1, prefix, dim)) if prefix else None
+        self.attn = TimmStyleAttention(dim, 2)
+        self.head = nn.Linear(dim, k)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        if self.tokens is not None:
+            t = torch.cat([self.tokens.expand(t.shape[0], -1, -1), t], 1)
+        t = t + self.attn(t)
+        return self.head(t[:, 0] if self.prefix else t.mean(1))
+
+
+@pytest.mark.parametrize("prefix", [0, 5])
+def test_vits_without_a_class_token_or_with_registers_get_labels_from_the_forward(prefix):
+    torch.manual_seed(0)
+    vit = TokenViT(5, prefix)
+    fwd = ForwardEvidence(vit)
+    assert fwd.kind == "attention"
+    seen = {}
+    handle = vit.attn.register_forward_pre_hook(lambda m, a: seen.update(x=a[0].detach()))
+    y, out, params, area, soft = arm(fwd, salaug.SaliencyMix(num_classes=5, p=1.0), torch.rand(6, 3, 32, 32),
+                                     torch.arange(6) % 5, 5)
+    vit(out.images)
+    handle.remove()
+    assert y.filled
+    x = seen["x"]
+    b, n, c = x.shape
+    q, k, _ = vit.attn.qkv(x).reshape(b, n, 3, 2, c // 2).permute(2, 0, 3, 1, 4).unbind(0)
+    attn = ((q @ k.transpose(-2, -1)) * vit.attn.scale).softmax(-1).mean(1)  # (B, N, N), head mean
+    # no class token: the attention each patch receives; registers: the class token's row past the prefix
+    row = attn.mean(1) if prefix == 0 else attn[:, 0, prefix:]
+    tokens = F.avg_pool2d(pasted_region(params, (32, 32)), 4).flatten(1)
+    share = (0.5 * (row * tokens).sum(1) / row.sum(1) + 0.5 * area) * params["applied"]
+    torch.testing.assert_close(y, mix_soft_labels(soft, params["perm"], share), atol=1e-5, rtol=0)
+
+
+def test_a_token_count_that_tiles_nothing_names_the_fixes():
+    vit = TokenViT(5, 1)
+    fwd = ForwardEvidence(vit, num_prefix_tokens=3)  # wrong: the model has one
+    y, out, *_ = arm(fwd, salaug.SaliencyMix(num_classes=5, p=1.0), torch.rand(2, 3, 32, 32), torch.arange(2), 5)
+    with pytest.raises(RuntimeError, match="num_prefix_tokens.*labels_from='cam'"):
+        vit(out.images)
+    assert hook_count(vit) == 0
+
+
+# ----------------------------------------------------------------------------- Lightning: ordinary training steps
+def _fit(module, tmp_path, callbacks, **kw):
+    pl = pytest.importorskip("pytorch_lightning")
+    data = torch.utils.data.TensorDataset(torch.rand(16, 3, 32, 32), torch.arange(16) % 5)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                         callbacks=callbacks, **kw)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    return trainer
+
+
+def _module(step):
+    pl = pytest.importorskip("pytorch_lightning")
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = DemoNet(num_classes=5, width=8)
+            self.read: list = []
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return step(self, batch)
+
+        def validation_step(self, batch, batch_idx):
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    return Module()
+
+
+@pytest.mark.parametrize("validation", [False, True])
+def test_lightning_step_calling_a_submodule_is_refused_at_the_first_step(tmp_path, validation):
+    module = _module(lambda self, batch: F.cross_entropy(self.net(batch[0]), batch[1]))
+    cb = salaug.SaliencyAugmentation(salaug.SnapMix(num_classes=5, p=1.0), target_layer="net.features", seed=0,
+                                     log_every_n_steps=0)
+    kw = {"fast_dev_run": True} if validation else {}
+    with pytest.raises(RuntimeError, match=r"not inside a forward of Module itself.*self\(x\)"):
+        _fit(module, tmp_path, [cb], **kw)
+    assert hook_count(module) == 0  # the exception cancelled the waiting capture
+    assert cb.batches_seen == 1
+
+
+def test_lightning_leaves_no_hook_after_fit_and_logs_the_weight_the_loss_read(tmp_path):
+    def step(self, batch):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        own = self.trainer.callbacks[0].augmenter.last.labels.long().unsqueeze(1)
+        self.read.append(float(y.gather(1, own).mean()))  # what the loss read: filled by the forward above
+        return loss
+
+    module = _module(step)
+    logged = []
+
+    class Spy(salaug.SaliencyAugmentation):
+        def _log(self, trainer, pl_module, record):
+            own = record.labels.long().unsqueeze(1)
+            logged.append(float(torch.as_tensor(record.output.labels).gather(1, own).mean()))
+            super()._log(trainer, pl_module, record)
+
+    cb = Spy(salaug.SnapMix(num_classes=5, p=1.0), target_layer="net.features", seed=0, log_every_n_steps=0)
+    trainer = _fit(module, tmp_path, [cb])
+    assert hook_count(module) == 0 and cb.augmenter is not None and not cb.augmenter.source.pending
+    assert logged == pytest.approx(module.read) and len(logged) == 2
+    assert trainer.callback_metrics["salaug/label_weight_epoch"] == pytest.approx(sum(module.read) / 2, abs=1e-4)
+
+
+def test_lightning_exception_in_the_step_cancels_the_waiting_capture(tmp_path):
+    def step(self, batch):
+        raise ValueError("user code fails before its forward")
+
+    module = _module(step)
+    cb = salaug.SaliencyAugmentation(salaug.SnapMix(num_classes=5, p=1.0), target_layer="net.features", seed=0,
+                                     log_every_n_steps=0)
+    with pytest.raises(ValueError, match="user code fails"):
+        _fit(module, tmp_path, [cb])
+    assert hook_count(module) == 0 and not cb.augmenter.source.pending
+
+
+def test_lightning_step_that_skips_its_batch_leaves_nothing_waiting(tmp_path):
+    module = _module(lambda self, batch: None)  # Lightning skips a batch whose step returns None
+    cb = salaug.SaliencyAugmentation(salaug.SnapMix(num_classes=5, p=1.0), target_layer="net.features", seed=0,
+                                     log_every_n_steps=0)
+    _fit(module, tmp_path, [cb])
+    assert hook_count(module) == 0 and cb.batches_seen == 2

@@ -509,3 +509,34 @@ def test_defaults_are_the_benchmarks_choice():
     aug = SaliencyAugmenter(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
                                                 torch.nn.Flatten(), torch.nn.Linear(4, 10)), SnapMix(num_classes=10))
     assert aug.labels_from == "forward"
+
+
+# -- flat saliency without a map (saliency=None) -------------------------------------------------------
+@pytest.mark.parametrize("cls", [SnapMix, SaliencyMix, ResizeMix, GuidedMixup, AttentiveCutMix])
+def test_saliency_none_is_flat_saliency(cls):
+    x, y = torch.rand(8, 3, 16, 16), torch.arange(8) % 4
+    t = cls(num_classes=4, p=1.0)
+    want = t(x, torch.ones(8, 1, 16, 16), y, generator=torch.Generator().manual_seed(3))
+    got = t(x, None, y, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(got.images, want.images)
+    torch.testing.assert_close(got.labels, want.labels)
+    assert got.saliency is None
+
+
+@pytest.mark.parametrize("cls", [SnapMix, SaliencyMix, ResizeMix])
+def test_box_mixes_read_no_map_when_flat(cls, monkeypatch):
+    import salaug.transforms.mix as mix_module
+
+    def no_map(*args, **kwargs):
+        raise AssertionError("a saliency map was read on the flat path")
+
+    for name in ("box_mass", "partner_box_mass", "row_prefix", "peak"):
+        monkeypatch.setattr(mix_module, name, no_map)
+    monkeypatch.setattr("salaug.transforms.base.is_flat", no_map)
+    from salaug.transforms.labels import mix_soft_labels
+
+    t = cls(num_classes=4, p=1.0)
+    y = torch.arange(8) % 4
+    out, params = t(torch.rand(8, 3, 16, 16), None, y, return_params=True)
+    area = t.area_share(params, (16, 16))
+    torch.testing.assert_close(out.labels, mix_soft_labels(F.one_hot(y, 4).float(), params["perm"], area))

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from salaug._checks import (
-    _finite,
+    all_finite,
     check_class_indices,
     check_finite,
     check_image_extent,
@@ -262,7 +262,7 @@ def _prepare_images(images: object, model: nn.Module) -> Tensor:
     """Check a ``(B, C, H, W)`` batch and cast it to the model's parameter dtype."""
     images = check_images(images)
     check_image_extent(images)
-    if value_checks_on(images) and not _finite(images):  # one min-max pass; the full scan only on failure
+    if value_checks_on(images) and not all_finite(images):  # one min-max pass; the full scan only on failure
         check_finite(
             images, "images", "replace or drop them before computing CAMs (e.g. torch.nan_to_num(images)), and "
             "check the data pipeline (normalisation by a zero std, corrupt files)"

@@ -25,12 +25,13 @@ from salaug._checks import (
 from salaug.cam import create_cam
 from salaug.cam.base import BaseCAM, model_device, model_on
 from salaug.data.masks import MASK_KEY
+from salaug.sources import ForwardEvidence, LiveCAM, SaliencySource, StoredMasks
 
 
 # ---------------------------------------------------------------------------------------------
 # Saliency from a frozen model
 # ---------------------------------------------------------------------------------------------
-class CAMSaliency:
+class CAMSaliency(SaliencySource):
     """A saliency source from a frozen model and a CAM, for :class:`SaliencyCollate`.
 
     Calling it runs the CAM, which puts every submodule in eval mode for the call (BatchNorm uses
@@ -115,6 +116,10 @@ class CAMSaliency:
         size = "feature" if self.output_size == "feature" else tuple(images.shape[-2:])
         maps = cam(x, targets=targets, output_size=size)
         return maps.detach().to(device=images.device, dtype=torch.float32)
+
+    def saliency(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The source protocol's spelling of a call: ``(B, 1, H, W)`` maps of ``images``."""
+        return self(images, labels)
 
     def __repr__(self) -> str:
         return (f"CAMSaliency(model={type(self.model).__name__}, cam={self.cam_name!r}, "
@@ -275,7 +280,9 @@ class SaliencyCollate:
     Args:
         transform: a :class:`salaug.transforms.SaliencyTransform` (or any callable with its
             signature ``t(images, saliency, labels, num_classes=...) -> SalientBatch``).
-        saliency: a source ``source(images) -> (B, 1, H, W)`` in ``[0, 1]``
+        saliency: a :class:`~salaug.sources.SaliencySource` (``ModelFree(SpectralResidual())``,
+            ``Flat()``, ``StoredMasks(key)`` for the samples' masks, :class:`CAMSaliency` for a frozen
+            model), or a callable ``source(images) -> (B, 1, H, W)`` in ``[0, 1]``
             (e.g. ``SpectralResidual()`` or :class:`CAMSaliency`; a source with the attribute
             ``uses_labels = True`` is called ``source(images, labels)``), or ``"mask"``: the samples
             carry their mask (see :class:`MaskedDataset`), any resolution; a low-resolution mask
@@ -307,13 +314,21 @@ class SaliencyCollate:
                  return_saliency: bool = False) -> None:
         if not callable(transform):
             raise TypeError(f"transform must be a salaug transform (callable), got {type(transform).__name__}")
+        if isinstance(saliency, StoredMasks):  # the source object behind saliency="mask"
+            mask_key = mask_key if mask_key is not None else saliency.key
+            saliency = "mask"
+        if isinstance(saliency, (ForwardEvidence, LiveCAM)):
+            raise ValueError(
+                f"{type(saliency).__name__} reads the model being trained, which a DataLoader worker does not hold; "
+                "use it through SaliencyAugmenter / SaliencyAugmentation, or a frozen model with CAMSaliency(model)"
+            )
         if isinstance(saliency, str):
             if saliency != "mask":
                 raise ValueError(
                     f"saliency must be a callable source (e.g. SpectralResidual(), CAMSaliency(model)) "
                     f"or 'mask', got {saliency!r}"
                 )
-        elif not callable(saliency):
+        elif not callable(saliency) and not isinstance(saliency, SaliencySource):
             raise TypeError(
                 "saliency must be a callable source images -> (B, 1, H, W) (e.g. SpectralResidual(), "
                 f"CAMSaliency(model)) or 'mask', got {type(saliency).__name__}"
@@ -382,7 +397,8 @@ class SaliencyCollate:
                 out = self.transform(images, saliency, labels, num_classes=self.num_classes, generator=generator)
             else:
                 out = self._call_swapped(images, saliency, labels, generator)
-        if not isinstance(out, Sequence) or len(out) < 3 or not all(isinstance(t, Tensor) for t in out[:3]):
+        if not isinstance(out, Sequence) or len(out) < 3 or not all(isinstance(t, Tensor) for t in (out[0], out[2])) \
+                or not (out[1] is None or isinstance(out[1], Tensor)):
             raise TypeError(
                 f"the transform {type(self.transform).__name__} must return a SalientBatch (images, saliency, "
                 f"labels), got {type(out).__name__}"
@@ -443,12 +459,18 @@ class SaliencyCollate:
         if isinstance(source, str):
             stored = get_field(batch, mask_key, "masks", "mask_key", kind="batch")
             saliency = _mask_batch(stored, mask_key)
+        elif isinstance(source, SaliencySource):
+            saliency = source.saliency(images, labels)
+            if saliency is not None:  # None: flat (salaug.sources.Flat)
+                _check_source_output(saliency, images, source)
         else:
             saliency = source(images, labels) if getattr(source, "uses_labels", False) else source(images)
             _check_source_output(saliency, images, source)
 
         out = self._transform(images, saliency, labels)
         new_images, new_saliency, soft = out[0], out[1], out[2]
+        if new_saliency is None and self.return_saliency:  # flat: no map was made, the flat one is ones
+            new_saliency = torch.ones_like(new_images[:, :1], dtype=torch.float32)
         if get_worker_info() is not None:
             # default_collate built the batch in shared memory; a fresh tensor would be copied into
             # shared memory again when it is sent to the main process (~20 ms for 64 x 3 x 128 x 128)

@@ -110,10 +110,11 @@ class StoredMasks(SaliencySource):
 
     Args:
         key: position (tuple / list samples) or key (dict samples) of the mask in a sample, for
-            :class:`~salaug.SaliencyCollate`; the default ``-1`` is the last field.
+            :class:`~salaug.SaliencyCollate`; ``None``: its default (the last field of a tuple, where
+            :class:`~salaug.MaskedDataset` appends it, ``"saliency"`` in a dict).
     """
 
-    def __init__(self, key: int | str = -1) -> None:
+    def __init__(self, key: int | str | None = None) -> None:
         self.key = key
 
     def saliency(self, images: Tensor, labels: Tensor) -> Tensor:

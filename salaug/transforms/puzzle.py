@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from salaug._checks import check_flag, check_float, check_int
-from salaug.boxes import _cell_index, box_area, cell_mass, cells_mask, grid_cells
+from salaug.boxes import box_area, cell_index, cell_mass, cells_mask, grid_cells
 from salaug.transforms._ops import masked, paste
 from salaug.transforms.base import (
     MixTransform,
@@ -388,12 +388,12 @@ def _move_pixels(x: Tensor, img: Tensor, src: Tensor, grid: int) -> Tensor:
 
     def axis(size: int, which: Tensor, idx: Tensor) -> Tensor:
         edges = torch.arange(grid + 1, device=dev) * size // grid
-        cell = _cell_index(size, grid, dev)  # (size,)
+        cell = cell_index(size, grid, dev)  # (size,)
         offset = torch.arange(size, device=dev) - edges[cell]
         span = edges[which + 1] - edges[which]
         return (edges[which] + torch.minimum(offset[idx], span - 1)).clamp(0, size - 1)
 
-    cy, cx = _cell_index(h, grid, dev), _cell_index(w, grid, dev)
+    cy, cx = cell_index(h, grid, dev), cell_index(w, grid, dev)
     sub = (cy[:, None] * grid + cx[None, :]).flatten()  # (H W,) the destination sub-block of each pixel
     s = src.gather(1, sub.expand(b, -1))  # (B, H W)
     pix = torch.arange(h * w, device=dev)
