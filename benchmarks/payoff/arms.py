@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from benchmarks.payoff.config import Config
 from salaug.augmenter import SaliencyAugmenter
+from salaug.sources import Flat
 from salaug.transforms.base import SaliencyTransform, sample_beta
 from salaug.transforms.registry import create_transform
 
@@ -113,10 +114,17 @@ def build_transform(arm: Arm, cfg: Config) -> SaliencyTransform | None:
 
 def make_augmenter(model: nn.Module, transform: SaliencyTransform, arm: Arm, cfg: Config, seed: int,
                    target_layer: str | None) -> SaliencyAugmenter:
-    """The in-loop ``salaug.SaliencyAugmenter`` of an arm (CAM, warm-up, EMA, CAM scale, label source)."""
+    """The in-loop ``salaug.SaliencyAugmenter`` of an arm (its saliency source, warm-up, EMA, CAM scale).
+
+    Flat arms draw from :class:`salaug.sources.Flat`; forward-label arms from the forward (their
+    boxes are drawn flat by the source itself); the others from a CAM forward (or the true masks
+    the loop hands in).
+    """
+    common: dict[str, Any] = {"num_classes": cfg.num_classes, "seed": seed, "warmup_steps": arm.warmup}
+    if arm.saliency == "flat" and arm.labels_from != "forward":  # the saliency-free twin: no map at all
+        return SaliencyAugmenter(model, transform, source=Flat(), **common)
     return SaliencyAugmenter(model, transform, cam=arm.cam, target_layer=target_layer, cam_scale=arm.cam_scale,
-                             num_classes=cfg.num_classes, seed=seed, warmup_steps=arm.warmup, ema_decay=arm.ema,
-                             labels_from=arm.labels_from, label_blend=arm.blend)
+                             ema_decay=arm.ema, labels_from=arm.labels_from, label_blend=arm.blend, **common)
 
 
 def mixup(images: Tensor, labels: Tensor, num_classes: int, p: float, alpha: float,

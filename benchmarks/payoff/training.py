@@ -138,9 +138,7 @@ def _optimizer(cfg: Config, model: nn.Module, total_steps: int) -> tuple[torch.o
 
 
 def _saliency_of(arm: Arm, x: Tensor, m: Tensor | None) -> Tensor | None:
-    """What the arm feeds its transform: ``None`` (the augmenter's CAM), a flat map or the true masks."""
-    if arm.saliency == "flat":
-        return torch.zeros_like(x[:, :1])
+    """What the loop hands the augmenter: the true masks, or ``None`` (the augmenter's own source)."""
     if arm.saliency == "mask":
         assert m is not None
         return m.float()
