@@ -60,12 +60,16 @@ def main() -> None:
             if aug is None:
                 targets = F.one_hot(labels, k).float()
             else:
-                images, targets = aug(images, labels)
-                area = targets.clone()                 # the area labels, until the forward fills them
+                images, targets = aug(images, labels)  # targets: filled by the forward below
             loss = F.cross_entropy(model(images), targets)
-            if aug is not None:
-                changed = (targets - area).abs().sum(1) / 2   # how far the attention moved each label
-                shift, mixed = shift + float(changed.sum()), mixed + int((changed > 0).sum())
+            if aug is not None and aug.last is not None and aug.last.params is not None:
+                params = aug.last.params               # CutMix's label would be the box's area share
+                area = aug.transform.area_share(params, tuple(images.shape[-2:]))
+                partner = labels[params["perm"]]
+                mix = params["applied"] & (partner != labels)
+                share = targets.gather(1, partner.unsqueeze(1)).squeeze(1)
+                changed = (share - area)[mix].abs()    # how far the attention moved each label
+                shift, mixed = shift + float(changed.sum()), mixed + int(mix.sum())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

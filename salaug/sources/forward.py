@@ -114,7 +114,7 @@ class PendingLabels(Tensor):
     def _fill(self, labels: Tensor) -> None:
         with torch._C.DisableTorchFunctionSubclass(), torch.no_grad():
             self.copy_(labels.to(self.dtype))
-        self._salaug_state = "filled"
+        self._salaug_state, self._salaug_hint = "filled", None  # no reference back to the source
 
     def _why(self) -> str:
         if self._salaug_state == "dropped":
@@ -316,7 +316,7 @@ class ForwardEvidence(SaliencySource):
         self._hooks.remove()
         self._capture = None
         if batch is not None and not batch.out.filled:
-            batch.out._salaug_state = "dropped"
+            batch.out._salaug_state, batch.out._salaug_hint = "dropped", None
 
     def _seen_so_far(self) -> str:
         batch, capture = self._batch, self._capture
