@@ -152,7 +152,7 @@ CALL_ERRORS = {  # name -> (bad input builder, error, message)
     "saliency-aspect": (lambda x, s, y: (x, s[..., :4, :], y), ValueError,
                         r"saliency of size 4x16 cannot be resized to images of 16x16 without distortion"),
     "saliency-aspect-larger": (lambda x, s, y: (x, torch.rand(4, 1, 64, 16), y), ValueError, r"without distortion"),
-    "saliency-not-a-tensor": (lambda x, s, y: (x, None, y), TypeError, r"saliency must be a torch.Tensor"),
+    "saliency-not-a-tensor": (lambda x, s, y: (x, s.tolist(), y), TypeError, r"saliency must be a torch.Tensor"),
     "labels-float-indices": (lambda x, s, y: (x, s, y.float()), TypeError, r"integer class indices.*labels.long\(\)"),
     "labels-B1-indices": (lambda x, s, y: (x, s, y[:, None]), TypeError, r"labels.squeeze\(1\)"),
     "labels-int-one-hot": (lambda x, s, y: (x, s, torch.eye(K, dtype=torch.long)[y]), TypeError, r"labels.float\(\)"),
