@@ -186,8 +186,9 @@ def expected_kind(fault: str, worth: float | None) -> tuple[str, ...]:
     return ("background",) if worth >= READS else ("healthy", "background")
 
 
-def cell(job: tuple[str, int, str]) -> tuple[dict[str, Any], Any]:
-    """Train one faulty model and diagnose it: the table row and the diagnosis (for ``--rejudge``)."""
+def cell(job: tuple[str, int, str], examples: int = 0) -> tuple[dict[str, Any], Any]:
+    """Train one faulty model and diagnose it: the table row and the diagnosis (for ``--rejudge``;
+    with ``examples`` example images per class for its report picture)."""
     torch.set_num_threads(1)
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -221,7 +222,8 @@ def cell(job: tuple[str, int, str]) -> tuple[dict[str, Any], Any]:
             acc_none = (model(d["test_image"]).argmax(1) == d["test_label"]).float().mean()
         worth = float(acc_mark - acc_none)
     loader = DataLoader(TensorDataset(tx, d["test_label"], d["test_box"], d["test_mask"]), batch_size=120)
-    diag = diagnose(model, loader, "features", box_key=2, mask_key=3, budget=Budget(examples_per_class=0), seed=seed)
+    diag = diagnose(model, loader, "features", box_key=2, mask_key=3, budget=Budget(examples_per_class=examples),
+                    seed=seed)
     row = {"dataset": dataset, "seed": seed, "fault": fault, "held_out": held_out(dataset, fault),
            "mark_worth": worth, "seconds": time.time() - t0}
     return judge(row, diag), diag
@@ -331,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder for diagnosis_matrix.md / .json (default: print only); "
                                                     "rewritten after every cell")
     parser.add_argument("--raw", default=None, help="file to save the diagnoses in (for --rejudge)")
-    parser.add_argument("--rejudge", default=None, help="re-judge the diagnoses saved in this file (no training)")
+    parser.add_argument("--example", default=None, metavar="DATASET,SEED,FAULT",
+                        help="diagnose this one cell and write its report (text, report.md, report.png) to --out")
+    parser.add_argument("--rejudge", default=None,
+                        help="re-judge the diagnoses saved in these files (comma-separated; no training)")
     parser.add_argument("--reliance-share", type=float, default=None, help="with --rejudge: Thresholds.reliance_share")
     parser.add_argument("--mixed-same-drop", type=float, default=None,
                         help="with --rejudge: Thresholds.mixed_same_drop")
@@ -344,10 +349,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"argument {name}: {bad or got} not in {allowed}")
     if args.seeds < 1 or args.workers < 1:
         parser.error("--seeds and --workers must be >= 1")
+    if args.example:
+        ds, seed, fault = args.example.split(",")
+        row, diag = cell((ds, int(seed), fault), examples=2)
+        print(f"{args.example}: mark worth {row['mark_worth']}, accuracy {row['accuracy']:.2f}\n\n{diag}")
+        if args.out:
+            diag.save(args.out)
+        return 0
     if args.rejudge:
         change = {k: v for k, v in (("reliance_share", args.reliance_share), ("mixed_same_drop", args.mixed_same_drop))
                   if v is not None}
-        saved = torch.load(args.rejudge, weights_only=False)
+        saved = [item for path in args.rejudge.split(",") for item in torch.load(path, weights_only=False)]
         rows = [judge(row, dataclasses.replace(diag, thresholds=dataclasses.replace(diag.thresholds, **change)))
                 for row, diag in saved]
         print(write(rows, args))

@@ -553,7 +553,7 @@ class Diagnosis:
         if kind == "healthy":
             lines += self._class_lines()
         if self.random_scores is None:
-            lines.append("measured without the random-initialisation reference (references=0): margins are over "
+            lines.append("measured without the random-initialisation reference (Budget(references=0)): margins are over "
                          "chance only")
         if self.kept_parameters:
             lines.append(f"{self.kept_parameters} parameters have no reset_parameters() and kept their trained values "
