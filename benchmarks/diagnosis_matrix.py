@@ -313,8 +313,32 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    text = report(rows, args)
+#: The grid ``--tune`` searches: Thresholds.reliance_share x Thresholds.mixed_same_drop.
+SHARE_GRID = (0.05, 0.075, 0.10, 0.125, 0.15, 0.20, 0.25)
+DROP_GRID = (0.05, 0.10, 0.15, 0.20)
+
+
+def tune(saved: list[tuple[dict[str, Any], Any]]) -> str:
+    """Right verdicts on the **tuning rows** only, per pair of the reliance thresholds (a Markdown
+    table; each cell: right verdicts, then marks worth >= :data:`MUST` passed as healthy or
+    independent). The held-out rows are not read."""
+    tuning = [(row, diag) for row, diag in saved if not held_out(row["dataset"], row["fault"])]
+    lines = [f"Tuning rows ({len(tuning)}): right verdicts / marks worth >= {MUST:.2f} passed, per reliance_share "
+             "(rows) and mixed_same_drop (columns):", "",
+             "| reliance_share | " + " | ".join(f"drop {d:.2f}" for d in DROP_GRID) + " |",
+             "|" + "---|" * (len(DROP_GRID) + 1)]
+    for share in SHARE_GRID:
+        cells = []
+        for drop in DROP_GRID:
+            judged = [judge(row, dataclasses.replace(diag, thresholds=dataclasses.replace(
+                diag.thresholds, reliance_share=share, mixed_same_drop=drop))) for row, diag in tuning]
+            cells.append(f"{sum(r['right'] for r in judged)}/{len(judged)} / {sum(r['passed_a_mark'] for r in judged)}")
+        lines.append(f"| {share:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write(rows: list[dict[str, Any]], args: argparse.Namespace, grid: str = "") -> str:
+    text = report(rows, args) + (f"\n\n## How the thresholds were chosen\n\n{grid}" if grid else "")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "diagnosis_matrix.md"), "w") as fh:
@@ -332,11 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", default=None, help="folder for diagnosis_matrix.md / .json (default: print only); "
                                                     "rewritten after every cell")
-    parser.add_argument("--raw", default=None, help="file to save the diagnoses in (for --rejudge)")
+    parser.add_argument("--raw", default=None,
+                        help="file to save the diagnoses in (for --rejudge); cells already in it are not run again")
     parser.add_argument("--example", default=None, metavar="DATASET,SEED,FAULT",
                         help="diagnose this one cell and write its report (text, report.md, report.png) to --out")
     parser.add_argument("--rejudge", default=None,
                         help="re-judge the diagnoses saved in these files (comma-separated; no training)")
+    parser.add_argument("--tune", action="store_true",
+                        help="with --rejudge: add the tuning rows' grid over the reliance thresholds to the report")
     parser.add_argument("--reliance-share", type=float, default=None, help="with --rejudge: Thresholds.reliance_share")
     parser.add_argument("--mixed-same-drop", type=float, default=None,
                         help="with --rejudge: Thresholds.mixed_same_drop")
@@ -362,12 +389,19 @@ def main(argv: list[str] | None = None) -> int:
         saved = [item for path in args.rejudge.split(",") for item in torch.load(path, weights_only=False)]
         rows = [judge(row, dataclasses.replace(diag, thresholds=dataclasses.replace(diag.thresholds, **change)))
                 for row, diag in saved]
-        print(write(rows, args))
+        print(write(rows, args, tune(saved) if args.tune else ""))
         return 0
     jobs = [(ds, s, fl) for ds in args.datasets for s in range(args.seeds) for fl in args.faults]
     t0 = time.time()
     rows: list[dict[str, Any]] = []
     raw: list[tuple[dict[str, Any], Any]] = []
+    if args.raw and os.path.exists(args.raw):  # resume: keep the cells already diagnosed
+        raw = [(row, diag) for row, diag in torch.load(args.raw, weights_only=False)
+               if (row["dataset"], row["seed"], row["fault"]) in set(jobs)]
+        rows = [judge(row, diag) for row, diag in raw]
+        done = {(r["dataset"], r["seed"], r["fault"]) for r in rows}
+        jobs = [j for j in jobs if j not in done]
+        print(f"resuming: {len(done)} cells from {args.raw}, {len(jobs)} to go", flush=True)
     with get_context("spawn").Pool(args.workers) as pool:
         for row, diag in pool.imap_unordered(cell, jobs):
             rows.append(row)

@@ -202,7 +202,8 @@ def test_coarse_target_layer_is_not_judged_and_a_finer_layer_is_named(healthy, d
                  budget=Budget(reliance=False, references=1))
     assert d.cell == 4.0 and d.box_side == pytest.approx(3.0) and d.coarse and d.kind == "unjudged"
     assert d.finer_layer in ("features.0", "features.1", "features.2")  # the full-resolution block
-    assert f"target_layer={d.finer_layer!r}" in d.verdict[0] and "4-pixel cells" in d.verdict[0]
+    assert "4-pixel cells" in d.verdict[0] and d.verdict[-1] == f"next: {d.next_steps[0]}"
+    assert d.next_steps[0].startswith(f"run the check again with target_layer={d.finer_layer!r}")
     assert not run(healthy, data, references=0, reliance=False).coarse
 
 
@@ -228,7 +229,7 @@ def test_per_class_scores_report_and_json(healthy, data, tmp_path):
     assert "1 (ring)" in table and "| **all** | 128 |" in table and "random init (reference)" in table
     assert "chance (box share)" in table and "**margin**" in table and "BG-gap" in table
     blob = json.loads(json.dumps(d.to_dict()))
-    assert blob["kind"] == "healthy" and blob["backbone_score"] == d.backbone_score
+    assert blob["kind"] == d.kind and blob["healthy"] == d.healthy and blob["backbone_score"] == d.backbone_score
     assert blob["reliance"]["bg_gap"]["t"] == pytest.approx(d.bg_gap) and set(VARIANTS) == set(
         blob["reliance"]["accuracy"]) and blob["reliance"]["state"] == d.reliance_state
     assert blob["reliance"]["share"] == d.background_share and blob["reliance"]["share"]["low"] <= d.background_share[

@@ -275,7 +275,7 @@ class Diagnosis:
             problems.append(f"object alone {obj:.2f}")
         floor = self._t.collapse_ratio * self.reliance_entropy.get("original", 0.0)
         low = [v for v in (f"object_only_{fill}", f"mixed_rand_{fill}") if self.reliance_entropy.get(v, floor) < floor]
-        problems += [f"{_PARTS_TITLES[v[:-2]]} predictions spread over {self.reliance_entropy[v]:.1f} bits"
+        problems += [f"{_PARTS_TITLES[v[:-2]]} predictions spread over {abs(self.reliance_entropy[v]):.1f} bits"
                      for v in low]
         return problems
 
@@ -516,8 +516,8 @@ class Diagnosis:
             why = share if share is not None and self.reliance_state == "reliant" and (
                 self.background_share or {}).get("share", 0) >= t.reliance_share else (
                 "the background alone is read under every fill")
-            first = (f"background reliance: the decision depends on the background, not only on the object: {why} "
-                     f"({self._reliance_text()})")
+            first = (f"background reliance: the decision depends on the background, not only on the object: {why}; "
+                     f"measured: {self._reliance_text()}")
         elif kind == "unjudged" and self.full_boxes:
             first = (f"unjudged: the true boxes cover {self.chance:.0%} of the image on average, so chance is about 1 "
                      "and no map can score above it, and there is no background for the reliance test")
@@ -553,8 +553,8 @@ class Diagnosis:
         if kind == "healthy":
             lines += self._class_lines()
         if self.random_scores is None:
-            lines.append("measured without the random-initialisation reference (Budget(references=0)): margins are over "
-                         "chance only")
+            lines.append("measured without the random-initialisation reference (Budget(references=0)): margins are "
+                         "over chance only")
         if self.kept_parameters:
             lines.append(f"{self.kept_parameters} parameters have no reset_parameters() and kept their trained values "
                          "in the random reference")
