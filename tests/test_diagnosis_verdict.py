@@ -115,7 +115,7 @@ def test_the_share_threshold_and_the_interval_decide_the_state():
     d = fake(reliance(small))
     assert d.background_share["share"] == pytest.approx(0.06) and d.background_share["low"] > 0
     assert d.reliance_state == "independent" and d.kind == "healthy"
-    assert "a small reliance, which the interval separates from zero, below the 15% threshold" in d.verdict[1]
+    assert "a small reliance, which the interval separates from zero, below the 10% threshold" in d.verdict[1]
     strict = dataclasses.replace(d, thresholds=Thresholds(reliance_share=0.05))
     assert strict.reliance_state == "reliant" and strict.kind == "background"
     # a share above the threshold that 30 images cannot separate from zero: uncertain, not healthy

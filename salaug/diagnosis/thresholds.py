@@ -61,7 +61,7 @@ class Thresholds:
 
     backbone_margin: float = 0.10
     head_margin: float = 0.10
-    reliance_share: float = 0.15
+    reliance_share: float = 0.10
     background_only_margin: float = 0.25
     original_margin: float = 0.10
     mixed_same_drop: float = 0.10
