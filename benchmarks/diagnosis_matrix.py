@@ -282,7 +282,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                   f"verdict for a mark: background from a worth of {READS:.2f}; below, healthy or background. "
                   "Tuning rows: objects and silhouettes, every fault but the fine-tuned ones (they chose "
                   "Thresholds.reliance_share and mixed_same_drop, see the last section); held-out rows: every "
-                  "dark_on_light row and every fine-tuned row (judged once, after the choice). The share of margin: "
+                  "dark_on_light row and every fine-tuned row (not in that choice). The share of margin: "
                   "BG-gap / (original accuracy - chance), the BG-gap averaged over the fills whose mixed-same kept "
                   "the original's accuracy (in brackets: its 95 % bootstrap interval over the 240 test images)."),
              "", "Right verdicts per cell (of the seeds); `*` marks held-out cells:",
@@ -348,8 +348,8 @@ def tune(saved: list[tuple[dict[str, Any], Any]]) -> str:
     lines += ["", (f"The library's thresholds: reliance_share {t.reliance_share}, mixed_same_drop {t.mixed_same_drop}, "
                    "the pair with the most right verdicts on these rows and no mark worth >= 0.10 passed; where pairs "
                    "tie, the larger share (further from the healthy models' shares) and the smaller drop (the "
-                   "stricter control). The held-out rows (every dark_on_light row, every fine-tuned row) were "
-                   "judged once, with that pair, after the choice.")]
+                   "stricter control). The held-out rows (every dark_on_light row, every fine-tuned row) are left "
+                   "out of this grid.")]
     return "\n".join(lines)
 
 

@@ -346,8 +346,8 @@ def test_verdict_rules():
     one_class = _fake([0.9, 0.9, 0.35], [0.6, 0.3, 0.6]).verdict
     assert one_class[0].startswith("healthy")
     assert one_class[2].startswith("the healthy verdict holds over all images together; the classes named next")
-    assert one_class[3:] == ["head ignores object features for class 1 (b) (AblationCAM margin +0.00)",
-                             "backbone features miss the object for class 2 (c) (EigenCAM margin +0.05)"]
+    assert one_class[3:] == ["head ignores object features for class 1 (b) (AblationCAM margin +0.000, needs +0.10)",
+                             "backbone features miss the object for class 2 (c) (EigenCAM margin +0.050, needs +0.10)"]
     few = _fake([0.9, 0.9, 0.3], [0.6, 0.6, 0.6], counts=[20, 20, 3]).verdict
     assert len(few) == 2  # 3 images are too few for a per-class finding
     assert any("close to chance" in v for v in _fake([0.8] * 3, [0.6] * 3, accuracy=0.4).verdict)

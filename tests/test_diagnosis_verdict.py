@@ -234,8 +234,8 @@ def test_per_class_findings_use_each_classs_own_references():
     assert d.margin("eigencam", 2) == pytest.approx(0.5) == pytest.approx(d.margin("eigencam"))
     assert d.kind == "healthy"
     lines = [v for v in d.verdict if v.startswith("backbone features miss the object for class")]
-    assert lines == ["backbone features miss the object for class 0 (EigenCAM margin +0.05)",
-                     "backbone features miss the object for class 1 (EigenCAM margin +0.08)"]
+    assert lines == ["backbone features miss the object for class 0 (EigenCAM margin +0.050, needs +0.10)",
+                     "backbone features miss the object for class 1 (EigenCAM margin +0.080, needs +0.10)"]
     assert d.per_class[0]["backbone_margin"] == pytest.approx(0.05)
 
 
@@ -246,7 +246,7 @@ def test_a_healthy_verdict_says_how_its_per_class_findings_fit():
     assert text.startswith("Healthy: the backbone's features") and ". The decision does not depend" in text
     assert "The healthy verdict holds over all images together; the classes named next fall short on their own " \
            "images" in text
-    assert text.endswith("Head ignores object features for class 1 (AblationCAM margin +0.05).")
+    assert text.endswith("Head ignores object features for class 1 (AblationCAM margin +0.050, needs +0.10).")
     lines = str(d).splitlines()
     assert " ".join(line[2:] for line in lines[2:2 + len(d.verdict)]) == text and "['" not in str(d)
     assert lines[2].startswith("- Healthy: ") and lines[3].startswith("- The decision does not depend")

@@ -591,10 +591,12 @@ class Diagnosis:
                 continue
             if self.margin("eigencam", k) < self._t.backbone_margin:
                 lines.append(f"backbone features miss the object for class {self.class_name(k)} "
-                             f"(EigenCAM margin {self.margin('eigencam', k):+.2f})")
+                             f"(EigenCAM margin {self.margin('eigencam', k):+.3f}, "
+                             f"needs {self._t.backbone_margin:+.2f})")
             if self.margin("ablationcam", k) < self._t.head_margin:
                 lines.append(f"head ignores object features for class {self.class_name(k)} "
-                             f"(AblationCAM margin {self.margin('ablationcam', k):+.2f})")
+                             f"(AblationCAM margin {self.margin('ablationcam', k):+.3f}, "
+                             f"needs {self._t.head_margin:+.2f})")
         if lines:
             lines.insert(0, "the healthy verdict holds over all images together; the classes named next fall short on "
                             "their own images, so for them the model may decide from something other than the "
@@ -644,7 +646,7 @@ class Diagnosis:
         if self.random_scores is not None:
             lines.append(row("random init (reference)", None, self.random_accuracy, self.random_scores))
         if self.chance is not None:
-            lines.append("| " + " | ".join(["chance (box share)", "", f"{1 / self.num_classes:.3f}",
+            lines.append("| " + " | ".join(["chance (box share)", "", f"{self.chance_accuracy:.3f}",
                                              *[fmt(self.chance)] * 3, *blank]) + " |")
         margins = [fmt(self.margin(m), True) for m in ("eigencam", "ablationcam", "gradcam")]
         lines.append("| " + " | ".join(["**margin**", "", "", *margins, *blank]) + " |")
@@ -817,7 +819,7 @@ class Diagnosis:
             r = per_class.get(k)
             title = f"class {self.class_name(k)}"
             if r is not None:
-                title += (f": backbone {r['backbone_margin']:+.2f}, head {r['head_margin']:+.2f} over references"
+                title += (f": backbone {r['backbone_margin']:+.3f}, head {r['head_margin']:+.3f} over references"
                           f" -> {self._row_mark(k)}")
             rows[title] = stacked[sel].flatten(0, 1)
             captions.append(["image", "GradCAM", "EigenCAM", "AblationCAM"] * sel.numel())
