@@ -473,11 +473,11 @@ class Diagnosis:
             steps.append("look in the training data for what the background tells about the class: a mark, text, "
                          "a border or a frame, a background colour or scene that goes with one class (compare the "
                          "background-only images of salaug.diagnosis.reliance_images across classes)")
-            steps.append("remove it at the source, or break its link to the label while training: salaug.SalientPaste "
-                         "(background='image') with true object masks as saliency pastes each object onto another "
-                         "image's background, and salaug.SalientCrop crops around the object and drops the borders; "
-                         "then retrain and run the check again: the background's share should fall below "
-                         f"{self._t.reliance_share:.0%}")
+            steps.append("remove it at the source, or weaken its link to the label while training: salaug.SalientPaste"
+                         "(background='image') with true object masks as saliency pastes objects onto other images' "
+                         "backgrounds (soft labels by area), so that a background no longer goes with one label, and "
+                         "salaug.SalientCrop crops around the object and drops the borders; then retrain and run the "
+                         f"check again: the background's share should fall below {self._t.reliance_share:.0%}")
         elif kind == "unjudged" and self.full_boxes:
             steps.append("give boxes that frame the object tightly, or crop the images around their objects, and run "
                          "the check again")
