@@ -48,9 +48,11 @@ def diagnose(
     Three steps: a set-up on the first batch (the CAMs, the target layer's resolution, the
     references), one measurement per batch (:func:`_measure`), a summary of the totals. Per batch:
     GradCAM (for reference), EigenCAM and AblationCAM maps of the model and of its
-    random-initialisation references (:func:`salaug.diagnosis.random_reference`, ``references``
-    draws built once on the first batch), their localisation scores, and, with labels and boxes,
-    the reliance test (:mod:`salaug.diagnosis.reliance`). The reference score of each method is
+    random-initialisation references (:func:`salaug.diagnosis.random_reference`,
+    ``budget.references`` draws built once on the first batch), their localisation scores, and,
+    with labels and boxes, the reliance test (:mod:`salaug.diagnosis.reliance`; each image's
+    outcome under each version is kept for the interval of
+    :attr:`~salaug.diagnosis.Diagnosis.background_share`). The reference score of each method is
     the **highest** over the draws: one random draw's score varies a lot from draw to draw (the
     evidence pages give the spread), and a random backbone must not
     pass for a trained one because it drew better than a single reference. The verdict rules are in
