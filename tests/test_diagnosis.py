@@ -22,17 +22,17 @@ from torch.utils.data import DataLoader, TensorDataset
 import salaug
 from salaug.datasets import ClutteredObjects
 from salaug.diagnosis import (
-    BACKBONE_MARGIN,
-    BG_GAP_THRESHOLD,
-    HEAD_MARGIN,
     KINDS,
     VARIANTS,
+    Budget,
     Diagnosis,
-    box_energy,
+    Thresholds,
     diagnose,
 )
+from salaug.metrics import box_energy
 
 S, K = 32, 4
+T = Thresholds()
 PALETTE = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
 
 
@@ -139,9 +139,9 @@ def loader(images, labels, boxes=None, masks=None, batch_size=64) -> DataLoader:
     return DataLoader(TensorDataset(*tensors), batch_size=batch_size)
 
 
-def run(model, data, images="tx", **kw) -> Diagnosis:
+def run(model, data, images="tx", seed: int = 0, **budget) -> Diagnosis:
     return diagnose(model, loader(data[images], data["ty"], data["tb"], data["tm"]), "features", box_key=2,
-                    mask_key=3, **kw)
+                    mask_key=3, budget=Budget(**budget), seed=seed)
 
 
 # ------------------------------------------------------------------------------------ the proofs
@@ -150,8 +150,8 @@ def test_healthy_model_is_called_healthy_by_its_margins(healthy, data):
         d = run(healthy, data, images)
         print(images, d.backbone_score, d.backbone_margin, d.head_score, d.head_margin, d.reliance, d.accuracy)
         assert d.accuracy > 0.6 and d.kind == "healthy" and d.healthy and d.verdict[0].startswith("healthy")
-        assert d.backbone_margin >= BACKBONE_MARGIN + 0.05 and d.head_margin >= HEAD_MARGIN + 0.1
-        assert abs(d.bg_gap) < BG_GAP_THRESHOLD / 2
+        assert d.backbone_margin >= T.backbone_margin + 0.05 and d.head_margin >= T.head_margin + 0.1
+        assert d.reliance_state == "independent" and abs(d.background_share["share"]) < T.reliance_share
         assert d.random_accuracy < 0.45
         assert d.random_scores["eigencam"]["score"] > d.chance  # random features see it too
 
@@ -165,28 +165,29 @@ def test_mark_shortcut_is_called_background_reliance(healthy, shortcut, data):
     for fill in ("t", "b"):  # both fills agree (the black box distracts a little more: 0.70 alone there)
         assert bad.fill_gap(fill) > 0.4 and bad.reliance[f"background_only_{fill}"] > bad.chance_accuracy + 0.4
         assert bad.reliance[f"mixed_rand_{fill}"] < bad.reliance[f"mixed_same_{fill}"] - 0.4
-    assert bad.head_margin < HEAD_MARGIN and bad.head_score < run(healthy, data, "tx_mark").head_score - 0.3
+    assert bad.head_margin < T.head_margin and bad.head_score < run(healthy, data, "tx_mark").head_score - 0.3
 
 
 def test_background_colour_shortcut_is_called_background_reliance(tinted, data):
     d = run(tinted, data, "tx_tint")
     print("tinted:", d.backbone_margin, d.head_margin, d.reliance)
-    assert d.kind == "background" and d.bg_gap >= BG_GAP_THRESHOLD
+    assert d.kind == "background" and d.background_share["share"] >= T.reliance_share > 0
+    assert d.background_share["low"] > 0
 
 
 def test_random_backbone_reads_as_its_random_reference(healthy, random_backbone, data):
     bad, good = run(random_backbone, data), run(healthy, data)
     print("random backbone:", bad.backbone_score, bad.random_scores["eigencam"], bad.backbone_margin, bad.reliance)
     assert bad.kind == "backbone" and bad.verdict[0].startswith("backbone features miss the object")
-    assert bad.backbone_margin < BACKBONE_MARGIN and abs(bad.backbone_margin) < 0.15  # ~ its reference
+    assert bad.backbone_margin < T.backbone_margin and abs(bad.backbone_margin) < 0.15  # ~ its reference
     assert good.backbone_margin > bad.backbone_margin + 0.15
     # absolute scores alone would not say it: the random backbone sits far above chance
     assert bad.backbone_score > 2 * bad.chance
 
 
 def test_box_free_evidence_score_uses_the_random_reference(healthy, random_backbone, data):
-    good = diagnose(healthy, loader(data["tx"], data["ty"]), "features", references=1)
-    bad = diagnose(random_backbone, loader(data["tx"], data["ty"]), "features", references=1)
+    good = diagnose(healthy, loader(data["tx"], data["ty"]), "features", budget=Budget(references=1))
+    bad = diagnose(random_backbone, loader(data["tx"], data["ty"]), "features", budget=Budget(references=1))
     print("evidence healthy:", good.backbone_margin, good.head_margin, "random:", bad.backbone_margin)
     assert good.measure == "evidence" and good.chance is None and good.reliance is None
     assert "pointing" not in good.scores["eigencam"]
@@ -197,10 +198,12 @@ def test_box_free_evidence_score_uses_the_random_reference(healthy, random_backb
 def test_coarse_target_layer_is_not_judged_and_a_finer_layer_is_named(healthy, data):
     c = (data["tb"][:, :2] + data["tb"][:, 2:]) / 2
     small = torch.cat([c - 1.5, c + 1.5], dim=1)  # 3-pixel boxes under 4-pixel cells
-    d = diagnose(healthy, loader(data["tx"], data["ty"], small), "features", box_key=2, reliance=False, references=1)
+    d = diagnose(healthy, loader(data["tx"], data["ty"], small), "features", box_key=2,
+                 budget=Budget(reliance=False, references=1))
     assert d.cell == 4.0 and d.box_side == pytest.approx(3.0) and d.coarse and d.kind == "unjudged"
     assert d.finer_layer in ("features.0", "features.1", "features.2")  # the full-resolution block
-    assert f"target_layer={d.finer_layer!r}" in d.verdict[0] and "4-pixel cells" in d.verdict[0]
+    assert "4-pixel cells" in d.verdict[0] and d.verdict[-1] == f"next: {d.next_steps[0]}"
+    assert d.next_steps[0].startswith(f"run the check again with target_layer={d.finer_layer!r}")
     assert not run(healthy, data, references=0, reliance=False).coarse
 
 
@@ -209,7 +212,8 @@ def test_per_class_scores_report_and_json(healthy, data, tmp_path):
     names = ("disc", "ring", "square", "frame")
     ds = TensorDataset(data["tx"], data["ty"], data["tb"])
     ds.classes = names  # like ClutteredObjects.classes: the table names the classes
-    d = diagnose(healthy, DataLoader(ds, batch_size=50), "features", box_key=2, examples_per_class=2, references=1)
+    d = diagnose(healthy, DataLoader(ds, batch_size=50), "features", box_key=2,
+                 budget=Budget(examples_per_class=2, references=1))
     assert d.num_images == 128 and d.num_classes == K and d.target_layer == "features"
     assert sorted(d.per_class) == [0, 1, 2, 3] and sum(d.counts.values()) == 128
     assert [d.counts[k] for k in range(K)] == torch.bincount(data["ty"], minlength=K).tolist()
@@ -225,10 +229,13 @@ def test_per_class_scores_report_and_json(healthy, data, tmp_path):
     assert "1 (ring)" in table and "| **all** | 128 |" in table and "random init (reference)" in table
     assert "chance (box share)" in table and "**margin**" in table and "BG-gap" in table
     blob = json.loads(json.dumps(d.to_dict()))
-    assert blob["kind"] == "healthy" and blob["backbone_score"] == d.backbone_score
+    assert blob["kind"] == d.kind and blob["healthy"] == d.healthy and blob["backbone_score"] == d.backbone_score
     assert blob["reliance"]["bg_gap"]["t"] == pytest.approx(d.bg_gap) and set(VARIANTS) == set(
         blob["reliance"]["accuracy"]) and blob["reliance"]["state"] == d.reliance_state
-    assert set(blob["per_class"]) == {"0", "1", "2", "3"} and blob["thresholds"]["head_margin"] == HEAD_MARGIN
+    assert blob["reliance"]["share"] == d.background_share  # None when no fill's BG-gap can be read
+    assert blob["reliance"]["comparisons"] == d.comparisons
+    assert blob["next_steps"] == d.next_steps
+    assert set(blob["per_class"]) == {"0", "1", "2", "3"} and blob["thresholds"] == T.as_dict()
     assert blob["resolution"] == {"cell": 4.0, "box_side": d.box_side, "coarse": False, "finer_layer": None}
     paths = d.save(tmp_path / "report")
     assert sorted(p.name for p in paths) == ["report.md", "report.png"]
@@ -277,8 +284,8 @@ def test_same_seed_same_diagnosis(healthy, data):
 
 def test_dict_batches_predicted_classes_caps_and_auto_layer(healthy, data):
     batches = [{"img": data["tx"][i : i + 16], "box": data["tb"][i : i + 16]} for i in range(0, 64, 16)]
-    d = diagnose(healthy, batches, image_key="img", label_key=None, box_key="box", max_batches=2,
-                 examples_per_class=0, references=0)
+    d = diagnose(healthy, batches, image_key="img", label_key=None, box_key="box",
+                 budget=Budget(max_batches=2, examples_per_class=0, references=0))
     assert d.num_images == 32 and d.accuracy is None and d.class_accuracy == {} and d.examples == {}
     assert d.reliance is None and d.random_scores is None  # no labels: no reliance test
     assert any("references=0" in v for v in d.verdict)
@@ -310,7 +317,8 @@ def _fake(backbone: list[float], head: list[float], counts: list[int] | None = N
                      random_scores=block(random, random),
                      random_class_scores={k: block(random, random) for k in range(len(counts))},
                      reliance=rel if measure == "box" else None, cell=cell, box_side=side,
-                     reliance_entropy={v: 1.5 for v in VARIANTS}, label_chance=1 / len(counts))
+                     reliance_entropy={v: 1.5 for v in VARIANTS}, label_chance=1 / len(counts),
+                     reliance_hits=torch.stack([torch.arange(200) < round(rel[v] * 200) for v in VARIANTS]))
 
 
 def both_fills(accuracy: dict[str, float]) -> dict[str, float]:
@@ -322,7 +330,9 @@ def both_fills(accuracy: dict[str, float]) -> dict[str, float]:
 def test_verdict_rules():
     ok = _fake([0.8] * 3, [0.6] * 3)
     assert ok.kind == "healthy" and ok.verdict[0].startswith("healthy: ") and "margin +0.50" in ok.verdict[0]
-    assert "does not depend on the background (original 0.90, chance 0.33; fill T: BG-gap +0.01" in ok.verdict[1]
+    assert ok.verdict[1].startswith("the decision does not depend on the background: the background accounts for 1 "
+                                    "of the model's 57 points above chance")
+    assert "(original 0.90, chance 0.33; fill T: BG-gap +0.01" in ok.verdict[1]
     assert _fake([0.8] * 3, [0.35] * 3).kind == "head"  # margin 0.05 over the random head's 0.3
     assert _fake([0.35] * 3, [0.8] * 3).kind == "backbone"
     assert _fake([0.35] * 3, [0.35] * 3).kind == "backbone"
@@ -336,8 +346,8 @@ def test_verdict_rules():
     one_class = _fake([0.9, 0.9, 0.35], [0.6, 0.3, 0.6]).verdict
     assert one_class[0].startswith("healthy")
     assert one_class[2].startswith("the healthy verdict holds over all images together; the classes named next")
-    assert one_class[3:] == ["head ignores object features for class 1 (b) (AblationCAM margin +0.00)",
-                             "backbone features miss the object for class 2 (c) (EigenCAM margin +0.05)"]
+    assert one_class[3:] == ["head ignores object features for class 1 (b) (AblationCAM margin +0.000, needs +0.10)",
+                             "backbone features miss the object for class 2 (c) (EigenCAM margin +0.050, needs +0.10)"]
     few = _fake([0.9, 0.9, 0.3], [0.6, 0.6, 0.6], counts=[20, 20, 3]).verdict
     assert len(few) == 2  # 3 images are too few for a per-class finding
     assert any("close to chance" in v for v in _fake([0.8] * 3, [0.6] * 3, accuracy=0.4).verdict)

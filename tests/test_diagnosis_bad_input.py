@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from salaug.diagnosis import diagnose
+from salaug.diagnosis import Budget, diagnose
 
 
 def net(outputs: int = 4) -> nn.Module:
@@ -27,7 +27,7 @@ BOX = torch.tensor([[2.0, 2.0, 10.0, 10.0]]).expand(4, 4).clone()
 
 
 def boxed(boxes: torch.Tensor, model: nn.Module | None = None, **kw):
-    return diagnose(model or net(), [(X, Y, boxes)], "0", box_key=2, examples_per_class=0, **kw)
+    return diagnose(model or net(), [(X, Y, boxes)], "0", box_key=2, budget=Budget(examples_per_class=0), **kw)
 
 
 def test_boxes_reaching_past_the_border_count_their_in_image_share():
@@ -79,7 +79,7 @@ def test_masks_of_the_wrong_shape_are_refused():
 
 
 def test_save_examples_zero_writes_only_the_markdown_and_negative_is_refused(tmp_path):
-    d = diagnose(net(), [(X, Y, BOX)], "0", box_key=2, examples_per_class=1)
+    d = diagnose(net(), [(X, Y, BOX)], "0", box_key=2, budget=Budget(examples_per_class=1))
     assert [p.name for p in d.save(tmp_path / "a", examples=0)] == ["report.md"]
     assert os.listdir(tmp_path / "a") == ["report.md"]
     for bad, error in ((-1, ValueError), (1.5, TypeError), ("2", TypeError)):
@@ -93,17 +93,20 @@ def test_save_examples_zero_writes_only_the_markdown_and_negative_is_refused(tmp
     (lambda m, x: diagnose(m, x[0]), TypeError, "got a tensor"),
     (lambda m, x: diagnose(m, TensorDataset(*x)), TypeError, "DataLoader"),
     (lambda m, x: diagnose(m, []), ValueError, "no batches"),
-    (lambda m, x: diagnose(m, [x], max_batches=0), ValueError, "max_batches"),
+    (lambda m, x: diagnose(m, [x], budget=Budget(max_batches=0)), ValueError, "Budget.max_batches"),
     (lambda m, x: diagnose(m, [x], box_key=3), IndexError, "not at position 3.*pass box_key="),
     (lambda m, x: diagnose(m, [{"x": x[0]}]), KeyError, "pass image_key="),
     (lambda m, x: diagnose(m, [(x[0], x[1][:3])]), ValueError, "label_key"),
     (lambda m, x: diagnose(m, [(x[0], x[1], x[2][:, :2])], box_key=2), ValueError, r"\(4, 4\)"),
     (lambda m, x: diagnose(m, [(x[0], x[1] + 10)]), ValueError, "labels must lie in"),
     (lambda m, x: diagnose(m, [x], num_classes=9), ValueError, "only 4 outputs"),
-    (lambda m, x: diagnose(m, [x], references=True), TypeError, "references must be an int >= 0"),
-    (lambda m, x: diagnose(m, [x], reliance=1), TypeError, "reliance must be True or False"),
+    (lambda m, x: diagnose(m, [x], budget=Budget(references=True)), TypeError,
+     "Budget.references must be an int >= 0"),
+    (lambda m, x: diagnose(m, [x], budget=Budget(reliance=1)), TypeError,
+     "Budget.reliance must be True or False"),
     (lambda m, x: diagnose(m, [x], seed=-1), ValueError, "seed must be an int >= 0"),
-    (lambda m, x: diagnose(m, [x], examples_per_class=-1), ValueError, "examples_per_class"),
+    (lambda m, x: diagnose(m, [x], budget=Budget(examples_per_class=-1)), ValueError,
+     "Budget.examples_per_class"),
 ])
 def test_bad_arguments_name_the_problem(call, error, match):
     with pytest.raises(error, match=match):

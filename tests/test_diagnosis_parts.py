@@ -19,7 +19,7 @@ from salaug.diagnosis import (
     reliance_images,
     same_class_partners,
 )
-from salaug.diagnosis.reliance import random_partners, tiled_background
+from salaug.diagnosis.reliance import background_black, random_partners, reliance_share, tiled_background
 from salaug.models import DemoNet
 
 
@@ -91,7 +91,7 @@ def test_reliance_images_are_built_from_object_and_background_under_both_fills()
     assert torch.equal(t["background_only"][:, :, ~inside], x[:, :, ~inside])
     own = base + 214 / 60 * 0.01  # the mean of the 60 background pixels (x sums to 214 outside the box)
     torch.testing.assert_close(t["object_only"][:, :, ~inside], own.expand(4, 3, 60))
-    # fill B: black is each channel's darkest value of the image (column 0 of the ramp)
+    # fill B: black is each channel's darkest value of the background (column 0 of the ramp)
     torch.testing.assert_close(b["background_only"][:, :, inside], base.expand(4, 3, 4))
     torch.testing.assert_close(b["object_only"][:, :, ~inside], base.expand(4, 3, 60))
     for fill in (t, b):
@@ -103,6 +103,62 @@ def test_reliance_images_are_built_from_object_and_background_under_both_fills()
         assert not torch.equal(fill["mixed_rand"][:, 0, 0, 0], x[:, 0, 0, 0])  # a derangement
         partner = fill["mixed_same"][:, 0, 0, 0].sub(x[:, 0, 0, 0]).abs() > 0  # the partner's background_only
         assert bool(partner.all())
+
+
+def test_fill_b_reads_black_from_the_background_so_a_dark_object_does_not_paint_its_box():
+    # dark objects on a light background: class 0 a small square, class 1 a large one. A model
+    # that reads only the object (here: the number of dark pixels) must find nothing in the
+    # background-only images; with black read over the whole image the box took the object's own
+    # colour and its area gave the class away (background-only accuracy 1.00)
+    n = 8
+    x = torch.full((n, 3, 16, 16), 0.8) + torch.arange(16.0).mul(0.005)  # a light, slightly varying background
+    boxes = torch.tensor([[2.0, 2.0, 5.0, 5.0], [2.0, 2.0, 12.0, 12.0]]).repeat(n // 2, 1)
+    classes = torch.tensor([0, 1]).repeat(n // 2)
+    for i in range(n):
+        x1, y1, x2, y2 = boxes[i].long().tolist()
+        x[i, :, y1:y2, x1:x2] = 0.05
+    v = reliance_images(x, classes, boxes, generator=torch.Generator().manual_seed(0))
+    background_b = v[VARIANTS.index("background_only_b")]
+    inside = torch.zeros(n, 16, 16, dtype=torch.bool)
+    for i in range(n):
+        x1, y1, x2, y2 = boxes[i].long().tolist()
+        inside[i, y1:y2, x1:x2] = True
+    # the box holds the background's darkest value (column 0 of the light ramp), not the object's 0.05
+    assert torch.equal(background_b[:, 0][inside], torch.full((int(inside.sum()),), 0.8))
+
+    def reads_the_object(images: torch.Tensor) -> torch.Tensor:  # class 1 when many pixels are dark
+        return ((images[:, 0] < 0.3).flatten(1).sum(1) > 20).long()
+
+    assert torch.equal(reads_the_object(x), classes)  # it reads the originals perfectly ...
+    assert bool((reads_the_object(background_b) == 0).all())  # ... and finds no class in the background
+    old = torch.where(inside.unsqueeze(1), x.amin(dim=(2, 3), keepdim=True), x)  # the whole image's darkest value
+    assert torch.equal(reads_the_object(old), classes)  # what fill B gave before: the box's area told the class
+    whole = background_black(x, torch.ones(n, 1, 16, 16, dtype=torch.bool))  # no background: the whole image
+    assert torch.equal(whole, x.amin(dim=(2, 3), keepdim=True))
+
+
+def test_reliance_share_is_the_backgrounds_part_of_the_margin_with_a_seeded_interval():
+    n = 400
+    g = torch.Generator().manual_seed(0)
+    hits = torch.zeros(len(VARIANTS), n, dtype=torch.bool)
+    hits[0] = torch.arange(n) < 236  # original 0.59
+    for f, (same, rand) in {"t": (248, 200), "b": (244, 196)}.items():
+        order = torch.randperm(n, generator=g)
+        hits[VARIANTS.index(f"mixed_same_{f}"), order[:same]] = True
+        hits[VARIANTS.index(f"mixed_rand_{f}"), order[:rand]] = True
+    r = reliance_share(hits, ("t", "b"), chance=0.12)
+    assert r["gap"] == pytest.approx(0.12) and r["margin"] == pytest.approx(0.47)
+    assert r["share"] == pytest.approx(0.12 / 0.47) and 0 < r["low"] < r["share"] < r["high"] < 0.5
+    assert reliance_share(hits, ("t", "b"), chance=0.12) == r  # seeded: the same interval
+    assert reliance_share(hits, ("t", "b"), chance=0.12, seed=1) != r
+    wide = reliance_share(hits[:, :40], ("t",), chance=0.12)
+    assert wide["high"] - wide["low"] > r["high"] - r["low"]  # fewer images, a wider interval
+    narrow = reliance_share(hits, ("t", "b"), chance=0.12, confidence=0.5)
+    assert r["low"] < narrow["low"] <= narrow["high"] < r["high"]
+    only_t = reliance_share(hits, ("t",), chance=0.12)
+    assert only_t["gap"] == pytest.approx(0.12)  # (248 - 200) / 400
+    with pytest.raises(ValueError, match="fills must be a non-empty subset"):
+        reliance_share(hits, (), chance=0.12)
 
 
 def test_tiled_background_tiles_from_the_widest_strip_and_leaves_full_boxes_alone():

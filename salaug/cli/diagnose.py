@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from salaug.datasets import CLASS_NAMES, ClutteredObjects
     from salaug.diagnosis import (
+        Budget,
         check_image_size,
         diagnose,
         load_demo_model,
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                             cache=True, return_mask=True)
     try:
         result = diagnose(model, DataLoader(test, batch_size=args.batch_size), layer, box_key=2, mask_key=3,
-                          examples_per_class=args.examples, seed=args.seed)
+                          budget=Budget(examples_per_class=args.examples), seed=args.seed)
     except ValueError as exc:  # e.g. NaN / inf logits of the checkpoint's model
         parser.error(str(exc))
     print(result)

@@ -9,8 +9,10 @@ uninformative answer looks like:
   does the classifier rely on channels that fire on the object?
 * **Reliance** (after Xiao et al., ICLR 2021): does the decision change when the object is shown
   on another image's background, under two fills that stay on the data's distribution (the
-  image's own background tiled, black)? A validity gate says when the test cannot tell
-  (:mod:`salaug.diagnosis.reliance`, :attr:`Diagnosis.reliance_state`).
+  image's own background tiled, black)? Each comparison is judged by its own control, and the
+  answer is graded: the share of the model's margin over chance that the background accounts
+  for, with a bootstrap interval (:mod:`salaug.diagnosis.reliance`,
+  :attr:`Diagnosis.background_share`, :attr:`Diagnosis.reliance_state`).
 
 Each map of each image gets a localisation score in ``[0, 1]``: with true boxes the mean of the
 pointing game and the energy inside the box (:func:`salaug.metrics.localisation_score`), without
@@ -24,7 +26,8 @@ covering (nearly) the whole image leave nothing to judge either.
 
 Modules: :mod:`~salaug.diagnosis.engine` (:func:`diagnose`), :mod:`~salaug.diagnosis.measure`
 (the per-batch measurement shared with :class:`salaug.SaliencyMonitor`), :mod:`~salaug.diagnosis.report`
-(:class:`Diagnosis`, verdict, tables, ``save``), :mod:`~salaug.diagnosis.scores`,
+(:class:`Diagnosis`, verdict, tables, ``save``), :mod:`~salaug.diagnosis.thresholds`
+(:class:`Thresholds`), :mod:`~salaug.diagnosis.scores`,
 :mod:`~salaug.diagnosis.references`, :mod:`~salaug.diagnosis.reliance`,
 :mod:`~salaug.diagnosis.checkpoint` (DemoNet checkpoints with their image size). The command
 line (``salaug diagnose``) lives in :mod:`salaug.cli`.
@@ -41,85 +44,90 @@ Example:
     (6, 'box', [0, 1, 2], True)
     >>> sorted(d.reliance) == sorted(VARIANTS) and d.random_scores is not None
     True
+    >>> d.thresholds == Thresholds() and d.reliance_state in RELIANCE_STATES
+    True
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from salaug.diagnosis.checkpoint import (
-    IMAGE_SIZES,
+    IMAGE_SIZES as IMAGE_SIZES,
+)
+from salaug.diagnosis.checkpoint import (
     DemoCheckpoint,
-    check_demo_image_size,
     check_image_size,
     demo_checkpoint,
-    demo_model_from_state,
     load_demo_model,
-    train_demo_model,
 )
-from salaug.diagnosis.engine import diagnose
-from salaug.diagnosis.measure import CAM_ROLES, check_cams, score_maps
-from salaug.diagnosis.references import REFERENCE_SEED, random_reference
+from salaug.diagnosis.checkpoint import (
+    check_demo_image_size as check_demo_image_size,
+)
+from salaug.diagnosis.checkpoint import (
+    demo_model_from_state as demo_model_from_state,
+)
+from salaug.diagnosis.checkpoint import (
+    train_demo_model as train_demo_model,
+)
+from salaug.diagnosis.engine import Budget, diagnose
+from salaug.diagnosis.measure import CAM_ROLES as CAM_ROLES
+from salaug.diagnosis.measure import check_cams as check_cams
+from salaug.diagnosis.measure import score_maps as score_maps
+from salaug.diagnosis.references import REFERENCE_SEED as REFERENCE_SEED
+from salaug.diagnosis.references import random_reference
 from salaug.diagnosis.reliance import (
     FILLS,
     VARIANTS,
     reliance_images,
-    same_class_partners,
-    tiled_background,
+    reliance_share,
 )
-from salaug.diagnosis.report import (
-    BACKBONE_MARGIN,
-    BACKGROUND_ONLY_MARGIN,
-    BG_GAP_THRESHOLD,
-    COLLAPSE_RATIO,
-    FULL_BOX_SHARE,
-    HEAD_MARGIN,
-    KINDS,
-    MIN_CLASS_IMAGES,
-    OBJECT_ONLY_SHARE,
-    ORIGINAL_MARGIN,
-    RELIANCE_STATES,
-    Diagnosis,
+from salaug.diagnosis.reliance import (
+    background_black as background_black,
+)
+from salaug.diagnosis.reliance import (
+    same_class_partners as same_class_partners,
+)
+from salaug.diagnosis.reliance import (
+    tiled_background as tiled_background,
+)
+from salaug.diagnosis.report import KINDS, RELIANCE_STATES, Diagnosis
+from salaug.diagnosis.scores import (
+    box_energy as box_energy,
 )
 from salaug.diagnosis.scores import (
-    box_energy,
-    box_share,
+    box_share as box_share,
+)
+from salaug.diagnosis.scores import (
     evidence_score,
     localisation_score,
 )
+from salaug.diagnosis.thresholds import Thresholds, deprecated_constant
 
+# What users call. Still importable from here, but internal (used by salaug's command line, demo,
+# monitor and benchmarks): IMAGE_SIZES, CAM_ROLES, REFERENCE_SEED, check_demo_image_size,
+# demo_model_from_state, train_demo_model, check_cams, score_maps, same_class_partners,
+# tiled_background, background_black, box_energy, box_share (the last two: salaug.metrics).
 __all__ = [
-    "BACKBONE_MARGIN",
-    "BACKGROUND_ONLY_MARGIN",
-    "BG_GAP_THRESHOLD",
-    "COLLAPSE_RATIO",
     "FILLS",
-    "FULL_BOX_SHARE",
-    "HEAD_MARGIN",
-    "IMAGE_SIZES",
     "KINDS",
-    "CAM_ROLES",
-    "MIN_CLASS_IMAGES",
-    "OBJECT_ONLY_SHARE",
-    "ORIGINAL_MARGIN",
-    "REFERENCE_SEED",
     "RELIANCE_STATES",
     "VARIANTS",
+    "Budget",
     "DemoCheckpoint",
     "Diagnosis",
-    "box_energy",
-    "box_share",
-    "check_cams",
-    "check_demo_image_size",
+    "Thresholds",
     "check_image_size",
     "demo_checkpoint",
-    "demo_model_from_state",
     "diagnose",
     "evidence_score",
     "load_demo_model",
     "localisation_score",
     "random_reference",
     "reliance_images",
-    "same_class_partners",
-    "score_maps",
-    "tiled_background",
-    "train_demo_model",
+    "reliance_share",
 ]
+
+def __getattr__(name: str) -> Any:
+    """The deprecated threshold constants (``BACKBONE_MARGIN``, ...): see :class:`Thresholds`."""
+    return deprecated_constant(__name__, name)

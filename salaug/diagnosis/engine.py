@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -18,9 +19,10 @@ from salaug.diagnosis.measure import CAM_ROLES, PARTS, check_cams, score_maps
 from salaug.diagnosis.references import random_reference
 from salaug.diagnosis.reliance import VARIANTS, reliance_images
 from salaug.diagnosis.report import Diagnosis
+from salaug.diagnosis.thresholds import Thresholds
 from salaug.metrics import box_share
 
-__all__ = ["diagnose"]
+__all__ = ["Budget", "diagnose"]
 
 
 def diagnose(
@@ -33,13 +35,11 @@ def diagnose(
     label_key: int | str | None = 1,
     box_key: int | str | None = None,
     mask_key: int | str | None = None,
-    max_batches: int | None = None,
+    budget: Budget | None = None,
+    thresholds: Thresholds | None = None,
     device: torch.device | str | None = None,
-    examples_per_class: int = 4,
-    ablation_batch_size: int = 256,
-    references: int = 3,
-    reliance: bool = True,
     seed: int = 0,
+    **deprecated: Any,
 ) -> Diagnosis:
     """Check a trained classifier: do its backbone's features (EigenCAM) and its head's evidence
     (AblationCAM) sit on the object, beyond chance and beyond the same network at random
@@ -48,9 +48,11 @@ def diagnose(
     Three steps: a set-up on the first batch (the CAMs, the target layer's resolution, the
     references), one measurement per batch (:func:`_measure`), a summary of the totals. Per batch:
     GradCAM (for reference), EigenCAM and AblationCAM maps of the model and of its
-    random-initialisation references (:func:`salaug.diagnosis.random_reference`, ``references``
-    draws built once on the first batch), their localisation scores, and, with labels and boxes,
-    the reliance test (:mod:`salaug.diagnosis.reliance`). The reference score of each method is
+    random-initialisation references (:func:`salaug.diagnosis.random_reference`,
+    ``budget.references`` draws built once on the first batch), their localisation scores, and,
+    with labels and boxes, the reliance test (:mod:`salaug.diagnosis.reliance`; each image's
+    outcome under each version is kept for the interval of
+    :attr:`~salaug.diagnosis.Diagnosis.background_share`). The reference score of each method is
     the **highest** over the draws: one random draw's score varies a lot from draw to draw (the
     evidence pages give the spread), and a random backbone must not
     pass for a trained one because it drew better than a single reference. The verdict rules are in
@@ -74,15 +76,18 @@ def diagnose(
             reliance test then). Boxes may reach past the border (their in-image part counts) but
             must be non-empty and overlap the image.
         mask_key: position or key of bool object masks for the reliance test (``None``: boxes).
-        max_batches: diagnose at most this many batches (``None``: all).
+        budget: what the check spends (:class:`Budget`: random-initialisation references, batches,
+            AblationCAM chunk, example images, whether to run the reliance test); ``None``:
+            ``Budget()``.
+        thresholds: what the verdict compares against (:class:`~salaug.diagnosis.Thresholds`);
+            ``None``: the library's. Kept on the result: ``dataclasses.replace(d, thresholds=...)``
+            re-judges without measuring again.
         device: where to compute (``None``: the model's device).
-        examples_per_class: images per class kept for the report picture (0: none).
-        ablation_batch_size: ablated head forwards per chunk of AblationCAM.
-        references: random-initialisation draws measured (0: none; each costs about one more
-            diagnosis of the model).
-        reliance: run the reliance test (needs labels and boxes).
-        seed: seed of the references' weights (draw ``j`` uses ``seed + j``) and of the reliance
-            test's pairings.
+        seed: seed of the references' weights (draw ``j`` uses ``seed + j``), of the reliance
+            test's pairings and of its bootstrap interval.
+        **deprecated: ``max_batches``, ``examples_per_class``, ``ablation_batch_size``,
+            ``references`` and ``reliance``, the fields of :class:`Budget` (a
+            ``DeprecationWarning``; removed in 0.5.0).
 
     Batches may differ in image size (e.g. ``batch_size=1`` over full-size images): every image
     is measured at its own size, and the report's example images are resized to the first
@@ -102,16 +107,22 @@ def diagnose(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    budget = _budget(budget, deprecated)
+    if thresholds is None:
+        thresholds = Thresholds()
+    elif not isinstance(thresholds, Thresholds):
+        raise TypeError(f"thresholds must be a salaug.diagnosis.Thresholds, got {type(thresholds).__name__}")
     _check_data(data)
     opts = _Options(
         num_classes=check_int("num_classes", num_classes, low=2, optional=True),
         keys=(image_key, label_key, box_key, mask_key),
-        max_batches=check_int("max_batches", max_batches, low=1, optional=True),
-        examples_per_class=check_int("examples_per_class", examples_per_class, low=0),
-        ablation_batch_size=check_int("ablation_batch_size", ablation_batch_size, low=1),
-        references=check_int("references", references, low=0),
+        max_batches=budget.max_batches,
+        examples_per_class=budget.examples_per_class,
+        ablation_batch_size=budget.ablation_batch_size,
+        references=budget.references,
         seed=check_int("seed", seed, low=0),
-        reliance=check_flag("reliance", reliance) and box_key is not None and label_key is not None,
+        reliance=budget.reliance and box_key is not None and label_key is not None,
+        thresholds=thresholds,
     )
     here = model_device(model) or torch.device("cpu")
     net = model_on(model, None if device is None else torch.device(device))  # a copy when moved
@@ -143,6 +154,57 @@ class _Options:
     references: int
     seed: int
     reliance: bool
+    thresholds: Thresholds
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What :func:`diagnose` spends, in one record.
+
+    Attributes:
+        references: random-initialisation draws measured (0: none; each costs about one more
+            diagnosis of the model).
+        max_batches: diagnose at most this many batches (``None``: all).
+        ablation_batch_size: ablated head forwards per chunk of AblationCAM.
+        examples_per_class: images per class kept for the report picture (0: none).
+        reliance: run the reliance test (it needs labels and boxes).
+
+    Raises:
+        TypeError / ValueError: a field of the wrong type or out of range (the message names it).
+
+    Example:
+        >>> Budget(references=1, examples_per_class=0).references
+        1
+    """
+
+    references: int = 3
+    max_batches: int | None = None
+    ablation_batch_size: int = 256
+    examples_per_class: int = 4
+    reliance: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("Budget.references", self.references, low=0)
+        check_int("Budget.max_batches", self.max_batches, low=1, optional=True)
+        check_int("Budget.ablation_batch_size", self.ablation_batch_size, low=1)
+        check_int("Budget.examples_per_class", self.examples_per_class, low=0)
+        check_flag("Budget.reliance", self.reliance)
+
+
+def _budget(budget: Budget | None, deprecated: dict[str, Any]) -> Budget:
+    """``budget`` with the deprecated keyword arguments of :func:`diagnose` folded in (warned about)."""
+    if budget is not None and not isinstance(budget, Budget):
+        raise TypeError(f"budget must be a salaug.diagnosis.Budget, got {type(budget).__name__}")
+    unknown = sorted(set(deprecated) - {f.name for f in fields(Budget)})
+    if unknown:
+        raise TypeError(f"diagnose() got an unexpected keyword argument {unknown[0]!r}")
+    budget = budget or Budget()
+    if deprecated:
+        names = ", ".join(f"{k}={v!r}" for k, v in deprecated.items())
+        warnings.warn(f"diagnose({', '.join(f'{k}=' for k in deprecated)}...) is deprecated and will be removed in "
+                      f"0.5.0: pass budget=salaug.diagnosis.Budget({names})", DeprecationWarning, stacklevel=3)
+        budget = replace(budget, **deprecated)
+    return budget
 
 
 @dataclass
@@ -249,6 +311,7 @@ class _Totals:
         self.hits = None if first.hits is None else torch.zeros(first.hits.shape[0], k, device=dev)
         self.predicted = None if first.predicted is None else torch.zeros(first.predicted.shape[0], k, device=dev)
         self.examples = _Examples(k, examples_per_class) if examples_per_class > 0 else None
+        self.image_hits: list[Tensor] = []  # per batch (V, B) bool: each image's hit per variant
 
     def add(self, b: _Batch, images: Tensor, boxes: Tensor | None) -> None:
         cls = b.classes
@@ -260,6 +323,7 @@ class _Totals:
                 total.index_add_(0, cls, value)
         if self.hits is not None and b.hits is not None and self.predicted is not None and b.predicted is not None:
             self.hits.index_add_(1, cls, b.hits)
+            self.image_hits.append(b.hits.bool())
             self.predicted.scatter_add_(1, b.predicted, torch.ones_like(b.predicted, dtype=self.predicted.dtype))
         if self.examples is not None and not self.examples.full:
             self.examples.add(images, cls, boxes, b.maps)
@@ -319,11 +383,14 @@ def _summarise(setup: _Setup, t: _Totals, class_names: tuple[str, ...] | None) -
         reliance=reliance,
         class_reliance=class_reliance or {},
         reliance_entropy=entropy or {},
+        reliance_hits=torch.cat(t.image_hits, 1).cpu() if t.image_hits else None,
         label_chance=float(count.max() / n) if t.labelled else None,
         cell=setup.cell,
         box_side=side,
         finer_layer=finer,
         kept_parameters=setup.kept,
+        thresholds=setup.opts.thresholds,
+        seed=setup.opts.seed,
     )
 
 

@@ -9,8 +9,12 @@ and four versions under each of two **fills** of the removed region:
   from outside the box (the widest strip beside the box, repeated across it); outside the object
   the Only-FG version shows the image's own mean background colour;
 * fill ``b`` (Only-BG-B): the box is filled with **black**, read as each channel's darkest value in
-  the image (the library does not know the normalisation; a black pixel in the image is black in
-  any per-channel normalisation); the Only-FG version shows the object on that black.
+  the image's **background**, outside the object's box (the library does not know the
+  normalisation; a black pixel of the background is black in any per-channel normalisation).
+  The object is left out of the reading: a dark object would otherwise paint its own colour into
+  its box, and the box's shape alone would then give the class away. Where the box covers the
+  whole image, the whole image's darkest value is used. The Only-FG version shows the object on
+  that black.
 
 Per fill ``f``:
 
@@ -26,8 +30,8 @@ background (a class-coded mark, a background colour). ``background_only`` far ab
 says the same from the other side. Neither can come from the fill itself (the fill is the same
 for every class, and a model that answers one class on every filled image scores at most the
 majority class's share), so positive evidence holds on any data; a *negative* result only
-counts when the fill kept the images on the data's distribution, which the validity gate of
-:mod:`salaug.diagnosis.report` checks.
+counts when the fill kept the images on the data's distribution, which the controls of
+:mod:`salaug.diagnosis.report` check, each comparison against its own control.
 
 The object region is its pixel mask when the data gives one (grown by one pixel to take its
 anti-aliased rim along), else its box. The removed region of ``background_only`` and of the
@@ -42,7 +46,8 @@ from torch import Tensor
 
 from salaug.boxes import box_mask
 
-__all__ = ["FILLS", "VARIANTS", "reliance_images", "same_class_partners", "tiled_background"]
+__all__ = ["FILLS", "VARIANTS", "background_black", "reliance_images", "reliance_share", "same_class_partners",
+           "tiled_background"]
 
 #: The two fills: ``"t"`` (the image's own background tiled into the box) and ``"b"`` (black).
 FILLS = ("t", "b")
@@ -138,6 +143,29 @@ def tiled_background(images: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     return filled, has_source
 
 
+def background_black(images: Tensor, inside: Tensor) -> Tensor:
+    """Fill B's black: each channel's darkest value outside the object's box.
+
+    Args:
+        images: ``(B, C, H, W)`` float images.
+        inside: ``(B, 1, H, W)`` bool, ``True`` inside the object's box.
+
+    Returns:
+        ``(B, C, 1, 1)``: per image and channel the minimum over the pixels outside the box (over
+        the whole image where the box covers it all).
+
+    Example:
+        >>> x = torch.tensor([[[[0.9, 0.1], [0.8, 0.7]]]])  # a dark object at the top right
+        >>> inside = torch.tensor([[[[False, True], [False, False]]]])
+        >>> background_black(x, inside).flatten().tolist() == [x[0, 0, 1, 1].item()]
+        True
+    """
+    outside = ~inside
+    some = outside.flatten(1).any(1).view(-1, 1, 1, 1)  # (B, 1, 1, 1): the box leaves a background
+    masked = torch.where(outside | ~some, images, torch.full_like(images, float("inf")))
+    return masked.amin(dim=(2, 3), keepdim=True)
+
+
 def reliance_images(
     images: Tensor,
     classes: Tensor,
@@ -166,7 +194,7 @@ def reliance_images(
     else:
         grown = F.max_pool2d(masks.to(images.dtype), 3, stride=1, padding=1) > 0
         obj = grown & inside | masks.bool()
-    black = images.amin(dim=(2, 3), keepdim=True)  # (B, C, 1, 1): each channel's darkest value
+    black = background_black(images, inside)  # (B, C, 1, 1): each channel's darkest background value
     tiled, has_source = tiled_background(images, pixel_boxes)
     outside = (~inside).to(images.dtype)
     own_colour = (images * outside).sum((2, 3), keepdim=True) / outside.sum((2, 3), keepdim=True).clamp_min(1)
@@ -179,3 +207,73 @@ def reliance_images(
                 torch.where(obj, images, background.index_select(0, same)),
                 torch.where(obj, images, background.index_select(0, rand))]
     return torch.stack(out)
+
+
+def reliance_share(
+    hits: Tensor,
+    fills: tuple[str, ...],
+    chance: float,
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The share of the model's margin over chance that the background accounts for, with an interval.
+
+    ``share = gap / (original - chance)``, where ``gap`` is the BG-gap (mixed-same minus mixed-rand
+    accuracy) averaged over ``fills`` and ``original`` the accuracy on the unchanged images. The
+    interval is a percentile bootstrap over the images, batched: each image falls in one of
+    ``2 ** (1 + 2 * len(fills))`` cells by its hits (original, then mixed-same and mixed-rand per
+    fill), so a resample of the ``N`` images is one multinomial draw of the cell counts, and the
+    ``resamples`` draws are one vectorised NumPy call (seeded: the same inputs give the same
+    interval). Chance is held fixed.
+
+    Args:
+        hits: ``(V, N)`` bool, each image's hit under each variant of :data:`VARIANTS`.
+        fills: the fills whose BG-gap counts (a non-empty subset of :data:`FILLS`).
+        chance: the chance accuracy (the most frequent label's share).
+        confidence: level of the interval, in ``(0, 1)``.
+        resamples: bootstrap draws.
+        seed: seed of the draws.
+
+    Returns:
+        ``{"gap", "margin", "share", "low", "high"}``: the mean BG-gap, ``original - chance``, the
+        share, and the interval's bounds of the share (the denominator of each resample is kept at
+        least ``1 / N`` above 0).
+
+    Example:
+        >>> hits = torch.zeros(len(VARIANTS), 100, dtype=torch.bool)
+        >>> hits[0, :60] = True                                      # original: 0.60
+        >>> hits[VARIANTS.index("mixed_same_t"), :60] = True         # mixed-same: 0.60
+        >>> hits[VARIANTS.index("mixed_rand_t"), :48] = True         # mixed-rand: 0.48
+        >>> r = reliance_share(hits, ("t",), chance=0.1)
+        >>> round(r["gap"], 2), round(r["margin"], 2), round(r["share"], 2), r["low"] > 0
+        (0.12, 0.5, 0.24, True)
+    """
+    import numpy as np
+
+    if not fills or any(f not in FILLS for f in fills):
+        raise ValueError(f"fills must be a non-empty subset of {FILLS}, got {fills!r}")
+    rows = [VARIANTS.index("original")]
+    for f in fills:
+        rows += [VARIANTS.index(f"mixed_same_{f}"), VARIANTS.index(f"mixed_rand_{f}")]
+    h = hits[rows].to(torch.long).cpu()  # (1 + 2F, N)
+    n = h.shape[1]
+    weights = 2 ** torch.arange(h.shape[0]).view(-1, 1)
+    counts = torch.bincount((h * weights).sum(0), minlength=2 ** h.shape[0]).double().numpy()  # (cells,)
+    bits = ((np.arange(counts.size)[:, None] >> np.arange(h.shape[0])[None, :]) & 1).astype(np.float64)
+    original = bits[:, 0]
+    gap = (bits[:, 1::2] - bits[:, 2::2]).mean(1)  # per cell: mean over fills of mixed-same - mixed-rand
+
+    def stat(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g, o = c @ gap / n, c @ original / n
+        return g, o - chance
+
+    g0, m0 = stat(counts[None, :])
+    draws = np.random.default_rng(seed).multinomial(n, counts / max(n, 1), size=resamples).astype(np.float64)
+    g, m = stat(draws)
+    shares = g / np.maximum(m, 1.0 / max(n, 1))
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(shares, [tail, 100 - tail])
+    share = float(g0[0] / max(float(m0[0]), 1.0 / max(n, 1)))
+    return {"gap": float(g0[0]), "margin": float(m0[0]), "share": share, "low": float(low), "high": float(high)}
