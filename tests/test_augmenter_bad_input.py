@@ -155,7 +155,7 @@ def test_channels_last_batch_is_named_without_a_convolution_to_compare():
 
 
 @pytest.mark.parametrize("labels_from", ["auto", "cam"])
-def test_a_model_on_the_meta_device_is_named(labels_from):
+def test_a_model_on_the_meta_device_is_named_under_every_source(labels_from):
     with torch.device("meta"):
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                                   torch.nn.Flatten(), torch.nn.Linear(4, K))
