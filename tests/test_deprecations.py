@@ -162,7 +162,9 @@ def test_cam_record_is_deprecated_and_still_gives_the_fused_maps():
 
 
 @pytest.mark.parametrize("spelling", ["SaliencyAugmenter(p=", "SaliencyAugmentation(p=", "SaliencyAugmenter.p",
-                                      "targets=\"label\"", "SalientPaste(label_rule=", "BaseCAM.record()"])
+                                      "targets=\"label\"", "SalientPaste(label_rule=", "BaseCAM.record()",
+                                      "SaliencyAugmentation.compute_saliency", "diagnose(references=",
+                                      "salaug.diagnosis.BACKBONE_MARGIN"])
 def test_changelog_names_each_deprecation_and_its_removal(spelling: str):
     text = CHANGELOG.read_text(encoding="utf-8")
     sections = re.findall(r"^### Deprecated\n(.*?)(?=^##)", text, flags=re.MULTILINE | re.DOTALL)
