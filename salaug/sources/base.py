@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor
 
@@ -36,12 +36,7 @@ __all__ = ["Flat", "ModelFree", "SaliencySource", "StoredMasks", "as_source"]
 class SaliencySource:
     """Where a transform's saliency comes from (subclass and implement :meth:`saliency`).
 
-    Attributes:
-        uses_model: whether the source runs the model being trained (the augmenter then checks the
-            model's output width against ``num_classes`` on the first call).
     """
-
-    uses_model: ClassVar[bool] = False
 
     def saliency(self, images: Tensor, labels: Tensor) -> Tensor | None:
         """``(B, 1, H, W)`` maps in ``[0, 1]`` for ``images`` (``(B, C, H, W)``), or ``None`` for flat saliency."""

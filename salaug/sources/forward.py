@@ -36,9 +36,10 @@ The protocol cannot go silently wrong:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -208,8 +209,6 @@ class ForwardEvidence(SaliencySource):
         RuntimeError: a ``torch.compile``'d model (its compiled forward ignores hooks).
     """
 
-    uses_model: ClassVar[bool] = False  # the model runs once per step: the user's forward
-
     def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None, *,
                  blend: float | None = None, num_prefix_tokens: int | None = None,
                  forward_context: ForwardContext | None = None) -> None:
@@ -227,7 +226,7 @@ class ForwardEvidence(SaliencySource):
         self.model = model
         self._blend = None if blend is None else float(blend)
         self._prefix = num_prefix_tokens
-        self.forward_context: ForwardContext = forward_context or _null_context
+        self.forward_context: ForwardContext = forward_context or contextlib.nullcontext
         self._root = unwrap_model(model)
         self._layer_name: str | None = None
         self._layer: nn.Module | None = None
@@ -451,12 +450,6 @@ class ForwardEvidence(SaliencySource):
     def _choose_layer(self, images: Tensor) -> None:
         with self.forward_context(), eval_mode(self._root):
             self._layer_name, self._layer = probe_target_layer(self._root, images[:1])
-
-
-def _null_context() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def _same_images(x: object, images: Tensor) -> bool:

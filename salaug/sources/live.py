@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +59,6 @@ class LiveCAM(SaliencySource):
         TypeError, ValueError: options of the wrong type or out of range; a CAM object built on
             another model; ``ema_decay`` with a CAM object.
     """
-
-    uses_model: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, cam: str | type[BaseCAM] | BaseCAM = "gradcam",
                  target_layer: str | nn.Module | None = None, *, cam_scale: float = 1.0,
