@@ -707,3 +707,19 @@ def test_lightning_step_that_skips_its_batch_leaves_nothing_waiting(tmp_path):
                                      log_every_n_steps=0)
     _fit(module, tmp_path, [cb])
     assert hook_count(module) == 0 and cb.batches_seen == 2
+
+
+def test_a_forward_that_wraps_ours_is_not_ours():
+    # Lightning's DDP runs training_step inside a forward of the LightningModule (a redirected forward
+    # called with the batch); the step's own self(x) inside it is the forward that fills the labels
+    net = DemoNet(num_classes=5, width=8)
+    fwd, out, y = armed(net)
+    original = net.forward
+
+    def redirected(batch):
+        net.forward = original
+        return F.cross_entropy(net(batch[0]), batch[1])
+
+    net.forward = redirected  # type: ignore[method-assign]
+    loss = net([out.images, y])
+    assert y.filled and torch.isfinite(loss) and hook_count(net) == 0

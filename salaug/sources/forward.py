@@ -181,7 +181,7 @@ class _Batch:
         self.area = area.float() * self.applied
         self.in_forward = False   # our root forward is running
         self.entered = False      # our root forward started at least once
-        self.foreign = 0          # depth of forwards of other images running now
+        self.calls: list[bool] = []  # the root forwards running now, outermost first: ours or not
         self.tokens: Tensor | None = None
 
 
@@ -344,37 +344,37 @@ class ForwardEvidence(SaliencySource):
         if batch is None:
             return
         x = args[0] if args else next(iter(kwargs.values()), None)
-        if batch.in_forward or batch.foreign or not _same_images(x, batch.images):
-            batch.foreign += 1  # another forward (other images, or nested): not ours, fills nothing
-            self._set_capture(False)
-            return
-        if not torch.is_grad_enabled():
+        # ours: the mixed images, not nested in our own forward. Any other forward (other images, or
+        # one that wraps ours, as Lightning's DDP redirection wraps training_step) fills nothing.
+        mine = not batch.in_forward and _same_images(x, batch.images)
+        if mine and not torch.is_grad_enabled():
             self.cancel()
             raise RuntimeError(
                 "the forward of the augmented batch ran without gradients (torch.no_grad / inference_mode); forward "
                 "labels are filled by the training forward: run it with gradients enabled (or pass labels_from='cam')"
             )
-        batch.in_forward = batch.entered = True
-        batch.tokens = None
-        self._set_capture(True)
-        if self._capture is not None:
-            self._capture.reset()
+        batch.calls.append(mine)
+        self._set_capture(mine)
+        if mine:
+            batch.in_forward = batch.entered = True
+            batch.tokens = None
+            if self._capture is not None:
+                self._capture.reset()
 
     def _keep_tokens(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         batch = self._batch
-        if batch is not None and batch.in_forward and not batch.foreign:
+        if batch is not None and batch.calls and batch.calls[-1]:
             batch.tokens = attention_input(module, args, kwargs)
 
     def _exit(self, _module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
         batch = self._batch
-        if batch is None:
+        if batch is None or not batch.calls:
             return
-        if batch.foreign:
-            batch.foreign -= 1
-            self._set_capture(batch.foreign == 0)
+        mine = batch.calls.pop()
+        self._set_capture(not batch.calls or batch.calls[-1])  # outside any root forward: a submodule's calls
+        if not mine:
             return
-        if not batch.in_forward:
-            return
+        batch.in_forward = False
         if output is None:  # the forward raised (always-called hook): drop the batch, leave no hook
             self.cancel()
             warnings.warn(f"the forward of augmented batch {batch.step} raised; its labels were dropped and the "
