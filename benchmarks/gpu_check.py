@@ -23,7 +23,7 @@ Sections, each timed (its wall seconds are in the table):
 5. **Peak memory** (``torch.cuda.max_memory_allocated``) of each section, and of a plain step and a
    default step run alone.
 
-``--dry-run`` runs every section on the CPU at a tiny size (ResNet-18 at 32², batches of 2–4, one
+``--dry-run`` runs every section on the CPU at a tiny size (ResNet-18 at 64², batches of 2–4, one
 round): it checks that the code paths and the table work; its numbers are not measurements, and the
 table says so in its first line. Nothing is downloaded (random weights).
 """
@@ -76,8 +76,8 @@ class Sizes:
     memory_steps: int = 3
 
 
-DRY = Sizes(cam_model="resnet18", cam_batch=2, cam_size=32, cam_rounds=1, cam_methods=("gradcam",), tf_batch=4,
-            tf_size=32, tf_rounds=1, tf_only=("SaliencyMix", "SnapMix"), step_batch=4, step_size=32, step_steps=2,
+DRY = Sizes(cam_model="resnet18", cam_batch=2, cam_size=64, cam_rounds=1, cam_methods=("gradcam",), tf_batch=4,
+            tf_size=32, tf_rounds=1, tf_only=("SaliencyMix", "SnapMix"), step_batch=4, step_size=64, step_steps=2,
             step_warmup=1, step_rounds=1, memory_steps=1)
 
 

@@ -411,7 +411,7 @@ def test_gpu_check_dry_run_writes_the_table(tmp_path) -> None:
     assert "**DRY RUN** on the CPU" in table
     assert "| section | check | measured | goal | met | section time (s) | section peak memory (MiB) |" in table
     for check in ("pytorch-grad-cam / salaug", "SnapMix, B=4 32²: per-sample loop / batched", "batched / v2.CutMix",
-                  "default step / plain step", "peak memory: plain step / default step"):
+                  "default step / plain step, ResNet-18 B=4 64²", "peak memory: plain step / default step"):
         assert check in table, table
     assert "| NO |" not in table and "error:" not in table
 

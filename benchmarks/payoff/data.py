@@ -136,8 +136,9 @@ def finegrained(split: Split, size: int, length: int, num_classes: int, seed: in
     Each image is a ClutteredObjects image whose object is a disc, square or diamond (radius 20–30 %
     of the side; the shape carries no class); a ``round(0.16 * size)``-pixel square mark (5 px at
     32²) is painted inside the object, at a random place where it fits, in an ink 15–35 % of the way
-    from the object's colour to black (light objects) or white (dark ones); its pattern is the class (:data:`MARKS`: horizontal
-    stripes, vertical stripes, checks, solid, hollow square; ``num_classes`` takes the first). The
+    from the object's colour to black (light objects) or white (dark ones); its pattern is the class
+    (:data:`MARKS`: horizontal stripes, vertical stripes, checks, solid, hollow square;
+    ``num_classes`` takes the first). The
     mark covers about 2.5 % of the image and 10–25 % of the object. Labels are balanced (a
     permutation of ``arange(length) % num_classes``).
 

@@ -59,7 +59,7 @@ def header(cfg: Config, what: str, wall: float, workers: int, trained: int, reus
     """The paragraph above a cell's tables: the regime, the arms and the wall time."""
     tuned = "" if cfg.finetune == "none" else (
         f" pretrained once on {7 * cfg.source_per_class} images of 7 other ClutteredObjects shapes "
-        f"({cfg.pretrain_epochs} epochs), then {FINETUNE_NAMES[cfg.finetune]} with a new head for")
+        f"({cfg.pretrain_epochs} epochs), then {FINETUNE_NAMES[cfg.finetune]} with a new head")
     return (f"Dataset {cfg.dataset}, {cfg.size}x{cfg.size}, {cfg.num_classes} classes, {cfg.train_per_class} "
             f"training images per class, {ARCH_NAMES[cfg.arch]}"
             f"{f' width {cfg.width}' if cfg.arch in ('demonet', 'resnet8') else ''}{tuned}, {cfg.epochs} epochs "
