@@ -139,7 +139,7 @@ def finegrained(split: Split, size: int, length: int, num_classes: int, seed: in
     from the object's colour to black (light objects) or white (dark ones); its pattern is the class
     (:data:`MARKS`: horizontal stripes, vertical stripes, checks, solid, hollow square;
     ``num_classes`` takes the first). The
-    mark covers about 2.5 % of the image and 10–25 % of the object. Labels are balanced (a
+    mark covers about 2.5 % of the image and 9–30 % of the object. Labels are balanced (a
     permutation of ``arange(length) % num_classes``).
 
     ``background`` and ``occlusion`` are ClutteredObjects' shift options: the same objects and marks
