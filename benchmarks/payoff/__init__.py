@@ -96,7 +96,8 @@ Nothing is written unless ``--out`` is given; ``--replot payoff_x.json`` redraws
 
 Cost (2 CPU cores, one thread per worker, 2026-12-04): a 150-epoch run of DemoNet takes 50-75 s
 (SnapMix about 1.2x ``none``, for its CAM forward); a 7-arm x 5-seed cell about 25 min with
-``--workers 2``.
+``--workers 2``. Fine-tuning (2026-12-07, a shared machine): the one pretraining run about 8 min; a
+7-arm x 5-seed cell of 100 epochs on 150 images 15-25 min with ``--workers 2`` (30 epochs: 5-8 min).
 
 Modules: :mod:`.config` (``Config``, ``PRESETS``), :mod:`.arms` (arm names and options over
 ``salaug.transforms.registry``, MixUp, the sweep), :mod:`.data` (datasets, splits, the base
