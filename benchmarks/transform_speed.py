@@ -23,6 +23,8 @@ import math
 import random
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -243,31 +245,22 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
-    ap.add_argument("--only", nargs="*", default=None, help="names of the transforms to time")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (the per-sample loops then pay a launch per op)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def make_batch(b: int, n: int, k: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, s, y)``: ``(B, 3, n, n)`` noise images, CAM-like saliency (a blurred blob per image,
+    min-max normalised, ``(B, n, n)``) and ``(B,)`` labels, seeded, on ``device``."""
     torch.manual_seed(0)
-    b, k, n = args.batch, args.classes, args.size
     x = torch.randn(b, 3, n, n)
-    # CAM-like saliency: a blurred blob per image, min-max normalised
     yy, xx = torch.meshgrid(torch.linspace(0, 1, n), torch.linspace(0, 1, n), indexing="ij")
     c = torch.rand(b, 2, 1, 1) * 0.6 + 0.2
     s = torch.exp(-((xx - c[:, 0:1]) ** 2 + (yy - c[:, 1:2]) ** 2) / 0.02)
     s = s / s.amax((2, 3), keepdim=True)
     y = torch.randint(0, k, (b,))
-    x, s, y = x.to(args.device), s.to(args.device), y.to(args.device)
-    cutmix = v2.CutMix(num_classes=k)
+    return x.to(device), s.to(device), y.to(device)
 
-    cases = {
+
+def make_cases(k: int) -> dict[str, tuple[Any, Callable[..., Any], str]]:
+    """Each timed transform: ``(batched salaug transform, per-sample loop reference, target vs v2.CutMix)``."""
+    return {
         "SalientCrop": (SalientCrop(num_classes=k), loop_salient_crop, "<= 2.0"),
         "SaliencyMix": (SaliencyMix(num_classes=k), loop_saliency_mix, "<= 1.5"),
         "AttentiveCutMix": (AttentiveCutMix(num_classes=k), loop_attentive_cutmix, "<= 1.5"),
@@ -280,8 +273,13 @@ def main() -> None:
         "PuzzleMix transport": (PuzzleMix(num_classes=k, transport=True, p=1.0),
                                 lambda *a: loop_puzzlemix(*a, transport=True), "<= 5.0"),
     }
-    if args.only:
-        cases = {name: v for name, v in cases.items() if name in args.only}
+
+
+def time_cases(x: torch.Tensor, s: torch.Tensor, y: torch.Tensor, k: int,
+               cases: dict[str, tuple[Any, Callable[..., Any], str]], rounds: int) -> dict[str, float]:
+    """Median seconds of ``v2.CutMix``, of each case's batched transform (``name``) and of its loop
+    (``name + " loop"``), timed in interleaved rounds, each in a new random order (after one warm-up call)."""
+    cutmix = v2.CutMix(num_classes=k)
     fns = {"v2.CutMix": lambda: cutmix(x, y)}
     for name, (t, loop, _) in cases.items():
         fns[name] = (lambda t=t: t(x, s, y))
@@ -290,7 +288,7 @@ def main() -> None:
         f()
     times: dict[str, list[float]] = {name: [] for name in fns}
     order = random.Random(0)
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         # a new order every round: each call finds the allocator as the previous call left it (at
         # this size a fresh buffer costs page faults), so a fixed order favours some entries
         for name, f in order.sample(list(fns.items()), len(fns)):
@@ -299,7 +297,27 @@ def main() -> None:
             f()
             _sync()  # a CUDA call returns before its kernels finish
             times[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(v) for name, v in times.items()}
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    ap.add_argument("--only", nargs="*", default=None, help="names of the transforms to time")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the per-sample loops then pay a launch per op)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    b, k, n = args.batch, args.classes, args.size
+    x, s, y = make_batch(b, n, k, args.device)
+    cases = make_cases(k)
+    if args.only:
+        cases = {name: v for name, v in cases.items() if name in args.only}
+    med = time_cases(x, s, y, k, cases, args.rounds)
     base = med["v2.CutMix"]
     print(f"B={b}, {n}x{n}, K={k}, device {args.device}, {args.rounds} interleaved rounds, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; v2.CutMix median {base * 1e3:.1f} ms\n")

@@ -324,3 +324,104 @@ def test_the_command_line_runs_as_a_module_and_as_a_directory(how) -> None:
                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert "objects, DemoNet, 50/class, 150 ep, base cropflip | 5 | 0.896" in out.stdout
+
+
+# --------------------------------------------------------------------------- the fine-tuning regime
+def test_finegrained_classes_differ_only_in_a_small_mark(payoff) -> None:
+    from benchmarks.payoff.data import MARKS, finegrained
+
+    d = finegrained("test", 32, 40, 5, 7)
+    assert d["image"].shape == (40, 3, 32, 32) and d["mask"].shape == (40, 1, 32, 32)
+    assert torch.bincount(d["label"], minlength=5).tolist() == [8] * 5  # balanced
+    assert (d["mask"].flatten(1).sum(1) == 25).all()  # a whole 5 x 5 mark, inside the image
+    box = d["box"]
+    assert ((box[:, 2] - box[:, 0]) == 5).all() and ((box[:, 3] - box[:, 1]) == 5).all()
+    again = finegrained("test", 32, 40, 5, 7)
+    assert torch.equal(again["image"], d["image"])  # a function of (seed, split, length)
+    # the shift splits keep the labels and the mark's place; occlusion hides part of some marks
+    hidden = finegrained("test", 32, 40, 5, 7, occlusion=0.4)
+    assert torch.equal(hidden["label"], d["label"]) and bool((hidden["mask"] <= d["mask"]).all())
+    assert hidden["mask"].sum() < d["mask"].sum()
+    other = finegrained("test", 32, 40, 5, 7, background="shifted")
+    assert torch.equal(other["mask"], d["mask"]) and not torch.equal(other["image"], d["image"])
+    outside = ~d["mask"].expand_as(d["image"])  # outside the mark, an image is a ClutteredObjects image
+    assert not torch.equal(d["image"][outside], torch.zeros_like(d["image"][outside]))
+    with pytest.raises(ValueError, match="mark classes"):
+        finegrained("test", 32, 8, len(MARKS) + 1, 0)
+
+
+def test_source_classes_are_disjoint_from_the_targets(payoff) -> None:
+    from benchmarks.payoff.data import SOURCE_FIRST_CLASS, source_set
+
+    cfg = payoff.Config(**{**payoff.PRESETS["finetune"], "source_per_class": 3})
+    src = source_set(cfg)
+    assert src["image"].shape == (21, 3, 32, 32) and sorted(src["label"].unique().tolist()) == list(range(7))
+    assert SOURCE_FIRST_CLASS >= payoff.PRESETS["finetune"]["num_classes"]  # the objects target's shapes come first
+
+
+def test_finetune_pretrains_once_loads_the_backbone_and_a_new_head(payoff, tmp_path) -> None:
+    from benchmarks.payoff import training
+
+    cfg = payoff.Config(**{**payoff.PRESETS["smoke"], "finetune": "whole", "source_per_class": 4,
+                           "pretrain_epochs": 1, "cache_dir": str(tmp_path)})
+    first = training.pretrain(cfg, log=lambda *a, **k: None)
+    assert os.path.isfile(first["path"]) and first["path"].startswith(str(tmp_path))
+    again = training.pretrain(cfg, log=lambda *a, **k: pytest.fail("pretrained twice"))  # from the cache
+    assert all(torch.equal(first["state_dict"][k], again["state_dict"][k]) for k in first["state_dict"])
+    torch.manual_seed(0)
+    model = training.load_backbone(training.build_model(cfg), cfg)
+    state = model.state_dict()
+    assert torch.equal(state["features.0.weight"], first["state_dict"]["features.0.weight"])
+    assert state["head.2.weight"].shape[0] == cfg.num_classes  # a new head for the target's classes
+    frozen = dataclasses.replace(cfg, finetune="frozen")
+    model = training.load_backbone(training.build_model(frozen), frozen)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"head.2.weight", "head.2.bias"}
+    training.set_train_mode(model, frozen)
+    assert model.head.training and not model.features.training  # frozen BatchNorm statistics too
+
+
+def test_finetune_cell_runs_end_to_end_and_start_delays_the_mixing(payoff, tmp_path) -> None:
+    argv = ["--preset", "smoke", "--dataset", "finegrained", "--finetune", "whole", "--source-per-class", "4",
+            "--pretrain-epochs", "1", "--cache-dir", str(tmp_path / "cache"), "--seeds", "2",
+            "--arms", "none,cutmix,snapmix-fwd,snapmix-fwd:start=2", "--out", str(tmp_path), "--name", "ft"]
+    assert payoff.main(argv) == 0
+    data = json.loads((tmp_path / "payoff_ft.json").read_text())
+    assert data["config"]["finetune"] == "whole" and data["config"]["num_classes"] == 4
+    assert set(data["summary"]["cutmix"]["vs_none"]) == {"id", "background", "occlusion"}
+    table = (tmp_path / "payoff_ft.md").read_text()
+    assert "then fine-tuned whole with a new head" in table
+    by = {(r["arm"], r["seed"]): r for r in data["runs"]}
+    # start=2 of a 2-epoch run never mixes: the base-only run, bit for bit (same data, init and order)
+    for seed in (0, 1):
+        late, none = by[("snapmix-fwd:start=2", seed)], by[("none", seed)]
+        assert late["acc_id"] == none["acc_id"] and late["train_acc"] == none["train_acc"]
+        assert late.get("label_samples", 0) == 0
+    assert payoff.parse_arm("snapmix:start=40").start == 40
+    regimes = payoff.regime_table([str(tmp_path / "payoff_ft.json")])
+    assert "| finegrained, DemoNet, fine-tuned whole, 4/class, 2 ep" in regimes
+
+
+def test_gpu_check_dry_run_writes_the_table(tmp_path) -> None:
+    out = tmp_path / "gpu.md"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "gpu_check.sh"), "--dry-run", "--out", str(out),
+                           "--skip", "tests"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = out.read_text()
+    assert "**DRY RUN** on the CPU" in table
+    assert "| section | check | measured | goal | met | section time (s) | section peak memory (MiB) |" in table
+    for check in ("pytorch-grad-cam / salaug", "SnapMix, B=4 32²: per-sample loop / batched", "batched / v2.CutMix",
+                  "default step / plain step, ResNet-18 B=4 64²", "peak memory: plain step / default step"):
+        assert check in table, table
+    assert "| NO |" not in table and "error:" not in table
+
+
+def test_gpu_check_refuses_cuda_without_a_gpu_and_collects_the_cuda_tests() -> None:
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    gpu_check = importlib.import_module("benchmarks.gpu_check")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            gpu_check.main(["--skip", "tests", "cam", "transforms", "step"])
+    rows = gpu_check.cuda_tests(dry_run=True, workers=1)
+    assert len(rows) == 1 and "device tests collected" in rows[0].measured and rows[0].met != "NO"

@@ -198,3 +198,34 @@ def test_vit_transmix(tmp_path: Path) -> None:
     assert found, out[-3000:]
     assert float(found[1]) > 0 and 0 < int(found[3]) <= 128  # half the samples are mixed (p=0.5) per batch
     assert list(tmp_path.iterdir()) == []  # writes nothing
+
+
+def test_finetune_local_weights_new_head_default_augmenter(tmp_path: Path) -> None:
+    import torchvision
+
+    # A local state_dict of the architecture (random here: nothing is downloaded), as a user passes ImageNet weights.
+    torch.manual_seed(2)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pt")
+    out = run([str(EXAMPLES / "finetune.py"), "--weights", "r18.pt", "--epochs", "1", "--per-class", "4",
+               "--size", "64", "--test-size", "20"], tmp_path)
+    assert ("resnet18 from local weights r18.pt, new 5-class head at 'fc', whole network; 20 training images at "
+            "64 px; SnapMix via SaliencyAugmenter (labels_from='forward')") in out, out[-3000:]
+    assert re.search(r"epoch 1/1: train loss \d+\.\d{3}", out), out[-3000:]
+    assert re.search(r"test accuracy: in-distribution \d\.\d{3}, 40% occlusion \d\.\d{3}", out), out[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r18.pt"]  # writes nothing
+
+
+def test_finetune_frozen_backbone_and_wrong_weights(tmp_path: Path) -> None:
+    out = run([str(EXAMPLES / "finetune.py"), "--arch", "mobilenet_v3_small", "--freeze", "--epochs", "1",
+               "--per-class", "4", "--size", "64", "--test-size", "20"], tmp_path)
+    # no gradient reaches a frozen trunk's layer in the forward: the labels come from the CAM pass
+    assert "random initialisation (no --weights), new 5-class head at 'classifier.3', head only" in out
+    assert "labels_from='cam'" in out and "test accuracy: in-distribution" in out
+    import torchvision
+
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pt")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, str(EXAMPLES / "finetune.py"), "--weights", "r34.pt", "--epochs", "1",
+                           "--per-class", "2", "--size", "64"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert done.returncode != 0 and "Unexpected key(s) in state_dict" in done.stderr  # not silently ignored

@@ -21,11 +21,24 @@ family never seen in training, 40 % occlusion, small objects), ``textures``
 (:class:`salaug.datasets.TexturedBlobs`, a generator that shares nothing with ClutteredObjects:
 the class is a blob's texture among distractor blobs on 1/f noise; shift splits: a colour-gradient
 background, small objects), ``digits`` (sklearn's digits on clutter, boxes only, no shift split) and
+``finegrained`` (the class is the pattern of a small low-contrast mark — stripes, checks, solid,
+hollow — painted on a disc, square or diamond of ClutteredObjects; the mark is about 2.5 % of the
+image; shift splits: the new background family, 40 % occlusion, which may hide the mark) and
 ``folder`` (an ImageFolder tree at ``--root``: e.g. a local CIFAR-100 or CUB-200 export; with
 ``--preset cifar100`` the published CIFAR-100 ResNet-18 setting: 200 epochs, SGD 0.1 with Nesterov
 momentum, weight decay 1e-4, cosine, batch 100, on ``--device cuda``). Networks (``--arch``):
 ``demonet`` (:class:`salaug.models.DemoNet`), ``resnet8`` (:class:`salaug.models.ResNet8`) and
 ``resnet18`` (torchvision's, CIFAR stem).
+
+**Fine-tuning** (``--finetune whole|frozen``, the ``finetune`` preset): the network of ``--arch`` is
+pretrained once on a source set the benchmark generates — 1000 ClutteredObjects images of each of 7
+shapes (cross, plus, bars, diamond, star, crescent, tee: none is a target class), 15 epochs — and
+cached under ``--cache-dir`` (default ``$SALAUG_BENCHMARK_CACHE`` or ``~/.cache/salaug/benchmarks``,
+outside the repository); each run loads that backbone, puts a new head (seeded per seed) for the
+target's classes on it and fine-tunes the whole network (``whole``) or the head alone (``frozen``:
+the backbone's parameters frozen and its BatchNorm in eval mode). The preset: DemoNet, 5 target
+classes (the first five shapes for ``objects``, the five marks for ``finegrained``), 30 images per
+class, 100 epochs, batch 32, AdamW OneCycle lr 1e-3.
 
 Default regime (see ``Config`` and ``PRESETS``): 32x32, 10 classes, 50 training images per class,
 DemoNet width 16, AdamW 3e-3, weight decay 5e-4, OneCycle over ``--epochs`` (40 by default; the
@@ -52,10 +65,10 @@ Arms (all through ``salaug.SaliencyAugmenter``, the in-loop path, except ``none`
 * ``oracle``: SnapMix fed the true object masks (the ceiling a CAM could reach),
   ``oracle-saliencymix`` (SaliencyMix with masks and mass labels).
 
-Any arm takes options after a colon, e.g. ``snapmix:warmup=40,ema=0.99,alpha=1,p=1,off=3,cam_scale=0.5``
+Any arm takes options after a colon, e.g. ``snapmix:warmup=40,ema=0.99,alpha=1,p=1,off=3,start=50,cam_scale=0.5``
 (warm-up calls with flat saliency, CAMs from an EMA of the weights, Beta alpha, mixing
-probability, epochs without mixing at the end, CAMs computed on images downscaled by
-``cam_scale``); ``--sweep`` runs a one-factor sweep around one method.
+probability, epochs without mixing at the end, epochs without mixing at the start, CAMs computed on
+images downscaled by ``cam_scale``); ``--sweep`` runs a one-factor sweep around one method.
 
 Statistics: the final-epoch accuracy of each run (never the best epoch), paired differences per
 seed, mean and 95 % t-interval (Student t, ``n - 1`` degrees of freedom). Label fidelity: every
@@ -73,6 +86,9 @@ Usage, from the repository root (``python benchmarks/payoff ...`` works too)::
         --workers 2 --out benchmarks/results --name objects_recipe150       # a with-recipe cell
     python -m benchmarks.payoff --dataset textures --epochs 150 --workers 2 --out benchmarks/results  # held out
     python -m benchmarks.payoff --base none --workers 2 --out benchmarks/results   # the no-recipe table
+    python -m benchmarks.payoff --preset finetune --dataset finegrained --workers 2 \
+        --arms none,cutmix,mixup,resizemix,snapmix-fwd,snapmix,snapmix-flat --out benchmarks/results \
+        --name finetune_finegrained100                                     # a fine-tuning cell
     python -m benchmarks.payoff --dataset folder --root ~/data/cifar100 --preset cifar100 --device cuda \
         --arms none,cutmix,resizemix,snapmix,snapmix-flat --out results       # the published setting
 
@@ -80,7 +96,8 @@ Nothing is written unless ``--out`` is given; ``--replot payoff_x.json`` redraws
 
 Cost (2 CPU cores, one thread per worker, 2026-12-04): a 150-epoch run of DemoNet takes 50-75 s
 (SnapMix about 1.2x ``none``, for its CAM forward); a 7-arm x 5-seed cell about 25 min with
-``--workers 2``.
+``--workers 2``. Fine-tuning (2026-12-07, a shared machine): the one pretraining run about 8 min; a
+7-arm x 5-seed cell of 100 epochs on 150 images 15-25 min with ``--workers 2`` (30 epochs: 5-8 min).
 
 Modules: :mod:`.config` (``Config``, ``PRESETS``), :mod:`.arms` (arm names and options over
 ``salaug.transforms.registry``, MixUp, the sweep), :mod:`.data` (datasets, splits, the base

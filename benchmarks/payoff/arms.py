@@ -39,6 +39,7 @@ class Arm:
     alpha: float | None = None
     p: float | None = None
     off: int | None = None
+    start: int | None = None  # epochs without mixing at the start (None: the config's start_epochs)
     cam: str = "gradcam"
     cam_scale: float = 1.0
     transport: bool = False
@@ -69,7 +70,7 @@ _BASE_ARMS: dict[str, dict[str, Any]] = {
     "resizemix-fwd": {"kind": "resizemix", "saliency": "flat", "labels_from": "forward"},
     "transmix": {"kind": "cutmix", "saliency": "flat", "labels_from": "forward"},
 }
-_OPTION_TYPES = {"warmup": int, "ema": float, "alpha": float, "p": float, "off": int, "cam": str,
+_OPTION_TYPES = {"warmup": int, "ema": float, "alpha": float, "p": float, "off": int, "start": int, "cam": str,
                  "labels": str, "saliency": str, "cam_scale": float, "blend": float}
 
 

@@ -30,7 +30,7 @@ from benchmarks.payoff.reporting import (
     write_results,
 )
 from benchmarks.payoff.statistics import gate, summarise
-from benchmarks.payoff.training import run_jobs
+from benchmarks.payoff.training import pretrain, run_jobs
 
 COMMAND = "python -m benchmarks.payoff"
 
@@ -40,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the standard recipe? Paired seeds, matched controls.")
     parser.add_argument("--quick", action="store_true", help="3 seeds, fewer arms, 500 test images (~10 min)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
-    parser.add_argument("--dataset", choices=["objects", "textures", "digits", "folder"], default="objects",
+    parser.add_argument("--dataset", choices=["objects", "textures", "digits", "finegrained", "folder"],
+                        default="objects",
                         help="objects: ClutteredObjects; textures: TexturedBlobs; digits: sklearn digits on clutter; "
+                             "finegrained: the class is a small mark on the object; "
                              "folder: an ImageFolder tree at --root (train/, test/ or val/)")
     parser.add_argument("--root", default=None, help="the ImageFolder tree of --dataset folder")
     parser.add_argument("--base", choices=["none", "cropflip", "trivialaugment"], default=None,
@@ -58,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3; 1e-3 for --arch vit)")
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="AdamW weight decay (default 5e-4; 0.05 for --arch vit)")
+    parser.add_argument("--finetune", choices=["none", "whole", "frozen"], default=None,
+                        help="start from a backbone pretrained once on 7 source shapes (cached) with a new head, and "
+                             "fine-tune the whole network or the head alone (frozen); none: from scratch")
+    parser.add_argument("--source-per-class", type=int, default=None,
+                        help="fine-tuning: source images per class (7 classes; default 1000)")
+    parser.add_argument("--pretrain-epochs", type=int, default=None, help="fine-tuning: pretraining epochs (15)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="where the pretrained backbone is cached (default $SALAUG_BENCHMARK_CACHE or "
+                             "~/.cache/salaug/benchmarks)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one thread each by default)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
@@ -77,6 +88,8 @@ def make_config(args: argparse.Namespace, preset: str) -> Config:
     cfg = Config(**PRESETS[preset], dataset=args.dataset, device=args.device, root=args.root)
     if args.dataset == "digits":  # sklearn's digits: 10 classes, 347 test glyphs
         cfg.test_size, cfg.num_classes = min(cfg.test_size, 347), 10
+    if args.dataset == "finegrained":  # five mark patterns
+        cfg.num_classes = min(cfg.num_classes, 5)
     if args.dataset == "folder":
         if not args.root or not os.path.isdir(os.path.join(args.root, "train")):
             raise SystemExit("--dataset folder needs --root PATH holding train/<class>/... and test/ (or val/)")
@@ -84,7 +97,8 @@ def make_config(args: argparse.Namespace, preset: str) -> Config:
     if args.arch == "vit":
         for key, value in VIT_RECIPE.items():
             setattr(cfg, key, value)
-    for key in ("seeds", "epochs", "train_per_class", "width", "p", "threads", "base", "arch", "lr", "weight_decay"):
+    for key in ("seeds", "epochs", "train_per_class", "width", "p", "threads", "base", "arch", "lr", "weight_decay",
+                "finetune", "source_per_class", "pretrain_epochs", "cache_dir"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     return cfg
@@ -141,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(jobs)} runs: {len(arms)} arms x {cfg.seeds} seeds, {args.workers} worker(s), preset {preset}; "
           f"{cfg}", flush=True)
     t0 = time.perf_counter()
+    if cfg.finetune != "none" and jobs_left:  # pretrain (or load) once, before any worker starts
+        source = pretrain(cfg)
+        print(f"backbone: {source['path']} (held-out source accuracy {source['source_acc']:.3f})", flush=True)
     results: list[dict[str, Any]] = []
 
     def report(r: dict[str, Any]) -> None:

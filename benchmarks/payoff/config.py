@@ -31,6 +31,11 @@ class Config:
     device: str = "cpu"
     threads: int = 1
     root: str | None = None
+    finetune: str = "none"  # "none" (from scratch), "whole" or "frozen" (a pretrained backbone, a new head)
+    source_per_class: int = 1000  # fine-tuning: source images per class (7 source classes)
+    pretrain_epochs: int = 15  # fine-tuning: epochs of the one pretraining run on the source set
+    start_epochs: int = 0  # epochs without mixing at the start unless the arm says start=
+    cache_dir: str | None = None  # where the pretrained backbone is cached (None: see data.cache_dir)
 
 
 #: what ``--arch vit`` trains with unless --lr / --weight-decay say otherwise: the usual ViT AdamW
@@ -45,6 +50,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar100": {"arch": "resnet18", "epochs": 200, "batch_size": 100, "optimizer": "sgd", "lr": 0.1,
                  "weight_decay": 1e-4, "train_per_class": 0, "num_classes": 100, "test_size": 0, "off_epochs": 0,
                  "pointing_images": 0, "fidelity_every": 0},
+    # fine-tuning a pretrained backbone on a small target set: DemoNet pretrained once on 7 source shapes
+    # (7000 images), then fine-tuned whole with a new head on 5 target classes, 30 images per class
+    "finetune": {"arch": "demonet", "finetune": "whole", "num_classes": 5, "train_per_class": 30, "epochs": 100,
+                 "batch_size": 32, "lr": 1e-3},
     "smoke": {"seeds": 2, "train_per_class": 4, "num_classes": 4, "epochs": 2, "width": 8, "test_size": 32,
               "batch_size": 8, "pointing_images": 16, "size": 32},
 }

@@ -20,9 +20,11 @@ ARCH_NAMES = {"demonet": "DemoNet", "resnet8": "ResNet8", "resnet18": "ResNet-18
 BASE_NAMES = {"none": "none (no crop, no flip: a secondary, no-recipe table)",
               "cropflip": "padded random crop + horizontal flip",
               "trivialaugment": "TrivialAugmentWide + padded random crop + horizontal flip"}
-_RUN_INDEPENDENT = ("seeds", "threads")  # config fields that do not change a run's numbers
+_RUN_INDEPENDENT = ("seeds", "threads", "cache_dir")  # config fields that do not change a run's numbers
 #: the values of config fields added after the first results files were written (those files lack them)
-_DEFAULTS_OF_OLDER_FILES = {"base": "none", "arch": "demonet", "optimizer": "adamw", "root": None}
+_DEFAULTS_OF_OLDER_FILES = {"base": "none", "arch": "demonet", "optimizer": "adamw", "root": None,
+                            "finetune": "none", "source_per_class": 1000, "pretrain_epochs": 15, "start_epochs": 0}
+FINETUNE_NAMES = {"whole": "fine-tuned whole", "frozen": "frozen backbone, head trained"}
 
 
 def load_reusable(paths: list[str], cfg: Config) -> dict[tuple[str, int], dict[str, Any]]:
@@ -55,9 +57,12 @@ def _ci(d: dict[str, float] | None) -> str:
 
 def header(cfg: Config, what: str, wall: float, workers: int, trained: int, reused: int) -> str:
     """The paragraph above a cell's tables: the regime, the arms and the wall time."""
+    tuned = "" if cfg.finetune == "none" else (
+        f" pretrained once on {7 * cfg.source_per_class} images of 7 other ClutteredObjects shapes "
+        f"({cfg.pretrain_epochs} epochs), then {FINETUNE_NAMES[cfg.finetune]} with a new head")
     return (f"Dataset {cfg.dataset}, {cfg.size}x{cfg.size}, {cfg.num_classes} classes, {cfg.train_per_class} "
             f"training images per class, {ARCH_NAMES[cfg.arch]}"
-            f"{f' width {cfg.width}' if cfg.arch in ('demonet', 'resnet8') else ''}, {cfg.epochs} epochs "
+            f"{f' width {cfg.width}' if cfg.arch in ('demonet', 'resnet8') else ''}{tuned}, {cfg.epochs} epochs "
             f"{'SGD cosine' if cfg.optimizer == 'sgd' else 'AdamW OneCycle'} lr {cfg.lr:g} weight decay "
             f"{cfg.weight_decay:g}, "
             f"base augmentation in every arm: {BASE_NAMES[cfg.base]}, "
@@ -190,7 +195,9 @@ def _regime_row(path: str, method: str) -> str:
     o = diff("oracle", "none", "id")
     gate_cell = "–" if o is None or math.isnan(o["se"]) else (
         f"{'passed' if o['mean'] > 2 * o['se'] else 'FAILED'} ({o['mean'] / o['se'] if o['se'] > 0 else 0:.1f} SE)")
-    name = (f"{cfg['dataset']}, {ARCH_NAMES.get(cfg.get('arch', 'demonet'), '?')}, {cfg['train_per_class']}/class, "
+    tuned = cfg.get("finetune", "none")
+    name = (f"{cfg['dataset']}, {ARCH_NAMES.get(cfg.get('arch', 'demonet'), '?')}"
+            f"{'' if tuned == 'none' else ', ' + FINETUNE_NAMES[tuned]}, {cfg['train_per_class']}/class, "
             f"{cfg['epochs']} ep, base {cfg.get('base', 'none')}")
     seeds = len({s for (_, s) in by})
     if not base:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -22,10 +25,11 @@ from benchmarks.payoff.arms import (
     parse_arm,
 )
 from benchmarks.payoff.config import Config
-from benchmarks.payoff.data import apply_base, load_data
+from benchmarks.payoff.data import SOURCE_SEED, apply_base, cache_dir, load_data, source_set
 from salaug.cam import create_cam
 from salaug.metrics import mix_visibility, pointing_game
 from salaug.models import DemoNet, ResNet8, tiny_vit
+from salaug.transforms.recipe import crop_flip
 
 TARGET_LAYER = "features"
 
@@ -54,6 +58,102 @@ def build_model(cfg: Config) -> nn.Module:
 def target_layer(cfg: Config) -> str | None:
     """The CAM layer of ``cfg.arch`` (``None`` for the ViT: the forward labels find its last attention)."""
     return {"resnet18": "layer4", "vit": None}.get(cfg.arch, TARGET_LAYER)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+#: the one pretraining run on the source set: AdamW + OneCycle, batch 128, the crop + flip recipe
+PRETRAIN: dict[str, float] = {"batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4}
+SOURCE_CLASSES = 7
+_HEADS = {"demonet": "head.", "resnet8": "head.", "resnet18": "fc.", "vit": "heads."}
+
+
+def pretrained_path(cfg: Config) -> str:
+    """The cache file of the backbone ``cfg`` fine-tunes (one per arch, width, size and source set)."""
+    name = (f"{cfg.arch}_w{cfg.width}_s{cfg.size}_src{SOURCE_CLASSES}x{cfg.source_per_class}_"
+            f"ep{cfg.pretrain_epochs}_seed{SOURCE_SEED}.pt")
+    return os.path.join(cache_dir(cfg), "payoff_pretrained", name)
+
+
+def pretrain(cfg: Config, log: Callable[..., None] = print) -> dict[str, Any]:
+    """The pretrained source network of ``cfg`` (its state_dict and held-out source accuracy), trained
+    once and cached at :func:`pretrained_path` (``.pt`` and a ``.json`` with what it reached).
+
+    Trains ``cfg.arch`` from ``torch.manual_seed(SOURCE_SEED)`` on :func:`~benchmarks.payoff.data.source_set`
+    for ``cfg.pretrain_epochs`` with :data:`PRETRAIN` and the crop + flip recipe; the accuracy is
+    measured on 700 held-out source images (another seed).
+
+    Returns:
+        ``{"state_dict": ..., "source_acc": float, "seconds": float, "path": str}``.
+    """
+    path = pretrained_path(cfg)
+    if os.path.isfile(path) and os.path.isfile(path[:-3] + ".json"):
+        with open(path[:-3] + ".json") as f:
+            info = json.load(f)
+        return {**info, "state_dict": torch.load(path, map_location="cpu", weights_only=True), "path": path}
+    src = dataclasses.replace(cfg, num_classes=SOURCE_CLASSES, batch_size=int(PRETRAIN["batch_size"]),
+                              lr=PRETRAIN["lr"], weight_decay=PRETRAIN["weight_decay"], epochs=cfg.pretrain_epochs,
+                              optimizer="adamw")
+    torch.set_num_threads(max(cfg.threads, torch.get_num_threads()))
+    dev = torch.device(cfg.device)
+    data = source_set(cfg)
+    held_out = source_set(dataclasses.replace(cfg, source_per_class=100), seed=SOURCE_SEED + 1)
+    x_all, y_all = data["image"].to(dev), data["label"].to(dev)
+    torch.manual_seed(SOURCE_SEED)
+    model = build_model(src).to(dev)
+    n = x_all.shape[0]
+    opt, sched = _optimizer(src, model, src.epochs * math.ceil(n / src.batch_size))
+    gen = torch.Generator().manual_seed(SOURCE_SEED)
+    start = time.perf_counter()
+    for epoch in range(src.epochs):
+        model.train()
+        for idx in torch.randperm(n, generator=gen).split(src.batch_size):
+            x = crop_flip(x_all[idx.to(dev)], padding=cfg.size // 8, generator=gen)[0]
+            loss = F.cross_entropy(model(x), y_all[idx.to(dev)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        log(f"pretraining {cfg.arch} on {n} source images: epoch {epoch + 1}/{src.epochs}, "
+            f"loss {float(loss.detach()):.3f} [{time.perf_counter() - start:.0f}s]", flush=True)
+    info = {"source_acc": accuracy(model, held_out["image"].to(dev), held_out["label"].to(dev)),
+            "train_acc": accuracy(model, x_all, y_all), "seconds": time.perf_counter() - start,
+            "source_images": n, "epochs": src.epochs}
+    log(f"pretrained: held-out source accuracy {info['source_acc']:.3f}, train {info['train_acc']:.3f}; "
+        f"cached at {path}", flush=True)
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(state, path + ".tmp")  # then renamed: a crashed run leaves no half-written cache
+    os.replace(path + ".tmp", path)
+    with open(path[:-3] + ".json", "w") as f:
+        json.dump(info, f)
+    return {**info, "state_dict": state, "path": path}
+
+
+def load_backbone(model: nn.Module, cfg: Config) -> nn.Module:
+    """Load the pretrained backbone into ``model`` (all but its head, which stays as initialised); with
+    ``cfg.finetune == "frozen"`` freeze everything but the head (see :func:`set_train_mode`)."""
+    if cfg.arch not in _HEADS:
+        raise ValueError(f"fine-tuning is set up for {sorted(_HEADS)}, not {cfg.arch!r}")
+    head = _HEADS[cfg.arch]
+    state = {k: v for k, v in pretrain(cfg)["state_dict"].items() if not k.startswith(head)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(head) for k in missing):
+        raise RuntimeError(f"the pretrained backbone does not fit {cfg.arch}: missing {missing}, "
+                           f"unexpected {unexpected}")
+    if cfg.finetune == "frozen":
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith(head))
+    return model
+
+
+def set_train_mode(model: nn.Module, cfg: Config) -> None:
+    """``model.train()``; a frozen backbone stays in eval mode (its BatchNorm statistics frozen too)."""
+    model.train()
+    if cfg.finetune == "frozen":
+        head = _HEADS[cfg.arch].rstrip(".")
+        for name, child in model.named_children():
+            if name != head:
+                child.eval()
 
 
 # --------------------------------------------------------------------------- measurements
@@ -178,9 +278,13 @@ def run_one(cfg: Config, spec: str, seed: int) -> dict[str, Any]:
     n = x_all.shape[0]
     epochs = cfg.epochs
     off = cfg.off_epochs if arm.off is None else arm.off
+    first = cfg.start_epochs if arm.start is None else arm.start
 
-    torch.manual_seed(seed)  # the same initial weights for every arm of a seed
-    model = build_model(cfg).to(dev)
+    torch.manual_seed(seed)  # the same initial weights (the same new head when fine-tuning) for every arm of a seed
+    model = build_model(cfg)
+    if cfg.finetune != "none":
+        model = load_backbone(model, cfg)
+    model = model.to(dev)
     opt, sched = _optimizer(cfg, model, epochs * math.ceil(n / cfg.batch_size))
     order = torch.Generator().manual_seed(seed)  # the same batches for every arm of a seed
     base_gen = torch.Generator().manual_seed(seed + 2_000_003)  # the same base augmentation for every arm
@@ -193,8 +297,8 @@ def run_one(cfg: Config, spec: str, seed: int) -> dict[str, Any]:
     start = time.perf_counter()
     step = 0
     for epoch in range(epochs):
-        model.train()
-        mixing = arm.kind != "none" and epoch < epochs - off
+        set_train_mode(model, cfg)
+        mixing = arm.kind != "none" and first <= epoch < epochs - off
         for idx in torch.randperm(n, generator=order).split(cfg.batch_size):
             idx = idx.to(dev)
             x, y = x_all[idx], y_all[idx]
