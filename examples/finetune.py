@@ -132,11 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps)
     aug = None
     if not args.no_salaug:
-        # the defaults; a frozen backbone gives the forward no gradient at `layer`, so there the labels
-        # come from the augmenter's own CAM pass instead
-        options = {"labels_from": "cam"} if args.freeze else {}
+        # the defaults (labels from the forward; behind a frozen backbone the head's gradients suffice)
         aug = salaug.SaliencyAugmenter(model, salaug.SnapMix(num_classes=args.classes), target_layer=layer,
-                                       seed=args.seed, **options)
+                                       seed=args.seed)
     source = "local weights " + args.weights if args.weights else "random initialisation (no --weights)"
     print(f"{args.arch} from {source}, new {args.classes}-class head at {head_name!r}, "
           f"{'head only' if args.freeze else 'whole network'}; {len(y_train)} training images at {args.size} px; "

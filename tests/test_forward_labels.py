@@ -723,3 +723,25 @@ def test_a_forward_that_wraps_ours_is_not_ours():
     net.forward = redirected  # type: ignore[method-assign]
     loss = net([out.images, y])
     assert y.filled and torch.isfinite(loss) and hook_count(net) == 0
+
+
+def test_forward_labels_behind_a_frozen_trunk():
+    # fine-tuning a frozen backbone: the target layer's output needs no gradient, the head does
+    torch.manual_seed(0)
+    trainable = DemoNet(num_classes=5, width=8)
+    frozen = DemoNet(num_classes=5, width=8)
+    frozen.load_state_dict(trainable.state_dict())
+    for p in frozen.features.parameters():
+        p.requires_grad_(False)
+    x, labels = torch.rand(6, 3, 32, 32), torch.arange(6) % 5
+    got = {}
+    for name, net in (("trainable", trainable), ("frozen", frozen)):
+        fwd = ForwardEvidence(net, "features")
+        y, out, *_ = arm(fwd, salaug.SnapMix(num_classes=5, p=1.0), x, labels, 5, seed=1)
+        F.cross_entropy(net(out.images), y).backward()
+        assert y.filled and hook_count(net) == 0
+        got[name] = y.clone()
+    # the rule reads the head's gradients only: the same labels either way, and the trunk stays untouched
+    torch.testing.assert_close(got["frozen"], got["trainable"])
+    assert all(p.grad is None for p in frozen.features.parameters())
+    assert all(p.grad is not None for p in frozen.parameters() if p.requires_grad)
