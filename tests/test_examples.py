@@ -218,9 +218,9 @@ def test_finetune_local_weights_new_head_default_augmenter(tmp_path: Path) -> No
 def test_finetune_frozen_backbone_and_wrong_weights(tmp_path: Path) -> None:
     out = run([str(EXAMPLES / "finetune.py"), "--arch", "mobilenet_v3_small", "--freeze", "--epochs", "1",
                "--per-class", "4", "--size", "64", "--test-size", "20"], tmp_path)
-    # no gradient reaches a frozen trunk's layer in the forward: the labels come from the CAM pass
+    # the defaults run behind a frozen trunk too: the forward labels read the head's gradients only
     assert "random initialisation (no --weights), new 5-class head at 'classifier.3', head only" in out
-    assert "labels_from='cam'" in out and "test accuracy: in-distribution" in out
+    assert "labels_from='forward'" in out and "test accuracy: in-distribution" in out
     import torchvision
 
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pt")
