@@ -443,8 +443,8 @@ class SaliencyAugmenter:
 def _first_conv_channels(model: nn.Module) -> int | None:
     """``in_channels`` of the model's first convolution (module order), or ``None`` if it has none."""
     for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.LazyConv2d)) and not isinstance(module, nn.LazyConv2d):
-            return int(module.in_channels)
+        if isinstance(module, nn.Conv2d):
+            return int(module.in_channels) or None  # a lazy convolution knows its channels only later
     return None
 
 

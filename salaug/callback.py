@@ -289,8 +289,8 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
             self.augmenter.cancel()
             self._state = {**self._state, **self.augmenter.state_dict()}
         self.augmenter = self._build(trainer, pl_module)
-        if self._state["seed"] is not None or self._state["steps"]:
-            self.augmenter.load_state_dict({**self._state, "seed": self._state["seed"] or self.augmenter.seed})
+        seed = self._state["seed"]
+        self.augmenter.load_state_dict({**self._state, "seed": self.augmenter.seed if seed is None else seed})
 
     def _build(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> SaliencyAugmenter:
         def forward_context() -> contextlib.AbstractContextManager[Any]:

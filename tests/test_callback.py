@@ -615,3 +615,10 @@ def test_picture_dir_without_a_logger(tmp_path, monkeypatch):
     trainer(tmp_path, [cb]).fit(Net(), loader())
     assert sorted(os.listdir(tmp_path / "pics")) == ["step0000000.png", "step0000002.png"]
     assert calls and all(name.startswith("salaug-pictures") for name in calls)  # drawn off the training thread
+
+
+def test_a_loaded_seed_of_zero_is_kept_at_setup():
+    cb = SaliencyAugmentation(mix(), target_layer="net.5")
+    cb.load_state_dict({"seed": 0, "batches_seen": 3, "batches_augmented": 1})
+    cb.setup(FakeTrainer(), Net(), "fit")  # type: ignore[arg-type]
+    assert cb.augmenter is not None and (cb.augmenter.seed, cb.augmenter.steps) == (0, 3)
