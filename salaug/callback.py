@@ -436,7 +436,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         assert out is not None and params is not None
         own = (labels if labels.ndim == 1 else labels.argmax(1)).to(out.labels.device).long().unsqueeze(1)
         scalars = {"salaug/augmented": params["applied"].float().mean(),
-                   "salaug/label_weight": torch.as_tensor(out.labels).gather(1, own).mean()}
+                   "salaug/label_weight": out.labels.gather(1, own).mean()}
         if saliency is not None:
             scalars["salaug/salient_area"] = (saliency >= 0.5).float().mean()
         pl_module.log_dict(scalars, on_step=True, on_epoch=True, batch_size=b)
@@ -465,7 +465,7 @@ class SaliencyAugmentation(*callback_bases()):  # type: ignore[misc]
         # The step only copies k samples (asynchronously on an accelerator); drawing, PNG encoding
         # and writing happen on a worker thread, so a picture does not stall training.
         saliency = record.saliency[:k].detach().clone() if record.saliency is not None else None
-        tiles = tuple(torch.as_tensor(t)[:k].detach().clone() for t in (record.images, out.images, out.labels))
+        tiles = tuple(t[:k].detach().clone() for t in (record.images, out.images, out.labels))
         self._pictures.submit(_draw_picture, tiles, saliency, record.step, loggers, directory)
 
 

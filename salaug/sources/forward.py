@@ -381,8 +381,7 @@ class ForwardEvidence(SaliencySource):
                           "hooks removed (augment the next batch as usual)", RuntimeWarning, stacklevel=2)
             return
         try:
-            share = self._attention_share(batch) if batch.tokens is not None or self.kind == "attention" \
-                else self._cam_share(batch, output)
+            share = self._attention_share(batch) if self.kind == "attention" else self._cam_share(batch, output)
             batch.out._fill(mix_soft_labels(batch.own, batch.perm, share * batch.applied))
         finally:
             self.cancel()
