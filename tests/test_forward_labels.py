@@ -425,6 +425,34 @@ def test_augmenter_forward_labels_are_the_visible_shares_with_one_forward_per_st
         assert not torch.allclose(soft, area_labels)
 
 
+def test_warmup_steps_give_area_labels_even_after_the_forward():
+    # During warm-up the labels are the pasted area's, final at once: the forward that follows
+    # changes nothing, nothing waits for it, and no hook stays on the model.
+    k = 4
+    net = MaskNet(k)
+    aug = salaug.SaliencyAugmenter(net, salaug.SnapMix(num_classes=k, p=1.0), target_layer="features",
+                                   labels_from="forward", label_blend=1.0, warmup_steps=1, seed=0)
+    x, labels = object_images(8, k)
+    images, soft = aug(x, labels)
+    record = aug.last
+    assert record is not None and record.warmup and record.augmented
+    params = record.params
+    area = aug.transform.area_share(params, (16, 16)) * params["applied"]
+    area_labels = mix_soft_labels(F.one_hot(labels, k).float(), params["perm"], area)
+    assert not isinstance(soft, PendingLabels) and not aug.source.pending and hook_count(net) == 0
+    before = soft.clone()
+    net(images)
+    torch.testing.assert_close(soft, area_labels, atol=1e-6, rtol=0)
+    assert torch.equal(soft, before) and hook_count(net) == 0
+    # the step after the warm-up does wait for its forward, and its labels are not the area's
+    images, soft = aug(x, labels)
+    assert isinstance(soft, PendingLabels) and aug.source.pending
+    net(images)
+    area = aug.transform.area_share(aug.last.params, (16, 16)) * aug.last.params["applied"]
+    assert not torch.allclose(soft, mix_soft_labels(F.one_hot(labels, k).float(), aug.last.params["perm"], area))
+    assert hook_count(net) == 0
+
+
 def test_augmenter_drops_a_batch_whose_forward_never_ran():
     net = DemoNet(num_classes=5, width=8)
     aug = salaug.SaliencyAugmenter(net, salaug.SnapMix(num_classes=5, p=1.0), labels_from="forward", seed=0)
