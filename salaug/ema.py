@@ -66,6 +66,8 @@ class ModelEMA:
 
         Raises:
             RuntimeError: ``model`` cannot be deep-copied.
+            ValueError: ``model``'s parameters or buffers differ in number or shape from the copy's
+                (another architecture); the average is left as it was.
         """
         # Under torch.inference_mode() the copy and the update would make inference tensors, which
         # a later CAM backward through the copy cannot save; both run outside it.
@@ -76,11 +78,19 @@ class ModelEMA:
                     return  # a fresh copy already equals the weights
                 self.module.load_state_dict(self._pending)
                 self._pending = None
-            for average, weight in zip(self.module.parameters(), model.parameters(), strict=True):
+            averages, weights = list(self.module.parameters()), list(model.parameters())
+            mine, buffers = list(self.module.buffers()), list(model.buffers())
+            if [a.shape for a in averages + mine] != [w.shape for w in weights + buffers]:
+                difference = _state_difference(self.module.state_dict(), model) or "other parameter shapes"
+                raise ValueError(
+                    f"ModelEMA.update: {type(model).__name__} is not the architecture the average was copied from "
+                    f"({difference}); use one ModelEMA per model, or a new ModelEMA for another architecture"
+                )
+            for average, weight in zip(averages, weights, strict=True):
                 if average.is_floating_point():
                     average.lerp_(weight.detach(), 1.0 - self.decay)
-            for mine, buffer in zip(self.module.buffers(), model.buffers(), strict=True):
-                mine.copy_(buffer)
+            for copy_, buffer in zip(mine, buffers, strict=True):
+                copy_.copy_(buffer)
 
     def state_dict(self) -> dict[str, Tensor] | None:
         """A detached copy of the averaged weights (``None`` before the first update or load)."""
@@ -139,18 +149,24 @@ def check_ema_state(ema: object, model: nn.Module, owner: str) -> None:
     if not isinstance(ema, Mapping):
         raise TypeError(f"{owner}.load_state_dict: state_dict['ema'] must be the EMA model's state dict, got "
                         f"{type(ema).__name__}")
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(ema)), sorted(set(ema) - set(own))
-    wrong = [k for k in own if k in ema and isinstance(ema[k], Tensor) and tuple(ema[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        details = "; ".join(part for part in (
-            f"missing {missing[:4]}" if missing else "",
-            f"unexpected {unexpected[:4]}" if unexpected else "",
-            "shape of " + ", ".join(f"{k!r} {tuple(ema[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
-            if wrong else "",
-        ) if part)
+    details = _state_difference(ema, model)
+    if details:
         raise ValueError(
             f"{owner}.load_state_dict: state_dict['ema'] (the moving-average weights) does not fit the model "
             f"{type(model).__name__} ({details}); it was saved from another architecture. Resume with the same "
             "model, or drop the 'ema' entry to start the average afresh"
         )
+
+
+def _state_difference(state: Mapping[str, object], model: nn.Module) -> str:
+    """What differs between ``state`` and ``model``'s state dict: missing or unexpected entries,
+    shapes (``""`` when they fit)."""
+    own = model.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, Tensor)}
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    wrong = [k for k in own if k in shapes and shapes[k] != tuple(own[k].shape)]
+    return "; ".join(part for part in (
+        f"missing {missing[:4]}" if missing else "",
+        f"unexpected {unexpected[:4]}" if unexpected else "",
+        "shape of " + ", ".join(f"{k!r} {shapes[k]} vs {tuple(own[k].shape)}" for k in wrong[:3]) if wrong else "",
+    ) if part)

@@ -366,6 +366,19 @@ def test_model_ema_first_update_copies_then_averages_parameters_and_copies_buffe
     assert int(copy_.features[1].num_batches_tracked) == 1
 
 
+@pytest.mark.parametrize("other", [lambda: nn.Linear(3, 2), lambda: nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))])
+def test_model_ema_update_with_another_architecture_names_it_and_keeps_the_average(other):
+    ema = ModelEMA(0.5)
+    ema.update(nn.Sequential(nn.Linear(2, 1)))
+    assert ema.module is not None
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with pytest.raises(ValueError, match=r"ModelEMA.update: \w+ is not the architecture the average was copied "
+                                         r"from \(.*(missing|unexpected|shape of).*\); use one ModelEMA per model"):
+        ema.update(other())
+    after = ema.module.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # untouched
+
+
 def test_model_ema_state_dict_round_trip():
     model = net()
     first = ModelEMA(0.5)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from salaug.datasets import CLASS_NAMES, ClutteredObjects, TexturedBlobs, draw_shapes
+from salaug.datasets import CLASS_NAMES, ClutteredObjects, Silhouettes, TexturedBlobs, draw_shapes
 
 
 @pytest.fixture(scope="module")
@@ -415,3 +415,13 @@ def test_shift_splits_are_constructor_options_that_change_the_images(cls):
         assert shifted.shape == base.shape and not torch.equal(shifted, base), name
     with pytest.raises(TypeError):
         cls.SHIFTS["new"] = {}  # type: ignore[index]  # one definition, read-only
+
+
+@pytest.mark.parametrize("cls", [ClutteredObjects, Silhouettes, TexturedBlobs])
+@pytest.mark.parametrize("seed", [1_700_000_000_000_000_000, 2**63, 2**200])
+def test_any_non_negative_seed_renders(cls, seed) -> None:
+    # a nanosecond timestamp or a seed past int64 overflowed the generator's seed before
+    a = cls("train", size=32, length=4, seed=seed)[1][0]
+    b = cls("train", size=32, length=4, seed=seed)[1][0]
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+    assert not torch.equal(a, cls("train", size=32, length=4, seed=seed + 1)[1][0])

@@ -341,7 +341,8 @@ class ClutteredObjects(Dataset):
         size: image side in pixels (square images, at least 16).
         length: number of samples; ``None`` means 5000 / 1000 / 1000 for train / val / test.
         num_classes: number of classes, 2 to 12.
-        seed: base seed (any non-negative int).
+        seed: base seed, any non-negative int (e.g. a nanosecond timestamp; seeds that differ by a
+            multiple of ``2**63`` may give the same data).
         clutter: clutter strength; ``0`` gives clean images (smooth background only), ``1`` the
             default mix; larger values add more texture, noise and fragments.
         return_mask: also return the object's pixel mask.
@@ -420,7 +421,7 @@ class ClutteredObjects(Dataset):
             length = _DEFAULT_LENGTHS[split]
         check_int("length", length, low=0)
         check_int("num_classes", num_classes, low=2, high=len(CLASS_NAMES))
-        check_int("seed", seed, low=0)
+        seed = check_int("seed", seed, low=0)  # a numpy integer becomes an int: its arithmetic would wrap
         check_float("clutter", clutter, low=0)
         check_choice("background", background, _BACKGROUNDS)
         check_float("occlusion", occlusion, low=0, high=_MAX_OCCLUSION)
@@ -483,7 +484,7 @@ class ClutteredObjects(Dataset):
 
     # ------------------------------------------------------------------ rendering
     def _make_noise_bank(self) -> Tensor:
-        g = torch.Generator().manual_seed(self.seed * 7919 + 17)
+        g = torch.Generator().manual_seed((self.seed * 7919 + 17) & (2**63 - 1))
         return torch.rand(_NOISE_BANK, 3, self.size, self.size, generator=g) * 2 - 1
 
     def _render_all(self) -> dict[str, Tensor]:

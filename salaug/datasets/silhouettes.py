@@ -47,7 +47,8 @@ class Silhouettes(Dataset):
         size: image side in pixels (>= 16).
         length: number of samples.
         num_classes: classes, the first ones of :data:`salaug.datasets.CLASS_NAMES` (2 to 12).
-        seed: seed of the samples.
+        seed: seed of the samples, any non-negative int (seeds that differ by a multiple of ``2**63``
+            give the same data).
         channels: 1 (grey) or 3 (the grey repeated, for RGB networks).
 
     Samples: ``image`` ``(channels, size, size)`` float32 in ``[0, 1]``, ``label`` int64, ``box``
@@ -63,7 +64,7 @@ class Silhouettes(Dataset):
         check_int("size", size, low=16)
         check_int("length", length, low=0)
         check_int("num_classes", num_classes, low=2, high=len(CLASS_NAMES))
-        check_int("seed", seed, low=0)
+        seed = check_int("seed", seed, low=0)  # a numpy integer becomes an int: its arithmetic would wrap
         check_choice("channels", channels, (1, 3))
         self.split, self.size, self.length = split, size, length
         self.num_classes, self.seed, self.channels = num_classes, seed, channels
@@ -86,7 +87,7 @@ class Silhouettes(Dataset):
 
     def _draw(self) -> dict[str, Tensor]:
         n, s = self.length, self.size
-        g = torch.Generator().manual_seed(self.seed * 3 + _SPLITS[self.split])
+        g = torch.Generator().manual_seed((self.seed * 3 + _SPLITS[self.split]) & (2**63 - 1))
 
         def uniform(shape: tuple[int, ...], lo: float, hi: float) -> Tensor:
             return lo + (hi - lo) * torch.rand(shape, generator=g)

@@ -111,7 +111,8 @@ class TexturedBlobs(Dataset):
         size: image side in pixels (square, at least 16).
         length: number of samples.
         num_classes: number of classes, 2 to 10.
-        seed: base seed (non-negative int).
+        seed: base seed, any non-negative int (seeds that differ by a multiple of ``2**62`` give the
+            same data).
         return_mask: also return the object's pixel mask.
         background: ``"default"`` (1/f noise) or ``"shifted"`` (a colour gradient with pixel
             noise, never drawn in the default), for distribution-shift tests.
