@@ -425,3 +425,18 @@ def test_gpu_check_refuses_cuda_without_a_gpu_and_collects_the_cuda_tests() -> N
             gpu_check.main(["--skip", "tests", "cam", "transforms", "step"])
     rows = gpu_check.cuda_tests(dry_run=True, workers=1)
     assert len(rows) == 1 and "device tests collected" in rows[0].measured and rows[0].met != "NO"
+
+
+def test_cam_numerics_compares_every_layout_against_float64(capsys) -> None:
+    from benchmarks import cam_numerics
+
+    cam_numerics.main(["--arch", "resnet18", "--layer", "layer4", "--size", "64", "--batch", "2"])
+    table = capsys.readouterr().out.splitlines()
+    rows = [line for line in table if line.startswith("| ") and not line.startswith("| method")]
+    assert [row.split(" | ")[0][2:] for row in rows] == cam_numerics.METHODS
+    for row in rows:
+        default, contiguous, channels_last = (float(cell.split()[0]) for cell in row.split(" | ")[1:4])
+        # the default layout holds 1e-4 on any CPU (channels-last is kept only where it agrees);
+        # the forced channels-last column is this CPU's own figure
+        assert 0 <= default <= 1e-4 and 0 <= contiguous <= 1e-4 and channels_last >= 0, row
+    assert "relative norm" in table[0]

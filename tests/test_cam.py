@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 import salaug.cam as sc
-from salaug.cam.base import finalize_cam
+from salaug.cam.base import LAYOUT_TOLERANCE, finalize_cam
 from salaug.cam.layers import unwrap_model
 
 # record() / from_logits() are deprecated (tests/test_deprecations.py checks the warning); their behaviour is
@@ -652,6 +652,32 @@ def test_a_model_needing_contiguous_tensors_falls_back(images):
     torch.testing.assert_close(maps, plain(images, 1), atol=1e-6, rtol=0)
     torch.testing.assert_close(cam(images, 2), plain(images, 2), atol=1e-6, rtol=0)
 
+
+
+class LayoutSensitiveNet(SmallNet):
+    """Gives other numbers on channels-last inputs, as an inexact channels-last convolution does."""
+
+    def forward(self, x):
+        f = self.features(x)
+        if f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous():
+            f = f * (1 + 0.5 * torch.linspace(-1, 1, f.shape[1])).view(1, -1, 1, 1)  # other channel weights
+        return self.head(f)
+
+
+def test_channels_last_is_kept_only_where_its_maps_agree_with_the_contiguous_layout(images):
+    torch.manual_seed(0)
+    model = LayoutSensitiveNet().eval()
+    cam = sc.GradCAM(model, "features")
+    plain = sc.GradCAM(model, "features")
+    plain._channels_last = False
+    maps = cam(images, 1)
+    assert cam._channels_last is False  # the trial on the first call disagreed beyond LAYOUT_TOLERANCE
+    torch.testing.assert_close(maps, plain(images, 1), atol=0, rtol=0)  # the first call returns the contiguous maps
+    torch.testing.assert_close(cam(images, 2), plain(images, 2), atol=0, rtol=0)
+    channels_last = sc.GradCAM(model, "features")
+    channels_last._channels_last = True
+    gap = (channels_last(images, 1) - maps).abs().amax()
+    assert gap > LAYOUT_TOLERANCE  # the disagreement the trial saw is real
 
 def test_a_model_error_is_not_retried_under_another_layout(net, images):
     calls = {"n": 0}

@@ -82,6 +82,27 @@ def test_gradient_methods_match_pytorch_grad_cam(name, arch, request, batch):
     torch.testing.assert_close(ours[:, 0], ref, atol=1e-4, rtol=0)
 
 
+
+@pytest.fixture(scope="module")
+def resnet34():
+    torch.manual_seed(3)
+    return torchvision.models.resnet34(weights=None, num_classes=10).eval()
+
+
+@pytest.mark.parametrize("arch, layer", [("resnet18", "layer4"), ("resnet34", "layer3")])
+@pytest.mark.parametrize("name", [*GRADIENT, "eigencam"])
+def test_float32_maps_match_a_float64_computation_on_this_machine(name, arch, layer, request, batch):
+    # The engine's own arithmetic (and its CPU memory layout, chosen on the first call) against the
+    # exact computation: the same CAM on a float64 copy of the model, on the machine running the tests.
+    import copy
+
+    model = request.getfixturevalue(arch)
+    images, targets = batch
+    ours = sc.CAM_METHODS[name](model, layer)(images, targets)
+    exact = sc.CAM_METHODS[name](copy.deepcopy(model).double(), layer)(images.double(), targets)
+    assert float(exact.amax()) > 0.5
+    torch.testing.assert_close(ours, exact.float(), atol=1e-4, rtol=0)
+
 def _eigen_reference(model, layer, images, flip_to_ours=True):
     """pytorch-grad-cam's EigenCAM pipeline with our sign rule applied to its projection."""
     acts = {}
