@@ -64,11 +64,15 @@ from salaug.boxes import (
 )
 from salaug.transforms._ops import (
     axis_pixels,
+    flat_index,
+    gather,
     image_aspect_boxes,
     masked,
+    nearest_index,
     needs_graph,
     partner_box_mass,
     paste,
+    patch_index,
     resample,
     separable_grid,
     warp,
@@ -305,23 +309,36 @@ def _snap_paste(x: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool) -> Tensor
     return paste(plan.mask, warped.to(x.dtype), x)
 
 
-class _RegionPlan(NamedTuple):
-    """SnapMix's plan on CPU: the applied samples with a non-empty destination box, ``(A,)`` each.
+#: CPU buckets of the resized-box paste: at least this many samples each, and at most ``_MAX_BUCKETS``
+_BUCKET_SAMPLES = 8
+_MAX_BUCKETS = 8
 
-    Each of them is rewritten inside one window of the patch size ``(Hm, Wm)`` (the largest
-    destination box), placed at its box's corner and moved back inside the image where it would
-    leave it: ``top`` / ``left`` ``(A,)`` its corner, ``inside (A, 1, Hm, Wm)`` the box's pixels in it,
-    ``uy (A, Hm)`` / ``ux (A, Wm)`` the source coordinates of its rows and columns (clamped into the
-    source box, so the ones outside the box are valid and unused).
+
+class _Bucket(NamedTuple):
+    """Samples of similar destination box size, pasted at the bucket's patch size ``(Hm, Wm)``.
+
+    ``target`` / ``partner`` ``(A,)``; ``pix (A, 1, Hm * Wm)`` the flat destination pixel of each
+    patch pixel in its target (a patch larger than the box repeats the box's last row / column,
+    see :func:`~salaug.transforms._ops.patch_index`); ``uy (A, Hm)`` / ``ux (A, Wm)`` the source
+    coordinates of its rows and columns (clamped into the source box, so a repeated row samples
+    the same values); ``grid`` their ``grid_sample`` grid (None for nearest); ``inside
+    (A, 1, Hm * Wm)`` bool, the patch pixels that are not repeats.
     """
 
     target: Tensor
     partner: Tensor
-    top: Tensor
-    left: Tensor
-    inside: Tensor
+    pix: Tensor
     uy: Tensor
     ux: Tensor
+    grid: Tensor | None
+    inside: Tensor
+
+
+class _RegionPlan(NamedTuple):
+    """SnapMix's plan on CPU: the applied samples with a non-empty destination box, in at most
+    ``_MAX_BUCKETS`` buckets of similar box size."""
+
+    buckets: tuple[_Bucket, ...]
     mode: str
 
 
@@ -330,51 +347,71 @@ def _region_plan(src: Tensor, dst: Tensor, applied: Tensor, perm: Tensor, size: 
     """Plan :func:`_region_paste`: the source coordinates of the pasted pixels only.
 
     The coordinates are those of :func:`_snap_plan` (``F.interpolate(..., align_corners=False)``
-    pixel mapping, clamped into the source box), over a window as large as the largest destination
-    box of the applied samples. Which samples and how large a window are read back as numbers: on
-    CPU this costs no sync (accelerators use :func:`_snap_plan`).
+    pixel mapping, clamped into the source box). The applied samples with a non-empty box are
+    sorted by box area and cut into buckets of consecutive sizes, each resampled at the size of its
+    largest box, so a small box does not pay for the batch's largest. Which samples, the buckets'
+    patch sizes and their number are read back as numbers: on CPU this costs no sync (accelerators
+    use :func:`_snap_plan`); the loop is over the buckets (at most ``_MAX_BUCKETS``), not samples.
     """
-    h, w = size
+    w = size[1]
     x1, y1, x2, y2 = dst.unbind(1)
     target = (applied & (y2 > y1) & (x2 > x1)).nonzero().flatten()
-    box, sb = dst[target], src[target]
-    hm, wm = (int((y2 - y1)[target].amax()), int((x2 - x1)[target].amax())) if target.numel() else (1, 1)
-    top, left = box[:, 1].clamp(max=h - hm), box[:, 0].clamp(max=w - wm)
-    ri = torch.arange(hm, device=dst.device)[None, :] + top[:, None] - box[:, 1:2]  # row in the box
-    ci = torch.arange(wm, device=dst.device)[None, :] + left[:, None] - box[:, 0:1]
-    inside = ((ri >= 0) & (ri < (box[:, 3] - box[:, 1])[:, None]))[:, None, :, None] \
-        & ((ci >= 0) & (ci < (box[:, 2] - box[:, 0])[:, None]))[:, None, None, :]
-    uy = axis_pixels(box[:, 1], box[:, 3], sb[:, 1], sb[:, 3], ri)
-    ux = axis_pixels(box[:, 0], box[:, 2], sb[:, 0], sb[:, 2], ci)
-    return _RegionPlan(target, perm[target], top, left, inside, uy, ux, mode)
+    target = target[box_area(dst[target]).argsort()]
+    n = target.numel()
+    count = min(_MAX_BUCKETS, max(1, n // _BUCKET_SAMPLES))
+    buckets: list[_Bucket] = []
+    for k in range(count):
+        tk = target[k * n // count:(k + 1) * n // count]
+        if tk.numel() == 0:
+            continue
+        box, sb = dst[tk], src[tk]
+        patch = (int((box[:, 3] - box[:, 1]).amax()), int((box[:, 2] - box[:, 0]).amax()))
+        rows, cols, ri, ci = patch_index(box, patch, size)
+        uy = axis_pixels(box[:, 1], box[:, 3], sb[:, 1], sb[:, 3], ri)
+        ux = axis_pixels(box[:, 0], box[:, 2], sb[:, 0], sb[:, 2], ci)
+        grid = separable_grid(uy, ux, size, torch.float32) if mode == "bilinear" else None
+        hm, wm = patch
+        first_y = ri == torch.arange(hm, device=dst.device)  # not a repeat of the last row
+        first_x = ci == torch.arange(wm, device=dst.device)
+        inside = (first_y[:, :, None] & first_x[:, None, :]).flatten(1)[:, None, :]
+        buckets.append(_Bucket(tk, perm[tk], flat_index(rows, cols, w), uy, ux, grid, inside))
+    return _RegionPlan(tuple(buckets), mode)
 
 
 def _region_paste(x: Tensor, plan: _RegionPlan, clamp: bool) -> Tensor:
     """:func:`_snap_paste` on CPU, resampling only the pasted region of the applied samples.
 
-    The partners of the applied samples are resampled at window size (one ``grid_sample``, or one
-    gather for nearest), the window's pixels outside the box are taken from the target, and each
-    window is written back as one strided block (a windowed view of a copy of ``x``): no per-pixel
-    index, which costs several times the block copy.
+    Bucket by bucket, the partners' images are copied (``index_select``, a block copy per sample),
+    resampled at the bucket's patch size (one ``grid_sample``, or one gather for nearest) and
+    written into a copy of ``x`` by one flat ``scatter_``: no full-size mask, grid or permuted copy
+    of the batch. The repeated rows / columns of a patch larger than its box carry the box's last
+    row / column and write them again; with autograd they carry no gradient, so every pasted pixel
+    passes its gradient once.
+
+    Returns:
+        ``(B, C, H, W)``, a new contiguous tensor of ``x``'s dtype.
     """
-    c, (h, w) = x.shape[1], plan.inside.shape[-2:]
-    if plan.target.numel() == 0:
-        return x.clone()
-    values = resample(x[plan.partner], plan.uy, plan.ux, plan.mode).to(x.dtype)  # (index_select: slower)
-    if clamp:
-        values = values.clamp(0, 1) if needs_graph(values) else values.clamp_(0, 1)
-    channels = torch.arange(c, device=x.device)
-    if needs_graph(x, values):  # the same paste, differentiable: per-pixel indices
-        rows = plan.top[:, None] + torch.arange(h, device=x.device)
-        cols = plan.left[:, None] + torch.arange(w, device=x.device)
-        at = (plan.target[:, None, None, None], channels[None, :, None, None], rows[:, None, :, None],
-              cols[:, None, None, :])
-        return x.index_put(at, torch.where(plan.inside, values, x[at]))
-    out = x.clone()
-    windows = out.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, H - h + 1, W - w + 1, h, w), a view of out
-    at = (plan.target[:, None], channels[None, :], plan.top[:, None], plan.left[:, None])
-    windows[at] = torch.where(plan.inside, values, windows[at], out=values)
-    return out
+    b, c, h, w = x.shape
+    out = x.clone(memory_format=torch.contiguous_format)
+    graph = needs_graph(x)
+    flat = out.view(-1)
+    chan = torch.arange(c, device=x.device)[None, :, None] * (h * w)
+    for bucket in plan.buckets:
+        src = x.index_select(0, bucket.partner)
+        if bucket.grid is None:
+            values = gather(src, nearest_index(bucket.uy, bucket.ux, (h, w)))
+        else:
+            values = warp(src, bucket.grid).flatten(2)
+        values = values.to(x.dtype)
+        if clamp:
+            values = values.clamp(0, 1) if graph else values.clamp_(0, 1)
+        index = (bucket.target[:, None, None] * (c * h * w) + chan + bucket.pix).view(-1)
+        if graph:  # the repeats pass no gradient (else the box's last row / column would count twice)
+            values = torch.where(bucket.inside, values, values.detach())
+            flat = flat.scatter(0, index, values.reshape(-1))
+        else:
+            flat.scatter_(0, index, values.reshape(-1))
+    return flat.view(b, c, h, w)
 
 
 class _ResizedBoxMix(MixTransform):
