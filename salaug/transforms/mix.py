@@ -63,16 +63,15 @@ from salaug.boxes import (
     top_k_cells,
 )
 from salaug.transforms._ops import (
+    RegionPlan,
     axis_pixels,
-    flat_index,
-    gather,
     image_aspect_boxes,
     masked,
-    nearest_index,
     needs_graph,
     partner_box_mass,
     paste,
-    patch_index,
+    region_paste,
+    region_plan,
     resample,
     separable_grid,
     warp,
@@ -309,109 +308,11 @@ def _snap_paste(x: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool) -> Tensor
     return paste(plan.mask, warped.to(x.dtype), x)
 
 
-#: CPU buckets of the resized-box paste: at least this many samples each, and at most ``_MAX_BUCKETS``
-_BUCKET_SAMPLES = 8
-_MAX_BUCKETS = 8
-
-
-class _Bucket(NamedTuple):
-    """Samples of similar destination box size, pasted at the bucket's patch size ``(Hm, Wm)``.
-
-    ``target`` / ``partner`` ``(A,)``; ``pix (A, 1, Hm * Wm)`` the flat destination pixel of each
-    patch pixel in its target (a patch larger than the box repeats the box's last row / column,
-    see :func:`~salaug.transforms._ops.patch_index`); ``uy (A, Hm)`` / ``ux (A, Wm)`` the source
-    coordinates of its rows and columns (clamped into the source box, so a repeated row samples
-    the same values); ``grid`` their ``grid_sample`` grid (None for nearest); ``inside
-    (A, 1, Hm * Wm)`` bool, the patch pixels that are not repeats.
-    """
-
-    target: Tensor
-    partner: Tensor
-    pix: Tensor
-    uy: Tensor
-    ux: Tensor
-    grid: Tensor | None
-    inside: Tensor
-
-
-class _RegionPlan(NamedTuple):
-    """SnapMix's plan on CPU: the applied samples with a non-empty destination box, in at most
-    ``_MAX_BUCKETS`` buckets of similar box size."""
-
-    buckets: tuple[_Bucket, ...]
-    mode: str
-
-
 def _region_plan(src: Tensor, dst: Tensor, applied: Tensor, perm: Tensor, size: tuple[int, int],
-                 mode: str = "bilinear") -> _RegionPlan:
-    """Plan :func:`_region_paste`: the source coordinates of the pasted pixels only.
-
-    The coordinates are those of :func:`_snap_plan` (``F.interpolate(..., align_corners=False)``
-    pixel mapping, clamped into the source box). The applied samples with a non-empty box are
-    sorted by box area and cut into buckets of consecutive sizes, each resampled at the size of its
-    largest box, so a small box does not pay for the batch's largest. Which samples, the buckets'
-    patch sizes and their number are read back as numbers: on CPU this costs no sync (accelerators
-    use :func:`_snap_plan`); the loop is over the buckets (at most ``_MAX_BUCKETS``), not samples.
-    """
-    w = size[1]
-    x1, y1, x2, y2 = dst.unbind(1)
-    target = (applied & (y2 > y1) & (x2 > x1)).nonzero().flatten()
-    target = target[box_area(dst[target]).argsort()]
-    n = target.numel()
-    count = min(_MAX_BUCKETS, max(1, n // _BUCKET_SAMPLES))
-    buckets: list[_Bucket] = []
-    for k in range(count):
-        tk = target[k * n // count:(k + 1) * n // count]
-        if tk.numel() == 0:
-            continue
-        box, sb = dst[tk], src[tk]
-        patch = (int((box[:, 3] - box[:, 1]).amax()), int((box[:, 2] - box[:, 0]).amax()))
-        rows, cols, ri, ci = patch_index(box, patch, size)
-        uy = axis_pixels(box[:, 1], box[:, 3], sb[:, 1], sb[:, 3], ri)
-        ux = axis_pixels(box[:, 0], box[:, 2], sb[:, 0], sb[:, 2], ci)
-        grid = separable_grid(uy, ux, size, torch.float32) if mode == "bilinear" else None
-        hm, wm = patch
-        first_y = ri == torch.arange(hm, device=dst.device)  # not a repeat of the last row
-        first_x = ci == torch.arange(wm, device=dst.device)
-        inside = (first_y[:, :, None] & first_x[:, None, :]).flatten(1)[:, None, :]
-        buckets.append(_Bucket(tk, perm[tk], flat_index(rows, cols, w), uy, ux, grid, inside))
-    return _RegionPlan(tuple(buckets), mode)
-
-
-def _region_paste(x: Tensor, plan: _RegionPlan, clamp: bool) -> Tensor:
-    """:func:`_snap_paste` on CPU, resampling only the pasted region of the applied samples.
-
-    Bucket by bucket, the partners' images are copied (``index_select``, a block copy per sample),
-    resampled at the bucket's patch size (one ``grid_sample``, or one gather for nearest) and
-    written into a copy of ``x`` by one flat ``scatter_``: no full-size mask, grid or permuted copy
-    of the batch. The repeated rows / columns of a patch larger than its box carry the box's last
-    row / column and write them again; with autograd they carry no gradient, so every pasted pixel
-    passes its gradient once.
-
-    Returns:
-        ``(B, C, H, W)``, a new contiguous tensor of ``x``'s dtype.
-    """
-    b, c, h, w = x.shape
-    out = x.clone(memory_format=torch.contiguous_format)
-    graph = needs_graph(x)
-    flat = out.view(-1)
-    chan = torch.arange(c, device=x.device)[None, :, None] * (h * w)
-    for bucket in plan.buckets:
-        src = x.index_select(0, bucket.partner)
-        if bucket.grid is None:
-            values = gather(src, nearest_index(bucket.uy, bucket.ux, (h, w)))
-        else:
-            values = warp(src, bucket.grid).flatten(2)
-        values = values.to(x.dtype)
-        if clamp:
-            values = values.clamp(0, 1) if graph else values.clamp_(0, 1)
-        index = (bucket.target[:, None, None] * (c * h * w) + chan + bucket.pix).view(-1)
-        if graph:  # the repeats pass no gradient (else the box's last row / column would count twice)
-            values = torch.where(bucket.inside, values, values.detach())
-            flat = flat.scatter(0, index, values.reshape(-1))
-        else:
-            flat.scatter_(0, index, values.reshape(-1))
-    return flat.view(b, c, h, w)
+                 mode: str = "bilinear") -> RegionPlan:
+    """SnapMix's plan on CPU (:func:`~salaug.transforms._ops.region_plan`): the applied samples'
+    destination boxes in buckets of similar size; accelerators use :func:`_snap_plan`."""
+    return region_plan(src, dst, applied, perm, size, mode)
 
 
 class _ResizedBoxMix(MixTransform):
@@ -423,16 +324,16 @@ class _ResizedBoxMix(MixTransform):
     clamp_saliency = False  # the resampled saliency is clamped before the paste
     flat_without_maps = True
 
-    def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan | _RegionPlan:
+    def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan | RegionPlan:
         src, dst, applied = params["src_boxes"], params["dst_boxes"], params["applied"]
         if dst.device.type == "cpu":
             return _region_plan(src, dst, applied, params["perm"], size, self.active_interpolation)
         return _snap_plan(src, dst, applied, size, self.active_interpolation)
 
-    def mix_pixels(self, x: Tensor, params: Params, plan: _SnapPlan | _RegionPlan, *,
+    def mix_pixels(self, x: Tensor, params: Params, plan: _SnapPlan | RegionPlan, *,
                    is_saliency: bool = False) -> Tensor:
-        if isinstance(plan, _RegionPlan):
-            return _region_paste(x.contiguous(), plan, clamp=is_saliency)
+        if isinstance(plan, RegionPlan):
+            return region_paste(x.contiguous(), plan, clamp=is_saliency)
         return _snap_paste(x.contiguous(), params["perm"], plan, clamp=is_saliency)
 
     def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
