@@ -174,14 +174,16 @@ def grid_axis(u: Tensor, n: int) -> Tensor:
 def separable_grid(uy: Tensor, ux: Tensor, size: tuple[int, int], dtype: torch.dtype) -> Tensor:
     """The ``grid_sample`` grid ``(B, Hm, Wm, 2)`` of the separable coordinates ``uy (B, Hm)`` x ``ux (B, Wm)``.
 
-    Coordinates are pixel centres of an ``(H, W)`` image. One ``cat`` of the two expanded axes
-    (a broadcast ``where`` over the last dimension of size 2 is six times slower on CPU).
+    Coordinates are pixel centres of an ``(H, W)`` image. The two axes are broadcast into the
+    halves of one new grid (a ``cat`` of the two expanded axes takes about a quarter longer on CPU,
+    a broadcast ``where`` over the last dimension of size 2 six times longer).
     """
     h, w = size
     b, hm, wm = uy.shape[0], uy.shape[1], ux.shape[1]
-    gx = grid_axis(ux, w).to(dtype)[:, None, :, None].expand(b, hm, wm, 1)
-    gy = grid_axis(uy, h).to(dtype)[:, :, None, None].expand(b, hm, wm, 1)
-    return torch.cat((gx, gy), -1)
+    grid = torch.empty((b, hm, wm, 2), dtype=dtype, device=uy.device)
+    grid[..., 0] = grid_axis(ux, w).to(dtype)[:, None, :]
+    grid[..., 1] = grid_axis(uy, h).to(dtype)[:, :, None]
+    return grid
 
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)

@@ -130,8 +130,8 @@ class SalientPaste(MixTransform):
     at the size of the largest possible box, in the partners' own order, and writes them with one
     ``scatter_`` into a copy of the batch: no full-size masks, temporaries or permuted copies in
     ``"image"`` mode. On CPU the boxes are first sorted into a few buckets of similar size, each
-    sampled at its own largest box (the same pixels). A padded canvas resamples every pixel of the target, so it costs about as
-    much as a resize.
+    sampled at its own largest box (the same pixels). A padded canvas resamples every pixel of the
+    target, so it costs about as much as a resize.
 
     Args:
         num_classes: number of classes K, needed for ``(B,)`` integer labels.
