@@ -238,6 +238,22 @@ class PastePlan(NamedTuple):
     ux: Tensor  # (B, Wm) source columns, partners' order
     grid: Tensor | None  # (B, Hm, Wm, 2) the bilinear sampling grid, partners' order; None for nearest
     empty: Tensor  # (B,) bool, empty destination boxes (nothing pasted), targets' order
+    sizes: Tensor  # (B, 2) the destination boxes' (h, w), targets' order
+
+
+def inside_patch(sizes: Tensor, patch: tuple[int, int]) -> Tensor:
+    """``(B, 1, Hm * Wm)`` bool: the pixels of a ``patch = (Hm, Wm)`` grid laid over boxes of ``sizes``
+    ``(B, 2)`` ``(h, w)`` (:func:`patch_index`) that are not repeats of a box's last row / column."""
+    hm, wm = patch
+    rows = torch.arange(hm, device=sizes.device)[None, :] < sizes[:, :1]
+    cols = torch.arange(wm, device=sizes.device)[None, :] < sizes[:, 1:]
+    return (rows[:, :, None] & cols[:, None, :]).flatten(1)[:, None, :]
+
+
+def once(values: Tensor, inside: Tensor) -> Tensor:
+    """``values`` with the repeated patch pixels (outside ``inside``) detached: a scatter writes a box's
+    last row / column again from them, and with autograd each copy would pass the gradient again."""
+    return torch.where(inside, values, values.detach())
 
 
 def paste_plan(src: Tensor, dst: Tensor, perm: Tensor, patch: tuple[int, int], size: tuple[int, int],
@@ -259,7 +275,8 @@ def paste_plan(src: Tensor, dst: Tensor, perm: Tensor, patch: tuple[int, int], s
     uy, ux = uy[inv], ux[inv]  # sampling runs over the partners in their own order
     grid = separable_grid(uy, ux, size, torch.float32) if mode == "bilinear" else None
     empty = (dst[:, 2] <= dst[:, 0]) | (dst[:, 3] <= dst[:, 1])
-    return PastePlan(perm, inv, flat_index(rows, cols, size[1]), uy, ux, grid, empty)
+    sizes = torch.stack((dst[:, 3] - dst[:, 1], dst[:, 2] - dst[:, 0]), 1)
+    return PastePlan(perm, inv, flat_index(rows, cols, size[1]), uy, ux, grid, empty, sizes)
 
 
 def paste_resampled(x: Tensor, plan: PastePlan, canvas: Tensor | None = None, clamp: bool = False) -> Tensor:
@@ -270,7 +287,8 @@ def paste_resampled(x: Tensor, plan: PastePlan, canvas: Tensor | None = None, cl
     the source box. An empty destination box leaves the target unchanged. The patches are sampled
     from the partners in their own order (one ``grid_sample``, or one flat gather), reordered at
     patch size and written by one ``scatter_`` into a copy of ``x``: no full-size masks, no
-    permuted copy of the batch.
+    permuted copy of the batch. With autograd the repeated rows / columns of a patch larger than
+    its box pass no gradient (:func:`once`), so every pasted pixel passes its gradient once.
 
     Args:
         x: ``(B, C, H, W)`` contiguous, the partners' pixels (and the targets' unless ``canvas``).
@@ -292,6 +310,8 @@ def paste_resampled(x: Tensor, plan: PastePlan, canvas: Tensor | None = None, cl
     # back to the targets' order, at patch size (indexing: index_select over dim 0 is many times
     # slower on a busy multi-threaded CPU)
     values = values[plan.perm]
+    if needs_graph(values):  # each pasted pixel passes its gradient once
+        values = once(values, inside_patch(plan.sizes, (plan.uy.shape[1], plan.ux.shape[1])))
     if clamp:
         values = values.clamp_(0, 1) if not needs_graph(values) else values.clamp(0, 1)
     if canvas is not None:
@@ -341,9 +361,10 @@ def restore_first(out: Tensor, images: Tensor, idx: Tensor, empty: Tensor) -> Te
 
 
 # -- the CPU paste: destination boxes in buckets of similar size --------------------------------------
-#: buckets of :func:`region_plan`: at least this many samples each, and at most ``_MAX_BUCKETS``
-_BUCKET_SAMPLES = 8
-_MAX_BUCKETS = 8
+#: buckets of :func:`region_plan`: at least this many samples each, and at most ``_MAX_BUCKETS`` (each
+#: bucket costs a few full passes' worth of ops, which on a busy multi-threaded CPU cost milliseconds)
+_BUCKET_SAMPLES = 16
+_MAX_BUCKETS = 4
 
 
 class Bucket(NamedTuple):
@@ -353,8 +374,7 @@ class Bucket(NamedTuple):
     patch pixel in its target (a patch larger than the box repeats the box's last row / column,
     see :func:`patch_index`); ``uy (A, Hm)`` / ``ux (A, Wm)`` the source coordinates of its rows
     and columns (clamped into the source box, so a repeated row samples the same values);
-    ``grid`` their ``grid_sample`` grid (None for nearest); ``inside (A, 1, Hm * Wm)`` bool, the
-    patch pixels that are not repeats.
+    ``grid`` their ``grid_sample`` grid (None for nearest); ``sizes (A, 2)`` the boxes' ``(h, w)``.
     """
 
     target: Tensor
@@ -363,7 +383,7 @@ class Bucket(NamedTuple):
     uy: Tensor
     ux: Tensor
     grid: Tensor | None
-    inside: Tensor
+    sizes: Tensor
 
 
 class RegionPlan(NamedTuple):
@@ -412,17 +432,15 @@ def region_plan(src: Tensor, dst: Tensor, active: Tensor, perm: Tensor, size: tu
         uy = axis_pixels(box[:, 1], box[:, 3], sb[:, 1], sb[:, 3], ri)
         ux = axis_pixels(box[:, 0], box[:, 2], sb[:, 0], sb[:, 2], ci)
         grid = separable_grid(uy, ux, size, torch.float32) if mode == "bilinear" else None
-        first_y = ri == torch.arange(hm, device=dst.device)  # not a repeat of the box's last row
-        first_x = ci == torch.arange(wm, device=dst.device)
-        inside = (first_y[:, :, None] & first_x[:, None, :]).flatten(1)[:, None, :]
-        buckets.append(Bucket(tk, perm[tk], flat_index(rows, cols, w), uy, ux, grid, inside))
+        sizes = torch.stack((box[:, 3] - box[:, 1], box[:, 2] - box[:, 0]), 1)
+        buckets.append(Bucket(tk, perm[tk], flat_index(rows, cols, w), uy, ux, grid, sizes))
     return RegionPlan(tuple(buckets), mode)
 
 
 def region_paste(x: Tensor, plan: RegionPlan, canvas: Tensor | None = None, clamp: bool = False) -> Tensor:
     """:func:`paste_resampled` on CPU, by :func:`region_plan`'s buckets.
 
-    Bucket by bucket, the partners' images are copied (``index_select``: a block copy per sample),
+    Bucket by bucket, the partners' images are copied (indexing, a block copy per sample),
     resampled at the bucket's patch size (one ``grid_sample``, or one gather for nearest) and
     written by one flat ``scatter_``: no full-size mask, grid or permuted copy of the batch, and no
     pixel resampled for a larger box than its own bucket's. The repeated rows / columns of a patch
@@ -434,7 +452,8 @@ def region_paste(x: Tensor, plan: RegionPlan, canvas: Tensor | None = None, clam
         plan: from :func:`region_plan`.
         canvas: ``(B, C, H, W)`` contiguous, of ``x``'s dtype, to paste onto instead of a copy of
             ``x`` (written in place unless autograd records a graph).
-        clamp: clamp the resampled values into ``[0, 1]`` (saliency), at patch size.
+        clamp: clamp the result into ``[0, 1]`` (saliency: bilinear rounding can leave it by an ulp),
+            once over the whole result (the pixels not pasted are in ``[0, 1]`` already).
 
     Returns:
         ``(B, C, H, W)`` of ``x``'s dtype: a new tensor, or ``canvas``.
@@ -445,18 +464,19 @@ def region_paste(x: Tensor, plan: RegionPlan, canvas: Tensor | None = None, clam
     flat = out.view(-1)
     chan = torch.arange(c, device=x.device)[None, :, None] * (h * w)
     for bucket in plan.buckets:
-        src = x.index_select(0, bucket.partner)
+        src = x[bucket.partner]  # (index_select over dim 0 is many times slower on a busy multi-threaded CPU)
         if bucket.grid is None:
             values = gather(src, nearest_index(bucket.uy, bucket.ux, (h, w)))
         else:
             values = warp(src, bucket.grid).flatten(2)
         values = values.to(x.dtype)
-        if clamp:
-            values = values.clamp(0, 1) if graph else values.clamp_(0, 1)
         index = (bucket.target[:, None, None] * (c * h * w) + chan + bucket.pix).view(-1)
         if graph:  # the repeats pass no gradient (else the box's last row / column would count twice)
-            values = torch.where(bucket.inside, values, values.detach())
+            values = once(values, inside_patch(bucket.sizes, (bucket.uy.shape[1], bucket.ux.shape[1])))
             flat = flat.scatter(0, index, values.reshape(-1))
         else:
             flat.scatter_(0, index, values.reshape(-1))
-    return flat.view(b, c, h, w)
+    out = flat.view(b, c, h, w)
+    if clamp and plan.buckets:
+        out = out.clamp(0, 1) if graph else out.clamp_(0, 1)
+    return out

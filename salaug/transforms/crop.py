@@ -147,8 +147,8 @@ def _keep(keep: Tensor, original: Tensor, out: Tensor) -> Tensor:
         if idx.numel() == 0:
             return out
         if needs_graph(original, out):
-            return out.index_copy(0, idx, original.index_select(0, idx))
-        return out.index_copy_(0, idx, original.index_select(0, idx))
+            return out.index_copy(0, idx, original[idx])
+        return out.index_copy_(0, idx, original[idx])
     if needs_graph(original, out):
         return torch.where(keep, original, out)
     return torch.where(keep, original, out, out=out)
