@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -374,7 +374,8 @@ class Bucket(NamedTuple):
     patch pixel in its target (a patch larger than the box repeats the box's last row / column,
     see :func:`patch_index`); ``uy (A, Hm)`` / ``ux (A, Wm)`` the source coordinates of its rows
     and columns (clamped into the source box, so a repeated row samples the same values);
-    ``grid`` their ``grid_sample`` grid (None for nearest); ``sizes (A, 2)`` the boxes' ``(h, w)``.
+    ``grid`` their ``grid_sample`` grid (bilinear; else None), ``near (A, 1, Hm * Wm)`` the flat
+    source pixels nearest to them (nearest; else None); ``sizes (A, 2)`` the boxes' ``(h, w)``.
     """
 
     target: Tensor
@@ -383,6 +384,7 @@ class Bucket(NamedTuple):
     uy: Tensor
     ux: Tensor
     grid: Tensor | None
+    near: Tensor | None
     sizes: Tensor
 
 
@@ -432,8 +434,9 @@ def region_plan(src: Tensor, dst: Tensor, active: Tensor, perm: Tensor, size: tu
         uy = axis_pixels(box[:, 1], box[:, 3], sb[:, 1], sb[:, 3], ri)
         ux = axis_pixels(box[:, 0], box[:, 2], sb[:, 0], sb[:, 2], ci)
         grid = separable_grid(uy, ux, size, torch.float32) if mode == "bilinear" else None
+        near = nearest_index(uy, ux, size) if mode == "nearest" else None  # shared by images and saliency
         sizes = torch.stack((box[:, 3] - box[:, 1], box[:, 2] - box[:, 0]), 1)
-        buckets.append(Bucket(tk, perm[tk], flat_index(rows, cols, w), uy, ux, grid, sizes))
+        buckets.append(Bucket(tk, perm[tk], flat_index(rows, cols, w), uy, ux, grid, near, sizes))
     return RegionPlan(tuple(buckets), mode)
 
 
@@ -465,10 +468,10 @@ def region_paste(x: Tensor, plan: RegionPlan, canvas: Tensor | None = None, clam
     chan = torch.arange(c, device=x.device)[None, :, None] * (h * w)
     for bucket in plan.buckets:
         src = x[bucket.partner]  # (index_select over dim 0 is many times slower on a busy multi-threaded CPU)
-        if bucket.grid is None:
-            values = gather(src, nearest_index(bucket.uy, bucket.ux, (h, w)))
+        if bucket.near is not None:
+            values = gather(src, bucket.near)
         else:
-            values = warp(src, bucket.grid).flatten(2)
+            values = warp(src, cast(Tensor, bucket.grid)).flatten(2)
         values = values.to(x.dtype)
         index = (bucket.target[:, None, None] * (c * h * w) + chan + bucket.pix).view(-1)
         if graph:  # the repeats pass no gradient (else the box's last row / column would count twice)
