@@ -2,7 +2,9 @@
 
 Batched over the first dimension, on the input's device, with no host sync. On CPU, small box
 searches (:func:`serial_step`) run over a few fixed slices of the batch whose sizes come from
-shapes only; accelerators take the whole batch at once. The in-place writes
+shapes only, and the box pastes (:func:`region_plan`) run over at most four buckets of similar box
+size, whose sizes are read from CPU tensors (a memory read there, not a sync); accelerators take
+the whole batch at once. The in-place writes
 (``scatter_``, ``where(out=)``) fall back to out-of-place operations when autograd records a
 graph, so every transform passes gradients to its inputs.
 """
