@@ -442,7 +442,7 @@ def region_plan(src: Tensor, dst: Tensor, active: Tensor, perm: Tensor, size: tu
     return RegionPlan(tuple(buckets), mode)
 
 
-def region_paste(x: Tensor, plan: RegionPlan, canvas: Tensor | None = None, clamp: bool = False) -> Tensor:
+def region_paste(x: Tensor, plan: RegionPlan, clamp: bool = False) -> Tensor:
     """:func:`paste_resampled` on CPU, by :func:`region_plan`'s buckets.
 
     Bucket by bucket, the partners' images are copied (indexing, a block copy per sample),
@@ -452,20 +452,23 @@ def region_paste(x: Tensor, plan: RegionPlan, canvas: Tensor | None = None, clam
     larger than its box carry the box's last row / column and write them again; with autograd
     they carry no gradient, so every pasted pixel passes its gradient once.
 
+    With more than one thread this costs several times the ops of :func:`paste_resampled` (a few
+    per bucket), which on a busy CPU each wait for every thread: it pays where a single patch of
+    the largest box would waste much (SnapMix, ResizeMix: boxes from a tenth to nearly all of the
+    image), not for SalientPaste's smaller spread of box sizes.
+
     Args:
-        x: ``(B, C, H, W)`` contiguous, the partners' pixels (and the targets' unless ``canvas``).
+        x: ``(B, C, H, W)`` contiguous, the partners' and the targets' pixels.
         plan: from :func:`region_plan`.
-        canvas: ``(B, C, H, W)`` contiguous, of ``x``'s dtype, to paste onto instead of a copy of
-            ``x`` (written in place unless autograd records a graph).
         clamp: clamp the result into ``[0, 1]`` (saliency: bilinear rounding can leave it by an ulp),
             once over the whole result (the pixels not pasted are in ``[0, 1]`` already).
 
     Returns:
-        ``(B, C, H, W)`` of ``x``'s dtype: a new tensor, or ``canvas``.
+        ``(B, C, H, W)``, a new tensor of ``x``'s dtype.
     """
     b, c, h, w = x.shape
-    out = x.clone() if canvas is None else canvas
-    graph = needs_graph(x, out)
+    out = x.clone()
+    graph = needs_graph(x)
     flat = out.view(-1)
     chan = torch.arange(c, device=x.device)[None, :, None] * (h * w)
     for bucket in plan.buckets:

@@ -22,14 +22,11 @@ from salaug.boxes import (
 )
 from salaug.transforms._ops import (
     PastePlan,
-    RegionPlan,
     by_chunks,
     needs_graph,
     partner_box_mass,
     paste_plan,
     paste_resampled,
-    region_paste,
-    region_plan,
     resample,
     serial_step,
 )
@@ -129,9 +126,8 @@ class SalientPaste(MixTransform):
     The paste samples the partners' boxes with one ``grid_sample`` (``"nearest"``: one flat gather)
     at the size of the largest possible box, in the partners' own order, and writes them with one
     ``scatter_`` into a copy of the batch: no full-size masks, temporaries or permuted copies in
-    ``"image"`` mode. On CPU the boxes are first sorted into a few buckets of similar size, each
-    sampled at its own largest box (the same pixels). A padded canvas resamples every pixel of the
-    target, so it costs about as much as a resize.
+    ``"image"`` mode. A padded canvas resamples every pixel of the target, so it costs about as
+    much as a resize.
 
     Args:
         num_classes: number of classes K, needed for ``(B,)`` integer labels.
@@ -268,28 +264,19 @@ class SalientPaste(MixTransform):
         side = math.sqrt(self.scale[1]) * (1 + 1e-6)
         return min(h, math.ceil(h * side) + 1), min(w, math.ceil(w * side) + 1)
 
-    def pixel_plan(self, params: Params, size: tuple[int, int]) -> PastePlan | RegionPlan:
-        src, dst, perm = params["src_boxes"], params["dst_boxes"], params["perm"]
-        if dst.device.type == "cpu":  # the boxes in buckets of similar size (reads sizes: no sync on CPU)
-            return region_plan(src, dst, params["applied"], perm, size, self.active_interpolation)
-        return paste_plan(src, dst, perm, self._patch_size(*size), size, self.active_interpolation)
+    def pixel_plan(self, params: Params, size: tuple[int, int]) -> PastePlan:
+        return paste_plan(params["src_boxes"], params["dst_boxes"], params["perm"], self._patch_size(*size), size,
+                          self.active_interpolation)
 
-    @staticmethod
-    def _paste(x: Tensor, plan: PastePlan | RegionPlan, canvas: Tensor | None, clamp: bool) -> Tensor:
-        if isinstance(plan, RegionPlan):
-            return region_paste(x, plan, canvas, clamp=clamp)
-        return paste_resampled(x, plan, canvas, clamp=clamp)
-
-    def mix_pixels(self, x: Tensor, params: Params, plan: PastePlan | RegionPlan, *,
-                   is_saliency: bool = False) -> Tensor:
+    def mix_pixels(self, x: Tensor, params: Params, plan: PastePlan, *, is_saliency: bool = False) -> Tensor:
         x = x.contiguous()  # a no-op for the usual layout
         if self.background == "image":
-            return self._paste(x, plan, None, is_saliency)
+            return paste_resampled(x, plan, clamp=is_saliency)
         nearest = self.active_interpolation == "nearest"  # masks: the padding is 0, as in the saliency
         canvas = self._canvas(x, params["target_boxes"], 0.0 if is_saliency or nearest else self.fill)
         if is_saliency:
             canvas = canvas.clamp(0, 1) if needs_graph(canvas) else canvas.clamp_(0, 1)
-        canvas = self._paste(x, plan, canvas.contiguous(), is_saliency)
+        canvas = paste_resampled(x, plan, canvas, clamp=is_saliency)
         return torch.where(params["applied"][:, None, None, None], canvas, x)
 
     def _canvas(self, x: Tensor, target: Tensor, fill: float) -> Tensor:
