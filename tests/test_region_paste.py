@@ -69,23 +69,39 @@ def edge_params(b: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
             "weights": torch.tensor([[0.5, 0.5]] * b)}
 
 
-@pytest.fixture
-def small_buckets(monkeypatch):
-    """Buckets of 2 samples (up to 8 of them), so that small test batches use several."""
+@pytest.fixture(params=["buckets", "window"])
+def cpu_path(request, monkeypatch):
+    """Both CPU paths of SnapMix / ResizeMix: buckets (one thread; buckets of 2 samples, up to 8 of
+    them, so that small test batches use several) and one window of the largest box (two threads)."""
     monkeypatch.setattr(ops, "_BUCKET_SAMPLES", 2)
     monkeypatch.setattr(ops, "_MAX_BUCKETS", 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if request.param == "buckets" else 2)
+    yield request.param
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # -- SnapMix and ResizeMix ---------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("size", [(17, 23), (12, 12), (9, 30)])
 @pytest.mark.parametrize("cls", [SnapMix, ResizeMix])
-def test_resized_box_mixes_equal_a_per_sample_interpolate(small_buckets, cls, size, dtype):
+def test_resized_box_mixes_equal_a_per_sample_interpolate(cpu_path, cls, size, dtype):
     x = torch.rand(14, 3, *size, generator=gen(1)).to(dtype)
     s = torch.rand(14, 1, *size, generator=gen(2))
     t = cls(num_classes=14, p=0.8, generator=gen(3))
     out, params = t(x, s, torch.arange(14), return_params=True)
     assert 0 < int(params["applied"].sum()) < 14
+    plan = t.pixel_plan(params, size)
+    assert isinstance(plan, ops.RegionPlan) == (cpu_path == "buckets")
+    assert cpu_path == "window" or len(plan.buckets) > 1
     assert out.images.dtype == dtype and out.images.is_contiguous()
     ref = reference_paste(x, params)
     torch.testing.assert_close(out.images.double(), ref, atol=ATOL[dtype], rtol=0)
@@ -97,7 +113,7 @@ def test_resized_box_mixes_equal_a_per_sample_interpolate(small_buckets, cls, si
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
 @pytest.mark.parametrize("size", [(11, 13), (10, 16)])
-def test_snapmix_edge_boxes_equal_the_reference(monkeypatch, small_buckets, size, interpolation):
+def test_snapmix_edge_boxes_equal_the_reference(monkeypatch, cpu_path, size, interpolation):
     # boxes on every border, the whole image, 1-pixel destination and source boxes, an empty box and a
     # sample not applied; channels-last input
     from salaug.transforms import mix
@@ -119,7 +135,7 @@ def test_snapmix_edge_boxes_equal_the_reference(monkeypatch, small_buckets, size
     torch.testing.assert_close(out.images, full.images, atol=0 if interpolation == "nearest" else 2e-5, rtol=0)
 
 
-def test_nearest_paste_takes_input_pixels_and_the_full_image_path_agrees(monkeypatch, small_buckets):
+def test_nearest_paste_takes_input_pixels_and_the_full_image_path_agrees(monkeypatch, cpu_path):
     from salaug.transforms import mix
 
     x = torch.rand(10, 2, 15, 19, generator=gen(6))
@@ -135,7 +151,7 @@ def test_nearest_paste_takes_input_pixels_and_the_full_image_path_agrees(monkeyp
     assert moved.images.dtype == torch.int64 and set(moved.images.unique().tolist()) <= set(range(5))
 
 
-def test_buckets_do_not_change_the_pixels(monkeypatch):
+def test_buckets_do_not_change_the_pixels(monkeypatch, one_thread):
     x = torch.rand(40, 3, 20, 26, generator=gen(10))
     s = torch.rand(40, 1, 20, 26, generator=gen(11))
     for cls in (SnapMix, ResizeMix):
@@ -155,7 +171,7 @@ def test_buckets_do_not_change_the_pixels(monkeypatch):
 
 
 @pytest.mark.parametrize("cls", [SnapMix, ResizeMix])
-def test_gradients_equal_the_full_image_path(monkeypatch, small_buckets, cls):
+def test_gradients_equal_the_full_image_path(monkeypatch, cpu_path, cls):
     # a patch larger than its box repeats the box's last row / column: the repeats must not pass
     # their gradient a second time
     from salaug.transforms import mix
@@ -196,7 +212,7 @@ def test_labels_follow_the_pasted_area(cls, labels):
 
 
 @pytest.mark.parametrize("cls", [SnapMix, ResizeMix])
-def test_gradients_equal_the_per_sample_interpolate(small_buckets, cls):
+def test_gradients_equal_the_per_sample_interpolate(cpu_path, cls):
     x = torch.rand(9, 2, 14, 15, generator=gen(30))
     s = torch.rand(9, 1, 14, 15, generator=gen(31))
     weight = torch.randn(9, 2, 14, 15, generator=gen(32), dtype=torch.float64)
