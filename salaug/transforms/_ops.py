@@ -2,9 +2,9 @@
 
 Batched over the first dimension, on the input's device, with no host sync. On CPU, small box
 searches (:func:`serial_step`) run over a few fixed slices of the batch whose sizes come from
-shapes only, and the box pastes (:func:`region_plan`) run over at most four buckets of similar box
-size, whose sizes are read from CPU tensors (a memory read there, not a sync); accelerators take
-the whole batch at once. The in-place writes
+shapes only, and with one thread SnapMix's and ResizeMix's pastes (:func:`region_plan`) run over at
+most four buckets of similar box size, whose sizes are read from CPU tensors (a memory read there,
+not a sync); accelerators take the whole batch at once. The in-place writes
 (``scatter_``, ``where(out=)``) fall back to out-of-place operations when autograd records a
 graph, so every transform passes gradients to its inputs.
 """
@@ -177,8 +177,8 @@ def separable_grid(uy: Tensor, ux: Tensor, size: tuple[int, int], dtype: torch.d
     """The ``grid_sample`` grid ``(B, Hm, Wm, 2)`` of the separable coordinates ``uy (B, Hm)`` x ``ux (B, Wm)``.
 
     Coordinates are pixel centres of an ``(H, W)`` image. The two axes are broadcast into the
-    halves of one new grid (a ``cat`` of the two expanded axes takes about a quarter longer on CPU,
-    a broadcast ``where`` over the last dimension of size 2 six times longer).
+    halves of one new grid (rather than a ``cat`` of the two expanded axes; a broadcast ``where``
+    over the last dimension of size 2 is six times slower on CPU).
     """
     h, w = size
     b, hm, wm = uy.shape[0], uy.shape[1], ux.shape[1]
@@ -452,10 +452,11 @@ def region_paste(x: Tensor, plan: RegionPlan, clamp: bool = False) -> Tensor:
     larger than its box carry the box's last row / column and write them again; with autograd
     they carry no gradient, so every pasted pixel passes its gradient once.
 
-    With more than one thread this costs several times the ops of :func:`paste_resampled` (a few
-    per bucket), which on a busy CPU each wait for every thread: it pays where a single patch of
-    the largest box would waste much (SnapMix, ResizeMix: boxes from a tenth to nearly all of the
-    image), not for SalientPaste's smaller spread of box sizes.
+    It takes a few ops per bucket, several times those of one patch of the largest box: it pays
+    where that patch would waste much (SnapMix, ResizeMix: boxes from a tenth to nearly all of the
+    image) and with one intra-op thread; with more, each op waits for every thread, which on a busy
+    CPU costs more than the buckets save, so SnapMix and ResizeMix use it with one thread only and
+    SalientPaste (a smaller spread of box sizes) not at all.
 
     Args:
         x: ``(B, C, H, W)`` contiguous, the partners' and the targets' pixels.
