@@ -1,16 +1,19 @@
-"""Speed of the seven saliency transforms: batched vs a per-sample loop vs torchvision's CutMix.
+"""Speed of the saliency transforms per mixed sample: batched vs a per-sample loop vs torchvision's CutMix.
 
-For each transform, three things are timed side by side in one run, on the same batch, in
-interleaved rounds, each round in a new random order (median over rounds): the batched salaug
-transform, a straightforward per-sample Python loop implementing the same algorithm (written
-here, as a reference a user might write), and ``torchvision.transforms.v2.CutMix(num_classes=K)``.
-Prints a markdown table.
+Every transform runs with ``p=1`` (every sample mixed, cropped or erased, as ``v2.CutMix`` mixes
+every sample), so the times are per mixed sample: the median time of a call over the batch size.
+For each transform, three things are timed side by side, on the same batch, in interleaved
+rounds, each round in a new random order (median over rounds): the batched salaug transform, a
+straightforward per-sample Python loop implementing the same algorithm (written here, as a
+reference a user might write), and ``torchvision.transforms.v2.CutMix(num_classes=K)``. One table
+per thread count (``--threads 1 2``, the default, gives both), in markdown.
 
-    python benchmarks/transform_speed.py --batch 128 --size 224 --rounds 7
+    python benchmarks/transform_speed.py --batch 64 --size 224 --rounds 9 --threads 1 2
 
-Targets on CPU: the box-paste transforms (SaliencyMix, AttentiveCutMix, SalientPaste, KeepCutout)
-within 1.5x of ``v2.CutMix``, the resizing ones (SalientCrop, SnapMix) within 2.0x; GuidedMixup is
-reported; PuzzleMix (every sample mixed, ``p=1``) within 3x, with ``transport=True`` within 5x.
+Targets on CPU, per mixed sample against ``v2.CutMix``: the box-paste transforms (SaliencyMix,
+AttentiveCutMix, SalientPaste, KeepCutout) within 1.5x, the resizing ones (SalientCrop, SnapMix,
+ResizeMix) within 2.0x; GuidedMixup is reported; PuzzleMix within 3x, with ``transport=True``
+within 5x. Every batched transform should be at least as fast as its loop (``batched / loop <= 1``).
 On a CPU shared with other jobs, compare ``--threads 1`` too: with two threads every op above
 PyTorch's parallel grain waits for both threads to be scheduled, which there costs milliseconds per
 op and penalises transforms with many ops far more than ``v2.CutMix`` (three).
@@ -33,7 +36,7 @@ from torchvision.transforms import v2
 
 from salaug.transforms.crop import SalientCrop
 from salaug.transforms.erase import KeepCutout
-from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, SaliencyMix, SnapMix, greedy_pairing
+from salaug.transforms.mix import AttentiveCutMix, GuidedMixup, ResizeMix, SaliencyMix, SnapMix, greedy_pairing
 from salaug.transforms.paste import SalientPaste
 from salaug.transforms.puzzle import PuzzleMix, block_costs, solve_mask, transport_blocks
 
@@ -140,6 +143,25 @@ def loop_snapmix(x, s, y, k, alpha=5.0):
         added = _mass(s[j], (px1, py1, px2, py2))
         lab[i] = (1 - removed) * lab[i] + added * F.one_hot(y[j], k).float()
         lab[i] /= lab[i].sum()
+    return out, sal, lab
+
+
+def loop_resize_mix(x, s, y, k, scale=(0.1, 0.8)):
+    b, _, h, w = x.shape
+    perm = torch.randperm(b)
+    out, sal, lab = x.clone(), s.clone(), F.one_hot(y, k).float()
+    for i in range(b):
+        j = int(perm[i])
+        tau = scale[0] + (scale[1] - scale[0]) * torch.rand(()).item()
+        bw, bh = max(round(w * tau), 1), max(round(h * tau), 1)
+        x1 = int(torch.randint(0, w - bw + 1, ()))
+        y1 = int(torch.randint(0, h - bh + 1, ()))
+        out[i, :, y1:y1 + bh, x1:x1 + bw] = F.interpolate(x[j:j + 1], size=(bh, bw), mode="bilinear",
+                                                          align_corners=False)[0]
+        sal[i, :, y1:y1 + bh, x1:x1 + bw] = F.interpolate(s[j:j + 1], size=(bh, bw), mode="bilinear",
+                                                          align_corners=False)[0]
+        a = bw * bh / (h * w)
+        lab[i] = (1 - a) * lab[i] + a * F.one_hot(y[j], k).float()
     return out, sal, lab
 
 
@@ -259,16 +281,19 @@ def make_batch(b: int, n: int, k: int, device: str) -> tuple[torch.Tensor, torch
 
 
 def make_cases(k: int) -> dict[str, tuple[Any, Callable[..., Any], str]]:
-    """Each timed transform: ``(batched salaug transform, per-sample loop reference, target vs v2.CutMix)``."""
+    """Each timed transform, with ``p=1`` (every sample transformed): ``(batched salaug transform,
+    per-sample loop reference, target vs v2.CutMix per mixed sample)``."""
     return {
-        "SalientCrop": (SalientCrop(num_classes=k), loop_salient_crop, "<= 2.0"),
-        "SaliencyMix": (SaliencyMix(num_classes=k), loop_saliency_mix, "<= 1.5"),
-        "AttentiveCutMix": (AttentiveCutMix(num_classes=k), loop_attentive_cutmix, "<= 1.5"),
-        "SnapMix": (SnapMix(num_classes=k), loop_snapmix, "<= 2.0"),
-        "GuidedMixup": (GuidedMixup(num_classes=k), loop_guided_mixup, "report"),
-        "SalientPaste": (SalientPaste(num_classes=k), loop_salient_paste, "<= 1.5"),
-        "KeepCutout": (KeepCutout(num_classes=k), loop_keep_cutout, "<= 1.5"),
-        "SalientPaste nearest": (SalientPaste(num_classes=k, interpolation="nearest"), loop_salient_paste, "<= 1.5"),
+        "SalientCrop": (SalientCrop(num_classes=k, p=1.0), loop_salient_crop, "<= 2.0"),
+        "SaliencyMix": (SaliencyMix(num_classes=k, p=1.0), loop_saliency_mix, "<= 1.5"),
+        "AttentiveCutMix": (AttentiveCutMix(num_classes=k, p=1.0), loop_attentive_cutmix, "<= 1.5"),
+        "SnapMix": (SnapMix(num_classes=k, p=1.0), loop_snapmix, "<= 2.0"),
+        "ResizeMix": (ResizeMix(num_classes=k, p=1.0), loop_resize_mix, "<= 2.0"),
+        "GuidedMixup": (GuidedMixup(num_classes=k, p=1.0), loop_guided_mixup, "report"),
+        "SalientPaste": (SalientPaste(num_classes=k, p=1.0), loop_salient_paste, "<= 1.5"),
+        "KeepCutout": (KeepCutout(num_classes=k, p=1.0), loop_keep_cutout, "<= 1.5"),
+        "SalientPaste nearest": (SalientPaste(num_classes=k, interpolation="nearest", p=1.0), loop_salient_paste,
+                                 "<= 1.5"),
         "PuzzleMix": (PuzzleMix(num_classes=k, p=1.0), loop_puzzlemix, "<= 3.0"),
         "PuzzleMix transport": (PuzzleMix(num_classes=k, transport=True, p=1.0),
                                 lambda *a: loop_puzzlemix(*a, transport=True), "<= 5.0"),
@@ -300,32 +325,46 @@ def time_cases(x: torch.Tensor, s: torch.Tensor, y: torch.Tensor, k: int,
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def main() -> None:
+def table(med: dict[str, float], cases: dict[str, tuple[Any, Callable[..., Any], str]], batch: int) -> str:
+    """The markdown table of one run: microseconds per mixed sample (``p=1``: the median call time over
+    ``batch``) of the batched transform and of its loop, and the ratios to the loop and to ``v2.CutMix``."""
+    base = med["v2.CutMix"]
+    lines = ["| transform | batched (us / mixed sample) | per-sample loop (us / mixed sample) | batched / loop "
+             "| batched / v2.CutMix | target |", "|---|---|---|---|---|---|"]
+    for name, (_, _, target) in cases.items():
+        bt, lt = med[name], med[name + " loop"]
+        lines.append(f"| {name} | {bt / batch * 1e6:.0f} | {lt / batch * 1e6:.0f} | {bt / lt:.2f} | {bt / base:.2f} "
+                     f"| {target} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave as is)")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                    help="torch.set_num_threads of each table, in turn (0: leave as is)")
     ap.add_argument("--only", nargs="*", default=None, help="names of the transforms to time")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the per-sample loops then pay a launch per op)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = ap.parse_args(argv)
     b, k, n = args.batch, args.classes, args.size
     x, s, y = make_batch(b, n, k, args.device)
     cases = make_cases(k)
     if args.only:
+        unknown = sorted(set(args.only) - set(cases))
+        if unknown:
+            ap.error(f"unknown transform(s) {unknown}; choose from {sorted(cases)}")
         cases = {name: v for name, v in cases.items() if name in args.only}
-    med = time_cases(x, s, y, k, cases, args.rounds)
-    base = med["v2.CutMix"]
-    print(f"B={b}, {n}x{n}, K={k}, device {args.device}, {args.rounds} interleaved rounds, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; v2.CutMix median {base * 1e3:.1f} ms\n")
-    print("| transform | batched (ms) | per-sample loop (ms) | batched / loop | batched / v2.CutMix | target |")
-    print("|---|---|---|---|---|---|")
-    for name, (_, _, target) in cases.items():
-        bt, lt = med[name], med[name + " loop"]
-        print(f"| {name} | {bt * 1e3:.1f} | {lt * 1e3:.1f} | {bt / lt:.2f} | {bt / base:.2f} | {target} |")
+    for threads in args.threads:
+        if threads:
+            torch.set_num_threads(threads)
+        med = time_cases(x, s, y, k, cases, args.rounds)
+        print(f"B={b}, {n}x{n}, K={k}, every sample mixed (p=1), device {args.device}, {args.rounds} interleaved "
+              f"rounds, torch {torch.__version__}, {torch.get_num_threads()} threads; v2.CutMix "
+              f"{med['v2.CutMix'] / b * 1e6:.0f} us per sample (median {med['v2.CutMix'] * 1e3:.1f} ms)\n")
+        print(table(med, cases, b) + "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -440,3 +440,22 @@ def test_cam_numerics_compares_every_layout_against_float64(capsys) -> None:
         # the forced channels-last column is this CPU's own figure
         assert 0 <= default <= 1e-4 and 0 <= contiguous <= 1e-4 and channels_last >= 0, row
     assert "relative norm" in table[0]
+
+
+def test_transform_speed_reports_per_mixed_sample_at_each_thread_count(capsys) -> None:
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    ts = importlib.import_module("benchmarks.transform_speed")
+    assert all(t.p == 1.0 for t, _, _ in ts.make_cases(10).values())  # every sample mixed
+    threads = torch.get_num_threads()
+    try:
+        ts.main(["--batch", "4", "--size", "16", "--rounds", "1", "--threads", "1", "2",
+                 "--only", "SnapMix", "ResizeMix"])
+        with pytest.raises(SystemExit):
+            ts.main(["--only", "NoSuchMix"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert out.count("every sample mixed (p=1)") == 2 and ", 1 threads;" in out and ", 2 threads;" in out
+    assert "| batched (us / mixed sample) | per-sample loop (us / mixed sample) | batched / loop |" in out
+    assert out.count("| ResizeMix |") == 2 and out.count("| SnapMix |") == 2 and "| SalientCrop |" not in out

@@ -2,7 +2,9 @@
 
 Batched over the first dimension, on the input's device, with no host sync. On CPU, small box
 searches (:func:`serial_step`) run over a few fixed slices of the batch whose sizes come from
-shapes only; accelerators take the whole batch at once. The in-place writes
+shapes only, and with one thread SnapMix's and ResizeMix's pastes (:func:`region_plan`) run over at
+most four buckets of similar box size, whose sizes are read from CPU tensors (a memory read there,
+not a sync); accelerators take the whole batch at once. The in-place writes
 (``scatter_``, ``where(out=)``) fall back to out-of-place operations when autograd records a
 graph, so every transform passes gradients to its inputs.
 """
@@ -11,13 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug.boxes import box_mass, box_size
+from salaug.boxes import box_area, box_mass, box_size
 from salaug.transforms.base import sample_uniform
 
 __all__: list[str] = []
@@ -174,14 +176,16 @@ def grid_axis(u: Tensor, n: int) -> Tensor:
 def separable_grid(uy: Tensor, ux: Tensor, size: tuple[int, int], dtype: torch.dtype) -> Tensor:
     """The ``grid_sample`` grid ``(B, Hm, Wm, 2)`` of the separable coordinates ``uy (B, Hm)`` x ``ux (B, Wm)``.
 
-    Coordinates are pixel centres of an ``(H, W)`` image. One ``cat`` of the two expanded axes
-    (a broadcast ``where`` over the last dimension of size 2 is six times slower on CPU).
+    Coordinates are pixel centres of an ``(H, W)`` image. The two axes are broadcast into the
+    halves of one new grid (rather than a ``cat`` of the two expanded axes; a broadcast ``where``
+    over the last dimension of size 2 is six times slower on CPU).
     """
     h, w = size
     b, hm, wm = uy.shape[0], uy.shape[1], ux.shape[1]
-    gx = grid_axis(ux, w).to(dtype)[:, None, :, None].expand(b, hm, wm, 1)
-    gy = grid_axis(uy, h).to(dtype)[:, :, None, None].expand(b, hm, wm, 1)
-    return torch.cat((gx, gy), -1)
+    grid = torch.empty((b, hm, wm, 2), dtype=dtype, device=uy.device)
+    grid[..., 0] = grid_axis(ux, w).to(dtype)[:, None, :]
+    grid[..., 1] = grid_axis(uy, h).to(dtype)[:, :, None]
+    return grid
 
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -236,6 +240,22 @@ class PastePlan(NamedTuple):
     ux: Tensor  # (B, Wm) source columns, partners' order
     grid: Tensor | None  # (B, Hm, Wm, 2) the bilinear sampling grid, partners' order; None for nearest
     empty: Tensor  # (B,) bool, empty destination boxes (nothing pasted), targets' order
+    sizes: Tensor  # (B, 2) the destination boxes' (h, w), targets' order
+
+
+def inside_patch(sizes: Tensor, patch: tuple[int, int]) -> Tensor:
+    """``(B, 1, Hm * Wm)`` bool: the pixels of a ``patch = (Hm, Wm)`` grid laid over boxes of ``sizes``
+    ``(B, 2)`` ``(h, w)`` (:func:`patch_index`) that are not repeats of a box's last row / column."""
+    hm, wm = patch
+    rows = torch.arange(hm, device=sizes.device)[None, :] < sizes[:, :1]
+    cols = torch.arange(wm, device=sizes.device)[None, :] < sizes[:, 1:]
+    return (rows[:, :, None] & cols[:, None, :]).flatten(1)[:, None, :]
+
+
+def once(values: Tensor, inside: Tensor) -> Tensor:
+    """``values`` with the repeated patch pixels (outside ``inside``) detached: a scatter writes a box's
+    last row / column again from them, and with autograd each copy would pass the gradient again."""
+    return torch.where(inside, values, values.detach())
 
 
 def paste_plan(src: Tensor, dst: Tensor, perm: Tensor, patch: tuple[int, int], size: tuple[int, int],
@@ -257,7 +277,8 @@ def paste_plan(src: Tensor, dst: Tensor, perm: Tensor, patch: tuple[int, int], s
     uy, ux = uy[inv], ux[inv]  # sampling runs over the partners in their own order
     grid = separable_grid(uy, ux, size, torch.float32) if mode == "bilinear" else None
     empty = (dst[:, 2] <= dst[:, 0]) | (dst[:, 3] <= dst[:, 1])
-    return PastePlan(perm, inv, flat_index(rows, cols, size[1]), uy, ux, grid, empty)
+    sizes = torch.stack((dst[:, 3] - dst[:, 1], dst[:, 2] - dst[:, 0]), 1)
+    return PastePlan(perm, inv, flat_index(rows, cols, size[1]), uy, ux, grid, empty, sizes)
 
 
 def paste_resampled(x: Tensor, plan: PastePlan, canvas: Tensor | None = None, clamp: bool = False) -> Tensor:
@@ -268,7 +289,8 @@ def paste_resampled(x: Tensor, plan: PastePlan, canvas: Tensor | None = None, cl
     the source box. An empty destination box leaves the target unchanged. The patches are sampled
     from the partners in their own order (one ``grid_sample``, or one flat gather), reordered at
     patch size and written by one ``scatter_`` into a copy of ``x``: no full-size masks, no
-    permuted copy of the batch.
+    permuted copy of the batch. With autograd the repeated rows / columns of a patch larger than
+    its box pass no gradient (:func:`once`), so every pasted pixel passes its gradient once.
 
     Args:
         x: ``(B, C, H, W)`` contiguous, the partners' pixels (and the targets' unless ``canvas``).
@@ -290,6 +312,8 @@ def paste_resampled(x: Tensor, plan: PastePlan, canvas: Tensor | None = None, cl
     # back to the targets' order, at patch size (indexing: index_select over dim 0 is many times
     # slower on a busy multi-threaded CPU)
     values = values[plan.perm]
+    if needs_graph(values):  # each pasted pixel passes its gradient once
+        values = once(values, inside_patch(plan.sizes, (plan.uy.shape[1], plan.ux.shape[1])))
     if clamp:
         values = values.clamp_(0, 1) if not needs_graph(values) else values.clamp(0, 1)
     if canvas is not None:
@@ -336,3 +360,132 @@ def restore_first(out: Tensor, images: Tensor, idx: Tensor, empty: Tensor) -> Te
     pix = idx[:, :, :1]
     keep = torch.where(empty[:, None, None], gather(images, pix), gather(out, pix))
     return scatter(out, keep, pix)
+
+
+# -- the CPU paste: destination boxes in buckets of similar size --------------------------------------
+#: buckets of :func:`region_plan`: at least this many samples each, and at most ``_MAX_BUCKETS`` (each
+#: bucket costs a few full passes' worth of ops, which on a busy multi-threaded CPU cost milliseconds)
+_BUCKET_SAMPLES = 16
+_MAX_BUCKETS = 4
+
+
+class Bucket(NamedTuple):
+    """Samples of similar destination box size, pasted at the bucket's patch size ``(Hm, Wm)``.
+
+    ``target`` / ``partner`` ``(A,)``; ``pix (A, 1, Hm * Wm)`` the flat destination pixel of each
+    patch pixel in its target (a patch larger than the box repeats the box's last row / column,
+    see :func:`patch_index`); ``uy (A, Hm)`` / ``ux (A, Wm)`` the source coordinates of its rows
+    and columns (clamped into the source box, so a repeated row samples the same values);
+    ``grid`` their ``grid_sample`` grid (bilinear; else None), ``near (A, 1, Hm * Wm)`` the flat
+    source pixels nearest to them (nearest; else None); ``sizes (A, 2)`` the boxes' ``(h, w)``.
+    """
+
+    target: Tensor
+    partner: Tensor
+    pix: Tensor
+    uy: Tensor
+    ux: Tensor
+    grid: Tensor | None
+    near: Tensor | None
+    sizes: Tensor
+
+
+class RegionPlan(NamedTuple):
+    """A CPU paste plan (:func:`region_plan`): the active samples with a non-empty destination box, in
+    at most ``_MAX_BUCKETS`` buckets of similar box size."""
+
+    buckets: tuple[Bucket, ...]
+    mode: str
+
+
+def region_plan(src: Tensor, dst: Tensor, active: Tensor, perm: Tensor, size: tuple[int, int],
+                mode: str = "bilinear") -> RegionPlan:
+    """Plan :func:`region_paste` (CPU): target ``i``'s ``dst[i]`` box receives ``src[i]`` of ``perm[i]``.
+
+    The source coordinates are :func:`paste_plan`'s (``F.interpolate(..., align_corners=False)``
+    pixel mapping, clamped into the source box). The active samples with a non-empty destination
+    box are sorted by box area and cut into buckets of consecutive sizes (at least
+    ``_BUCKET_SAMPLES`` samples each, at most ``_MAX_BUCKETS`` buckets), each resampled at the size
+    of its largest box, so a small box does not pay for the batch's largest. Which samples, the
+    buckets' patch sizes and their number are read back as numbers: on a CPU tensor that is a
+    memory read, not a device sync, so accelerators use :func:`paste_plan` (or a full-image path)
+    instead. The loop runs over the buckets, not over samples.
+
+    Args:
+        src: ``(B, 4)`` int64 half-open boxes in the partner's pixels.
+        dst: ``(B, 4)`` int64 half-open boxes in the target's pixels (empty: no paste).
+        active: ``(B,)`` bool, the samples that receive a paste.
+        perm: ``(B,)`` partners.
+        size: the image ``(H, W)``.
+        mode: ``"bilinear"`` or ``"nearest"``.
+    """
+    w = size[1]
+    x1, y1, x2, y2 = dst.unbind(1)
+    target = (active & (y2 > y1) & (x2 > x1)).nonzero().flatten()
+    target = target[box_area(dst[target]).argsort()]
+    n = target.numel()
+    count = min(_MAX_BUCKETS, max(1, n // _BUCKET_SAMPLES))
+    buckets: list[Bucket] = []
+    for k in range(count):
+        tk = target[k * n // count:(k + 1) * n // count]
+        if tk.numel() == 0:
+            continue
+        box, sb = dst[tk], src[tk]
+        hm, wm = int((box[:, 3] - box[:, 1]).amax()), int((box[:, 2] - box[:, 0]).amax())
+        rows, cols, ri, ci = patch_index(box, (hm, wm), size)
+        uy = axis_pixels(box[:, 1], box[:, 3], sb[:, 1], sb[:, 3], ri)
+        ux = axis_pixels(box[:, 0], box[:, 2], sb[:, 0], sb[:, 2], ci)
+        grid = separable_grid(uy, ux, size, torch.float32) if mode == "bilinear" else None
+        near = nearest_index(uy, ux, size) if mode == "nearest" else None  # shared by images and saliency
+        sizes = torch.stack((box[:, 3] - box[:, 1], box[:, 2] - box[:, 0]), 1)
+        buckets.append(Bucket(tk, perm[tk], flat_index(rows, cols, w), uy, ux, grid, near, sizes))
+    return RegionPlan(tuple(buckets), mode)
+
+
+def region_paste(x: Tensor, plan: RegionPlan, clamp: bool = False) -> Tensor:
+    """:func:`paste_resampled` on CPU, by :func:`region_plan`'s buckets.
+
+    Bucket by bucket, the partners' images are copied (indexing, a block copy per sample),
+    resampled at the bucket's patch size (one ``grid_sample``, or one gather for nearest) and
+    written by one flat ``scatter_``: no full-size mask, grid or permuted copy of the batch, and no
+    pixel resampled for a larger box than its own bucket's. The repeated rows / columns of a patch
+    larger than its box carry the box's last row / column and write them again; with autograd
+    they carry no gradient, so every pasted pixel passes its gradient once.
+
+    It takes a few ops per bucket, several times those of one patch of the largest box: it pays
+    where that patch would waste much (SnapMix, ResizeMix: boxes from a tenth to nearly all of the
+    image) and with one intra-op thread; with more, each op waits for every thread, which on a busy
+    CPU costs more than the buckets save, so SnapMix and ResizeMix use it with one thread only and
+    SalientPaste (a smaller spread of box sizes) not at all.
+
+    Args:
+        x: ``(B, C, H, W)`` contiguous, the partners' and the targets' pixels.
+        plan: from :func:`region_plan`.
+        clamp: clamp the result into ``[0, 1]`` (saliency: bilinear rounding can leave it by an ulp),
+            once over the whole result (the pixels not pasted are in ``[0, 1]`` already).
+
+    Returns:
+        ``(B, C, H, W)``, a new tensor of ``x``'s dtype.
+    """
+    b, c, h, w = x.shape
+    out = x.clone()
+    graph = needs_graph(x)
+    flat = out.view(-1)
+    chan = torch.arange(c, device=x.device)[None, :, None] * (h * w)
+    for bucket in plan.buckets:
+        src = x[bucket.partner]  # (index_select over dim 0 is many times slower on a busy multi-threaded CPU)
+        if bucket.near is not None:
+            values = gather(src, bucket.near)
+        else:
+            values = warp(src, cast(Tensor, bucket.grid)).flatten(2)
+        values = values.to(x.dtype)
+        index = (bucket.target[:, None, None] * (c * h * w) + chan + bucket.pix).view(-1)
+        if graph:  # the repeats pass no gradient (else the box's last row / column would count twice)
+            values = once(values, inside_patch(bucket.sizes, (bucket.uy.shape[1], bucket.ux.shape[1])))
+            flat = flat.scatter(0, index, values.reshape(-1))
+        else:
+            flat.scatter_(0, index, values.reshape(-1))
+    out = flat.view(b, c, h, w)
+    if clamp and plan.buckets:
+        out = out.clamp(0, 1) if graph else out.clamp_(0, 1)
+    return out

@@ -136,7 +136,19 @@ class SalientCrop(SaliencyTransform):
 
 
 def _keep(keep: Tensor, original: Tensor, out: Tensor) -> Tensor:
-    """``torch.where(keep, original, out)``, written into ``out`` (a fresh result) unless autograd records."""
+    """``torch.where(keep, original, out)`` for ``(B, 1, 1, 1)`` ``keep``, written into ``out`` (a fresh
+    result) unless autograd records.
+
+    On CPU only the kept samples are copied (their indices are read: a memory read there, not a
+    sync), instead of a pass over the whole batch; accelerators take the ``where``.
+    """
+    if original.device.type == "cpu":
+        idx = keep.flatten().nonzero().flatten()
+        if idx.numel() == 0:
+            return out
+        if needs_graph(original, out):
+            return out.index_copy(0, idx, original[idx])
+        return out.index_copy_(0, idx, original[idx])
     if needs_graph(original, out):
         return torch.where(keep, original, out)
     return torch.where(keep, original, out, out=out)
