@@ -1,4 +1,4 @@
-"""The CPU paste by size buckets (``_ops.region_plan`` / ``region_paste``) of SnapMix and ResizeMix,
+"""The CPU pastes of SnapMix and ResizeMix (box by box with one thread, one window with more),
 against a per-sample float64 ``F.interpolate`` reference (values and gradients) and against the
 accelerators' path run on CPU; SalientPaste's gradients against the same reference; SalientCrop's CPU
 restore of full-box samples; the grid built without a ``cat``.
@@ -16,9 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import salaug.transforms._ops as ops
-from salaug.boxes import box_area
-from salaug.transforms import ResizeMix, SalientCrop, SalientPaste, SnapMix
+from salaug.transforms import ResizeMix, SalientCrop, SalientPaste, SnapMix, mix
 from salaug.transforms._ops import grid_axis, separable_grid
 
 ATOL = {torch.float32: 2e-5, torch.float64: 2e-5, torch.float16: 2.0 ** -11 + 2e-5, torch.bfloat16: 2.0 ** -8 + 2e-5}
@@ -69,14 +67,12 @@ def edge_params(b: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
             "weights": torch.tensor([[0.5, 0.5]] * b)}
 
 
-@pytest.fixture(params=["buckets", "window"])
-def cpu_path(request, monkeypatch):
-    """Both CPU paths of SnapMix / ResizeMix: buckets (one thread; buckets of 2 samples, up to 8 of
-    them, so that small test batches use several) and one window of the largest box (two threads)."""
-    monkeypatch.setattr(ops, "_BUCKET_SAMPLES", 2)
-    monkeypatch.setattr(ops, "_MAX_BUCKETS", 8)
+@pytest.fixture(params=["boxes", "window"])
+def cpu_path(request):
+    """Both CPU paths of SnapMix / ResizeMix: box by box (one thread) and one window of the largest
+    box (two threads)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1 if request.param == "buckets" else 2)
+    torch.set_num_threads(1 if request.param == "boxes" else 2)
     yield request.param
     torch.set_num_threads(threads)
 
@@ -100,8 +96,7 @@ def test_resized_box_mixes_equal_a_per_sample_interpolate(cpu_path, cls, size, d
     out, params = t(x, s, torch.arange(14), return_params=True)
     assert 0 < int(params["applied"].sum()) < 14
     plan = t.pixel_plan(params, size)
-    assert isinstance(plan, ops.RegionPlan) == (cpu_path == "buckets")
-    assert cpu_path == "window" or len(plan.buckets) > 1
+    assert isinstance(plan, mix._BoxPlan) == (cpu_path == "boxes")
     assert out.images.dtype == dtype and out.images.is_contiguous()
     ref = reference_paste(x, params)
     torch.testing.assert_close(out.images.double(), ref, atol=ATOL[dtype], rtol=0)
@@ -151,23 +146,22 @@ def test_nearest_paste_takes_input_pixels_and_the_full_image_path_agrees(monkeyp
     assert moved.images.dtype == torch.int64 and set(moved.images.unique().tolist()) <= set(range(5))
 
 
-def test_buckets_do_not_change_the_pixels(monkeypatch, one_thread):
+def test_both_cpu_paths_give_the_same_pixels(monkeypatch):
     x = torch.rand(40, 3, 20, 26, generator=gen(10))
     s = torch.rand(40, 1, 20, 26, generator=gen(11))
-    for cls in (SnapMix, ResizeMix):
-        t = cls(num_classes=40, p=1.0, generator=gen(12))
-        many, params = t(x, s, torch.arange(40), return_params=True)
-        monkeypatch.setattr(ops, "_MAX_BUCKETS", 1)
-        one = t(x, s, torch.arange(40), params=params)
-        monkeypatch.undo()
-        assert torch.equal(many.images, one.images) and torch.equal(many.saliency, one.saliency), cls.__name__
-        plan = ops.region_plan(params["src_boxes"], params["dst_boxes"], params["applied"], params["perm"],
-                               (20, 26))
-        assert len(plan.buckets) == 2  # 40 samples: buckets of at least 16
-        sizes = [box_area(params["dst_boxes"][bk.target]) for bk in plan.buckets]
-        assert float(sizes[0].max()) <= float(sizes[1].min())  # consecutive sizes
-        got = torch.cat([bk.target for bk in plan.buckets]).sort().values
-        assert torch.equal(got, torch.arange(40))
+    threads = torch.get_num_threads()
+    try:
+        for cls in (SnapMix, ResizeMix):
+            t = cls(num_classes=40, p=1.0, generator=gen(12))
+            torch.set_num_threads(1)
+            boxes, params = t(x, s, torch.arange(40), return_params=True)
+            assert isinstance(t.pixel_plan(params, (20, 26)), mix._BoxPlan)
+            torch.set_num_threads(2)
+            window = t(x, s, torch.arange(40), params=params)
+            torch.testing.assert_close(boxes.images, window.images, atol=2e-5, rtol=0)
+            torch.testing.assert_close(boxes.saliency, window.saliency, atol=2e-5, rtol=0)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("cls", [SnapMix, ResizeMix])

@@ -2,9 +2,8 @@
 
 Batched over the first dimension, on the input's device, with no host sync. On CPU, small box
 searches (:func:`serial_step`) run over a few fixed slices of the batch whose sizes come from
-shapes only, and with one thread SnapMix's and ResizeMix's pastes (:func:`region_plan`) run over at
-most four buckets of similar box size, whose sizes are read from CPU tensors (a memory read there,
-not a sync); accelerators take the whole batch at once. The in-place writes
+shapes only (SnapMix's and ResizeMix's CPU pastes live in :mod:`salaug.transforms.mix`);
+accelerators take the whole batch at once. The in-place writes
 (``scatter_``, ``where(out=)``) fall back to out-of-place operations when autograd records a
 graph, so every transform passes gradients to its inputs.
 """
@@ -13,13 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salaug.boxes import box_area, box_mass, box_size
+from salaug.boxes import box_mass, box_size
 from salaug.transforms.base import sample_uniform
 
 __all__: list[str] = []
@@ -360,132 +359,3 @@ def restore_first(out: Tensor, images: Tensor, idx: Tensor, empty: Tensor) -> Te
     pix = idx[:, :, :1]
     keep = torch.where(empty[:, None, None], gather(images, pix), gather(out, pix))
     return scatter(out, keep, pix)
-
-
-# -- the CPU paste: destination boxes in buckets of similar size --------------------------------------
-#: buckets of :func:`region_plan`: at least this many samples each, and at most ``_MAX_BUCKETS`` (each
-#: bucket costs a few full passes' worth of ops, which on a busy multi-threaded CPU cost milliseconds)
-_BUCKET_SAMPLES = 16
-_MAX_BUCKETS = 4
-
-
-class Bucket(NamedTuple):
-    """Samples of similar destination box size, pasted at the bucket's patch size ``(Hm, Wm)``.
-
-    ``target`` / ``partner`` ``(A,)``; ``pix (A, 1, Hm * Wm)`` the flat destination pixel of each
-    patch pixel in its target (a patch larger than the box repeats the box's last row / column,
-    see :func:`patch_index`); ``uy (A, Hm)`` / ``ux (A, Wm)`` the source coordinates of its rows
-    and columns (clamped into the source box, so a repeated row samples the same values);
-    ``grid`` their ``grid_sample`` grid (bilinear; else None), ``near (A, 1, Hm * Wm)`` the flat
-    source pixels nearest to them (nearest; else None); ``sizes (A, 2)`` the boxes' ``(h, w)``.
-    """
-
-    target: Tensor
-    partner: Tensor
-    pix: Tensor
-    uy: Tensor
-    ux: Tensor
-    grid: Tensor | None
-    near: Tensor | None
-    sizes: Tensor
-
-
-class RegionPlan(NamedTuple):
-    """A CPU paste plan (:func:`region_plan`): the active samples with a non-empty destination box, in
-    at most ``_MAX_BUCKETS`` buckets of similar box size."""
-
-    buckets: tuple[Bucket, ...]
-    mode: str
-
-
-def region_plan(src: Tensor, dst: Tensor, active: Tensor, perm: Tensor, size: tuple[int, int],
-                mode: str = "bilinear") -> RegionPlan:
-    """Plan :func:`region_paste` (CPU): target ``i``'s ``dst[i]`` box receives ``src[i]`` of ``perm[i]``.
-
-    The source coordinates are :func:`paste_plan`'s (``F.interpolate(..., align_corners=False)``
-    pixel mapping, clamped into the source box). The active samples with a non-empty destination
-    box are sorted by box area and cut into buckets of consecutive sizes (at least
-    ``_BUCKET_SAMPLES`` samples each, at most ``_MAX_BUCKETS`` buckets), each resampled at the size
-    of its largest box, so a small box does not pay for the batch's largest. Which samples, the
-    buckets' patch sizes and their number are read back as numbers: on a CPU tensor that is a
-    memory read, not a device sync, so accelerators use :func:`paste_plan` (or a full-image path)
-    instead. The loop runs over the buckets, not over samples.
-
-    Args:
-        src: ``(B, 4)`` int64 half-open boxes in the partner's pixels.
-        dst: ``(B, 4)`` int64 half-open boxes in the target's pixels (empty: no paste).
-        active: ``(B,)`` bool, the samples that receive a paste.
-        perm: ``(B,)`` partners.
-        size: the image ``(H, W)``.
-        mode: ``"bilinear"`` or ``"nearest"``.
-    """
-    w = size[1]
-    x1, y1, x2, y2 = dst.unbind(1)
-    target = (active & (y2 > y1) & (x2 > x1)).nonzero().flatten()
-    target = target[box_area(dst[target]).argsort()]
-    n = target.numel()
-    count = min(_MAX_BUCKETS, max(1, n // _BUCKET_SAMPLES))
-    buckets: list[Bucket] = []
-    for k in range(count):
-        tk = target[k * n // count:(k + 1) * n // count]
-        if tk.numel() == 0:
-            continue
-        box, sb = dst[tk], src[tk]
-        hm, wm = int((box[:, 3] - box[:, 1]).amax()), int((box[:, 2] - box[:, 0]).amax())
-        rows, cols, ri, ci = patch_index(box, (hm, wm), size)
-        uy = axis_pixels(box[:, 1], box[:, 3], sb[:, 1], sb[:, 3], ri)
-        ux = axis_pixels(box[:, 0], box[:, 2], sb[:, 0], sb[:, 2], ci)
-        grid = separable_grid(uy, ux, size, torch.float32) if mode == "bilinear" else None
-        near = nearest_index(uy, ux, size) if mode == "nearest" else None  # shared by images and saliency
-        sizes = torch.stack((box[:, 3] - box[:, 1], box[:, 2] - box[:, 0]), 1)
-        buckets.append(Bucket(tk, perm[tk], flat_index(rows, cols, w), uy, ux, grid, near, sizes))
-    return RegionPlan(tuple(buckets), mode)
-
-
-def region_paste(x: Tensor, plan: RegionPlan, clamp: bool = False) -> Tensor:
-    """:func:`paste_resampled` on CPU, by :func:`region_plan`'s buckets.
-
-    Bucket by bucket, the partners' images are copied (indexing, a block copy per sample),
-    resampled at the bucket's patch size (one ``grid_sample``, or one gather for nearest) and
-    written by one flat ``scatter_``: no full-size mask, grid or permuted copy of the batch, and no
-    pixel resampled for a larger box than its own bucket's. The repeated rows / columns of a patch
-    larger than its box carry the box's last row / column and write them again; with autograd
-    they carry no gradient, so every pasted pixel passes its gradient once.
-
-    It takes a few ops per bucket, several times those of one patch of the largest box: it pays
-    where that patch would waste much (SnapMix, ResizeMix: boxes from a tenth to nearly all of the
-    image) and with one intra-op thread; with more, each op waits for every thread, which on a busy
-    CPU costs more than the buckets save, so SnapMix and ResizeMix use it with one thread only and
-    SalientPaste (a smaller spread of box sizes) not at all.
-
-    Args:
-        x: ``(B, C, H, W)`` contiguous, the partners' and the targets' pixels.
-        plan: from :func:`region_plan`.
-        clamp: clamp the result into ``[0, 1]`` (saliency: bilinear rounding can leave it by an ulp),
-            once over the whole result (the pixels not pasted are in ``[0, 1]`` already).
-
-    Returns:
-        ``(B, C, H, W)``, a new tensor of ``x``'s dtype.
-    """
-    b, c, h, w = x.shape
-    out = x.clone()
-    graph = needs_graph(x)
-    flat = out.view(-1)
-    chan = torch.arange(c, device=x.device)[None, :, None] * (h * w)
-    for bucket in plan.buckets:
-        src = x[bucket.partner]  # (index_select over dim 0 is many times slower on a busy multi-threaded CPU)
-        if bucket.near is not None:
-            values = gather(src, bucket.near)
-        else:
-            values = warp(src, cast(Tensor, bucket.grid)).flatten(2)
-        values = values.to(x.dtype)
-        index = (bucket.target[:, None, None] * (c * h * w) + chan + bucket.pix).view(-1)
-        if graph:  # the repeats pass no gradient (else the box's last row / column would count twice)
-            values = once(values, inside_patch(bucket.sizes, (bucket.uy.shape[1], bucket.ux.shape[1])))
-            flat = flat.scatter(0, index, values.reshape(-1))
-        else:
-            flat.scatter_(0, index, values.reshape(-1))
-    out = flat.view(b, c, h, w)
-    if clamp and plan.buckets:
-        out = out.clamp(0, 1) if graph else out.clamp_(0, 1)
-    return out
