@@ -22,6 +22,14 @@ from salaug.transforms._ops import grid_axis, separable_grid
 ATOL = {torch.float32: 2e-5, torch.float64: 2e-5, torch.float16: 2.0 ** -11 + 2e-5, torch.bfloat16: 2.0 ** -8 + 2e-5}
 
 
+def use_the_full_image_path(monkeypatch) -> None:
+    """Make SnapMix / ResizeMix take the accelerators' path (every pixel resampled, then masked) on CPU."""
+    from salaug.transforms import mix
+
+    monkeypatch.setattr(mix._ResizedBoxMix, "pixel_plan", lambda self, params, size: mix._snap_plan(
+        params["src_boxes"], params["dst_boxes"], params["applied"], size, self.active_interpolation))
+
+
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -67,12 +75,11 @@ def edge_params(b: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
             "weights": torch.tensor([[0.5, 0.5]] * b)}
 
 
-@pytest.fixture(params=["boxes", "window"])
+@pytest.fixture(params=[1, 2])
 def cpu_path(request):
-    """Both CPU paths of SnapMix / ResizeMix: box by box (one thread) and one window of the largest
-    box (two threads)."""
+    """The CPU paste of SnapMix / ResizeMix (box by box) with one and with two threads."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1 if request.param == "boxes" else 2)
+    torch.set_num_threads(request.param)
     yield request.param
     torch.set_num_threads(threads)
 
@@ -96,7 +103,7 @@ def test_resized_box_mixes_equal_a_per_sample_interpolate(cpu_path, cls, size, d
     out, params = t(x, s, torch.arange(14), return_params=True)
     assert 0 < int(params["applied"].sum()) < 14
     plan = t.pixel_plan(params, size)
-    assert isinstance(plan, mix._BoxPlan) == (cpu_path == "boxes")
+    assert isinstance(plan, mix._BoxPlan)
     assert out.images.dtype == dtype and out.images.is_contiguous()
     ref = reference_paste(x, params)
     torch.testing.assert_close(out.images.double(), ref, atol=ATOL[dtype], rtol=0)
@@ -111,7 +118,6 @@ def test_resized_box_mixes_equal_a_per_sample_interpolate(cpu_path, cls, size, d
 def test_snapmix_edge_boxes_equal_the_reference(monkeypatch, cpu_path, size, interpolation):
     # boxes on every border, the whole image, 1-pixel destination and source boxes, an empty box and a
     # sample not applied; channels-last input
-    from salaug.transforms import mix
 
     x = torch.rand(8, 3, *size, generator=gen(4)).to(memory_format=torch.channels_last)
     s = torch.rand(8, 1, *size, generator=gen(5))
@@ -124,21 +130,18 @@ def test_snapmix_edge_boxes_equal_the_reference(monkeypatch, cpu_path, size, int
     assert torch.equal(out.images[keep], x[keep])
     none = SnapMix(num_classes=8)(x, s, torch.arange(8), params={**params, "applied": torch.zeros(8, dtype=torch.bool)})
     assert torch.equal(none.images, x)
-    monkeypatch.setattr(mix, "_region_plan", lambda src, dst, applied, perm, size, mode: mix._snap_plan(
-        src, dst, applied, size, mode))
+    use_the_full_image_path(monkeypatch)
     full = SnapMix(num_classes=8)(x, s, torch.arange(8), params=params, interpolation=interpolation)
     torch.testing.assert_close(out.images, full.images, atol=0 if interpolation == "nearest" else 2e-5, rtol=0)
 
 
 def test_nearest_paste_takes_input_pixels_and_the_full_image_path_agrees(monkeypatch, cpu_path):
-    from salaug.transforms import mix
 
     x = torch.rand(10, 2, 15, 19, generator=gen(6))
     s = torch.rand(10, 1, 15, 19, generator=gen(7))
     t = SnapMix(num_classes=10, p=0.9, alpha=1.0, generator=gen(8))
     region, params = t(x, s, torch.arange(10), return_params=True, interpolation="nearest")
-    monkeypatch.setattr(mix, "_region_plan", lambda src, dst, applied, perm, size, mode: mix._snap_plan(
-        src, dst, applied, size, mode))
+    use_the_full_image_path(monkeypatch)
     full = t(x, s, torch.arange(10), params=params, interpolation="nearest")
     assert torch.equal(region.images, full.images) and torch.equal(region.saliency, full.saliency)
     masks = torch.randint(0, 5, (10, 1, 15, 19), generator=gen(9))
@@ -146,29 +149,10 @@ def test_nearest_paste_takes_input_pixels_and_the_full_image_path_agrees(monkeyp
     assert moved.images.dtype == torch.int64 and set(moved.images.unique().tolist()) <= set(range(5))
 
 
-def test_both_cpu_paths_give_the_same_pixels(monkeypatch):
-    x = torch.rand(40, 3, 20, 26, generator=gen(10))
-    s = torch.rand(40, 1, 20, 26, generator=gen(11))
-    threads = torch.get_num_threads()
-    try:
-        for cls in (SnapMix, ResizeMix):
-            t = cls(num_classes=40, p=1.0, generator=gen(12))
-            torch.set_num_threads(1)
-            boxes, params = t(x, s, torch.arange(40), return_params=True)
-            assert isinstance(t.pixel_plan(params, (20, 26)), mix._BoxPlan)
-            torch.set_num_threads(2)
-            window = t(x, s, torch.arange(40), params=params)
-            torch.testing.assert_close(boxes.images, window.images, atol=2e-5, rtol=0)
-            torch.testing.assert_close(boxes.saliency, window.saliency, atol=2e-5, rtol=0)
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("cls", [SnapMix, ResizeMix])
 def test_gradients_equal_the_full_image_path(monkeypatch, cpu_path, cls):
     # a patch larger than its box repeats the box's last row / column: the repeats must not pass
     # their gradient a second time
-    from salaug.transforms import mix
 
     x = torch.rand(9, 2, 13, 17, generator=gen(13))
     s = torch.rand(9, 1, 13, 17, generator=gen(14))
@@ -177,8 +161,7 @@ def test_gradients_equal_the_full_image_path(monkeypatch, cpu_path, cls):
     grads = []
     for full in (False, True):
         if full:
-            monkeypatch.setattr(mix, "_region_plan", lambda src, dst, applied, perm, size, mode: mix._snap_plan(
-                src, dst, applied, size, mode))
+            use_the_full_image_path(monkeypatch)
         xin = x.clone().requires_grad_(True)
         out = cls(num_classes=9)(xin, s, torch.arange(9), params=params)
         (out.images * weight).sum().backward()

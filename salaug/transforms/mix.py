@@ -305,80 +305,6 @@ def _snap_paste(x: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool) -> Tensor
     return paste(plan.mask, warped.to(x.dtype), x)
 
 
-class _WindowPlan(NamedTuple):
-    """SnapMix's plan on a multi-threaded CPU: the applied samples with a non-empty destination box,
-    ``(A,)`` each.
-
-    Each of them is rewritten inside one window of the patch size ``(Hm, Wm)`` (the largest
-    destination box), placed at its box's corner and moved back inside the image where it would
-    leave it: ``top`` / ``left`` ``(A,)`` its corner, ``inside (A, 1, Hm, Wm)`` the box's pixels in it,
-    ``uy (A, Hm)`` / ``ux (A, Wm)`` the source coordinates of its rows and columns (clamped into the
-    source box, so the ones outside the box are valid and unused).
-    """
-
-    target: Tensor
-    partner: Tensor
-    top: Tensor
-    left: Tensor
-    inside: Tensor
-    uy: Tensor
-    ux: Tensor
-    mode: str
-
-
-def _window_plan(src: Tensor, dst: Tensor, applied: Tensor, perm: Tensor, size: tuple[int, int],
-                 mode: str = "bilinear") -> _WindowPlan:
-    """Plan :func:`_window_paste`: the source coordinates of the pasted pixels only.
-
-    The coordinates are those of :func:`_snap_plan` (``F.interpolate(..., align_corners=False)``
-    pixel mapping, clamped into the source box), over a window as large as the largest destination
-    box of the applied samples. Which samples and how large a window are read back as numbers: on
-    CPU this costs no sync (accelerators use :func:`_snap_plan`).
-    """
-    h, w = size
-    x1, y1, x2, y2 = dst.unbind(1)
-    target = (applied & (y2 > y1) & (x2 > x1)).nonzero().flatten()
-    box, sb = dst[target], src[target]
-    hm, wm = (int((y2 - y1)[target].amax()), int((x2 - x1)[target].amax())) if target.numel() else (1, 1)
-    top, left = box[:, 1].clamp(max=h - hm), box[:, 0].clamp(max=w - wm)
-    ri = torch.arange(hm, device=dst.device)[None, :] + top[:, None] - box[:, 1:2]  # row in the box
-    ci = torch.arange(wm, device=dst.device)[None, :] + left[:, None] - box[:, 0:1]
-    inside = ((ri >= 0) & (ri < (box[:, 3] - box[:, 1])[:, None]))[:, None, :, None] \
-        & ((ci >= 0) & (ci < (box[:, 2] - box[:, 0])[:, None]))[:, None, None, :]
-    uy = axis_pixels(box[:, 1], box[:, 3], sb[:, 1], sb[:, 3], ri)
-    ux = axis_pixels(box[:, 0], box[:, 2], sb[:, 0], sb[:, 2], ci)
-    return _WindowPlan(target, perm[target], top, left, inside, uy, ux, mode)
-
-
-def _window_paste(x: Tensor, plan: _WindowPlan, clamp: bool) -> Tensor:
-    """:func:`_snap_paste` on a multi-threaded CPU, resampling only the pasted region of the applied
-    samples in one window of the largest box (fewer, larger ops than :func:`_box_paste`'s loop).
-
-    The partners of the applied samples are resampled at window size (one ``grid_sample``, or one
-    gather for nearest), the window's pixels outside the box are taken from the target, and each
-    window is written back as one strided block (a windowed view of a copy of ``x``): no per-pixel
-    index, which costs several times the block copy.
-    """
-    c, (h, w) = x.shape[1], plan.inside.shape[-2:]
-    if plan.target.numel() == 0:
-        return x.clone()
-    values = resample(x[plan.partner], plan.uy, plan.ux, plan.mode).to(x.dtype)  # (index_select: slower)
-    if clamp:
-        values = values.clamp(0, 1) if needs_graph(values) else values.clamp_(0, 1)
-    channels = torch.arange(c, device=x.device)
-    if needs_graph(x, values):  # the same paste, differentiable: per-pixel indices
-        rows = plan.top[:, None] + torch.arange(h, device=x.device)
-        cols = plan.left[:, None] + torch.arange(w, device=x.device)
-        at = (plan.target[:, None, None, None], channels[None, :, None, None], rows[:, None, :, None],
-              cols[:, None, None, :])
-        return x.index_put(at, torch.where(plan.inside, values, x[at]))
-    out = x.clone()
-    windows = out.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, H - h + 1, W - w + 1, h, w), a view of out
-    at = (plan.target[:, None], channels[None, :], plan.top[:, None], plan.left[:, None])
-    windows[at] = torch.where(plan.inside, values, windows[at], out=values)
-    return out
-
-
 class _BoxPlan(NamedTuple):
     """SnapMix's plan on CPU: one row ``(target, partner, x1, y1, x2, y2, a1, b1, a2, b2)`` of Python
     ints per applied sample with a non-empty destination box ``(x1, y1, x2, y2)``, whose partner's
@@ -398,7 +324,8 @@ def _box_plan(src: Tensor, dst: Tensor, applied: Tensor, perm: Tensor, mode: str
 def _nearest_pixels(d1: int, d2: int, s1: int, s2: int) -> Tensor:
     """``(d2 - d1,)`` offsets into ``[s1, s2)`` of the nearest source pixels of ``[d1, d2)``, rounded
     from :func:`axis_pixels`'s coordinates as :func:`_snap_paste` rounds them."""
-    u = axis_pixels(*(torch.tensor([v]) for v in (d1, d2, s1, s2)), torch.arange(d2 - d1)[None, :])
+    ends = torch.tensor([[d1], [d2], [s1], [s2]])
+    u = axis_pixels(ends[0], ends[1], ends[2], ends[3], torch.arange(d2 - d1)[None, :])
     return u[0].round().long() - s1
 
 
@@ -406,9 +333,10 @@ def _box_paste(x: Tensor, plan: _BoxPlan, clamp: bool) -> Tensor:
     """:func:`_snap_paste` on CPU: each destination box written with ``F.interpolate`` of its source box.
 
     On CPU the resize of one box at its own size (a separable kernel, no pixel outside the box)
-    costs less than any batched resample of boxes of different sizes (``grid_sample`` over a
-    shared window costs about 1.5x per pixel, and the window holds pixels no box needs), so this is
-    a loop over the pasted samples: a few ops each, and no host sync on a CPU tensor.
+    costs less than the batched resamples of boxes of different sizes that were measured
+    (``grid_sample`` costs about 1.5x per pixel, and a shared window or size buckets hold pixels no
+    box needs), so this is a loop over the pasted samples: a few ops each, no host sync on a CPU
+    tensor. On a CPU with more busy threads than cores every op of it waits for a time slice.
     Low-precision images are resized in float32 and rounded once; ``clamp`` clamps resized
     saliency into ``[0, 1]``. Differentiable (the copy is written in place).
     """
@@ -424,21 +352,6 @@ def _box_paste(x: Tensor, plan: _BoxPlan, clamp: bool) -> Tensor:
     return out
 
 
-def _region_plan(src: Tensor, dst: Tensor, applied: Tensor, perm: Tensor, size: tuple[int, int],
-                 mode: str = "bilinear") -> _BoxPlan | _WindowPlan:
-    """SnapMix's plan on CPU: only the applied samples' destination boxes are resampled.
-
-    With one intra-op thread (a DataLoader worker's default), box by box (:func:`_box_plan`, about
-    0.4-0.8x the time of one window); with more, in one window of the largest box
-    (:func:`_window_plan`): each op above PyTorch's parallel grain waits for every thread, and on a
-    busy CPU the box loop's many small ops pay that wait each (2.7-3.9x the window's time with two
-    threads, in interleaved rounds). Accelerators use :func:`_snap_plan`.
-    """
-    if torch.get_num_threads() == 1:
-        return _box_plan(src, dst, applied, perm, mode)
-    return _window_plan(src, dst, applied, perm, size, mode)
-
-
 class _ResizedBoxMix(MixTransform):
     """A mix that resizes a source box of the partner (``src_boxes``) into a destination box of the
     target (``dst_boxes``), bilinearly; the area share is the destination box's (SnapMix, ResizeMix)."""
@@ -448,18 +361,16 @@ class _ResizedBoxMix(MixTransform):
     clamp_saliency = False  # the resampled saliency is clamped before the paste
     flat_without_maps = True
 
-    def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan | _BoxPlan | _WindowPlan:
+    def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan | _BoxPlan:
         src, dst, applied = params["src_boxes"], params["dst_boxes"], params["applied"]
         if dst.device.type == "cpu":
-            return _region_plan(src, dst, applied, params["perm"], size, self.active_interpolation)
+            return _box_plan(src, dst, applied, params["perm"], self.active_interpolation)
         return _snap_plan(src, dst, applied, size, self.active_interpolation)
 
-    def mix_pixels(self, x: Tensor, params: Params, plan: _SnapPlan | _BoxPlan | _WindowPlan, *,
+    def mix_pixels(self, x: Tensor, params: Params, plan: _SnapPlan | _BoxPlan, *,
                    is_saliency: bool = False) -> Tensor:
         if isinstance(plan, _BoxPlan):
-            return _box_paste(x, plan, clamp=is_saliency)
-        if isinstance(plan, _WindowPlan):
-            return _window_paste(x.contiguous(), plan, clamp=is_saliency)
+            return _box_paste(x.contiguous(), plan, clamp=is_saliency)
         return _snap_paste(x.contiguous(), params["perm"], plan, clamp=is_saliency)
 
     def area_share(self, params: Params, size: tuple[int, int]) -> Tensor:
