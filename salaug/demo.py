@@ -33,7 +33,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from salaug import models
 from salaug.augmenter import SaliencyAugmenter
@@ -191,19 +191,45 @@ class RunResult:
     curve_every: int = 1
 
 
+class _RenderedBatches(Dataset):
+    """A :class:`~salaug.datasets.ClutteredObjects` split read a batch at a time: ``data[indices]`` is
+    ``[images (B, 3, H, W), labels (B,), boxes (B, 4)]`` from its batched ``render`` (an index into
+    the rendered tensors when the split is cached), the same samples as ``B`` reads of ``data[i]``
+    and a ``default_collate``, without the per-sample Python work."""
+
+    def __init__(self, dataset: ClutteredObjects) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: Sequence[int]) -> list[Tensor]:
+        rendered = self.dataset.render(indices)
+        return [rendered["image"], rendered["label"], rendered["box"]]
+
+
+def _recipe(batch: list[Tensor]) -> list[Tensor]:
+    """:func:`salaug.crop_flip` on the images and boxes of a ``[images, labels, boxes]`` batch."""
+    batch[0], batch[2] = crop_flip(batch[0], boxes=batch[2])
+    return batch
+
+
 def make_data(size: int, train_size: int, val_size: int, test_size: int, seed: int, batch_size: int,
               workers: int, make_dataset: Any = None, recipe: bool = True
               ) -> tuple[DataLoader, DataLoader, dict[str, DataLoader]]:
     """Loaders, each batch ``[images (B, 3, size, size), labels (B,), boxes (B, 4)]``.
 
+    ClutteredObjects splits are rendered once and read a batch at a time (the same batches, in the
+    same shuffled order, as a per-sample DataLoader of the same batch size).
+
     Args:
         size, train_size, val_size, test_size, seed: the data (image side, images per split, seed of
             the training and validation images; the test sets are fixed).
         batch_size, workers: the DataLoaders'.
-        make_dataset: ``make_dataset(split, size, length, seed)`` builds a split (then there are no
-            shifted test sets); ClutteredObjects by default.
-        recipe: give the training batches the standard recipe (:func:`crop_flip_collate`);
-            validation and test stay unaugmented.
+        make_dataset: ``make_dataset(split, size, length, seed)`` builds a split, read per sample
+            (then there are no shifted test sets); ClutteredObjects by default.
+        recipe: give the training batches the standard recipe (:func:`salaug.crop_flip` on images
+            and boxes, as :func:`crop_flip_collate`); validation and test stay unaugmented.
 
     Returns:
         The train (shuffled) and validation loaders, and one test loader per split (``"id"`` and,
@@ -212,12 +238,18 @@ def make_data(size: int, train_size: int, val_size: int, test_size: int, seed: i
     def objects(split: Any, size: int, n: int, seed: int, **options: Any) -> ClutteredObjects:
         return ClutteredObjects(split=split, size=size, length=n, seed=seed, cache=True, **options)
 
-    def loader(ds: Any, shuffle: bool = False, collate: Any = None) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          persistent_workers=workers > 0, collate_fn=collate)
+    def loader(ds: Any, shuffle: bool = False, augment: bool = False) -> DataLoader:
+        common: dict[str, Any] = {"num_workers": workers, "persistent_workers": workers > 0}
+        if make_dataset is not None:
+            return DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
+                              collate_fn=crop_flip_collate if augment else None, **common)
+        # the sampler DataLoader(shuffle=...) builds, drawing batches of indices; no collation
+        order = RandomSampler(ds) if shuffle else SequentialSampler(ds)
+        return DataLoader(_RenderedBatches(ds), batch_size=None, sampler=BatchSampler(order, batch_size, False),
+                          collate_fn=_recipe if augment else None, **common)
 
     build = make_dataset or objects
-    train = loader(build("train", size, train_size, seed), True, crop_flip_collate if recipe else None)
+    train = loader(build("train", size, train_size, seed), True, recipe)
     val = loader(build("val", size, val_size, seed))
     tests = {"id": loader(build("test", size, test_size, TEST_SEED))}
     if make_dataset is None:
