@@ -39,9 +39,10 @@ def main() -> None:
     names = list(ds.classes)
     transform = create_transform("snapmix", len(names))
     assert transform is not None
-    _, images, soft = augment_as_trained(model, transform, x, y, args.seed, flat=False)
+    aug, images, soft = augment_as_trained(model, transform, x, y, args.seed, flat=False)
+    assert aug.last is not None and aug.last.params is not None
     # four mixed samples and two that the transform left alone (p = 0.5 per sample), in their order
-    mixed = (soft.max(1).values < 1).tolist()
+    mixed = aug.last.params["applied"].tolist()
     keep = ([i for i in range(16) if mixed[i]][:4] + [i for i in range(16) if not mixed[i]][:2])
     keep = sorted(keep)[:TILES]
     truth = [names[int(k)] for k in y[keep]]

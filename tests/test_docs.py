@@ -203,3 +203,16 @@ def test_links_into_the_repository_use_repo_url_and_name_files_that_exist(page: 
         return
     bare = re.findall(r"(?<!\[)`((?:examples|benchmarks/results)/[^`\s]*|payoff_[a-z0-9_]+\.md)`(?!\])", prose)
     assert not bare, f"{page.name}: link these to the repository ({repo}): {bare}"
+
+
+@pytest.mark.parametrize("page", ["index.md", "getting-started.md"])
+def test_the_pages_pictures_are_drawn_for_the_page_width(page: str):
+    """A picture wider than about 1000 px is shrunk to the content column (about 700 px at 1280 px),
+    and the demo's 16-tile rows became unreadable there: the pages show 6 tiles (docs/_make_pictures.py)."""
+    from PIL import Image
+
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)\s]+\.png)\)", (ROOT / "docs" / page).read_text(encoding="utf-8"))
+    assert pictures, f"{page} shows no picture"
+    for name in pictures:
+        with Image.open(ROOT / "docs" / name) as picture:
+            assert picture.size[0] <= 1000, f"{name} is {picture.size[0]} px wide: redraw it for the page"
