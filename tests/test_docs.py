@@ -59,6 +59,11 @@ def test_site_builds_strictly(tmp_path: Path):
     assert 'id="salaug.augmenter.SaliencyAugmenter"' in loop
     changelog = (site / "changelog" / "index.html").read_text(encoding="utf-8")
     assert f"{_pyproject_version()}" in changelog
+    # code blocks wrap on screen (the theme wraps them in print only), and the header links the repository
+    home = (site / "index.html").read_text(encoding="utf-8")
+    assert 'href="stylesheets/extra.css"' in home and f'href="{_repo_url()}"' in home
+    css = re.sub(r"\s+", " ", (site / "stylesheets" / "extra.css").read_text(encoding="utf-8"))
+    assert ".md-typeset pre > code { white-space: pre-wrap;" in css
 
 
 def test_readme_is_the_short_front_page():
