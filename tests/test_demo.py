@@ -277,3 +277,25 @@ def test_the_accuracy_picture_plots_what_the_verdict_reads(tmp_path, monkeypatch
     assert "verdict" in right.get_title() and [t.get_text() for t in right.get_yticklabels()][2] == "occlusion"
     means = [tuple(c.get_offsets()[0]) for c in left.collections if len(c.get_offsets()) == 1]
     assert any(x == pytest.approx(0.46) and y == pytest.approx(2.1) for x, y in means)  # snapmix, occlusion
+
+
+def test_batched_reads_give_the_batches_of_a_per_sample_loader() -> None:
+    """The demo reads each ClutteredObjects split a batch at a time: the same images, labels, boxes and
+    recipe, in the same shuffled order, as DataLoader(shuffle=True, collate_fn=crop_flip_collate)."""
+    from torch.utils.data import DataLoader
+
+    from salaug.datasets import ClutteredObjects
+    from salaug.demo import crop_flip_collate, make_data
+
+    train, _, _ = make_data(32, 40, 8, 8, 3, 16, 0)
+    per_sample = DataLoader(ClutteredObjects("train", size=32, length=40, seed=3, cache=True), batch_size=16,
+                            shuffle=True, collate_fn=crop_flip_collate)
+
+    def two_epochs(loader):
+        torch.manual_seed(5)
+        return [batch for _ in range(2) for batch in loader]
+
+    ours, theirs = two_epochs(train), two_epochs(per_sample)
+    assert len(ours) == len(theirs) == 6 and len(train) == 3
+    for a, b in zip(ours, theirs, strict=True):
+        assert isinstance(a, list) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
