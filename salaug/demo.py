@@ -783,8 +783,9 @@ CAVEATS = """\
   arms that do not mix two images.
 - **train time**: wall time of training, and its ratio to base only. Parallel runs share the cores.
 - **arm − none**: the paired difference of test accuracy per split (same seed: same training
-  images, initial weights and batch order); `verdict` names the splits where the method was ahead
-  in every seed.
+  images, initial weights and batch order), the mean over the seeds and, in parentheses, each
+  seed's; `verdict` names the splits where the method was ahead in every seed. `accuracy.png`
+  plots what the verdict reads: each arm's test accuracy per split beside these differences.
 
 ## Caveats
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 
 import pytest
@@ -252,7 +253,7 @@ def test_the_monitor_watches_about_four_validating_epochs(epochs, expected) -> N
     watched = [e for e in validating if e % monitor == 0]
     assert len(validating) >= min(epochs, 30) and 1 <= len(watched) <= 5
     if epochs >= 40:
-        assert len(watched) >= 4 and len({b - a for a, b in zip(watched, watched[1:], strict=False)}) == 1
+        assert len(watched) >= 4 and len({b - a for a, b in itertools.pairwise(watched)}) == 1
 
 
 def test_the_accuracy_picture_plots_what_the_verdict_reads(tmp_path, monkeypatch) -> None:

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training epochs of each arm")
     parser.add_argument("--train-size", type=positive_int, default=EVIDENCE_REGIME["train_size"],
                         help="training images; few per class (50) is where mixing pays")
-    parser.add_argument("--val-size", type=positive_int, default=200, help="validation images (the curves)")
+    parser.add_argument("--val-size", type=positive_int, default=200,
+                        help="validation images: the curve in results.json and the runs' CSV logs (every 5th "
+                             "epoch at 150 epochs) and the monitor's pictures")
     parser.add_argument("--test-size", type=positive_int, default=1000, help="test images per test split")
     parser.add_argument("--size", type=int_range(16, 512, "ClutteredObjects draws 16 to 512 px images here"),
                         default=EVIDENCE_REGIME["size"], help="image side in pixels")
