@@ -121,7 +121,7 @@ def test_the_report_gives_each_seed_and_the_spread_of_one_seed_from_the_evidence
     assert "Verdict" not in format_report(RESULTS_2_SEEDS[:1], "none", EVIDENCE_REGIME)  # base only alone
 
 
-def test_pictures_put_the_differences_beside_the_curves_and_no_cam_row_in_augmented(tmp_path, monkeypatch) -> None:
+def test_pictures_put_the_differences_beside_the_accuracies_and_no_cam_row_in_augmented(tmp_path, monkeypatch) -> None:
     from PIL import Image
 
     import salaug.viz
