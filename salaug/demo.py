@@ -18,8 +18,10 @@ report them. The command line (``salaug demo``) is :mod:`salaug.cli.demo`.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -31,7 +33,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from salaug import models
 from salaug.augmenter import SaliencyAugmenter
@@ -47,7 +49,7 @@ from salaug.transforms.recipe import crop_flip
 from salaug.transforms.registry import NO_TRANSFORM, SALIENCY_FREE, TRANSFORM_NAMES, TRANSFORMS, create_transform
 
 __all__ = ["DEMO_ARMS", "SPLITS", "DemoNet", "RunResult", "crop_flip_collate", "format_report",
-           "format_table", "make_data", "paired_differences", "plan_processes", "run", "run_arms",
+           "format_table", "make_data", "paired_differences", "plan_processes", "run", "run_arms", "schedule",
            "soft_label_captions", "verdict", "write_pictures"]
 
 TARGET_LAYER = "features"
@@ -92,8 +94,9 @@ class DemoNet(models.DemoNet, pl.LightningModule):
     ``head``, forward and state-dict keys, plus the training and validation steps.
 
     Input ``(B, 3, H, W)`` images, output ``(B, num_classes)`` logits. Training takes hard ``(B,)``
-    or soft ``(B, K)`` labels (what the augmentation callback leaves in the batch); validation
-    appends each epoch's accuracy to :attr:`curve`.
+    or soft ``(B, K)`` labels (what the augmentation callback leaves in the batch) and logs the
+    epoch's mean loss (``train_loss``, once per epoch: per-step logging costs more than a step of
+    this network); each validation appends its accuracy to :attr:`curve`.
 
     Args:
         num_classes: number of output logits.
@@ -114,11 +117,20 @@ class DemoNet(models.DemoNet, pl.LightningModule):
         self.curve: list[float] = []
         self._correct = 0
         self._seen = 0
+        self._loss_sum: Tensor | float = 0.0
+        self._loss_count = 0
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         loss = F.cross_entropy(self(batch[0]), batch[1])
-        self.log("train_loss", loss, prog_bar=True, batch_size=batch[0].shape[0])
+        n = batch[0].shape[0]
+        self._loss_sum = self._loss_sum + loss.detach() * n  # no host sync per step
+        self._loss_count += n
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._loss_count:
+            self.log("train_loss", self._loss_sum / self._loss_count, prog_bar=True)
+        self._loss_sum, self._loss_count = 0.0, 0
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         pred = self(batch[0]).argmax(1)
@@ -160,8 +172,9 @@ class RunResult:
     """What one demo run (an arm on a seed) measured.
 
     ``accuracy`` maps each test split of :data:`SPLITS` to the final-epoch accuracy (``test_acc`` is
-    its ``"id"`` entry); ``model`` is the trained network as a plain, picklable
-    :class:`salaug.models.DemoNet` (CPU, eval mode).
+    its ``"id"`` entry); ``curve`` is the in-distribution validation accuracy, measured every
+    ``curve_every`` epochs (its ``i``-th entry after epoch ``(i + 1) * curve_every``); ``model`` is
+    the trained network as a plain, picklable :class:`salaug.models.DemoNet` (CPU, eval mode).
     """
 
     method: str
@@ -175,6 +188,30 @@ class RunResult:
     seed: int = 0
     accuracy: dict[str, float] = field(default_factory=dict)
     model: models.DemoNet | None = field(default=None, repr=False)
+    curve_every: int = 1
+
+
+class _RenderedBatches(Dataset):
+    """A :class:`~salaug.datasets.ClutteredObjects` split read a batch at a time: ``data[indices]`` is
+    ``[images (B, 3, H, W), labels (B,), boxes (B, 4)]`` from its batched ``render`` (an index into
+    the rendered tensors when the split is cached), the same samples as ``B`` reads of ``data[i]``
+    and a ``default_collate``, without the per-sample Python work."""
+
+    def __init__(self, dataset: ClutteredObjects) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, indices: Sequence[int]) -> list[Tensor]:
+        rendered = self.dataset.render(indices)
+        return [rendered["image"], rendered["label"], rendered["box"]]
+
+
+def _recipe(batch: list[Tensor]) -> list[Tensor]:
+    """:func:`salaug.crop_flip` on the images and boxes of a ``[images, labels, boxes]`` batch."""
+    batch[0], batch[2] = crop_flip(batch[0], boxes=batch[2])
+    return batch
 
 
 def make_data(size: int, train_size: int, val_size: int, test_size: int, seed: int, batch_size: int,
@@ -182,14 +219,17 @@ def make_data(size: int, train_size: int, val_size: int, test_size: int, seed: i
               ) -> tuple[DataLoader, DataLoader, dict[str, DataLoader]]:
     """Loaders, each batch ``[images (B, 3, size, size), labels (B,), boxes (B, 4)]``.
 
+    ClutteredObjects splits are rendered once and read a batch at a time (the same batches, in the
+    same shuffled order, as a per-sample DataLoader of the same batch size).
+
     Args:
         size, train_size, val_size, test_size, seed: the data (image side, images per split, seed of
             the training and validation images; the test sets are fixed).
         batch_size, workers: the DataLoaders'.
-        make_dataset: ``make_dataset(split, size, length, seed)`` builds a split (then there are no
-            shifted test sets); ClutteredObjects by default.
-        recipe: give the training batches the standard recipe (:func:`crop_flip_collate`);
-            validation and test stay unaugmented.
+        make_dataset: ``make_dataset(split, size, length, seed)`` builds a split, read per sample
+            (then there are no shifted test sets); ClutteredObjects by default.
+        recipe: give the training batches the standard recipe (:func:`salaug.crop_flip` on images
+            and boxes, as :func:`crop_flip_collate`); validation and test stay unaugmented.
 
     Returns:
         The train (shuffled) and validation loaders, and one test loader per split (``"id"`` and,
@@ -198,12 +238,18 @@ def make_data(size: int, train_size: int, val_size: int, test_size: int, seed: i
     def objects(split: Any, size: int, n: int, seed: int, **options: Any) -> ClutteredObjects:
         return ClutteredObjects(split=split, size=size, length=n, seed=seed, cache=True, **options)
 
-    def loader(ds: Any, shuffle: bool = False, collate: Any = None) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          persistent_workers=workers > 0, collate_fn=collate)
+    def loader(ds: Any, shuffle: bool = False, augment: bool = False) -> DataLoader:
+        common: dict[str, Any] = {"num_workers": workers, "persistent_workers": workers > 0}
+        if make_dataset is not None:
+            return DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
+                              collate_fn=crop_flip_collate if augment else None, **common)
+        # the sampler DataLoader(shuffle=...) builds, drawing batches of indices; no collation
+        order = RandomSampler(ds) if shuffle else SequentialSampler(ds)
+        return DataLoader(_RenderedBatches(ds), batch_size=None, sampler=BatchSampler(order, batch_size, False),
+                          collate_fn=_recipe if augment else None, **common)
 
     build = make_dataset or objects
-    train = loader(build("train", size, train_size, seed), True, crop_flip_collate if recipe else None)
+    train = loader(build("train", size, train_size, seed), True, recipe)
     val = loader(build("val", size, val_size, seed))
     tests = {"id": loader(build("test", size, test_size, TEST_SEED))}
     if make_dataset is None:
@@ -291,11 +337,55 @@ def measure_label_fidelity(transform: SaliencyTransform, model: nn.Module, size:
 
 
 
+def schedule(epochs: int) -> tuple[int, int]:
+    """``(validate_every, monitor_every)``: validation every ``validate_every`` epochs (about 30
+    points on the curve: a validation pass costs several training steps of this network), and the
+    :class:`~salaug.SaliencyMonitor`'s ``every_n_epochs``, which it applies to the index of the
+    epochs that validate (Lightning's ``(epoch + 1) % validate_every == 0``): coprime with
+    ``validate_every``, so that it watches about 4 times, evenly spaced.
+
+    Example:
+        >>> schedule(150), schedule(40), schedule(1)
+        ((5, 7), (1, 10), (1, 1))
+    """
+    every = max(1, epochs // 30)
+    monitor = max(1, epochs // 4 // every)
+    while math.gcd(monitor, every) != 1:
+        monitor += 1
+    return every, monitor
+
+
+class _Progress(pl.Callback):
+    """A line on stderr (flushed, so it shows when stdout goes to a file) when a run starts, every
+    ``every`` epochs and when it ends: ``seed 0 snapmix: epoch 30/150, 41 s``."""
+
+    def __init__(self, arm: str, seed: int, epochs: int) -> None:
+        self.name, self.epochs, self.every = f"seed {seed} {arm}", epochs, max(1, epochs // 5)
+        self.start = time.perf_counter()
+
+    def _say(self, text: str) -> None:
+        print(f"  {self.name}: {text}", file=sys.stderr, flush=True)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start = time.perf_counter()
+        self._say(f"training, {self.epochs} epochs")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        done = trainer.current_epoch + 1
+        if done % self.every == 0 and done < self.epochs:
+            self._say(f"epoch {done}/{self.epochs}, {time.perf_counter() - self.start:.0f} s")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._say(f"trained in {time.perf_counter() - self.start:.0f} s; measuring on the test sets")
+
+
 def _callbacks(arm: str, transform: SaliencyTransform | None, flat: bool, epochs: int, seed: int,
-               cam_scale: float) -> list[Any]:
+               cam_scale: float, status: bool = False) -> list[Any]:
     # The head check (AblationCAM) is left to `salaug diagnose`: the demo watches GradCAM and EigenCAM.
     callbacks: list[Any] = [SaliencyMonitor(target_layer=TARGET_LAYER, box_key=2, max_batches=2,
-                                            every_n_epochs=max(epochs // 4, 1), head_check=False)]
+                                            every_n_epochs=schedule(epochs)[1], head_check=False)]
+    if status:
+        callbacks.append(_Progress(arm, seed, epochs))
     if transform is not None:
         # the flat twin draws from the Flat source; the method keeps the library default
         options: dict[str, Any] = {"source": Flat()} if flat else {"target_layer": TARGET_LAYER, "cam_scale": cam_scale}
@@ -307,7 +397,8 @@ def _callbacks(arm: str, transform: SaliencyTransform | None, flat: bool, epochs
 def run(method: str = "snapmix", *, epochs: int = 150, size: int = 32, train_size: int = 500,
         val_size: int = 200, test_size: int = 1000, batch_size: int = 64, seed: int = 0, width: int = 16,
         device: str = "cpu", out: str | None = None, progress: bool = True, workers: int = 0,
-        cam_scale: float = 1.0, make_dataset: Any = None, fidelity: bool = True, recipe: bool = True) -> RunResult:
+        cam_scale: float = 1.0, make_dataset: Any = None, fidelity: bool = True, recipe: bool = True,
+        status: bool = False) -> RunResult:
     """Train :class:`DemoNet` with one arm (on top of the standard recipe) on one seed, and measure it.
 
     Args:
@@ -322,6 +413,8 @@ def run(method: str = "snapmix", *, epochs: int = 150, size: int = 32, train_siz
         make_dataset: see :func:`make_data`.
         fidelity: measure the label fidelity of mixing methods.
         recipe: apply the standard recipe (:func:`salaug.crop_flip`) to the training batches of the run.
+        status: print progress lines on stderr (the start, every fifth of the epochs, the end), which
+            show where stdout goes to a file and where the progress bar is off (parallel runs).
 
     Returns:
         The measurements, with the trained network.
@@ -334,17 +427,21 @@ def run(method: str = "snapmix", *, epochs: int = 150, size: int = 32, train_siz
     pl.seed_everything(seed, workers=True, verbose=False)
     train, val, tests = make_data(size, train_size, val_size, test_size, seed, batch_size, workers, make_dataset,
                                   recipe=recipe)
-    model = DemoNet(num_classes=num_classes, width=width, epochs=epochs)
+    # channels-last feature maps: this small network's convolutions and max-pooling run several
+    # times faster that way on the CPU (the same network and maths; see `salaug demo`'s timings)
+    model = DemoNet(num_classes=num_classes, width=width, epochs=epochs).to(memory_format=torch.channels_last)
     root = os.path.join(out or "salaug_demo", "runs", method if seed == 0 else f"{method}-seed{seed}")
+    validate_every = schedule(epochs)[0]
     trainer = pl.Trainer(max_epochs=epochs, accelerator=device, devices=1,
-                         callbacks=_callbacks(method, transform, flat, epochs, seed, cam_scale),
+                         callbacks=_callbacks(method, transform, flat, epochs, seed, cam_scale, status),
                          logger=pl.loggers.CSVLogger(root, name=""), enable_checkpointing=False,
                          enable_progress_bar=progress, enable_model_summary=False, default_root_dir=root,
-                         num_sanity_val_steps=0, log_every_n_steps=max(1, min(20, len(train))))
+                         num_sanity_val_steps=0, check_val_every_n_epoch=validate_every,
+                         log_every_n_steps=max(1, min(20, len(train))))
     start = time.perf_counter()
     trainer.fit(model, train, val)
     seconds = time.perf_counter() - start
-    net = models.DemoNet(num_classes=num_classes, width=width)
+    net = models.DemoNet(num_classes=num_classes, width=width).to(memory_format=torch.channels_last)
     net.load_state_dict(model.cpu().state_dict())
     net.eval()
     accuracy = {split: _accuracy(net, loader) for split, loader in tests.items()}
@@ -352,7 +449,9 @@ def run(method: str = "snapmix", *, epochs: int = 150, size: int = 32, train_siz
     score = None
     if fidelity and transform is not None and make_dataset is None:
         score = measure_label_fidelity(transform, net, size, seed, num_classes, flat_saliency=flat)
-    return RunResult(method, accuracy["id"], pg, iou, score, seconds, recipe, list(model.curve), seed, accuracy, net)
+    net.to(memory_format=torch.contiguous_format)  # the returned (and saved) network is a plain one
+    return RunResult(method, accuracy["id"], pg, iou, score, seconds, recipe, list(model.curve), seed, accuracy, net,
+                     curve_every=validate_every)
 
 
 # --------------------------------------------------------------------------- several runs
@@ -502,7 +601,12 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _comparison_figure(results: Sequence[RunResult], path: str) -> str:
-    """Validation curves (mean over seeds) beside a forest plot of the paired differences per split."""
+    """What the verdict reads, in two panels: each arm's final-epoch test accuracy per split (dots:
+    seeds, diamond: mean), beside a forest plot of the paired differences to base only per split.
+
+    (The in-distribution validation curve is not drawn: it shows one split of the four, where the
+    method is expected to tie base only; it stays in ``results.json`` and the runs' CSV logs.)
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -511,20 +615,23 @@ def _comparison_figure(results: Sequence[RunResult], path: str) -> str:
     diffs = paired_differences(results)
     arms = list(dict.fromkeys(r.method for r in results))
     colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}
+    splits = [s for s in SPLITS if any(s in r.accuracy for r in results)] or ["id"]
     fig, axes = plt.subplots(1, 2 if diffs else 1, figsize=(10 if diffs else 5, 3.4), squeeze=False)
-    curves = axes[0][0]
-    for arm in arms:
-        runs = [r.curve for r in results if r.method == arm and r.curve]
-        if runs:
-            length = min(map(len, runs))
-            mean = [statistics.mean(c[i] for c in runs) for i in range(length)]
-            curves.plot(range(1, length + 1), mean, color=colours[arm], label=arm)
-    curves.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy (mean over seeds)")
-    curves.grid(alpha=0.3)
-    curves.legend(fontsize=8)
+    accuracy = axes[0][0]
+    for j, arm in enumerate(arms):
+        offset = (j - (len(arms) - 1) / 2) * 0.2
+        for i, split in enumerate(splits):
+            each = [r.accuracy.get(split, r.test_acc) for r in results if r.method == arm]
+            accuracy.scatter(each, [i + offset] * len(each), s=12, color=colours[arm], alpha=0.5)
+            accuracy.scatter([_mean(each)], [i + offset], marker="D", s=36, color=colours[arm],
+                             label=arm if i == 0 else None)
+    accuracy.set_yticks(range(len(splits)), splits)
+    accuracy.invert_yaxis()
+    accuracy.set(xlabel="final-epoch test accuracy (dots: seeds, diamond: mean)", title="test accuracy per split")
+    accuracy.grid(axis="x", alpha=0.3)
+    accuracy.legend(fontsize=8)
     if diffs:
         forest = axes[0][1]
-        splits = [s for s in SPLITS if any(s in row for row in diffs.values())]
         for j, arm in enumerate(diffs):
             offset = (j - (len(diffs) - 1) / 2) * 0.2
             for i, split in enumerate(splits):
@@ -536,7 +643,8 @@ def _comparison_figure(results: Sequence[RunResult], path: str) -> str:
         forest.axvline(0, color="k", lw=0.8)
         forest.set_yticks(range(len(splits)), splits)
         forest.invert_yaxis()
-        forest.set(xlabel=f"test accuracy − {BASELINE} (dots: seeds, diamond: mean)", title="paired difference")
+        forest.set(xlabel=f"test accuracy − {BASELINE} (dots: seeds, diamond: mean)",
+                   title=f"paired difference to {BASELINE} (the verdict: > 0 in every seed)")
         forest.grid(axis="x", alpha=0.3)
         forest.legend(fontsize=8)
     fig.tight_layout()
@@ -548,7 +656,7 @@ def _comparison_figure(results: Sequence[RunResult], path: str) -> str:
 def write_pictures(model: nn.Module, method: str, results: Sequence[RunResult], out: str, size: int,
                    seed: int) -> list[str]:
     """CAM overlays of ``model`` on validation images, ``method``'s augmented samples with their soft
-    labels, and the comparison (validation curves beside the paired differences).
+    labels, and the comparison (each arm's test accuracy per split beside the paired differences).
 
     Captions name the classes (the dataset's ``classes``). Writes ``cam_overlays.png``,
     ``augmented.png`` (not for ``"none"``) and ``accuracy.png`` (needs matplotlib) into ``out``.
@@ -632,8 +740,9 @@ def _spread_note(method: str, seeds: int, regime: dict[str, Any]) -> str:
                    f"strays from that with a standard deviation of {sd}: a one-seed difference within about twice "
                    "that of zero is noise")
     if seeds > 1:
-        return (f"{seeds} paired seeds: each cell gives the mean difference and, in brackets, each seed's; 'beat' "
-                f"means ahead in every seed. {context}.")
+        return (f"{seeds} paired seeds: each cell gives the mean difference and, in parentheses, each seed's, in "
+                f"seed order (no interval: brackets would be a 95 % interval); 'beat' means ahead in every seed. "
+                f"{context}.")
     return f"One seed. {context}; --seeds 2 (or more) shows the paired difference over seeds."
 
 
@@ -674,8 +783,9 @@ CAVEATS = """\
   arms that do not mix two images.
 - **train time**: wall time of training, and its ratio to base only. Parallel runs share the cores.
 - **arm − none**: the paired difference of test accuracy per split (same seed: same training
-  images, initial weights and batch order); `verdict` names the splits where the method was ahead
-  in every seed.
+  images, initial weights and batch order), the mean over the seeds and, in parentheses, each
+  seed's; `verdict` names the splits where the method was ahead in every seed. `accuracy.png`
+  plots what the verdict reads: each arm's test accuracy per split beside these differences.
 
 ## Caveats
 

@@ -164,17 +164,28 @@ def test_precompute_masks_end_to_end(tmp_path, capsys):
 # salaug demo: the standard recipe, the checkpoint with its metadata
 # ---------------------------------------------------------------------------------------------
 def test_validation_and_test_splits_stay_unaugmented():
-    from salaug.demo import crop_flip_collate, make_data
+    from salaug.datasets import ClutteredObjects
+    from salaug.demo import TEST_SEED, make_data
 
     train, val, tests = make_data(32, 8, 8, 8, 0, 8, 0)
     train_plain, _, _ = make_data(32, 8, 8, 8, 0, 8, 0, recipe=False)
-    assert train.collate_fn is crop_flip_collate and train_plain.collate_fn is not crop_flip_collate
     assert list(tests) == ["id", "background", "occlusion", "small"]
-    assert all(loader.collate_fn is not crop_flip_collate for loader in [val, *tests.values()])
+    torch.manual_seed(1)
     batch = next(iter(train))
+    torch.manual_seed(1)
+    plain = next(iter(train_plain))
     assert isinstance(batch, list)  # the callback rewrites the batch in place
     images, labels, boxes = batch
     assert images.shape == (8, 3, 32, 32) and labels.shape == (8,) and boxes.shape == (8, 4)
+    raw = ClutteredObjects("train", size=32, length=8, seed=0).render(range(8))["image"]
+    # the same shuffled samples; the recipe crops and flips them, recipe=False leaves them as they are
+    assert torch.equal(labels, plain[1]) and not torch.equal(images, plain[0])
+    assert all(any(torch.equal(image, r) for r in raw) for image in plain[0])
+    assert torch.equal(next(iter(val))[0], ClutteredObjects("val", size=32, length=8, seed=0).render(range(8))["image"])
+    for split, loader in tests.items():
+        options = ClutteredObjects.SHIFTS.get(split, {})
+        expected = ClutteredObjects("test", size=32, length=8, seed=TEST_SEED, **options).render(range(8))["image"]
+        assert torch.equal(next(iter(loader))[0], expected), split
 
 
 def test_soft_label_captions_name_the_classes():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 
 import pytest
@@ -120,7 +121,7 @@ def test_the_report_gives_each_seed_and_the_spread_of_one_seed_from_the_evidence
     assert "Verdict" not in format_report(RESULTS_2_SEEDS[:1], "none", EVIDENCE_REGIME)  # base only alone
 
 
-def test_pictures_put_the_differences_beside_the_curves_and_no_cam_row_in_augmented(tmp_path, monkeypatch) -> None:
+def test_pictures_put_the_differences_beside_the_accuracies_and_no_cam_row_in_augmented(tmp_path, monkeypatch) -> None:
     from PIL import Image
 
     import salaug.viz
@@ -206,3 +207,96 @@ def test_a_rerun_into_the_same_out_leaves_only_its_own_files(tmp_path) -> None:
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["none", "tensorboard"]
     assert (out / "notes.txt").read_text() == "mine"
     assert "earlier" not in (out / "results.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# what the demo prints, where; its schedule; what its picture reads
+# ---------------------------------------------------------------------------------------------
+def test_progress_goes_to_stderr_and_the_results_to_stdout_from_parallel_workers_too(tmp_path, capfd) -> None:
+    """Progress lines come from the spawned workers while they train (file descriptor 2, flushed), so
+    `salaug demo > results.txt` still shows them; stdout gets the report and nothing of the progress."""
+    from salaug.cli import main
+
+    assert main(["demo", "--epochs", "5", "--train-size", "20", "--val-size", "10", "--test-size", "10",
+                 "--batch-size", "10", "--width", "4", "--seeds", "1", "--processes", "2", "--no-progress",
+                 "--out", str(tmp_path / "demo")]) == 0
+    out, err = capfd.readouterr()
+    for run in ("seed 0 none", "seed 0 snapmix"):
+        assert f"  {run}: training, 5 epochs" in err and f"  {run}: epoch 1/5, " in err, err
+        assert f"  {run}: epoch 4/5, " in err and f"  {run}: trained in " in err
+    assert err.index("seed 0 snapmix: training") < err.index("seed 0 snapmix: epoch 4/5")
+    assert "salaug demo: none, snapmix x 1 seed(s)" in err and "writing the report" in err
+    assert "Verdict: snapmix" in out and "| arm | seeds |" in out
+    assert "training, 5 epochs" not in out and "so far" not in out and "salaug demo:" not in out
+
+
+def test_the_seeds_values_are_in_parentheses_and_the_text_says_so() -> None:
+    """Brackets are the 95 % intervals of the README and the evidence page: each seed's value is not one."""
+    from salaug.demo import EVIDENCE_REGIME, format_report
+
+    report = format_report(RESULTS_2_SEEDS, "snapmix", EVIDENCE_REGIME)
+    table = [line for line in report.splitlines() if line.startswith("| snapmix | +0.005")]
+    assert table == ["| snapmix | +0.005 (-0.010, +0.020) | +0.020 (+0.050, -0.010) | +0.040 (+0.050, +0.030) "
+                     "| +0.080 (+0.100, +0.060) |"]
+    assert "in parentheses, each seed's" in report and "brackets" not in report.replace("brackets would be", "")
+
+
+@pytest.mark.parametrize(("epochs", "expected"), [(150, (5, 7)), (60, (2, 7)), (40, (1, 10)), (4, (1, 1)), (1, (1, 1))])
+def test_the_monitor_watches_about_four_validating_epochs(epochs, expected) -> None:
+    """Lightning validates after epochs e with (e + 1) % every == 0; the monitor runs where e % its period
+    == 0 too: the schedule makes those meet about 4 times, evenly spaced."""
+    from salaug.demo import schedule
+
+    every, monitor = schedule(epochs)
+    assert (every, monitor) == expected
+    validating = [e for e in range(epochs) if (e + 1) % every == 0]
+    watched = [e for e in validating if e % monitor == 0]
+    assert len(validating) >= min(epochs, 30) and 1 <= len(watched) <= 5
+    if epochs >= 40:
+        assert len(watched) >= 4 and len({b - a for a, b in itertools.pairwise(watched)}) == 1
+
+
+def test_the_accuracy_picture_plots_what_the_verdict_reads(tmp_path, monkeypatch) -> None:
+    """Left: each arm's final test accuracy per split (not the in-distribution validation curve);
+    right: the paired differences the verdict reads."""
+    import matplotlib.figure
+
+    from salaug.demo import _comparison_figure
+
+    drawn = []
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        drawn.append(fig)
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    _comparison_figure(RESULTS_2_SEEDS, str(tmp_path / "accuracy.png"))
+    left, right = drawn[0].axes
+    assert left.get_title() == "test accuracy per split" and "final-epoch test accuracy" in left.get_xlabel()
+    assert [t.get_text() for t in left.get_yticklabels()] == ["id", "background", "occlusion", "small"]
+    assert "verdict" in right.get_title() and [t.get_text() for t in right.get_yticklabels()][2] == "occlusion"
+    means = [tuple(c.get_offsets()[0]) for c in left.collections if len(c.get_offsets()) == 1]
+    assert any(x == pytest.approx(0.46) and y == pytest.approx(2.1) for x, y in means)  # snapmix, occlusion
+
+
+def test_batched_reads_give_the_batches_of_a_per_sample_loader() -> None:
+    """The demo reads each ClutteredObjects split a batch at a time: the same images, labels, boxes and
+    recipe, in the same shuffled order, as DataLoader(shuffle=True, collate_fn=crop_flip_collate)."""
+    from torch.utils.data import DataLoader
+
+    from salaug.datasets import ClutteredObjects
+    from salaug.demo import crop_flip_collate, make_data
+
+    train, _, _ = make_data(32, 40, 8, 8, 3, 16, 0)
+    per_sample = DataLoader(ClutteredObjects("train", size=32, length=40, seed=3, cache=True), batch_size=16,
+                            shuffle=True, collate_fn=crop_flip_collate)
+
+    def two_epochs(loader):
+        torch.manual_seed(5)
+        return [batch for _ in range(2) for batch in loader]
+
+    ours, theirs = two_epochs(train), two_epochs(per_sample)
+    assert len(ours) == len(theirs) == 6 and len(train) == 3
+    for a, b in zip(ours, theirs, strict=True):
+        assert isinstance(a, list) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))

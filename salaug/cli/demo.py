@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 import warnings
 from typing import Any
@@ -66,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training epochs of each arm")
     parser.add_argument("--train-size", type=positive_int, default=EVIDENCE_REGIME["train_size"],
                         help="training images; few per class (50) is where mixing pays")
-    parser.add_argument("--val-size", type=positive_int, default=200, help="validation images (the curves)")
+    parser.add_argument("--val-size", type=positive_int, default=200,
+                        help="validation images: the curve in results.json and the runs' CSV logs (every 5th "
+                             "epoch at 150 epochs) and the monitor's pictures")
     parser.add_argument("--test-size", type=positive_int, default=1000, help="test images per test split")
     parser.add_argument("--size", type=int_range(16, 512, "ClutteredObjects draws 16 to 512 px images here"),
                         default=EVIDENCE_REGIME["size"], help="image side in pixels")
@@ -152,9 +155,10 @@ def checkpoint(model: Any, *, image_size: int, class_names: list[str], method: s
 
 
 def _progress(r: Any, t0: float) -> None:
+    """A finished run, on stderr (the progress; the results go to stdout)."""
     accs = " ".join(f"{s} {a:.3f}" for s, a in r.accuracy.items())
     print(f"seed {r.seed} {r.method:16s} {accs}  ({r.seconds:.0f} s training, {time.perf_counter() - t0:.0f} s "
-          "so far)", flush=True)
+          "so far)", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,11 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     clear_outputs(args.out)
     print(f"salaug demo: {', '.join(arms)} x {len(seeds)} seed(s), {args.epochs} epochs on {args.train_size} "
-          f"images, {processes} process(es) x {threads} thread(s) on {args.device}", flush=True)
+          f"images, {processes} process(es) x {threads} thread(s) on {args.device}; progress on stderr, the "
+          "results on stdout at the end", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     results = demo.run_arms(arms, seeds, processes=processes, threads=threads, report=lambda r: _progress(r, t0),
                             val_size=args.val_size, test_size=args.test_size, device=args.device, out=args.out,
-                            progress=not args.no_progress, **regime)
+                            progress=not args.no_progress, status=True, **regime)
+    print(f"writing the report and the pictures ({time.perf_counter() - t0:.0f} s so far)", file=sys.stderr,
+          flush=True)
     wall = time.perf_counter() - t0
     main_run = next(r for r in results if r.method == args.method)
     assert main_run.model is not None  # every run returns its network
