@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import salaug.transforms._ops as ops
 from salaug.transforms import ResizeMix, SalientCrop, SalientPaste, SnapMix, mix
 from salaug.transforms._ops import grid_axis, separable_grid
 
@@ -245,6 +246,37 @@ def test_crop_keeps_full_box_samples_bit_exact(grad):
     none = t(x, s, torch.zeros(6, dtype=torch.long), params={**params, "boxes": torch.tensor([[0, 0, 18, 14]] * 6)})
     assert torch.equal(none.images, x)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape, size", [((13, 17), None), ((12, 12), (7, 9)), ((9, 20), (16, 16))])
+def test_crop_on_cpu_equals_the_grid_path(shape, size, dtype):
+    # the CPU crop (one F.interpolate per box) against the accelerators' grid_sample of crop_grid,
+    # values and gradients; a 1-pixel box and a whole-image box included
+    from salaug.transforms.crop import crop_grid
+
+    x = torch.rand(8, 3, *shape, generator=gen(30)).to(dtype)
+    s = torch.rand(8, 1, *shape, generator=gen(31))
+    out_size = size or shape
+    weight = torch.randn(8, 3, *out_size, generator=gen(32))
+    t = SalientCrop(num_classes=2, p=0.9, keep=0.2, size=size, generator=gen(33))
+    _, params = t(x, s, torch.zeros(8, dtype=torch.long), return_params=True)
+    boxes = params["boxes"].clone()
+    boxes[0] = torch.tensor([4, 5, 5, 6])  # one pixel
+    boxes[1] = torch.tensor([0, 0, shape[1], shape[0]])
+    grad = dtype in (torch.float32, torch.float64)
+    xin, xref = x.clone().requires_grad_(grad), x.clone().requires_grad_(grad)
+    out = t(xin, s, torch.zeros(8, dtype=torch.long), params={**params, "boxes": boxes})
+    grid = crop_grid(boxes, out_size, shape)
+    ref = ops.warp(xref, grid).to(dtype)
+    torch.testing.assert_close(out.images.detach().double(), ref.detach().double(), atol=ATOL[dtype], rtol=0)
+    torch.testing.assert_close(out.saliency, ops.warp(s, grid).clamp(0, 1), atol=2e-5, rtol=0)
+    if size is None:
+        assert torch.equal(out.images[1].detach(), x[1])  # a whole-image box is copied bit for bit
+    if grad:
+        (out.images * weight).sum().backward()
+        (ref * weight).sum().backward()
+        torch.testing.assert_close(xin.grad, xref.grad, atol=1e-4, rtol=0)
 
 def test_separable_grid_equals_the_concatenated_axes():
     uy = torch.rand(5, 7, generator=gen(28)) * 12
