@@ -182,7 +182,7 @@ def test_the_lightning_snippet_of_ways_in_trains_with_the_recipe_before_the_call
 
 
 #: pages another change owns (issue 31's speed work): their bare repository paths get linked there
-NOT_YET_LINKED = {"speed.md"}
+NOT_YET_LINKED: set[str] = set()
 
 
 def _repo_url() -> str:
@@ -221,3 +221,10 @@ def test_the_pages_pictures_are_drawn_for_the_page_width(page: str):
     for name in pictures:
         with Image.open(ROOT / "docs" / name) as picture:
             assert picture.size[0] <= 1000, f"{name} is {picture.size[0]} px wide: redraw it for the page"
+
+
+def test_the_package_and_the_site_name_the_same_repository():
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # (tomllib needs Python 3.11)
+    match = re.search(r'^Repository = "([^"]+)"', pyproject, re.MULTILINE)
+    assert match is not None, "pyproject.toml's [project.urls] has no Repository"
+    assert match.group(1).rstrip("/") == _repo_url()
