@@ -77,8 +77,10 @@ def edge_params(b: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(params=[1, 2])
-def cpu_path(request):
-    """The CPU paste of SnapMix / ResizeMix (box by box) with one and with two threads."""
+def cpu_path(request, monkeypatch):
+    """The CPU paste of SnapMix / ResizeMix (box by box, at any image size here) with one and with two
+    threads."""
+    monkeypatch.setattr(mix, "_BOX_PASTE_PIXELS", 0)
     threads = torch.get_num_threads()
     torch.set_num_threads(request.param)
     yield request.param
@@ -113,6 +115,16 @@ def test_resized_box_mixes_equal_a_per_sample_interpolate(cpu_path, cls, size, d
     assert torch.equal(out.images[keep], x[keep])  # what is not pasted is copied bit for bit
     assert float(out.saliency.min()) >= 0 and float(out.saliency.max()) <= 1
 
+
+
+@pytest.mark.parametrize("cls", [SnapMix, ResizeMix])
+def test_small_cpu_images_are_pasted_in_one_pass_larger_ones_box_by_box(cls):
+    for side, plan_type in ((32, mix._SnapPlan), (47, mix._SnapPlan), (48, mix._BoxPlan), (64, mix._BoxPlan)):
+        x = torch.rand(6, 3, side, side, generator=gen(40))
+        t = cls(num_classes=6, p=1.0, generator=gen(41))
+        out, params = t(x, None, torch.arange(6), return_params=True)
+        assert isinstance(t.pixel_plan(params, (side, side)), plan_type), side
+        torch.testing.assert_close(out.images.double(), reference_paste(x, params), atol=2e-5, rtol=0)
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
 @pytest.mark.parametrize("size", [(11, 13), (10, 16)])

@@ -245,13 +245,16 @@ def test_snapmix_equals_the_old_full_size_warp(size):
 @pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
 def test_snapmix_region_path_equals_the_full_image_path(monkeypatch, interpolation, dtype):
-    # the CPU path (the applied samples' boxes at patch size) against the accelerators' path (every
-    # pixel of every sample resampled, then masked), both run here on CPU
+    # the CPU path (box by box) against the accelerators' path (every pixel of every sample
+    # resampled, then masked), both run here on CPU
+    from salaug.transforms import mix
 
     x = torch.randn(9, 3, 20, 24, generator=gen(13)).to(dtype)
     s = torch.rand(9, 1, 20, 24, generator=gen(14))
     t = SnapMix(alpha=1.0, p=0.6, num_classes=9, generator=gen(15))
+    monkeypatch.setattr(mix, "_BOX_PASTE_PIXELS", 0)  # box by box at this size too
     region, params = t(x, s, torch.arange(9), return_params=True, interpolation=interpolation)
+    assert isinstance(t.pixel_plan(params, (20, 24)), mix._BoxPlan)
     assert 0 < int(params["applied"].sum()) < 9
     use_the_full_image_path(monkeypatch)
     full = t(x, s, torch.arange(9), params=params, interpolation=interpolation)

@@ -305,6 +305,11 @@ def _snap_paste(x: Tensor, perm: Tensor, plan: _SnapPlan, clamp: bool) -> Tensor
     return paste(plan.mask, warped.to(x.dtype), x)
 
 
+# Smallest CPU image (pixels) pasted box by box: below it a few ops per box cost more than resampling
+# every pixel of the batch at once (B64, one thread: 4.1 vs 3.3 ms at 32², 6.5 vs 9.4 ms at 64²).
+_BOX_PASTE_PIXELS = 48 * 48
+
+
 class _BoxPlan(NamedTuple):
     """SnapMix's plan on CPU: one row ``(target, partner, x1, y1, x2, y2, a1, b1, a2, b2)`` of Python
     ints per applied sample with a non-empty destination box ``(x1, y1, x2, y2)``, whose partner's
@@ -363,7 +368,7 @@ class _ResizedBoxMix(MixTransform):
 
     def pixel_plan(self, params: Params, size: tuple[int, int]) -> _SnapPlan | _BoxPlan:
         src, dst, applied = params["src_boxes"], params["dst_boxes"], params["applied"]
-        if dst.device.type == "cpu":
+        if dst.device.type == "cpu" and size[0] * size[1] >= _BOX_PASTE_PIXELS:
             return _box_plan(src, dst, applied, params["perm"], self.active_interpolation)
         return _snap_plan(src, dst, applied, size, self.active_interpolation)
 
