@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import salaug.transforms._ops as ops
 from salaug.transforms import ResizeMix, SalientCrop, SalientPaste, SnapMix, mix
 from salaug.transforms._ops import grid_axis, separable_grid
+from salaug.transforms.crop import crop_resize
 
 ATOL = {torch.float32: 2e-5, torch.float64: 2e-5, torch.float16: 2.0 ** -11 + 2e-5, torch.bfloat16: 2.0 ** -8 + 2e-5}
 
@@ -262,10 +263,15 @@ def test_crop_keeps_full_box_samples_bit_exact(grad):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape, size", [((13, 17), None), ((12, 12), (7, 9)), ((9, 20), (16, 16))])
-def test_crop_on_cpu_equals_the_grid_path(shape, size, dtype):
-    # the CPU crop (one F.interpolate per box) against the accelerators' grid_sample of crop_grid,
-    # values and gradients; a 1-pixel box and a whole-image box included
+def test_crop_on_cpu_equals_the_grid_path(monkeypatch, shape, size, dtype):
+    # the CPU crop (one F.interpolate per box, here at any size) against the accelerators'
+    # grid_sample of crop_grid, values and gradients; a 1-pixel box and a whole-image box included
+    from salaug.transforms import crop
     from salaug.transforms.crop import crop_grid
+
+    monkeypatch.setattr(crop, "_CROP_BY_BOX_PIXELS", 0)
+    calls = []
+    monkeypatch.setattr(crop, "crop_resize", lambda *a: calls.append(1) or crop_resize(*a))
 
     x = torch.rand(8, 3, *shape, generator=gen(30)).to(dtype)
     s = torch.rand(8, 1, *shape, generator=gen(31))
@@ -273,6 +279,7 @@ def test_crop_on_cpu_equals_the_grid_path(shape, size, dtype):
     weight = torch.randn(8, 3, *out_size, generator=gen(32))
     t = SalientCrop(num_classes=2, p=0.9, keep=0.2, size=size, generator=gen(33))
     _, params = t(x, s, torch.zeros(8, dtype=torch.long), return_params=True)
+    calls.clear()
     boxes = params["boxes"].clone()
     boxes[0] = torch.tensor([4, 5, 5, 6])  # one pixel
     boxes[1] = torch.tensor([0, 0, shape[1], shape[0]])
@@ -283,6 +290,7 @@ def test_crop_on_cpu_equals_the_grid_path(shape, size, dtype):
     ref = ops.warp(xref, grid).to(dtype)
     torch.testing.assert_close(out.images.detach().double(), ref.detach().double(), atol=ATOL[dtype], rtol=0)
     torch.testing.assert_close(out.saliency, ops.warp(s, grid).clamp(0, 1), atol=2e-5, rtol=0)
+    assert calls == [1, 1]  # images and saliency, box by box
     if size is None:
         assert torch.equal(out.images[1].detach(), x[1])  # a whole-image box is copied bit for bit
     if grad:
@@ -297,3 +305,15 @@ def test_separable_grid_equals_the_concatenated_axes():
     gx = grid_axis(ux, 21)[:, None, :, None].expand(5, 7, 9, 1)
     gy = grid_axis(uy, 13)[:, :, None, None].expand(5, 7, 9, 1)
     assert grid.shape == (5, 7, 9, 2) and torch.equal(grid, torch.cat((gx, gy), -1))
+
+
+def test_crop_takes_the_box_path_on_cpu_from_192_squared_pixels(monkeypatch):
+    from salaug.transforms import crop
+
+    calls = []
+    monkeypatch.setattr(crop, "crop_resize", lambda *a: calls.append(a[2]) or crop_resize(*a))
+    t = SalientCrop(num_classes=2, p=1.0, generator=gen(50))
+    for side in (64, 191, 192):
+        x, s = torch.rand(2, 3, side, side, generator=gen(51)), torch.rand(2, 1, side, side, generator=gen(52))
+        t(x, s, torch.zeros(2, dtype=torch.long))
+    assert calls == [(192, 192), (192, 192)]
