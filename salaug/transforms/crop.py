@@ -41,8 +41,9 @@ class SalientCrop(SaliencyTransform):
     ``>= keep`` of the mass. Images and saliency are cropped and resized together, bilinearly, with
     the box's corner pixels on the output's corner pixels (the result of kornia's
     ``crop_and_resize(..., align_corners=True)``, computed as one ``grid_sample`` on a separable
-    grid, on CPU from 192² output pixels as one ``F.interpolate`` per box; by nearest neighbour in a replay on masks, see
-    :meth:`~salaug.transforms.SaliencyTransform.forward`). Labels are unchanged (returned as soft labels).
+    grid, on CPU from 192² output pixels as one ``F.interpolate`` per box; by nearest neighbour in
+    a replay on masks, see :meth:`~salaug.transforms.SaliencyTransform.forward`). Labels are
+    unchanged (returned as soft labels).
 
     Samples not transformed (probability ``1 - p``) are the whole image resized to ``size``; when
     ``size`` is the input size they are returned bit-for-bit unchanged.
