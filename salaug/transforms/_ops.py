@@ -202,6 +202,15 @@ def warp(x: Tensor, grid: Tensor) -> Tensor:
     return F.grid_sample(work, grid.to(work.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def box_resize(box: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
+    """Bilinear ``F.interpolate`` of one box ``(1, C, h, w)`` to ``size`` (the CPU resize of one sample).
+
+    float16 / bfloat16 are resized in float32 (the result stays float32), as :func:`warp`.
+    """
+    work = box.float() if box.dtype in _LOW_PRECISION else box
+    return F.interpolate(work, size=size, mode="bilinear", align_corners=align_corners)
+
+
 def nearest_index(uy: Tensor, ux: Tensor, size: tuple[int, int]) -> Tensor:
     """Flat indices ``(B, 1, Hm * Wm)`` of the pixels nearest to the separable pixel coordinates
     ``uy (B, Hm)`` x ``ux (B, Wm)`` of an ``(H, W)`` image (``grid_sample``'s nearest: half to even,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from salaug._checks import check_float, check_int, check_interval, check_size
 from salaug.boxes import box_mass, row_prefix
 from salaug.transforms._ops import (
+    box_resize,
     by_chunks,
     first_true,
     needs_graph,
@@ -159,13 +159,11 @@ def crop_resize(x: Tensor, boxes: list[list[int]], size: tuple[int, int]) -> Ten
     """
     b, c, h, w = x.shape
     out = x.new_empty((b, c, *size))
-    work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         if (x1, y1, x2, y2) == (0, 0, w, h) and size == (h, w):
             out[i] = x[i]
         else:
-            crop = x[i:i + 1, :, y1:y2, x1:x2].to(work)
-            out[i] = F.interpolate(crop, size=size, mode="bilinear", align_corners=True)[0]
+            out[i] = box_resize(x[i:i + 1, :, y1:y2, x1:x2], size, align_corners=True)[0]
     return out
 
 

@@ -64,6 +64,7 @@ from salaug.boxes import (
 )
 from salaug.transforms._ops import (
     axis_pixels,
+    box_resize,
     image_aspect_boxes,
     masked,
     needs_graph,
@@ -346,13 +347,12 @@ def _box_paste(x: Tensor, plan: _BoxPlan, clamp: bool) -> Tensor:
     saliency into ``[0, 1]``. Differentiable (the copy is written in place).
     """
     out = x.clone()
-    work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     for t, p, x1, y1, x2, y2, a1, b1, a2, b2 in plan.rows:
         crop = x[p:p + 1, :, b1:b2, a1:a2]
         if plan.mode == "nearest":  # any dtype; the accelerators' pixels (grid_sample's nearest)
             out[t, :, y1:y2, x1:x2] = crop[0][:, _nearest_pixels(y1, y2, b1, b2)][:, :, _nearest_pixels(x1, x2, a1, a2)]
             continue
-        patch = F.interpolate(crop.to(work), size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
+        patch = box_resize(crop, (y2 - y1, x2 - x1), align_corners=False)
         out[t, :, y1:y2, x1:x2] = (patch.clamp(0, 1) if clamp else patch)[0]
     return out
 
