@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         fabric.print(f"epoch {epoch + 1}/{args.epochs}: loss {loss.item():.3f} | val acc {acc.item():.3f}", flush=True)
     print(f"rank {fabric.global_rank}/{fabric.world_size}: augmenter rank {aug.rank}, augmented {aug.augmented} "
           f"of {aug.steps} batches", flush=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # else gloo's threads can abort the process at exit
 
 
 if __name__ == "__main__":
