@@ -1,13 +1,13 @@
-"""The CPU pastes of SnapMix and ResizeMix (box by box with one thread, one window with more),
-against a per-sample float64 ``F.interpolate`` reference (values and gradients) and against the
-accelerators' path run on CPU; SalientPaste's gradients against the same reference; SalientCrop's CPU
-restore of full-box samples; the grid built without a ``cat``.
+"""The CPU paths of SnapMix, ResizeMix (box by box from 48² pixels) and SalientCrop (box by box from
+192² output pixels), at one and two threads, against a per-sample float64 ``F.interpolate`` reference
+(values and gradients) and against the accelerators' path run on CPU; the size thresholds; SalientPaste's
+gradients against the same reference; SalientCrop's full-box samples; the grid built without a ``cat``.
 
-Tolerances: the pasted pixels are a bilinear resize of the source box, computed by ``grid_sample`` in
-float32 from normalised coordinates (a sample moves by up to ~1e-5 of a pixel), so on values in
-``[0, 1]`` the float32 result is within ``2e-5`` of the float64 reference; float16 / bfloat16 images
-are resampled in float32 and rounded once to their dtype (half an ulp at 1: ``2**-11`` / ``2**-8``).
-Pixels that receive no paste must be bit-exact copies.
+Tolerances: the pasted pixels are a bilinear resize of the source box, in float32 (``F.interpolate``
+box by box, or ``grid_sample`` from normalised coordinates, where a sample moves by up to ~1e-5 of a
+pixel), so on values in ``[0, 1]`` the float32 result is within ``2e-5`` of the float64 reference;
+float16 / bfloat16 images are resampled in float32 and rounded once to their dtype (half an ulp at 1:
+``2**-11`` / ``2**-8``). Pixels that receive no paste must be bit-exact copies.
 """
 
 from __future__ import annotations
